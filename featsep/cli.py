@@ -1,0 +1,147 @@
+"""The `featsep` command line: train, cache, eval, models (and sweep/report).
+
+Each command is a thin shell over a library function; heavy imports happen inside the
+commands so `featsep --help` is instant. Errors a user can cause are printed as one line
+(set FEATSEP_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train and judge sparse autoencoders with feature-separation penalties.",
+    pretty_exceptions_enable=False,
+)
+
+SetOption = typer.Option(None, "--set", help="override a config field: --set train.lr=3e-4 (repeatable)")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from featsep.config import ConfigError
+
+    types: list[type[BaseException]] = [ConfigError, ValueError, FileNotFoundError, FileExistsError]
+    with contextlib.suppress(ImportError):
+        from featsep.train import NonFiniteLossError
+
+        types.append(NonFiniteLossError)
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    try:
+        yield
+    except _user_error_types() as e:
+        if os.environ.get("FEATSEP_DEBUG"):
+            raise
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def models() -> None:
+    """List the built-in offline language models (and whether they are converted yet)."""
+    from featsep.lm import format_models_table
+
+    typer.echo(format_models_table())
+
+
+@app.command()
+def architectures() -> None:
+    """List the registered SAE architectures and penalties."""
+    from featsep.penalties import penalties
+    from featsep.sae import architectures as archs
+
+    typer.echo("SAE architectures: " + ", ".join(archs()))
+    typer.echo("penalties:         " + ", ".join(penalties()))
+
+
+@app.command()
+def cache(
+    model: str = typer.Option("gemma-3-270m", help="model name (offline default, HF id, dir or .gguf)"),
+    hook: str = typer.Option("blocks.8.hook_resid_post", help="hook point, TransformerLens style"),
+    dataset: str = typer.Option("bbc-news", help="text: bbc-news, an HF dataset name, or a local file/dir"),
+    tokens: int = typer.Option(200_000, help="activations (tokens) to write"),
+    out: Path = typer.Option(..., help="output directory"),
+    context_length: int = typer.Option(128, help="tokens per packed row"),
+    batch_size: int = typer.Option(8, help="rows per language-model forward"),
+    text_column: str = typer.Option("text", help="text column for tabular/HF datasets"),
+    device: str = typer.Option("auto"),
+    resume: bool = typer.Option(True, help="continue an interrupted cache in OUT"),
+) -> None:
+    """Harvest activations once into a sharded on-disk cache that training and sweeps reuse."""
+    with _user_errors():
+        from featsep.data import build_cache
+
+        build_cache(
+            model,
+            hook,
+            dataset,
+            tokens,
+            out,
+            context_length=context_length,
+            batch_size=batch_size,
+            text_column=text_column,
+            device=device,
+            resume=resume,
+        )
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="run config (TOML); see examples/"),
+    set_: Optional[List[str]] = SetOption,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue a killed run from RUN_DIR"),
+) -> None:
+    """Train SAE(s) from a config: model + text (or a cache) -> run dir."""
+    with _user_errors():
+        from featsep.train.pipeline import resume_from_dir, run_from_config
+
+        if resume is not None:
+            if config is not None:
+                raise ValueError("give either CONFIG or --resume RUN_DIR, not both")
+            resume_from_dir(resume, overrides=set_ or [])
+        else:
+            from featsep.config import load_config
+
+            if config is None:
+                raise ValueError("no config given: `featsep train examples/offline-default.toml`")
+            run_from_config(load_config(config, set_ or []))
+
+
+@app.command("eval")
+def eval_(
+    target: Path = typer.Argument(..., help="a run dir, an SAE dir, or a sweep dir"),
+    evals: str = typer.Option("core,sparse_probing,absorption", help="comma-separated eval names"),
+    set_: Optional[List[str]] = SetOption,
+    model: Optional[str] = typer.Option(None, help="language model (default: the SAE's own)"),
+    out_dir: Optional[Path] = typer.Option(None, help="where to write results (default: the run dir)"),
+) -> None:
+    """Evaluate SAE(s) with SAEBench-faithful metrics; results merge into final_info.json."""
+    with _user_errors():
+        from featsep.evals import run_eval_cli
+
+        run_eval_cli(
+            str(target),
+            [e.strip() for e in evals.split(",") if e.strip()],
+            settings=set_ or [],
+            model=model,
+            out_dir=str(out_dir) if out_dir else None,
+        )
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
