@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -88,8 +88,15 @@ class TrainConfig(_Strict):
     tensorboard: bool = False
 
 
+class EvalConfig(_Strict):
+    """Evaluations run after training (names from `featsep.evals`), with per-eval settings."""
+
+    evals: list[str] = Field(default_factory=list)
+    settings: dict[str, Any] = Field(default_factory=dict, description="e.g. {'core.n_tokens': 20000}")
+
+
 class RunConfig(_Strict):
-    """A whole training run: model + data -> one or more SAEs in out_dir."""
+    """A whole training run: model + data -> one SAE (with its penalties) in out_dir."""
 
     out_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -97,10 +104,35 @@ class RunConfig(_Strict):
     sae: SAEConfig = SAEConfig()
     penalties: list[PenaltyConfig] = Field(default_factory=list)
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
-    @model_validator(mode="after")
-    def _sequence_for_temporal(self) -> "RunConfig":
-        return self
+
+class MethodConfig(_Strict):
+    """One method of a sweep: an SAE (+ penalties) and a grid over its parameters.
+
+    grid keys are dotted paths into this method, e.g. "sae.k" or "penalties.0.weight";
+    every combination of their values becomes one run.
+    """
+
+    name: str
+    sae: SAEConfig
+    penalties: list[PenaltyConfig] = Field(default_factory=list)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+
+class SweepConfig(_Strict):
+    """Many runs that share the model, data and training budget (one LM pass for all)."""
+
+    name: str = "sweep"
+    out_dir: str = "runs/sweep"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    methods: list[MethodConfig]
+    max_saes_per_pass: int = Field(
+        0, ge=0, description="train at most this many SAEs on one activation pass (0: all at once)"
+    )
 
 
 def _parse_value(raw: str) -> Any:
@@ -148,7 +180,10 @@ def validate(model: type[BaseModel], data: dict, source: str = "config"):
         lines = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling; examples/ shows every section)"
+            lines.append(f"  {loc}: {msg}")
         raise ConfigError(f"invalid {source}:\n" + "\n".join(lines)) from None
 
 
