@@ -139,6 +139,48 @@ def eval_(
         )
 
 
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="sweep dir, run dir, or dir of run dirs"),
+    out: Optional[Path] = typer.Option(None, help="output dir (default PATH/report)"),
+    labels: Optional[Path] = typer.Option(None, help="JSON file: {run_dir_name: label}"),
+    title: Optional[str] = typer.Option(None, help="page title"),
+) -> None:
+    """Build report.html, summary.md and figures/ comparing methods at matched L0."""
+    with _user_errors():
+        import json
+
+        from featsep.report import build_report
+
+        mapping = None
+        if labels is not None:
+            if not labels.is_file():
+                raise FileNotFoundError(f"labels file {labels} does not exist")
+            mapping = json.loads(labels.read_text())
+        page = build_report(path, out_dir=out, labels=mapping, title=title)
+    typer.echo(f"report: {page}")
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="sweep config (TOML); see examples/separation-study-*.toml"),
+    set_: Optional[List[str]] = SetOption,
+    no_eval: bool = typer.Option(False, "--no-eval", help="train only"),
+    report_: bool = typer.Option(True, "--report/--no-report", help="build the report at the end"),
+) -> None:
+    """Train every run of a study on one shared activation pass, evaluate, and report."""
+    with _user_errors():
+        from featsep.config import SweepConfig, load_config
+        from featsep.sweep import run_sweep
+
+        cfg = load_config(config, set_ or [], model=SweepConfig)
+        out = run_sweep(cfg, evaluate=not no_eval)
+        if report_:
+            from featsep.report import build_report
+
+            typer.echo(f"report: {build_report(out)}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

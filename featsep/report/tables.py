@@ -1,0 +1,155 @@
+"""The report's tables as plain data, rendered by html.py and markdown.py alike.
+
+Numbers stay numbers here; `format_cell` turns them into text in one place so the page and
+the summary agree digit for digit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from featsep.report.collect import SECTIONS, RunRecord, iter_details, methods_of
+from featsep.report.frontier import matched_grid, matched_values
+from featsep.report.metrics import comparison_keys, metric, probing_top_k_key, scr_key, tpp_key
+
+MISSING = "–"
+MAX_DETAIL_ROWS = 10
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+    id: str = ""
+    row_header: bool = True  # first column names the row
+
+
+@dataclass
+class Tables:
+    key: Table
+    matched: Optional[Table]
+    sections: list[Table] = field(default_factory=list)
+    configs: Optional[Table] = None
+    details: list[Table] = field(default_factory=list)
+
+
+def format_cell(value: Any) -> str:
+    """6 significant digits for floats, integers as integers, a dash for missing."""
+    if value is None:
+        return MISSING
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return MISSING
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _key_columns(records: list[RunRecord]) -> list[str]:
+    keys = [
+        "core.ce_loss_score", "core.kl_div_score", "core.explained_variance",
+        "absorption.mean_absorption_fraction_score", "absorption.mean_full_absorption_score",
+        "sparse_probing.sae_top_1_test_accuracy", probing_top_k_key(records),
+        scr_key(records), tpp_key(records), "unlearning.unlearning_score",
+        "train.final_dead_fraction", "cost.tokens_per_s", "cost.peak_memory_bytes",
+    ]
+    return [k for k in keys if k and any(k in r.metrics for r in records)]
+
+
+def key_table(records: list[RunRecord]) -> Table:
+    """One row per run: the headline metrics."""
+    keys = _key_columns(records)
+    rows = [[r.label, r.method, r.l0] + [r.metrics.get(k) for k in keys] for r in records]
+    return Table("Runs: headline metrics", ["run", "method", "L0"] + [metric(k).name for k in keys], rows,
+                 note="L0 from the core eval (else the last training log value).", id="runs")
+
+
+def matched_table(records: list[RunRecord]) -> Optional[Table]:
+    """Each compared metric interpolated on every method's frontier at common L0 values."""
+    grid = matched_grid(records)
+    if not grid.l0s:
+        return None
+    methods = [m for m in methods_of(records) if m in grid.ranges]
+    rows = []
+    for key in comparison_keys(records):
+        info = metric(key)
+        for l0, values in matched_values(records, key, grid.l0s).items():
+            best = None
+            if info.higher_is_better is not None and len(values) >= 2:
+                best = (max if info.higher_is_better else min)(values, key=values.get)
+            rows.append([info.name, l0] + [values.get(m) for m in methods] + [best])
+    scope = "the L0 range all methods share" if grid.all_overlap else "pairwise-overlapping L0 ranges only"
+    note = (f"Interpolated linearly in log(L0) along each method's runs, within {scope}; "
+            f"{MISSING} = outside that method's L0 range (no extrapolation).")
+    return Table("Matched-L0 comparison", ["metric", "L0"] + methods + ["best"], rows, note=note, id="matched")
+
+
+def section_tables(records: list[RunRecord]) -> list[Table]:
+    """Every metric found, one table per section: rows = metrics, columns = runs."""
+    titles = {s.name: s.title for s in SECTIONS} | {"train": "Training", "cost": "Time and memory"}
+    order = [s.name for s in SECTIONS] + ["train", "cost"]
+    found = {k.split(".", 1)[0] for r in records for k in r.metrics}
+    order += sorted(found - set(order))
+    tables = []
+    for section in order:
+        keys: dict[str, None] = {}
+        for rec in records:
+            for key in rec.metrics:
+                if key.split(".", 1)[0] == section:
+                    keys.setdefault(key, None)
+        if not keys:
+            continue
+        rows = [[key.split(".", 1)[1]] + [r.metrics.get(key) for r in records] for key in keys]
+        tables.append(Table(f"All metrics: {titles.get(section, section)}", ["metric"] + [r.label for r in records],
+                            rows, id=f"all-{section}"))
+    return tables
+
+
+def config_table(records: list[RunRecord]) -> Table:
+    """What each run is: method, architecture, size, penalties, and what was missing."""
+    keys: dict[str, None] = {}
+    for rec in records:
+        for key in rec.config:
+            keys.setdefault(key, None)
+    cols = list(keys)
+    rows = [[r.label, r.run, r.method] + [r.config.get(k) for k in cols] + ["; ".join(r.notes) or "ok"]
+            for r in records]
+    return Table("Runs: configuration and missing data", ["run", "directory", "method"] + cols + ["notes"], rows,
+                 id="configs")
+
+
+def _scalar_rows(value: Any) -> Optional[list[dict]]:
+    """A list of dicts of scalars (a table), else None."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        if all(not isinstance(x, (list, dict)) for v in value for x in v.values()):
+            return value
+    return None
+
+
+def detail_tables(records: list[RunRecord]) -> list[Table]:
+    """Competition eval details (e.g. top competing pairs): first rows of each list of rows."""
+    tables = []
+    for rec in records:
+        for name, value in iter_details(rec.details.get("competition")):
+            rows = _scalar_rows(value)
+            if not rows:
+                continue
+            cols = list(dict.fromkeys(k for row in rows for k in row))
+            shown = rows[:MAX_DETAIL_ROWS]
+            tables.append(Table(f"{rec.label}: {name.replace('_', ' ')}", cols,
+                                [[row.get(c) for c in cols] for row in shown],
+                                note=f"first {len(shown)} of {len(rows)} rows", row_header=False,
+                                id=f"detail-{rec.run}-{name}"))
+    return tables
+
+
+def build_tables(records: list[RunRecord]) -> Tables:
+    return Tables(key=key_table(records), matched=matched_table(records), sections=section_tables(records),
+                  configs=config_table(records), details=detail_tables(records))

@@ -1,0 +1,336 @@
+"""featsep.report on a small fake sweep: files, HTML structure, numbers, matched-L0 maths.
+
+The fake sweep has 3 methods x 3 L0 levels in the reference runs' layout (final_info.json
+sections, eval_results/*.json, metrics.jsonl with penalty stats), with some sections left
+out on purpose, a corrupt log line, and both SCR/TPP layouts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from featsep.report import build_report, collect, main_findings  # noqa: E402
+from featsep.report.figures import FIGURES  # noqa: E402
+from featsep.report.frontier import frontier, interpolate, matched_grid  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+VOID_TAGS = {"meta", "img", "br", "hr", "link", "input"}
+
+# method -> (penalty, [(L0, ce_loss_score, explained_variance, absorption, probing top-1)])
+METHODS = {
+    "topk": (None, [(16, 0.90, 0.60, 0.050, 0.70), (32, 0.94, 0.70, 0.040, 0.72), (64, 0.97, 0.80, 0.030, 0.74)]),
+    "topk+momentum": ("momentum", [(20, 0.93, 0.62, 0.020, 0.75), (40, 0.95, 0.71, 0.015, 0.76),
+                                   (80, 0.98, 0.82, 0.010, 0.78)]),
+    "topk+temporal": ("temporal", [(10, 0.85, 0.50, 0.060, 0.69), (30, 0.92, 0.66, 0.045, 0.71),
+                                   (90, 0.985, 0.85, 0.035, 0.73)]),
+}
+ABSENT_ABSORPTION = "run_8"  # no absorption anywhere, no metrics.jsonl
+EVAL_RESULTS_ONLY = "run_7"  # no final_info.json: sections come from eval_results/*.json
+
+
+def _core(l0, ce, ev):
+    return {
+        "eval_type_id": "core",
+        "eval_result_metrics": {
+            "model_behavior_preservation": {"kl_div_score": ce - 0.01, "kl_div_with_ablation": 10.0,
+                                            "kl_div_with_sae": 0.3},
+            "model_performance_preservation": {"ce_loss_score": ce, "ce_loss_with_ablation": 12.0,
+                                               "ce_loss_with_sae": 3.5, "ce_loss_without_sae": 3.2},
+            "reconstruction_quality": {"explained_variance": ev, "explained_variance_legacy": ev - 0.02,
+                                       "mse": 1.5, "cossim": 0.9},
+            "sparsity": {"l0": float(l0), "l1": 120.5},
+        },
+        "eval_result_details": [],
+    }
+
+
+def _absorption(frac):
+    return {"eval_type_id": "absorption_first_letter", "eval_result_metrics": {"mean": {
+        "mean_absorption_fraction_score": frac, "mean_full_absorption_score": frac / 2,
+        "mean_num_split_features": 1.25}}}
+
+
+def _probing(top1):
+    return {"eval_type_id": "sparse_probing", "eval_result_metrics": {
+        "llm": {"llm_test_accuracy": 0.95, "llm_top_1_test_accuracy": 0.65, "llm_top_5_test_accuracy": 0.8},
+        "sae": {"sae_test_accuracy": 0.93, "sae_top_1_test_accuracy": top1, "sae_top_5_test_accuracy": top1 + 0.1}}}
+
+
+def _scr(value):
+    return {"eval_type_id": "scr", "eval_result_metrics": {"scr_metrics": {
+        f"scr_metric_threshold_{n}": value * n / 20 for n in (2, 5, 10, 20, 50)}}}
+
+
+def _tpp(value):
+    return {"eval_type_id": "tpp", "eval_result_metrics": {"tpp_metrics": {
+        f"tpp_threshold_{n}_total_metric": value * n / 20 for n in (2, 5, 10, 20, 50)}}}
+
+
+def _competition(l0):
+    return {"eval_type_id": "competition",
+            "eval_result_metrics": {"competition": {"mean_competition": 0.5 - l0 / 1000, "share_over_tau": 0.125,
+                                                    "stability_corr": 0.75}},
+            "eval_result_details": [{"top_pairs": [{"latent_i": i, "latent_j": i + 7, "competition": 0.9 - i / 100}
+                                                   for i in range(12)],
+                                     "per_latent_competition": [((i * 37) % 100) / 100 for i in range(200)]}]}
+
+
+def _history(penalty, l0, steps=6):
+    rows = []
+    for s in range(steps):
+        row = {"step": s * 10, "tokens": s * 10 * 4096, "loss": 2.0 / (s + 1), "mse": 1.5 / (s + 1), "l0": l0 * 1.0,
+               "fvu": 0.5 / (s + 1), "dead_fraction": 0.01 * s, "lr": 3e-4, "tokens_per_s": 50000.0 + 1000 * s,
+               "peak_memory_bytes": 300 * 2**20 + s}
+        if penalty == "momentum":
+            row.update({"momentum": 0.1 * s, "momentum/share_over_tau": 0.05 * s, "momentum/mean": 0.2 + 0.01 * s})
+        if penalty == "temporal":
+            row.update({"temporal": 0.2, "temporal/tracked_pairs": 1000 * (s + 1),
+                        "temporal/memory_bytes": 24000 * (s + 1), "temporal/mean_abs_dev": 0.1 / (s + 1)})
+        rows.append(row)
+    return rows
+
+
+def make_fake_sweep(root: Path) -> Path:
+    """3 methods x 3 L0 levels; returns the sweep dir."""
+    runs = []
+    i = 0
+    for method, (penalty, points) in METHODS.items():
+        for l0, ce, ev, absorption, top1 in points:
+            run = f"run_{i}"
+            d = root / run
+            d.mkdir(parents=True)
+            runs.append({"run": run, "label": f"{method} L0~{l0}", "method": "topk", "architecture": "topk",
+                         "penalty": penalty, "params": {"k": l0}})
+            config = {"run_config": {"model": {"name": "fake-lm", "hook": "blocks.3.hook_resid_post"},
+                                     "sae": {"architecture": "topk", "d_sae": 512, "k": l0},
+                                     "penalties": [{"name": penalty, "weight": 0.1}] if penalty else [],
+                                     "train": {"tokens": 20480, "batch_size": 4096}}}
+            (d / "config.json").write_text(json.dumps(config))
+            sections = {
+                "training results for layer 3": {"config": {"architecture": "topk"},
+                                                 "final_info": {"training_steps": 50, "final_loss": 0.25 + i / 100,
+                                                                "layer": 3, "dict_size": 512}},
+                "core evaluation results": _core(l0, ce, ev),
+                "absorption evaluation results": _absorption(absorption),
+                "sparse probing evaluation results": _probing(top1),
+                "unlearning evaluation results": {"eval_result_metrics": {"unlearning": {"unlearning_score": 0.01 * i}}},
+            }
+            if i % 2 == 0:  # the reference's combined layout, SCR metrics only
+                sections["scr and tpp evaluations results"] = _scr(0.1 + i / 100)
+            else:  # separate scr and tpp blobs under the combined key
+                sections["scr and tpp evaluations results"] = {"scr": _scr(0.1 + i / 100), "tpp": _tpp(0.02 * i)}
+            if penalty == "momentum":
+                sections["competition evaluation results"] = _competition(l0)
+            if run == ABSENT_ABSORPTION:
+                del sections["absorption evaluation results"]
+            if run == EVAL_RESULTS_ONLY:
+                (d / "eval_results" / "core").mkdir(parents=True)
+                (d / "eval_results" / "core" / "fake_sae_eval_results.json").write_text(
+                    json.dumps(sections["core evaluation results"]))
+                (d / "eval_results" / "absorption_eval_results.json").write_text(
+                    json.dumps(sections["absorption evaluation results"]))
+            else:
+                (d / "final_info.json").write_text(json.dumps(sections))
+            if run != ABSENT_ABSORPTION:
+                lines = [json.dumps(r) for r in _history(penalty, l0)]
+                if run == "run_2":
+                    lines.append('{"step": 60, "loss": 0.1')  # killed mid-write
+                (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+            i += 1
+    (root / "sweep.json").write_text(json.dumps({"name": "fake sweep", "runs": runs,
+                                                 "labels": {"run_0": "TopK k=16 (baseline)"}}))
+    return root
+
+
+class PageParser(HTMLParser):
+    """Collects the structure the tests check: doctype, tags, images, table rows and cells."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.doctype = []
+        self.tags: dict[str, int] = {}
+        self.imgs: list[dict] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self.stack: list[str] = []
+        self._table = None
+        self._in_body = False
+        self._cell = None
+        self.text: list[str] = []
+
+    def handle_decl(self, decl):
+        self.doctype.append(decl)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag == "img":
+            self.imgs.append(attrs)
+        if tag in VOID_TAGS:
+            return
+        self.stack.append(tag)
+        if tag == "table":
+            self._table = attrs.get("id", f"table{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._in_body:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"mis-nested </{tag}> (open: {self.stack[-3:]})"
+        self.stack.pop()
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tbody":
+            self._in_body = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = make_fake_sweep(tmp_path_factory.mktemp("sweep"))
+    page = build_report(root, labels={"run_4": "momentum mid"})
+    parser = PageParser()
+    parser.feed(page.read_text())
+    parser.close()
+    return root, page, parser
+
+
+def test_files_and_pngs(built):
+    root, page, _ = built
+    out = root / "report"
+    assert page == out / "report.html" and (out / "summary.md").is_file()
+    expected = {spec.name for spec in FIGURES}
+    written = {p.stem for p in (out / "figures").glob("*.png")}
+    assert written == expected  # every figure has inputs in the fake sweep
+    for png in (out / "figures").glob("*.png"):
+        w, h = _png_size(png.read_bytes())
+        assert w > 400 and h > 300
+    assert not list(out.rglob("*.tmp"))  # atomic writes left nothing behind
+
+
+def test_html_structure(built):
+    _, _, parser = built
+    assert [d.lower() for d in parser.doctype] == ["doctype html"]
+    assert parser.tags["html"] == 1 and parser.tags["head"] == 1 and parser.tags["body"] == 1
+    assert parser.stack == []  # everything closed, properly nested
+    assert len(parser.imgs) == len(FIGURES)
+    for img in parser.imgs:
+        assert img["src"].startswith("data:image/png;base64,") and img.get("alt")
+        _png_size(base64.b64decode(img["src"].split(",", 1)[1]))
+    tables = parser.tables
+    assert len(tables["runs"]) == 9
+    assert all(len(row) == len(tables["runs"][0]) for row in tables["runs"])
+    assert len(tables["all-core"]) == 13  # 3 + 4 + 4 + 2 core metrics in the fake files
+    assert len(tables["configs"]) == 9
+    # matched table: (CE, EV, absorption, full absorption, top-1, SCR, TPP, unlearning) x 3 L0s
+    assert len(tables["matched"]) == 8 * 3
+    momentum_details = [k for k in tables if k.startswith("detail-")]
+    assert len(momentum_details) == 3 and all(len(tables[k]) == 10 for k in momentum_details)
+
+
+def test_tables_hold_the_numbers(built):
+    _, page, parser = built
+    runs = {row[0]: row for row in parser.tables["runs"]}
+    assert "TopK k=16 (baseline)" in runs and "momentum mid" in runs  # sweep.json labels, then the argument
+    row = runs["momentum mid"]  # run_4: topk+momentum, L0 40
+    assert row[1] == "topk+momentum" and row[2] == "40"
+    assert "0.95" in row and "0.71" in row and "0.015" in row and "0.76" in row
+    core = {r[0]: r[1:] for r in parser.tables["all-core"]}
+    assert core["ce_loss_score"][0] == "0.9" and core["explained_variance_legacy"][1] == "0.68"
+    scr = {r[0]: r[1:] for r in parser.tables["all-scr"]}
+    assert scr["scr_metric_threshold_20"][3] == "0.13"  # run_3, separate layout
+    tpp = {r[0]: r[1:] for r in parser.tables["all-tpp"]}
+    assert tpp["tpp_threshold_20_total_metric"][0] == "–" and tpp["tpp_threshold_20_total_metric"][1] == "0.02"
+    train = {r[0]: r[1:] for r in parser.tables["all-train"]}
+    assert train["final_loss"][5] == "0.3" and train["final_l0"][0] == "16"
+    cost = {r[0]: r[1:] for r in parser.tables["all-cost"]}
+    assert cost["tokens_per_s"][0] == "52500"  # mean of 50000..55000
+    summary = (page.parent / "summary.md").read_text()
+    assert "| momentum mid | topk+momentum | 40 |" in summary and "figures/frontier.png" in summary
+
+
+def test_matched_l0_interpolation_by_hand(built):
+    root, _, parser = built
+    records = collect(root).records
+    grid = matched_grid(records)
+    # shared L0 range: max of minima (topk 16, momentum 20, temporal 10) .. min of maxima (64, 80, 90)
+    assert grid.all_overlap and grid.l0s == pytest.approx([20.0, math.sqrt(20 * 64), 64.0])
+    mid = math.sqrt(20 * 64)
+    # topk CE at L0 35.78: between (32, 0.94) and (64, 0.97), linear in log L0
+    t = math.log(mid / 32) / math.log(64 / 32)
+    assert interpolate(frontier(records, "topk", "core.ce_loss_score"), mid) == pytest.approx(0.94 + t * 0.03)
+    # temporal CE at 20: between (10, 0.85) and (30, 0.92)
+    t = math.log(20 / 10) / math.log(30 / 10)
+    expected = 0.85 + t * 0.07
+    assert interpolate(frontier(records, "topk+temporal", "core.ce_loss_score"), 20) == pytest.approx(expected)
+    row = next(r for r in parser.tables["matched"] if r[0] == "CE loss score" and r[1] == "20")
+    assert row[4] == f"{expected:.6g}" and row[3] == "0.93"  # momentum's own run at L0 20
+    assert interpolate(frontier(records, "topk", "core.ce_loss_score"), 100) is None  # no extrapolation
+
+
+def test_findings(built):
+    root, _, _ = built
+    findings = main_findings(collect(root).records)
+    text = "\n".join(findings)
+    assert "topk+momentum has the lowest mean absorption at every matched L0" in text
+    assert "do not overlap" not in text
+
+
+def test_findings_say_when_l0_ranges_do_not_overlap(built):
+    root, _, _ = built
+    records = [r for r in collect(root).records if r.method != "topk+temporal"]
+    for r in records:
+        if r.method == "topk":
+            r.metrics["core.l0"] /= 10  # topk: 1.6-6.4, momentum: 20-80
+    findings = main_findings(records)
+    assert any("do not overlap for topk (1.6-6.4) and topk+momentum (20-80)" in f for f in findings)
+    assert not any("has the" in f for f in findings)
+
+
+def test_missing_sections_are_noted(built):
+    root, page, parser = built
+    text = " ".join(parser.text)
+    assert "(run_8): no Feature absorption, TPP results" in text  # run_8 also has the SCR-only layout
+    assert "(run_8): no training log (metrics.jsonl)" in text
+    assert "metrics.jsonl: 1 unreadable line(s) skipped" in text
+    rec7 = next(r for r in collect(root).records if r.run == EVAL_RESULTS_ONLY)
+    assert rec7.metrics["core.l0"] == 30 and "absorption" in rec7.sections  # from eval_results/
+
+
+def test_absent_inputs_skip_figures_with_a_note(tmp_path):
+    run = tmp_path / "lonely_run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "tokens": 0, "loss": 1.0, "l0": 5}) + "\n")
+    page = build_report(run, out_dir=tmp_path / "out", title="one run")
+    html = page.read_text()
+    assert "skipped: no run has core eval results" in html
+    assert "Only one method" in html
+    assert (tmp_path / "out" / "figures" / "training_curves.png").is_file()
+    assert not (tmp_path / "out" / "figures" / "frontier.png").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no run directories" in build_report(empty).read_text()
+    with pytest.raises(FileNotFoundError):
+        build_report(tmp_path / "nope")
