@@ -1,0 +1,496 @@
+"""The training loop: one stream of activation batches feeds one or many SAEs.
+
+Each SAE has its own Adam optimizer, LR schedule and penalties; every batch trains all of
+them (one language-model pass serves a whole sweep). Losses are dicts of named terms, summed
+as coefficient * term and each logged by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from featsep.penalties.base import Penalty
+from featsep.sae.base import SAE, SAEOutput
+from featsep.train import checkpoint as ckpt
+from featsep.train import run_dir as rd
+from featsep.train.artifacts import write_config, write_final
+from featsep.train.logger import ExternalLoggers, MetricsSink, scalar_stats
+from featsep.train.schedule import WarmupDecay, make_scheduler
+
+PenaltySpec = Union[None, Penalty, Sequence[Penalty]]
+PenaltiesArg = Union[None, Sequence[PenaltySpec], Mapping[Union[int, str], PenaltySpec]]
+
+UNKNOWN_TOTAL_STEPS = 0  # what training_forward sees as total_steps when it cannot be known
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf; the last good checkpoint is left untouched."""
+
+    def __init__(self, sae_name: str, step: int, term: str, run_dir: Optional[Path]):
+        self.sae_name, self.step, self.term, self.run_dir = sae_name, step, term, run_dir
+        where = f"; the last good checkpoint is in {run_dir / rd.CHECKPOINT_DIR}" if run_dir else ""
+        super().__init__(
+            f"SAE {sae_name!r}: loss term {term!r} is not finite at step {step}{where}. "
+            "Lower the learning rate or the term's coefficient, check the activations for "
+            "NaN/Inf or a missing scale normalisation, then resume or restart."
+        )
+
+
+@dataclass
+class _Member:
+    """One SAE of the run with everything that trains it."""
+
+    index: int
+    name: str
+    sae: SAE
+    penalties: list[Penalty]
+    run_dir: Optional[Path]
+    lr: float
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    fired: Tensor  # bool [d_sae]: latents that fired since the last log (fallback dead fraction)
+    last: dict[str, Any] = field(default_factory=dict)  # detached results of the latest step
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sae.W_dec.dtype
+
+
+# --- argument checking ---------------------------------------------------------------------------
+def _as_sae_list(saes: Union[SAE, Sequence[SAE]]) -> list[SAE]:
+    saes = [saes] if isinstance(saes, SAE) else list(saes)
+    if not saes:
+        raise ValueError("train() got no SAE; pass a list such as [featsep.make_sae('topk', ...)]")
+    for i, sae in enumerate(saes):
+        if not isinstance(sae, SAE):
+            raise TypeError(f"saes[{i}] is a {type(sae).__name__}, not a featsep SAE; build it with featsep.make_sae")
+    if len({id(s) for s in saes}) != len(saes):
+        raise ValueError("the same SAE object appears twice in saes; build one SAE per entry")
+    return saes
+
+
+def _names(names: Optional[Sequence[str]], n: int) -> list[str]:
+    names = [f"sae_{i}" for i in range(n)] if names is None else [str(x) for x in names]
+    if len(names) != n:
+        raise ValueError(f"got {len(names)} names for {n} SAEs; give one name per SAE")
+    if len(set(names)) != n:
+        raise ValueError(f"SAE names must be distinct, got {names}")
+    return names
+
+
+def _penalty_list(spec: PenaltySpec, where: str) -> list[Penalty]:
+    items = [] if spec is None else [spec] if isinstance(spec, Penalty) else list(spec)
+    for p in items:
+        if not isinstance(p, Penalty):
+            raise TypeError(f"{where} holds a {type(p).__name__}, not a Penalty; build it with featsep.make_penalty")
+    return items
+
+
+def _assign_penalties(penalties: PenaltiesArg, names: list[str]) -> list[list[Penalty]]:
+    """Normalise every accepted form to one list of penalties per SAE."""
+    n = len(names)
+    if penalties is None:
+        out = [[] for _ in range(n)]
+    elif isinstance(penalties, Penalty):
+        if n != 1:
+            raise ValueError("a single penalty is ambiguous with several SAEs; pass a list aligned "
+                             "with saes or a dict {sae index or name: penalty}")
+        out = [[penalties]]
+    elif isinstance(penalties, Mapping):
+        out = [[] for _ in range(n)]
+        for key, spec in penalties.items():
+            if isinstance(key, int) and 0 <= key < n:
+                index = key
+            elif key in names:
+                index = names.index(key)
+            else:
+                raise ValueError(f"penalties key {key!r} names no SAE; use an index in 0..{n - 1} or one of {names}")
+            out[index] = _penalty_list(spec, f"penalties[{key!r}]")
+    else:
+        specs = list(penalties)
+        if len(specs) != n:
+            raise ValueError(f"penalties has {len(specs)} entries for {n} SAEs; align it with saes "
+                             "(None for an SAE without penalty) or use a dict {sae index: penalty}")
+        out = [_penalty_list(spec, f"penalties[{i}]") for i, spec in enumerate(specs)]
+    seen: set[int] = set()
+    for plist in out:
+        for p in plist:
+            if id(p) in seen:
+                raise ValueError(f"the same {p.name!r} penalty object is given to two SAEs; penalties keep "
+                                 "per-SAE state, so make one per SAE")
+            seen.add(id(p))
+    return out
+
+
+def _total_steps(batches: Iterable, steps: Optional[int], lr_decay_fraction: float) -> Optional[int]:
+    if steps is not None:
+        if steps <= 0:
+            raise ValueError(f"steps={steps}; give a positive number of steps (or None to use every batch)")
+        try:
+            if len(batches) < steps:  # type: ignore[arg-type]
+                warnings.warn(f"steps={steps} but the batches hold only {len(batches)}; training stops early")  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        return steps
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        if lr_decay_fraction > 0:
+            raise ValueError("the batches have no len(), so the LR decay cannot know when training ends; "
+                             "pass steps=... or lr_decay_fraction=0") from None
+        return None
+
+
+def _lrs(lr: Union[None, float, Sequence[Optional[float]]], saes: list[SAE]) -> list[float]:
+    per_sae = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(saes)
+    if len(per_sae) != len(saes):
+        raise ValueError(f"got {len(per_sae)} learning rates for {len(saes)} SAEs")
+    out = [float(sae.default_lr() if value is None else value) for value, sae in zip(per_sae, saes)]
+    for value in out:
+        if not value > 0:
+            raise ValueError(f"learning rate {value} must be positive")
+    return out
+
+
+def _check_batch(x: Any, d_in: int, index: int) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"batch {index} is a {type(x).__name__}; the batches must yield torch tensors [B, d_in]")
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise ValueError(f"batch {index} has shape {tuple(x.shape)}; the SAEs expect [B, {d_in}] "
+                         "(flatten [batch, seq, d] activations to [batch*seq, d])")
+    return x
+
+
+# --- one step ------------------------------------------------------------------------------------
+def _penalty_terms(pen: Penalty, out: SAEOutput) -> dict[str, Tensor]:
+    if out.codes is not None:
+        return pen(out.codes)
+    return pen(out.top_values, indices=out.top_indices)
+
+
+def _fallback_metrics(x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
+    """l0 and fvu computed here when the SAE does not report them (no host sync)."""
+    found: dict[str, Tensor] = {}
+    with torch.no_grad():
+        if "l0" not in out.metrics:
+            active = out.codes if out.codes is not None else out.top_values
+            found["l0"] = (active != 0).float().sum(dim=-1).mean()
+        if "fvu" not in out.metrics:
+            xf = x.float()
+            residual = (xf - out.x_hat.float()).pow(2).sum()
+            found["fvu"] = residual / (xf - xf.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+    return found
+
+
+def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast: contextlib.AbstractContextManager) -> None:
+    """Forward, loss, checks, backward and update of one SAE on batch x (0-based step)."""
+    sae, opt = m.sae, m.optimizer
+    x = x.to(dtype=m.dtype)
+    with autocast:
+        out = sae.training_forward(x, step, total or UNKNOWN_TOTAL_STEPS)
+        terms = dict(out.terms)
+        coefficients = dict(out.coefficients)
+        for pen in m.penalties:
+            pen_terms = _penalty_terms(pen, out)
+            clash = set(pen_terms) & set(terms)
+            if clash:
+                raise ValueError(f"SAE {m.name!r}: penalty {pen.name!r} returns term(s) {sorted(clash)} that "
+                                 "another term already uses; give each penalty a distinct name")
+            terms.update(pen_terms)
+            coefficients.update(pen.coefficients())
+    loss = sum(coefficients.get(name, 1.0) * term.float() for name, term in terms.items())
+    if not torch.isfinite(loss):
+        bad = next((n for n, t in terms.items() if not torch.isfinite(t.detach()).all()), "total loss")
+        raise NonFiniteLossError(m.name, step, bad, m.run_dir)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.before_optimizer_step()
+    m.last = {
+        "lr": m.scheduler.get_last_lr()[0],
+        "loss": loss.detach(),
+        "terms": {n: t.detach() for n, t in terms.items()},
+        "coefficients": {n: float(c) for n, c in coefficients.items() if n in terms},
+        "metrics": {**out.metrics, **_fallback_metrics(x, out)},
+    }
+    if "dead_fraction" not in out.metrics:
+        m.fired |= out.fired(sae.cfg.d_sae)
+    opt.step()
+    sae.after_optimizer_step(step, x, opt)
+    m.scheduler.step()
+
+
+def _log_row(m: _Member, step: int, tokens: int, tokens_per_s: float) -> dict[str, Any]:
+    """The metrics.jsonl row of the latest step; resets the fired-latents window."""
+    last = m.last
+    row: dict[str, Any] = {"step": step, "tokens": tokens, "lr": last["lr"], "loss": float(last["loss"])}
+    row.update({f"loss/{n}": float(t) for n, t in last["terms"].items()})
+    row.update({f"coef/{n}": c for n, c in last["coefficients"].items()})
+    metrics = {k: float(v) for k, v in last["metrics"].items()}
+    metrics.setdefault("dead_fraction", float(1.0 - m.fired.float().mean()))
+    row.update(metrics)
+    row["tokens_per_s"] = tokens_per_s
+    for pen in m.penalties:
+        row.update(scalar_stats(pen.name, pen.stats()))
+    m.fired.zero_()
+    return row
+
+
+# --- the run -------------------------------------------------------------------------------------
+class _Run:
+    """State of a training run between steps: the members, the data position, the clock."""
+
+    def __init__(self, members: list[_Member], batches: Iterable, total: Optional[int], args: dict[str, Any]):
+        self.members = members
+        self.batches = batches
+        self.total = total
+        self.args = args
+        self.stateful_data = hasattr(batches, "state_dict") and hasattr(batches, "load_state_dict")
+        self.step = 0
+        self.tokens = 0
+        self.checkpointed_step = -1
+        self.device = members[0].sae.W_dec.device
+        use_bf16 = args["autocast_bf16"] and self.device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        return [m.run_dir for m in self.members if m.run_dir is not None]
+
+    # checkpoints
+    def save_checkpoints(self) -> None:
+        if not self.run_dirs:
+            return
+        shared = {
+            "tokens": self.tokens,
+            "batches_consumed": self.step,
+            "data_state": self.batches.state_dict() if self.stateful_data else None,
+            "rng": ckpt.capture_rng(),
+            "total_steps": self.total,
+        }
+        for m in self.members:
+            ckpt.save_checkpoint(m.run_dir, self.step, {
+                **shared,
+                "name": m.name,
+                "sae": m.sae.state_dict(),
+                "optimizer": m.optimizer.state_dict(),
+                "scheduler": m.scheduler.state_dict(),
+                "penalties": [p.state_dict() for p in m.penalties],
+            })
+        self.checkpointed_step = self.step
+
+    def restore(self, step: int) -> dict[str, Any]:
+        """Load every member's checkpoint at `step`; returns the shared part."""
+        shared: dict[str, Any] = {}
+        for m in self.members:
+            state = ckpt.load_checkpoint(m.run_dir, step)
+            m.sae.load_state_dict(state["sae"])
+            m.optimizer.load_state_dict(state["optimizer"])
+            m.scheduler.load_state_dict(state["scheduler"])
+            if len(state["penalties"]) != len(m.penalties):
+                raise ValueError(f"{m.run_dir}: the checkpoint holds {len(state['penalties'])} penalties but "
+                                 f"{len(m.penalties)} were given; resume with the run's original penalties")
+            for pen, pen_state in zip(m.penalties, state["penalties"]):
+                pen.load_state_dict(pen_state)
+                pen.to(self.device)
+            rd.truncate_metrics(m.run_dir, step)
+            shared = state
+        self.step = self.checkpointed_step = step
+        self.tokens = shared["tokens"]
+        return shared
+
+    def data_iterator(self, shared: Optional[dict[str, Any]]) -> Iterator:
+        """Iterator positioned after the batches already consumed (all of them on a fresh run)."""
+        if shared is None:
+            return iter(self.batches)
+        if self.stateful_data and shared["data_state"] is not None:
+            self.batches.load_state_dict(shared["data_state"])
+            return iter(self.batches)
+        it = iter(self.batches)
+        for i in range(shared["batches_consumed"]):
+            try:
+                next(it)
+            except StopIteration:
+                raise ValueError(f"the batches ran out after {i} while skipping the "
+                                 f"{shared['batches_consumed']} a resumed run had already used; "
+                                 "resume with the same data") from None
+        return it
+
+    # the loop
+    def loop(self, it: Iterator, sink: MetricsSink, fresh: bool) -> None:
+        args = self.args
+        d_in = self.members[0].sae.cfg.d_in
+        window_start, window_tokens = time.perf_counter(), 0
+        while self.total is None or self.step < self.total:
+            try:
+                x = next(it)
+            except StopIteration:
+                if self.total is not None:
+                    warnings.warn(f"the batches ran out after {self.step} of {self.total} steps")
+                break
+            x = _check_batch(x, d_in, self.step).to(self.device, non_blocking=True)
+            if fresh and self.step == 0:
+                for m in self.members:
+                    m.sae.init_from_data(x.to(dtype=m.dtype))
+            for m in self.members:
+                _train_step(m, x, self.step, self.total, self.autocast())
+            self.step += 1
+            self.tokens += x.shape[0]
+            window_tokens += x.shape[0]
+            sink.advance()
+            if self.step % args["log_every"] == 0 or self.step == self.total:
+                now = time.perf_counter()
+                self.log(sink, window_tokens / max(now - window_start, 1e-9))
+                window_start, window_tokens = now, 0
+            if self.step % args["checkpoint_every"] == 0:
+                self.save_checkpoints()
+        last = self.members[0].last
+        if "terms" in last and last.get("logged_step") != self.step:
+            self.log(sink, window_tokens / max(time.perf_counter() - window_start, 1e-9))
+
+    def log(self, sink: MetricsSink, tokens_per_s: float) -> None:
+        for m in self.members:
+            row = _log_row(m, self.step, self.tokens, tokens_per_s)
+            m.last["row"] = row
+            m.last["logged_step"] = self.step
+            sink.log(m.index, row)
+
+
+def train(
+    saes: Union[SAE, Sequence[SAE]],
+    batches: Iterable[Tensor],
+    steps: Optional[int] = None,
+    *,
+    penalties: PenaltiesArg = None,
+    lr: Union[None, float, Sequence[Optional[float]]] = None,
+    out_dir: Union[None, str, Path] = None,
+    names: Optional[Sequence[str]] = None,
+    checkpoint_every: int = 500,
+    log_every: int = 10,
+    lr_warmup_steps: int = 0,
+    lr_decay_fraction: float = 0.2,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    seed: int = 42,
+    device: Union[None, str, torch.device] = None,
+    autocast_bf16: bool = True,
+    resume: bool = False,
+    progress: bool = True,
+    wandb: bool = False,
+    tensorboard: bool = False,
+    run_config: Optional[dict] = None,
+) -> list[SAE]:
+    """Train SAEs on a stream of activation batches; returns the trained SAEs (same objects).
+
+    saes: one SAE or a list; every batch trains all of them.
+    batches: any iterable of [B, d_in] tensors. With state_dict()/load_state_dict() its state
+        goes into checkpoints; otherwise a resumed run skips the batches already used.
+    steps: number of steps; None trains until the batches end (an LR decay then needs len()).
+    penalties: None; a list aligned with saes (each a Penalty, a list of them, or None); or a
+        dict {sae index or name: Penalty or list}. Each SAE needs its own penalty objects.
+    lr: None (each SAE's default_lr()), a float, or one value per SAE.
+    out_dir: None writes nothing. One SAE: out_dir is its run dir; several: out_dir/<name>.
+        A run dir gets config.json, checkpoints/ (the last 2), metrics.jsonl, sae/ and
+        final_info.json.
+    lr_warmup_steps, lr_decay_fraction: linear warm-up; linear decay to 0 over that final
+        fraction of the steps.
+    device: where to train (None: where the first SAE is). bf16 autocast only on CUDA.
+    resume: continue from the latest checkpoint in out_dir (a fresh start if there is none);
+        on CPU the result equals an uninterrupted run exactly.
+    run_config: the caller's whole run description, stored in config.json for resume.
+    Raises NonFiniteLossError on a NaN/Inf loss (the last checkpoint stays as it was).
+    """
+    saes = _as_sae_list(saes)
+    names = _names(names, len(saes))
+    penalty_lists = _assign_penalties(penalties, names)
+    total = _total_steps(batches, steps, lr_decay_fraction)
+    lrs = _lrs(lr, saes)
+    if checkpoint_every <= 0 or log_every <= 0:
+        raise ValueError("checkpoint_every and log_every must be positive step counts")
+    dirs = rd.run_dirs(out_dir, names)
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    if not resume:
+        for d in dirs:
+            if d is not None and rd.holds_training(d):
+                raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
+                                      "or choose another out_dir")
+    dev = torch.device(device) if device is not None else saes[0].W_dec.device
+    schedule = WarmupDecay(lr_warmup_steps, total, lr_decay_fraction)
+    members = [
+        _build_member(i, name, sae, plist, d, lr_i, adam_betas, schedule, dev)
+        for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
+    ]
+    args = dict(
+        steps=total, checkpoint_every=checkpoint_every, log_every=log_every, lr_warmup_steps=lr_warmup_steps,
+        lr_decay_fraction=lr_decay_fraction, adam_betas=list(adam_betas), seed=seed, device=str(dev),
+        autocast_bf16=autocast_bf16, names=names, out_dir=None if out_dir is None else str(out_dir),
+    )
+    run = _Run(members, batches, total, args)
+    start = ckpt.latest_common_step(run.run_dirs) if resume else None
+    sink = MetricsSink(names, dirs, ExternalLoggers(wandb, tensorboard, names, dirs, run_config, resume=start is not None),
+                       total, start or 0, progress)
+    try:
+        if start is None:
+            ckpt.seed_everything(seed)
+            for m in members:
+                if m.run_dir is not None:
+                    _start_run_dir(m, args, run_config)
+            shared = None
+        else:
+            shared = run.restore(start)
+        it = run.data_iterator(shared)
+        if shared is not None:
+            ckpt.restore_rng(shared["rng"])
+        run.loop(it, sink, fresh=shared is None)
+        if run.step == 0:
+            raise ValueError("the batches yielded nothing; check the data source (empty corpus or cache?)")
+        if run.checkpointed_step != run.step:
+            run.save_checkpoints()
+        for m in members:
+            _finish(m, args, run, sink)
+    finally:
+        sink.close()
+    return saes
+
+
+def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run_dir: Optional[Path], lr: float,
+                  adam_betas: tuple[float, float], schedule: WarmupDecay, device: torch.device) -> _Member:
+    sae.to(device).train()
+    for pen in penalties:  # moved in place: the caller's objects are the ones that train
+        pen.to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(adam_betas))
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
+    return _Member(index, name, sae, penalties, run_dir, lr, optimizer, make_scheduler(optimizer, schedule), fired)
+
+
+def _member_args(m: _Member, args: dict[str, Any]) -> dict[str, Any]:
+    return {**args, "name": m.name, "index": m.index, "lr": m.lr}
+
+
+def _start_run_dir(m: _Member, args: dict[str, Any], run_config: Optional[dict]) -> None:
+    """A fresh start: clear what a run killed before its first common checkpoint left, write config.json."""
+    ckpt.clear_checkpoints(m.run_dir)
+    rd.truncate_metrics(m.run_dir, 0)
+    write_config(m.run_dir, m.sae, m.penalties, _member_args(m, args), run_config)
+
+
+def _finish(m: _Member, args: dict[str, Any], run: _Run, sink: MetricsSink) -> None:
+    """Final artifacts and the one-line summary of one SAE."""
+    row = m.last.get("row")
+    if row is None and m.run_dir is not None:  # a resumed run that had already finished
+        logged = rd.read_metrics(m.run_dir)
+        row = logged[-1] if logged else None
+    row = row or {}
+    if m.run_dir is not None:
+        write_final(m.run_dir, m.sae, m.penalties, _member_args(m, args), run.step, run.tokens, row)
+    where = f" -> {m.run_dir}" if m.run_dir is not None else ""
+    sink.write(f"{m.name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
+               f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
+               f"dead {100 * row.get('dead_fraction', float('nan')):.1f}%{where}")
