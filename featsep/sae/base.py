@@ -1,17 +1,27 @@
-"""The contract every SAE architecture meets, and the registry that names them.
+"""The contract every SAE architecture meets, the logic they share, and the registry.
 
 An architecture is one file in featsep/sae/: a config class (subclass of `SAEConfigBase`)
 and an implementation (subclass of `SAE`), registered with `@register("name")`.
 The trainer knows nothing about architectures beyond this file.
+
+Conventions shared by every architecture (one place, here):
+- encode subtracts b_dec from the input first (SAELens `apply_b_dec_to_input=True`).
+- "mse" is the squared reconstruction error summed over d_in and averaged over the batch,
+  ||x - x_hat||^2 per token (SAELens / dictionary_learning convention; it is what the
+  reference's l1 = 0.04 was tuned against). `metrics["fvu"]` gives the scale-free version.
+- W_dec rows stay unit norm: `before_optimizer_step` removes the radial gradient component,
+  `after_optimizer_step` renormalises.
+- Dead latents: `tokens_since_fired` counts tokens seen since each latent last fired; a
+  latent is dead once that reaches `dead_tokens_threshold`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 
@@ -24,8 +34,8 @@ class SAEConfigBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    d_in: int
-    d_sae: int
+    d_in: int = Field(gt=0)
+    d_sae: int = Field(gt=0)
     dtype: str = "float32"
     device: str = "cpu"
     # metadata (SAELens-compatible names)
@@ -38,16 +48,29 @@ class SAEConfigBase(BaseModel):
     normalization_factor: Optional[float] = None  # x_normalised = x * factor
     dataset_path: str = ""
     seed: int = 42
+    # shared training behaviour
+    b_dec_init: Literal["geometric_median", "mean", "zeros"] = Field(
+        "geometric_median", description="where init_from_data puts b_dec"
+    )
+    dead_tokens_threshold: int = Field(
+        1_000_000,
+        gt=0,
+        description="a latent silent for this many tokens is dead (Gao et al. use 10M; our "
+        "runs are 2-10M tokens, so 1M keeps the notion meaningful)",
+    )
 
 
 @dataclass
 class SAEOutput:
     """What one training forward returns to the trainer.
 
-    terms: named, unweighted scalar loss terms; coefficients: the weight of each term at this
-    step (a missing name means 1.0). The trainer minimises sum(coef * term) and logs each term.
+    terms: named, unweighted scalar loss terms (only loss terms); coefficients: the weight of
+    each term at this step (a missing name means 1.0). The trainer minimises
+    sum(coef * term) and logs each term. metrics: detached diagnostics (l0, fvu,
+    dead_fraction, ...) for logging only.
     Latent activations come dense (`codes` [B, d_sae]) or, for TopK-like SAEs on the sparse
-    path, as `top_values`/`top_indices` [B, k] with `codes` possibly None.
+    path, as `top_values`/`top_indices` [B, k] with `codes` None. In the TopK form an entry
+    whose value is 0 is inactive (BatchTopK pads rows with such entries).
     """
 
     x_hat: Tensor
@@ -56,6 +79,7 @@ class SAEOutput:
     codes: Optional[Tensor] = None
     top_values: Optional[Tensor] = None
     top_indices: Optional[Tensor] = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def dense_codes(self, d_sae: int) -> Tensor:
         """Codes as a dense [B, d_sae] tensor (scatters the TopK form when needed)."""
@@ -63,7 +87,8 @@ class SAEOutput:
             return self.codes
         assert self.top_values is not None and self.top_indices is not None
         out = self.top_values.new_zeros(self.top_values.shape[0], d_sae)
-        return out.scatter(1, self.top_indices, self.top_values)
+        # scatter_add so that padded (index, 0.0) entries never overwrite a real value
+        return out.scatter_add(1, self.top_indices, self.top_values)
 
     def fired(self, d_sae: int) -> Tensor:
         """Bool [d_sae]: which latents were non-zero anywhere in the batch."""
@@ -76,12 +101,40 @@ class SAEOutput:
         return (self.codes != 0).any(dim=0)
 
 
+def mse_loss(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Squared error summed over features, mean over tokens (at least float32, even under
+    bf16 autocast)."""
+    dtype = torch.promote_types(torch.promote_types(x_hat.dtype, x.dtype), torch.float32)
+    return (x_hat.to(dtype) - x.to(dtype)).pow(2).sum(dim=-1).mean()
+
+
+def linear_warmup(value: float, step: int, warmup_steps: int) -> float:
+    """`value` ramped linearly over the first `warmup_steps` steps (SAELens convention:
+    (step + 1) / warmup_steps, so step 0 already has a small non-zero weight)."""
+    if warmup_steps <= 0:
+        return value
+    return value * min(1.0, (step + 1) / warmup_steps)
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, iters: int = 8, eps: float = 1e-8) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed Euclidean distance. A robust
+    b_dec init (Bricken et al.; the TopK baseline) that outliers such as BOS cannot drag."""
+    points = points.double()
+    median = points.mean(dim=0)
+    for _ in range(iters):
+        weights = 1.0 / (points - median).norm(dim=1).clamp_min(eps)
+        median = (weights[:, None] * points).sum(dim=0) / weights.sum()
+    return median
+
+
 class SAE(nn.Module):
     """Base class. Parameters: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in]
     (unit-norm rows), b_dec [d_in]. Subclasses implement `encode` and `training_forward`.
     """
 
     architecture: ClassVar[str] = ""
+    saelens_architecture: ClassVar[str] = "standard"  # the name SAELens loads it as
     config_class: ClassVar[type[SAEConfigBase]] = SAEConfigBase
     topk_like: ClassVar[bool] = False  # codes have at most k non-zeros per row
 
@@ -94,8 +147,32 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n, dtype=dtype, device=cfg.device))
         self.W_dec = nn.Parameter(torch.empty(n, d, dtype=dtype, device=cfg.device))
         self.b_dec = nn.Parameter(torch.zeros(d, dtype=dtype, device=cfg.device))
+        self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long, device=cfg.device))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Unit-norm random decoder rows, encoder = decoder transpose (Conerly et al.; Gao
+        et al.): training starts near a tied autoencoder."""
+        gen = torch.Generator(device="cpu").manual_seed(self.cfg.seed)
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=gen)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
 
     # --- inference -------------------------------------------------------------------------
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """(x - b_dec) W_enc + b_enc: [..., d_sae].
+
+        b_dec enters a second time in an exactly-zero term, (b_dec - b_dec.detach()) W_enc, that
+        carries its gradient as one vector-matrix product; the plain formula would make autograd
+        compute the whole [B, d_in] input gradient, a matmul as large as the encoder, only to
+        sum it over the batch."""
+        b_dec = self.b_dec
+        return (x - b_dec.detach()) @ self.W_enc + (self.b_enc - (b_dec - b_dec.detach()) @ self.W_enc)
+
     def encode(self, x: Tensor) -> Tensor:
         """x [..., d_in] -> dense codes [..., d_sae] (nonnegative for all built-ins)."""
         raise NotImplementedError
@@ -110,7 +187,7 @@ class SAE(nn.Module):
     def training_forward(self, x: Tensor, step: int, total_steps: int) -> SAEOutput:
         """One training forward on a batch x [B, d_in]: reconstruction plus named loss terms
         ("mse" always; architecture terms such as "l1", "l0", "auxk"). May update bookkeeping
-        buffers (e.g. steps since each latent fired)."""
+        buffers (e.g. tokens since each latent fired)."""
         raise NotImplementedError
 
     def default_lr(self) -> float:
@@ -118,19 +195,122 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
-        """Data-dependent init before training (b_dec at the geometric median or mean)."""
+        """Data-dependent init before training: b_dec at the geometric median or mean."""
+        x = x.reshape(-1, self.cfg.d_in)
+        if self.cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(x))
+        elif self.cfg.b_dec_init == "mean":
+            self.b_dec.copy_(x.double().mean(dim=0))
 
+    @torch.no_grad()
     def before_optimizer_step(self) -> None:
-        """Called after backward, before optimizer.step (e.g. project decoder gradients)."""
+        """Remove the gradient component parallel to each decoder row, so Adam's step moves
+        rows along the unit sphere rather than fighting the renormalisation."""
+        g = self.W_dec.grad
+        if g is None:
+            return
+        w = self.W_dec
+        g.sub_((g * w).sum(dim=1, keepdim=True) * w)
 
+    @torch.no_grad()
     def after_optimizer_step(self, step: int, x: Tensor, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-        """Called after optimizer.step (e.g. renormalise decoder rows, resample dead latents)."""
+        """Renormalise decoder rows (subclasses extend, e.g. dead-latent resampling)."""
+        self.normalize_decoder()
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    # --- dead-latent bookkeeping -----------------------------------------------------------
+    def dead_mask(self) -> Tensor:
+        """Bool [d_sae]: latents silent for at least `dead_tokens_threshold` tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_tokens_threshold
+
+    @torch.no_grad()
+    def record_firing(self, fired: Tensor, n_tokens: int) -> None:
+        self.tokens_since_fired.add_(n_tokens)
+        self.tokens_since_fired[fired] = 0
+
+    @torch.no_grad()
+    def resample_dead_latents(
+        self, x: Tensor, optimizer: Optional[torch.optim.Optimizer] = None, seed: int = 0
+    ) -> int:
+        """Anthropic-style resampling (Bricken et al. 2023): each dead latent gets a decoder row
+        pointing at an input the SAE reconstructs badly (sampled with probability ~ squared
+        error), an encoder column along it at 0.2 x the mean alive encoder norm, b_enc = 0,
+        and fresh Adam moments. Live latents are untouched. Returns how many were resampled."""
+        dead = self.dead_mask().nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return 0
+        x = x.reshape(-1, self.cfg.d_in).to(self.W_dec.dtype)
+        errors = (x - self(x)).pow(2).sum(dim=-1).double().cpu()
+        if not torch.isfinite(errors).all() or errors.sum() <= 0:
+            errors = torch.ones_like(errors)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        rows = torch.multinomial(errors, dead.numel(), replacement=True, generator=gen).to(x.device)
+        directions = x[rows] - self.b_dec
+        directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = ~self.dead_mask()
+        enc_norm = self.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        self.W_dec[dead] = directions
+        self.W_enc[:, dead] = directions.T * (0.2 * enc_norm)
+        self.b_enc[dead] = 0
+        self.tokens_since_fired[dead] = 0
+        if optimizer is not None:
+            for param, where in ((self.W_dec, (dead,)), (self.W_enc, (slice(None), dead)), (self.b_enc, (dead,))):
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    state = optimizer.state.get(param, {})
+                    if moment in state:
+                        state[moment][where] = 0
+        return int(dead.numel())
+
+    def finish_output(self, x: Tensor, out: SAEOutput, l0: Tensor) -> SAEOutput:
+        """Shared tail of every training_forward: the "mse" term, firing bookkeeping and the
+        diagnostics (`l0` is the mean number of active latents per token)."""
+        out.terms = {"mse": mse_loss(x, out.x_hat), **out.terms}
+        if self.training:
+            self.record_firing(out.fired(self.cfg.d_sae), x.shape[0])
+        with torch.no_grad():
+            xf = x.float()
+            total_var = (xf - xf.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
+            out.metrics.update(
+                l0=float(l0),
+                fvu=float(out.terms["mse"].detach() / total_var),
+                dead_fraction=float(self.dead_mask().float().mean()),
+            )
+        return out
+
+    # --- saving ----------------------------------------------------------------------------
+    def saved_tensors(self) -> dict[str, Tensor]:
+        """Tensors written to sae_weights.safetensors under SAELens's names."""
+        return {k: getattr(self, k).detach() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+    @torch.no_grad()
+    def load_saved_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Inverse of `saved_tensors`."""
+        for k in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(self, k).copy_(tensors[k])
 
     # --- metadata --------------------------------------------------------------------------
     def to_cfg_dict(self) -> dict[str, Any]:
-        """cfg.json contents: the config plus `architecture`, in SAELens-compatible names."""
+        """cfg.json contents: our full config plus the keys SAELens reads.
+
+        `architecture` is SAELens's name (it loads BatchTopK-family SAEs as JumpReLU with
+        their threshold); `featsep_architecture` is ours, which `load_sae` uses."""
         d = self.cfg.model_dump()
-        d["architecture"] = self.architecture
+        d.update(
+            architecture=self.saelens_architecture,
+            featsep_architecture=self.architecture,
+            apply_b_dec_to_input=True,
+            finetuning_scaling_factor=False,
+            sae_lens_training_version=None,
+            normalize_activations=self.cfg.normalize_activations,
+            dataset_trust_remote_code=False,
+            model_from_pretrained_kwargs={},
+            hook_head_index=None,
+            neuronpedia_id=None,
+            activation_fn_kwargs={},
+        )
         return d
 
 

@@ -1,0 +1,81 @@
+"""BatchTopK SAE (Bussmann et al. 2024): in training keep the k*B largest activations of the
+whole batch (k per token on average); at inference a single threshold replaces the batch.
+
+The threshold is a running estimate (SAELens): an exponential moving average, with rate
+`threshold_lr`, of the smallest positive activation the batch selection kept; the first
+training batch sets it directly. Inference encode is then a JumpReLU with that threshold,
+which is also how SAELens loads the saved SAE (architecture "jumprelu", per-latent threshold).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from featsep.sae.base import register
+from featsep.sae.topk import TopKConfig, TopKSAE
+
+
+class BatchTopKConfig(TopKConfig):
+    threshold_lr: float = Field(0.01, gt=0, le=1, description="EMA rate of the inference threshold")
+
+
+@register("batchtopk")
+class BatchTopKSAE(TopKSAE):
+    """Training codes come in TopK form padded to the busiest row: [B, k_max] with value 0 in
+    the padding (an inactive entry pointing at latent 0)."""
+
+    config_class = BatchTopKConfig
+    saelens_architecture = "jumprelu"
+    cfg: BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros((), dtype=self.W_dec.dtype, device=cfg.device))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long, device=cfg.device))
+
+    def encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_activations(x)
+        return pre.relu() * (pre > self.threshold)
+
+    def select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        batch, n = pre.shape
+        flat_values, flat_idx = pre.relu().flatten().topk(min(self.cfg.k * batch, batch * n), sorted=False)
+        rows, cols = flat_idx // n, flat_idx % n
+        if self.training:
+            self.update_threshold(flat_values)
+        # pack into [B, k_max]: the position of each entry within its row
+        counts = torch.bincount(rows, minlength=batch)
+        order = torch.argsort(rows, stable=True)
+        rows, cols, flat_values = rows[order], cols[order], flat_values[order]
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(rows.numel(), device=pre.device) - starts[rows]
+        k_max = int(counts.max()) if rows.numel() else 1
+        values = flat_values.new_zeros(batch, k_max).index_put((rows, slot), flat_values)
+        indices = cols.new_zeros(batch, k_max).index_put((rows, slot), cols)
+        return values, indices
+
+    @torch.no_grad()
+    def update_threshold(self, selected: Tensor) -> None:
+        positive = selected[selected > 0]
+        if positive.numel() == 0:
+            return
+        smallest = positive.min().double()
+        if int(self.threshold_updates) == 0:
+            new = smallest
+        else:
+            lr = self.cfg.threshold_lr
+            new = (1 - lr) * self.threshold.double() + lr * smallest
+        self.threshold.copy_(new)
+        self.threshold_updates.add_(1)
+
+    def saved_tensors(self) -> dict[str, Tensor]:
+        # SAELens's JumpReLU has one threshold per latent
+        return {**super().saved_tensors(), "threshold": self.threshold.expand(self.cfg.d_sae).detach()}
+
+    @torch.no_grad()
+    def load_saved_tensors(self, tensors: dict[str, Tensor]) -> None:
+        super().load_saved_tensors(tensors)
+        self.threshold.copy_(tensors["threshold"].reshape(-1)[0])
+        self.threshold_updates.fill_(1)

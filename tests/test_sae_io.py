@@ -1,0 +1,95 @@
+"""save_sae / load_sae: exact round trips for every architecture, SAELens layout, clear errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import featsep
+from featsep.sae import architectures
+
+D, N = 8, 48
+SAELENS_NAME = {"relu_l1": "standard", "topk": "topk", "batchtopk": "jumprelu",
+                "jumprelu": "jumprelu", "matryoshka": "jumprelu"}
+
+
+def trained(arch):
+    params = {"k": 3} if arch in ("topk", "batchtopk", "matryoshka") else {}
+    sae = featsep.make_sae(arch, d_in=D, d_sae=N, hook_name="blocks.3.hook_resid_post",
+                           model_name="tiny", **params)
+    x = torch.randn(32, D, generator=torch.Generator().manual_seed(0))
+    sae.init_from_data(x)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for i in range(3):
+        out = sae.training_forward(x, i, 3)
+        opt.zero_grad()
+        sum(out.coefficients.get(k, 1.0) * v for k, v in out.terms.items()).backward()
+        sae.before_optimizer_step()
+        opt.step()
+        sae.after_optimizer_step(i, x, opt)
+    return sae.eval(), x
+
+
+@pytest.mark.parametrize("arch", sorted(SAELENS_NAME))
+def test_round_trip_every_architecture(arch, tmp_path):
+    sae, x = trained(arch)
+    featsep.save_sae(sae, tmp_path / "sae", extra={"steps": 3})
+    loaded = featsep.load_sae(tmp_path / "sae")
+    assert type(loaded) is type(sae)
+    assert loaded.cfg == sae.cfg
+    assert torch.equal(loaded(x), sae(x))
+    assert torch.equal(loaded.encode(x), sae.encode(x))
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == SAELENS_NAME[arch] and cfg["featsep_architecture"] == arch
+    assert (cfg["d_in"], cfg["d_sae"], cfg["hook_name"], cfg["model_name"]) == (D, N, "blocks.3.hook_resid_post", "tiny")
+    assert cfg["meta"]["hook_name"] == "blocks.3.hook_resid_post" and cfg["apply_b_dec_to_input"] is True
+    for key in ("normalize_activations", "dtype", "device", "context_size", "prepend_bos", "dataset_path"):
+        assert key in cfg
+    assert cfg["featsep_extra"] == {"steps": 3}
+    weights = load_file(tmp_path / "sae" / "sae_weights.safetensors")
+    assert weights["W_enc"].shape == (D, N) and weights["W_dec"].shape == (N, D)
+    assert weights["b_enc"].shape == (N,) and weights["b_dec"].shape == (D,)
+    if SAELENS_NAME[arch] == "jumprelu":
+        assert weights["threshold"].shape == (N,)
+    assert not [p for p in (tmp_path / "sae").iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_jumprelu_saves_exp_of_log_threshold(tmp_path):
+    sae = featsep.make_sae("jumprelu", d_in=D, d_sae=N)
+    with torch.no_grad():
+        sae.log_threshold.copy_(torch.linspace(-3, 1, N))
+    featsep.save_sae(sae, tmp_path)
+    torch.testing.assert_close(load_file(tmp_path / "sae_weights.safetensors")["threshold"], torch.linspace(-3, 1, N).exp())
+
+
+def test_batchtopk_threshold_survives(tmp_path):
+    sae, x = trained("batchtopk")
+    assert sae.threshold > 0
+    featsep.save_sae(sae, tmp_path)
+    assert torch.equal(featsep.load_sae(tmp_path).threshold, sae.threshold)
+    assert torch.all(load_file(tmp_path / "sae_weights.safetensors")["threshold"] == sae.threshold)
+
+
+def test_clear_errors_for_missing_or_corrupt_dirs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved SAE.*cfg.json"):
+        featsep.load_sae(tmp_path / "nothing")
+    sae, _ = trained("topk")
+    featsep.save_sae(sae, tmp_path / "a")
+    (tmp_path / "a" / "cfg.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt.*re-save"):
+        featsep.load_sae(tmp_path / "a")
+    featsep.save_sae(sae, tmp_path / "b")
+    (tmp_path / "b" / "sae_weights.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupt.*re-save"):
+        featsep.load_sae(tmp_path / "b")
+    featsep.save_sae(sae, tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "cfg.json").read_text())
+    del cfg["featsep_architecture"]
+    (tmp_path / "c" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="not written by featsep"):
+        featsep.load_sae(tmp_path / "c")
+
+
+def test_every_registered_architecture_is_covered():
+    assert set(architectures()) == set(SAELENS_NAME)

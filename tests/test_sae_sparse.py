@@ -1,0 +1,86 @@
+"""The sparse TopK decoder equals the dense reference: outputs and every gradient, float64."""
+
+import pytest
+import torch
+
+import featsep
+from featsep.sae.sparse import dense_decode_reference, sparse_decode
+
+D, N, K, B = 10, 80, 5, 24
+
+
+def test_sparse_decode_equals_reference_with_duplicates_and_zeros():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(N, D, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, N, (B, K), generator=g)
+    idx[:, -1] = idx[:, 0]  # duplicate indices within a row (BatchTopK padding does this)
+    vals = torch.rand(B, K, generator=g, dtype=torch.float64)
+    vals[::3, 1] = 0.0
+    vals.requires_grad_(True)
+    grad_out = torch.randn(B, D, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (sparse_decode, dense_decode_reference):
+        out = fn(vals, idx, W, b)
+        gv, gW, gb = torch.autograd.grad(out, (vals, W, b), grad_out)
+        results.append((out, gv, gW, gb))
+    for a, r in zip(*results):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    # grad wrt values is the rowwise dot of grad_out with W[idx]
+    torch.testing.assert_close(results[0][1], (W[idx] * grad_out[:, None, :]).sum(-1).detach())
+
+
+def twins(arch, **params):
+    saes = []
+    for sparse in (True, False):
+        sae = featsep.make_sae(arch, d_in=D, d_sae=N, k=K, dtype="float64", sparse_decoder=sparse,
+                               dead_tokens_threshold=B, aux_k=16, **params)
+        saes.append(sae)
+    saes[1].load_state_dict(saes[0].state_dict())
+    return saes
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_sparse_training_forward_equals_dense_reference(arch):
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.3
+    sparse, dense = twins(arch)
+    assert sparse.sparse and not dense.sparse
+    with torch.no_grad():  # some latents silent, so AuxK is active on the second step
+        for sae in (sparse, dense):
+            sae.b_enc[: N // 2] = -100.0
+    outs = []
+    for sae in (sparse, dense):
+        sae.training_forward(x, 0, 2)  # first step: bookkeeping marks the silent latents dead
+        out = sae.training_forward(x, 1, 2)
+        assert out.terms["auxk"] > 0
+        loss = sum(out.coefficients.get(k, 1.0) * v for k, v in out.terms.items())
+        loss.backward()
+        outs.append(out)
+    s, d = outs
+    assert s.codes is None and d.codes is not None
+    torch.testing.assert_close(s.x_hat, d.x_hat, rtol=1e-12, atol=1e-12)
+    assert s.terms.keys() == d.terms.keys()
+    for k in s.terms:
+        torch.testing.assert_close(s.terms[k], d.terms[k], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s.dense_codes(N), d.codes, rtol=0, atol=0)
+    for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-11, atol=1e-11, msg=name)
+
+
+def test_auto_mode_picks_sparse_for_large_dictionaries():
+    assert featsep.make_sae("topk", d_in=8, d_sae=8192, k=32).sparse
+    assert not featsep.make_sae("topk", d_in=8, d_sae=64, k=32).sparse
+
+
+def test_pre_activations_equal_the_plain_formula_with_gradients():
+    sae = featsep.make_sae("topk", d_in=D, d_sae=N, k=K, dtype="float64")
+    with torch.no_grad():
+        sae.b_dec.normal_(generator=torch.Generator().manual_seed(2))
+    x = torch.randn(B, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    g = torch.randn(B, N, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    params = (sae.W_enc, sae.b_enc, sae.b_dec)
+    fast = sae.pre_activations(x)
+    plain = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    assert torch.equal(fast, plain)
+    for a, b in zip(torch.autograd.grad(fast, params, g), torch.autograd.grad(plain, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
