@@ -92,7 +92,9 @@ class EvalConfig(_Strict):
     """Evaluations run after training (names from `featsep.evals`), with per-eval settings."""
 
     evals: list[str] = Field(default_factory=list)
-    settings: dict[str, Any] = Field(default_factory=dict, description="e.g. {'core.n_tokens': 20000}")
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="per-eval settings, e.g. [eval.settings.core] seed = 1"
+    )
 
 
 class RunConfig(_Strict):

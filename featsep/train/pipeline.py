@@ -1,0 +1,252 @@
+"""From a config to run dirs: model + text (or a cache) -> activation stream -> SAEs -> evals.
+
+`featsep train CONFIG` and `featsep sweep CONFIG` both land in `train_specs`, which trains any
+number of SAEs on one shared activation stream (so a sweep pays for the language model once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Optional
+
+import torch
+
+from featsep.config import (
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PenaltyConfig,
+    RunConfig,
+    SAEConfig,
+    TrainConfig,
+    apply_overrides,
+    validate,
+)
+
+TRAINING_KEY_PREFIX = "training results for layer"
+
+
+@dataclass
+class RunSpec:
+    """One SAE to train: its run-dir name, a human label, its method and its configuration."""
+
+    name: str
+    label: str
+    method: str
+    sae: SAEConfig
+    penalties: list[PenaltyConfig] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def is_trained(run_dir: Path) -> bool:
+    """A finished run has its final SAE and the training section of final_info.json."""
+    info = Path(run_dir) / "final_info.json"
+    if not (Path(run_dir) / "sae" / "cfg.json").is_file() or not info.is_file():
+        return False
+    try:
+        return any(k.startswith(TRAINING_KEY_PREFIX) for k in json.loads(info.read_text()))
+    except json.JSONDecodeError:
+        return False
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    ckpt = Path(run_dir) / "checkpoints"
+    return ckpt.is_dir() and any(ckpt.iterdir())
+
+
+def sae_metadata(model: ModelConfig, data: DataConfig, stream) -> dict[str, Any]:
+    """Where the activations came from, carried into every SAE's cfg.json."""
+    from featsep.lm import parse_hook
+
+    factor = getattr(stream, "normalization_factor", None)
+    return {
+        "hook_name": model.hook,
+        "hook_layer": parse_hook(model.hook),
+        "model_name": model.name,
+        "context_size": data.context_length,
+        "prepend_bos": True,
+        "dataset_path": data.cache or data.dataset,
+        # SAELens has no "constant factor" mode: the factor travels under its own key and
+        # featsep's evals apply it (x * factor in, x_hat / factor out).
+        "normalize_activations": "none",
+        "normalization_factor": factor,
+        "seed": data.seed,
+    }
+
+
+def build_sae(spec: RunSpec, d_in: int, metadata: dict[str, Any], device: str):
+    from featsep.sae import make_sae
+
+    params = dict(spec.sae.model_extra or {})
+    clash = sorted(set(params) & set(metadata))
+    if clash:
+        raise ConfigError(f"run {spec.name}: sae.{clash[0]} is set from the model/data sections; remove it")
+    return make_sae(spec.sae.architecture, d_in=d_in, d_sae=spec.sae.d_sae, device=device, **metadata, **params)
+
+
+def build_penalties(spec: RunSpec, d_sae: int) -> list:
+    from featsep.penalties import make_penalty
+
+    return [make_penalty(p.name, d_sae=d_sae, **(p.model_extra or {})) for p in spec.penalties]
+
+
+def _check_sequence_mode(specs: list[RunSpec], data: DataConfig) -> None:
+    for spec in specs:
+        for p in spec.penalties:
+            if p.name == "temporal" and data.shuffle_buffer and not data.sequence_mode:
+                print(
+                    f"note: run {spec.name} uses the temporal penalty on shuffled activations; "
+                    "set data.sequence_mode=true to feed whole contexts in order"
+                )
+
+
+def train_specs(
+    specs: list[RunSpec],
+    *,
+    model: ModelConfig,
+    data: DataConfig,
+    train: TrainConfig,
+    out_dir: Path,
+    shared_config: dict[str, Any],
+    single_run: bool = False,
+    lm=None,
+) -> list[Path]:
+    """Train `specs` together on one activation stream; returns their run dirs.
+
+    single_run: out_dir IS the run dir (featsep train); otherwise runs go to out_dir/<name>.
+    Runs with checkpoints resume (all of them from the last step they share)."""
+    from featsep.data import stream_from_config
+    from featsep.train import train as train_saes
+
+    out_dir = Path(out_dir)
+    run_dirs = [out_dir] if single_run else [out_dir / s.name for s in specs]
+    device = resolve_device(train.device)
+    _check_sequence_mode(specs, data)
+    view = SimpleNamespace(model=model, data=data, train=train)
+    stream = stream_from_config(view, lm=lm, batch_size=train.batch_size)
+    steps = train.tokens // train.batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"train.tokens={train.tokens} is less than one batch (train.batch_size={train.batch_size})"
+        )
+    meta = sae_metadata(model, data, stream)
+    saes = [build_sae(s, stream.d_in, meta, device) for s in specs]
+    penalties = [build_penalties(s, s.sae.d_sae) for s in specs]
+    resume = any(has_checkpoint(d) for d in run_dirs)
+    if resume:
+        print(f"resuming {len(specs)} run(s) from their last checkpoint")
+    started = time.time()
+    if single_run or len(specs) == 1:
+        target, names = run_dirs[0], [specs[0].name]
+    else:
+        target, names = out_dir, [s.name for s in specs]
+    train_saes(
+        saes,
+        stream,
+        steps,
+        penalties=penalties,
+        lr=train.lr,
+        out_dir=target,
+        names=names,
+        checkpoint_every=train.checkpoint_every,
+        log_every=train.log_every,
+        lr_warmup_steps=train.lr_warmup_steps,
+        lr_decay_fraction=train.lr_decay_fraction,
+        adam_betas=tuple(train.adam_betas),
+        seed=train.seed,
+        device=device,
+        autocast_bf16=train.autocast_bf16,
+        resume=resume,
+        wandb=train.wandb,
+        tensorboard=train.tensorboard,
+        run_config=shared_config,
+    )
+    minutes = (time.time() - started) / 60
+    print(
+        f"trained {len(specs)} SAE(s) on {steps * train.batch_size:,} activations in {minutes:.1f} min "
+        f"-> {', '.join(str(d) for d in run_dirs)}"
+    )
+    return run_dirs
+
+
+def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig, lm=None) -> None:
+    """Run the configured evals on run dirs, skipping evals a run already has results for."""
+    from featsep.evals import evaluate
+
+    todo: dict[tuple[str, ...], list[Path]] = {}
+    for run_dir in run_dirs:
+        missing = tuple(e for e in eval_cfg.evals if not _has_eval(run_dir, e))
+        if missing:
+            todo.setdefault(missing, []).append(run_dir)
+    for evals, dirs in todo.items():
+        settings = json.loads(json.dumps(eval_cfg.settings))  # a private copy
+        evaluate(
+            [str(d) for d in dirs],
+            evals=list(evals),
+            model=lm if lm is not None else model.name,
+            settings=settings,
+            device=model.device,
+            dtype=model.dtype,
+        )
+
+
+def _has_eval(run_dir: Path, eval_name: str) -> bool:
+    results = Path(run_dir) / "eval_results"
+    return results.is_dir() and any(results.glob(f"*{eval_name}*.json"))
+
+
+def run_from_config(cfg: RunConfig) -> Path:
+    """`featsep train CONFIG`: one SAE (plus penalties) trained into cfg.out_dir, then evals."""
+    out = Path(cfg.out_dir)
+    spec = RunSpec(
+        name=out.name or "run",
+        label=cfg.sae.architecture + "".join(f"+{p.name}" for p in cfg.penalties),
+        method=cfg.sae.architecture + "".join(f"+{p.name}" for p in cfg.penalties),
+        sae=cfg.sae,
+        penalties=list(cfg.penalties),
+    )
+    if is_trained(out):
+        print(f"{out} is already trained; delete it or choose another out_dir to train again")
+    else:
+        train_specs(
+            [spec],
+            model=cfg.model,
+            data=cfg.data,
+            train=cfg.train,
+            out_dir=out,
+            shared_config=cfg.model_dump(mode="json"),
+            single_run=True,
+        )
+    if cfg.eval.evals:
+        evaluate_runs([out], cfg.eval, cfg.model)
+    return out
+
+
+def resume_from_dir(run_dir: Path, overrides: Optional[list[str]] = None) -> Path:
+    """`featsep train --resume RUN_DIR`: rebuild the run from its config.json and continue."""
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no config.json, so it is not a featsep run dir (or it was killed before "
+            "its first write); start it again with `featsep train CONFIG`"
+        )
+    saved = json.loads(cfg_file.read_text()).get("run_config")
+    if not saved or "sae" not in saved:
+        raise ConfigError(
+            f"{run_dir} belongs to a sweep (or has no run config); resume it with `featsep sweep CONFIG`"
+        )
+    saved["out_dir"] = str(run_dir)
+    cfg = validate(RunConfig, apply_overrides(saved, overrides or []), source=str(cfg_file))
+    return run_from_config(cfg)
