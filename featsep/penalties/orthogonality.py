@@ -1,0 +1,57 @@
+"""Plain co-activation-weighted orthogonality: the baseline pair penalty (docs/methods.md end of
+section 2; what the reference's temporal penalty reduced to once its stability term vanished).
+
+With F [B, n] the codes, A = 1[F != 0] the firing masks, C = A^T A / B (the fraction of the
+batch in which i and j fire together) and D = F^T F / B:
+
+    loss = sum_{i != j} C_ij |D_ij| / s,   s = n ("latent", default), n(n-1) ("pair"), 1 ("none")
+
+Stateless. Exact and sparse: C_ij and D_ij vanish unless i and j fire together in some sample,
+so the sum runs over the co-active pairs of the batch (O(B k^2) time, O(pairs) memory; see
+pairs.py). Gradients are exact at every non-zero entry; zero entries get none (ReLU, TopK and
+JumpReLU pass no gradient there anyway). Dense oracle: reference.orthogonality_dense.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import Field
+from torch import Tensor
+
+from featsep.penalties.base import (Normalize, Penalty, PenaltyConfigBase, check_codes, register,
+                                    scale_divisor, to_sparse_codes)
+from featsep.penalties.pairs import DEFAULT_CHUNK_ELEMENTS, coactive_pairs, pair_gram
+
+
+class OrthogonalityConfig(PenaltyConfigBase):
+    weight: float = 0.1
+    normalize: Normalize = "latent"
+    chunk_elements: int = Field(DEFAULT_CHUNK_ELEMENTS, gt=0, description="pair entries per temporary chunk")
+
+
+@register("orthogonality")
+class OrthogonalityPenalty(Penalty):
+    config_class = OrthogonalityConfig
+
+    def __init__(self, cfg: OrthogonalityConfig):
+        super().__init__(cfg)
+        self.steps = 0
+        self._last: dict[str, float] = {}
+
+    def __call__(self, codes: Tensor, indices: Optional[Tensor] = None) -> dict[str, Tensor]:
+        cfg = self.cfg
+        check_codes(codes, indices, cfg.d_sae, "orthogonality penalty")
+        sparse = to_sparse_codes(codes, indices, cfg.d_sae)
+        pairs = coactive_pairs(sparse, cfg.chunk_elements)
+        gram, _ = pair_gram(sparse, pairs)
+        rate = pairs.counts.to(gram.dtype) / max(sparse.batch_size, 1)
+        # each unordered pair stands for (i, j) and (j, i)
+        loss = 2 * (rate * gram.abs()).sum() / scale_divisor(cfg.normalize, cfg.d_sae)
+        self.steps += 1
+        self._last = {"loss": float(loss.detach()), "coactive_pairs": int(pairs.keys.numel()),
+                      "mean_coactivation": float(rate.mean()) if rate.numel() else 0.0}
+        return {self.name: loss}
+
+    def stats(self) -> dict[str, Any]:
+        return {"steps": self.steps, **self._last}
