@@ -241,6 +241,13 @@ class ActivationStream:
             self.buffer.add(first, self._scale)
         return chunks
 
+    def ensure_normalization_factor(self) -> Optional[float]:
+        """Estimate the factor now (from the first chunks, which stay in the buffer) so that
+        SAEs built before training can record it; None when the stream does not normalise."""
+        if self._chunks is None and self.normalize and self.normalization_factor is None:
+            self._chunks = self._start()
+        return self.normalization_factor
+
     @property
     def _scale(self) -> float:
         if self.prescaled or not self.normalize or self.normalization_factor is None:

@@ -140,6 +140,9 @@ def train_specs(
         raise ConfigError(
             f"train.tokens={train.tokens} is less than one batch (train.batch_size={train.batch_size})"
         )
+    # Estimated from the stream's first chunks (the same ones on a resume), so every SAE's
+    # cfg.json records the factor its inputs were scaled by.
+    stream.ensure_normalization_factor()
     meta = sae_metadata(model, data, stream)
     saes = [build_sae(s, stream.d_in, meta, device) for s in specs]
     penalties = [build_penalties(s, s.sae.d_sae) for s in specs]

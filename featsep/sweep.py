@@ -1,0 +1,147 @@
+"""Sweeps: a study of many SAEs trained on ONE activation stream, then evaluated together.
+
+A sweep config lists methods (an SAE architecture plus penalties) and a grid over each
+method's parameters; `expand_sweep` turns it into runs named run_0, run_1, ... in a stable
+order, and `run_sweep` trains every unfinished run in one pass over the language model (or
+cache), evaluates them sharing the model's work, and leaves out_dir/run_i/ run dirs plus
+out_dir/sweep.json for `featsep report`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from featsep.config import ConfigError, PenaltyConfig, SAEConfig, SweepConfig
+from featsep.io import write_json_atomic
+from featsep.train.pipeline import RunSpec, evaluate_runs, is_trained, train_specs
+
+
+def _set_path(tree: Any, dotted: str, value: Any, method: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
+        if isinstance(node, list):
+            if not isinstance(key, int) or key >= len(node):
+                raise ConfigError(
+                    f"method {method!r}: grid key {dotted!r} indexes {part!r} but the list has "
+                    f"{len(node)} entries"
+                )
+        elif not isinstance(node, dict):
+            raise ConfigError(f"method {method!r}: grid key {dotted!r} goes through a value at {part!r}")
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and key not in node:
+                node[key] = {}
+            node = node[key]
+
+
+def _short(dotted: str) -> str:
+    """'sae.k' -> 'k', 'penalties.0.weight' -> 'weight' (labels stay readable)."""
+    return dotted.split(".")[-1]
+
+
+def expand_sweep(cfg: SweepConfig) -> list[RunSpec]:
+    """Every run of the sweep, in a stable order (methods in file order, grid row-major)."""
+    specs: list[RunSpec] = []
+    names_seen: set[str] = set()
+    for method in cfg.methods:
+        if method.name in names_seen:
+            raise ConfigError(f"two methods are named {method.name!r}; method names must be unique")
+        names_seen.add(method.name)
+        keys = list(method.grid)
+        for key in keys:
+            if not isinstance(method.grid[key], list) or not method.grid[key]:
+                raise ConfigError(f"method {method.name!r}: grid[{key!r}] must be a non-empty list")
+        combos = itertools.product(*(method.grid[k] for k in keys)) if keys else [()]
+        for combo in combos:
+            tree = {
+                "sae": method.sae.model_dump(),
+                "penalties": [p.model_dump() for p in method.penalties],
+            }
+            for key, value in zip(keys, combo):
+                if key.split(".")[0] not in ("sae", "penalties"):
+                    raise ConfigError(
+                        f"method {method.name!r}: grid key {key!r} must start with 'sae.' or 'penalties.'"
+                    )
+                _set_path(tree, key, copy.deepcopy(value), method.name)
+            params = dict(zip(keys, combo))
+            label = method.name + (
+                " (" + ", ".join(f"{_short(k)}={v}" for k, v in params.items()) + ")" if params else ""
+            )
+            specs.append(
+                RunSpec(
+                    name=f"run_{len(specs)}",
+                    label=label,
+                    method=method.name,
+                    sae=SAEConfig.model_validate(tree["sae"]),
+                    penalties=[PenaltyConfig.model_validate(p) for p in tree["penalties"]],
+                    params=params,
+                )
+            )
+    if not specs:
+        raise ConfigError("the sweep has no methods; add at least one [[methods]] table")
+    return specs
+
+
+def sweep_manifest(cfg: SweepConfig, specs: list[RunSpec]) -> dict:
+    """sweep.json: what the report needs to group runs into methods and label them."""
+    return {
+        "name": cfg.name,
+        "config": cfg.model_dump(mode="json"),
+        "runs": [
+            {
+                "run": s.name,
+                "label": s.label,
+                "method": s.method,
+                "architecture": s.sae.architecture,
+                "penalty": "+".join(p.name for p in s.penalties) or None,
+                "params": s.params,
+            }
+            for s in specs
+        ],
+        "labels": {s.name: s.label for s in specs},
+    }
+
+
+def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
+    """Train (resuming where possible) and evaluate every run; returns the sweep dir."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = expand_sweep(cfg)
+    old = out / "sweep.json"
+    if old.exists():
+        previous = json.loads(old.read_text())
+        prev_runs = [(r["run"], r["label"]) for r in previous.get("runs", [])]
+        now_runs = [(s.name, s.label) for s in specs]
+        if prev_runs and prev_runs[: len(now_runs)] != now_runs[: len(prev_runs)]:
+            raise ConfigError(
+                f"{out} holds a different sweep (its runs differ from this config's); "
+                "use another out_dir or delete the old one"
+            )
+    write_json_atomic(out / "sweep.json", sweep_manifest(cfg, specs))
+
+    todo = [s for s in specs if not is_trained(out / s.name)]
+    done = len(specs) - len(todo)
+    if done:
+        print(f"sweep: {done} of {len(specs)} runs already trained, skipping them")
+    step = cfg.max_saes_per_pass or len(todo) or 1
+    for i in range(0, len(todo), step):
+        train_specs(
+            todo[i : i + step],
+            model=cfg.model,
+            data=cfg.data,
+            train=cfg.train,
+            out_dir=out,
+            shared_config=cfg.model_dump(mode="json"),
+        )
+    if evaluate and cfg.eval.evals:
+        evaluate_runs([out / s.name for s in specs], cfg.eval, cfg.model)
+    print(f"sweep: {len(specs)} runs in {out}; `featsep report {out}` builds the report")
+    return out

@@ -1,0 +1,196 @@
+"""Sweeps and the config-to-run pipeline, end to end on a tiny local model directory."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from featsep.config import ConfigError, RunConfig, SweepConfig, load_config, validate
+from featsep.sweep import expand_sweep, run_sweep
+from featsep.train.pipeline import is_trained, resume_from_dir, run_from_config
+
+N_WORDS = 50
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Llama + word-level tokenizer saved like a hub checkpoint (load_lm reads dirs)."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{f"w{i}": i + 4 for i in range(N_WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+    )
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    lines = []
+    for _ in range(200):
+        words = " ".join(f"w{rng.randrange(N_WORDS)}" for _ in range(rng.randint(5, 60)))
+        lines.append(json.dumps({"text": words}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _shared(model_dir, corpus, out_dir) -> dict:
+    return {
+        "out_dir": str(out_dir),
+        "model": {"name": str(model_dir), "hook": "blocks.1.hook_resid_post", "batch_size": 4},
+        "data": {"dataset": str(corpus), "context_length": 16, "shuffle_buffer": 8, "norm_estimate_batches": 2},
+        "train": {"tokens": 1024, "batch_size": 128, "checkpoint_every": 4, "log_every": 2, "lr": 1e-3},
+    }
+
+
+def _sweep_cfg(model_dir, corpus, out_dir) -> SweepConfig:
+    data = _shared(model_dir, corpus, out_dir)
+    data["methods"] = [
+        {"name": "topk", "sae": {"architecture": "topk", "d_sae": 64}, "grid": {"sae.k": [2, 4]}},
+        {
+            "name": "topk+momentum",
+            "sae": {"architecture": "topk", "d_sae": 64, "k": 4},
+            "penalties": [{"name": "momentum"}],
+            "grid": {"penalties.0.weight": [0.1]},
+        },
+        {"name": "relu_l1", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2}},
+    ]
+    return validate(SweepConfig, data)
+
+
+def test_expand_sweep_grid_order_labels_and_overrides(tiny_model_dir, corpus, tmp_path):
+    specs = expand_sweep(_sweep_cfg(tiny_model_dir, corpus, tmp_path))
+    assert [s.name for s in specs] == ["run_0", "run_1", "run_2", "run_3"]
+    assert [s.sae.model_extra.get("k") for s in specs[:3]] == [2, 4, 4]
+    assert specs[0].label == "topk (k=2)" and specs[3].label == "relu_l1"
+    assert specs[2].penalties[0].name == "momentum"
+    assert specs[2].penalties[0].model_extra == {"weight": 0.1}
+    assert [s.method for s in specs] == ["topk", "topk", "topk+momentum", "relu_l1"]
+
+
+def test_expand_sweep_product_of_two_keys():
+    cfg = validate(SweepConfig, {"methods": [{
+        "name": "m", "sae": {"architecture": "topk", "d_sae": 8},
+        "grid": {"sae.k": [1, 2, 3], "sae.d_sae": [8, 16]},
+    }]})
+    specs = expand_sweep(cfg)
+    assert [(s.sae.model_extra["k"], s.sae.d_sae) for s in specs] == [
+        (1, 8), (1, 16), (2, 8), (2, 16), (3, 8), (3, 16)
+    ]
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"train.lr": [1]}}, "must start with"),
+        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"sae.k": []}}, "non-empty list"),
+        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"penalties.0.weight": [1]}}, "the list has 0"),
+    ],
+)
+def test_expand_sweep_errors(method, message):
+    with pytest.raises(ConfigError, match=message):
+        expand_sweep(validate(SweepConfig, {"methods": [method]}))
+
+
+def test_duplicate_method_names_are_rejected():
+    m = {"name": "same", "sae": {"architecture": "topk"}}
+    with pytest.raises(ConfigError, match="unique"):
+        expand_sweep(validate(SweepConfig, {"methods": [m, m]}))
+
+
+def test_sweep_trains_every_run_once_and_skips_finished_runs(tiny_model_dir, corpus, tmp_path, capsys):
+    out = tmp_path / "study"
+    cfg = _sweep_cfg(tiny_model_dir, corpus, out)
+    run_sweep(cfg, evaluate=False)
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [r["run"] for r in manifest["runs"]] == ["run_0", "run_1", "run_2", "run_3"]
+    assert manifest["runs"][2]["penalty"] == "momentum"
+    for i in range(4):
+        run = out / f"run_{i}"
+        assert is_trained(run)
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["step"] == 8  # 1024 tokens / 128 per batch
+    momentum_log = json.loads((out / "run_2" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert any(k.startswith("loss/momentum") for k in momentum_log)
+    sae_cfg = json.loads((out / "run_0" / "sae" / "cfg.json").read_text())
+    assert sae_cfg["hook_name"] == "blocks.1.hook_resid_post" and sae_cfg["d_in"] == 32
+    assert sae_cfg["normalization_factor"] > 0
+
+    weights = (out / "run_1" / "sae" / "sae_weights.safetensors").read_bytes()
+    capsys.readouterr()
+    run_sweep(cfg, evaluate=False)
+    assert "4 of 4 runs already trained" in capsys.readouterr().out
+    assert (out / "run_1" / "sae" / "sae_weights.safetensors").read_bytes() == weights
+
+    # a different study in the same dir is refused rather than mixed in
+    other = cfg.model_copy(deep=True)
+    other.methods[0].grid = {"sae.k": [3]}
+    with pytest.raises(ConfigError, match="different sweep"):
+        run_sweep(other, evaluate=False)
+
+
+def test_train_pipeline_resume_equals_uninterrupted(tiny_model_dir, corpus, tmp_path):
+    from featsep.sae import load_sae
+
+    base = _shared(tiny_model_dir, corpus, tmp_path / "full")
+    base["sae"] = {"architecture": "topk", "d_sae": 64, "k": 4}
+    full = run_from_config(validate(RunConfig, base))
+
+    # "kill" a second run after its step-4 checkpoint by training only half the tokens, then
+    # resume with the full budget through the saved config (as `featsep train --resume` does)
+    half = json.loads(json.dumps(base))
+    half["out_dir"] = str(tmp_path / "killed")
+    half["train"]["tokens"] = 512
+    half["train"]["lr_decay_fraction"] = 0.0
+    base_nodecay = json.loads(json.dumps(base))
+    base_nodecay["train"]["lr_decay_fraction"] = 0.0
+    base_nodecay["out_dir"] = str(tmp_path / "full_nodecay")
+    full_nodecay = run_from_config(validate(RunConfig, base_nodecay))
+    killed = run_from_config(validate(RunConfig, half))
+    for f in ("sae", "final_info.json"):  # what a kill before the end leaves missing
+        target = killed / f
+        if target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    resume_from_dir(killed, overrides=["train.tokens=1024"])
+    a, b = load_sae(full_nodecay / "sae"), load_sae(killed / "sae")
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert is_trained(full)
+
+
+def test_resume_from_dir_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resume_from_dir(tmp_path)
+
+
+def test_example_configs_validate():
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    files = sorted(examples.glob("*.toml"))
+    assert files
+    for f in files:
+        model = SweepConfig if "methods" in f.read_text() else RunConfig
+        cfg = load_config(f, model=model)
+        if model is SweepConfig:
+            assert expand_sweep(cfg)
