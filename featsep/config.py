@@ -46,7 +46,7 @@ class DataConfig(_Strict):
     context_length: int = Field(128, gt=1)
     cache: Optional[str] = Field(None, description="activation cache dir; when set, train reads it")
     shuffle_buffer: int = Field(
-        32, ge=0, description="contexts mixed by the shuffling buffer (0: keep sequences in order)"
+        256, ge=0, description="contexts mixed by the shuffling buffer (0: keep sequences in order)"
     )
     sequence_mode: bool = Field(
         False, description="keep whole contexts in order (temporal penalties need this)"
