@@ -24,6 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from featsep.registry import Registry
+
 # How a summed pair penalty is normalised: "latent" divides by n, "pair" by n (n - 1),
 # "none" keeps the plain sum over ordered pairs i != j.
 Normalize = Literal["latent", "pair", "none"]
@@ -142,34 +144,14 @@ class Penalty:
         return self
 
 
-_REGISTRY: dict[str, type[Penalty]] = {}
-
-
-def register(name: str):
-    def deco(cls: type[Penalty]) -> type[Penalty]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"penalty {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+_REGISTRY: Registry[Penalty] = Registry("penalty", name_attribute="name")
+register = _REGISTRY.register
 
 
 def penalties() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def make_penalty(name: str, d_sae: int, **params: Any) -> Penalty:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown penalty {name!r}; choose one of: {', '.join(penalties())}")
-    cls = _REGISTRY[name]
-    from pydantic import ValidationError
-
-    try:
-        cfg = cls.config_class(d_sae=d_sae, **params)
-    except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
-        allowed = ", ".join(sorted(cls.config_class.model_fields))
-        raise ValueError(f"bad parameters for penalty {name!r}: {bad} (accepted: {allowed})") from None
-    return cls(cfg)
+    """Build a registered penalty, e.g. make_penalty("momentum", d_sae=8192, beta=0.95)."""
+    return _REGISTRY.build(name, d_sae=d_sae, **params)

@@ -24,6 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from featsep.registry import Registry
+
 
 class SAEConfigBase(BaseModel):
     """Fields shared by every architecture; subclasses add their own hyperparameters.
@@ -314,43 +316,18 @@ class SAE(nn.Module):
         return d
 
 
-_REGISTRY: dict[str, type[SAE]] = {}
-
-
-def register(name: str):
-    """Class decorator: make an architecture available to `make_sae(name, ...)`."""
-
-    def deco(cls: type[SAE]) -> type[SAE]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"SAE architecture {name!r} registered twice")
-        cls.architecture = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+_REGISTRY: Registry[SAE] = Registry("SAE architecture", name_attribute="architecture", noun="SAE")
+register = _REGISTRY.register
 
 
 def architectures() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_architecture(name: str) -> type[SAE]:
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown SAE architecture {name!r}; choose one of: {', '.join(architectures())}"
-        )
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def make_sae(name: str, d_in: int, d_sae: int, **params: Any) -> SAE:
     """Build a registered architecture, e.g. make_sae("topk", d_in=640, d_sae=8192, k=32)."""
-    cls = get_architecture(name)
-    from pydantic import ValidationError
-
-    try:
-        cfg = cls.config_class(d_in=d_in, d_sae=d_sae, **params)
-    except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
-        allowed = ", ".join(sorted(cls.config_class.model_fields))
-        raise ValueError(f"bad parameters for SAE {name!r}: {bad} (accepted: {allowed})") from None
-    return cls(cfg)
+    return _REGISTRY.build(name, d_in=d_in, d_sae=d_sae, **params)
