@@ -95,7 +95,7 @@ def _locked(path: Path) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    with open(path.with_name("." + path.name + ".lock"), "w") as lock:  # hidden: not a result
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
