@@ -5,7 +5,7 @@ import torch
 
 from featsep.penalties import make_penalty
 from featsep.penalties.base import to_sparse_codes
-from featsep.penalties.pairs import split_keys
+from featsep.penalties.pairs import coactive_pairs, merge_add, merge_sorted, merge_sorted_add, pair_gram, split_keys
 from featsep.penalties.reference import TemporalDense
 
 from tests.test_penalties import B, DT, K, N, dense, grad_of, topk_batch
@@ -162,3 +162,78 @@ def test_prune_below_drops_only_small_averages():
     pruned.backend._keep(pruned.backend._avg_now(pruned.backend.avg_keys))
     full = sparse_avg_matrix(pen)
     assert pruned.stats()["tracked_pairs"] == int((full.triu(1) > 2e-4).sum()) < pen.stats()["tracked_pairs"]
+
+
+# --- the shared pair machinery (pairs.py) ----------------------------------------------------
+
+def random_sorted_keys(g, size, high):
+    return torch.unique(torch.randint(0, high, (size,), generator=g))
+
+
+@pytest.mark.parametrize("sizes", [(0, 5), (5, 0), (40, 30), (3, 60), (60, 3)])
+def test_merge_sorted_equals_unique_merge(sizes):
+    g = torch.Generator().manual_seed(sum(sizes))
+    a, b = random_sorted_keys(g, sizes[0], 80), random_sorted_keys(g, sizes[1], 80)
+    union, at_a, at_b = merge_sorted(a, b)
+    assert torch.equal(union, torch.unique(torch.cat([a, b])))
+    assert torch.equal(union[at_a], a) and torch.equal(union[at_b], b)
+    va, vb = torch.rand(a.numel(), 2, dtype=DT, generator=g), torch.rand(b.numel(), 2, dtype=DT, generator=g)
+    keys, vals = merge_sorted_add(a, va, b, vb)
+    ref_keys, ref_vals = merge_add(torch.cat([a, b]), torch.cat([va, vb]))
+    assert torch.equal(keys, ref_keys)
+    torch.testing.assert_close(vals, ref_vals, rtol=0, atol=1e-15)
+    assert torch.equal(merge_sorted(a, a)[0], a)
+
+
+def brute_force_pairs(values, active, indices, n, rows=slice(None)):
+    """Dense A^T A (counts) and F^T F / B over the rows, at every pair i < j."""
+    A = torch.zeros(values.shape[0], n, dtype=DT).scatter(1, indices, active.to(DT))[rows]
+    F = torch.zeros(values.shape[0], n, dtype=DT).scatter(1, indices, values * active)[rows]
+    C, D = (A.T @ A).triu(1), (F.T @ F).triu(1) / values.shape[0]
+    keys = torch.nonzero(C.flatten()).squeeze(1)
+    return keys, C.flatten()[keys], D.flatten()[keys]
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 5, 23, 1 << 22])
+def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
+    """Anchor-range chunking (any chunk size, latents never split, some ranges with one latent)
+    gives the one-shot keys, counts, D, segment counts and gradient; inactive entries excluded."""
+    n, b, k = 40, 30, 7
+    values, indices = topk_batch(5, n=n, b=b, k=k)
+    codes = to_sparse_codes(values, indices, n)
+    bounds = [4, 5, 19]
+    one = coactive_pairs(codes, 1 << 30, boundaries=bounds)
+    got = coactive_pairs(codes, chunk_elements, boundaries=bounds)
+    keys, counts, gram = brute_force_pairs(values, codes.active, indices, n)
+    for pairs in (one, got):
+        assert torch.equal(pairs.keys, keys) and torch.equal(pairs.counts.long(), counts.long())
+        torch.testing.assert_close(pairs.gram, gram, rtol=1e-12, atol=1e-15)
+        for (seg_keys, seg_counts), rows in zip(pairs.segments, [slice(0, 4), slice(4, 5), slice(5, 19), slice(19, b)]):
+            ref_keys, ref_counts, _ = brute_force_pairs(values, codes.active, indices, n, rows)
+            assert torch.equal(seg_keys, ref_keys) and torch.equal(seg_counts.long(), ref_counts.long())
+    if chunk_elements < 23:
+        assert len(got.ranges) > 3
+    weights = torch.rand(keys.numel(), dtype=DT, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for chunk in (1 << 30, chunk_elements):
+        v = values.clone().requires_grad_()
+        sc = to_sparse_codes(v, indices, n)
+        gram_v, diag_v = pair_gram(sc, coactive_pairs(sc, chunk))
+        ((weights * gram_v.abs()).sum() + diag_v.sum()).backward()
+        grads.append(v.grad)
+    F = dense(values, indices, n).requires_grad_()
+    D = F.T @ F / b
+    W = torch.zeros(n * n, dtype=DT)
+    W[keys] = weights
+    ((W.view(n, n) * D.abs()).sum() + D.diagonal().sum()).backward()
+    ref_grad = F.grad.gather(1, indices)
+    fired = values != 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(grads[1][fired], ref_grad[fired], rtol=1e-12, atol=1e-15)
+
+
+def test_pairs_with_no_firing_pairs():
+    values = torch.zeros(3, 4, dtype=DT)
+    indices = torch.arange(12).view(3, 4)
+    pairs = coactive_pairs(to_sparse_codes(values, indices, 16), 5, boundaries=[1])
+    assert pairs.keys.numel() == 0 and len(pairs.segments) == 2

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from featsep.penalties.base import (Normalize, Penalty, PenaltyConfigBase, SparseCodes, check_codes,
                                     check_device, register, scale_divisor, state_dtype, to_sparse_codes)
-from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, coactive_pairs, gather_or, lookup, merge_add,
+from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, coactive_pairs, gather_or, lookup, merge_sorted_add,
                                      pair_gram, split_keys, tensor_bytes)
 from featsep.penalties.reference import STABILITY_EPS, TemporalDense, off_diagonal
 
@@ -162,11 +162,7 @@ class _SparseState:
         return self._step_reference(codes) if self.reference else self._step_specified(codes)
 
     def _add_to_window(self, keys: Tensor, counts: Tensor, samples: int) -> None:
-        if self.window_keys.numel() == 0:
-            self.window_keys, self.window_counts = keys, counts
-        else:
-            self.window_keys, self.window_counts = merge_add(
-                torch.cat([self.window_keys, keys]), torch.cat([self.window_counts, counts]))
+        self.window_keys, self.window_counts = merge_sorted_add(self.window_keys, self.window_counts, keys, counts)
         self.count += samples
 
     def _clear_window(self) -> None:
@@ -276,7 +272,7 @@ class _SparseState:
         decayed = self.avg_vals * torch.stack([1 - a[i], 1 - a[j]], dim=1)
         wi, wj = split_keys(self.window_keys, self.n)
         added = torch.stack([a[wi] * C_pairs, a[wj] * C_pairs], dim=1)
-        self.avg_keys, self.avg_vals = merge_add(torch.cat([self.avg_keys, self.window_keys]), torch.cat([decayed, added]))
+        self.avg_keys, self.avg_vals = merge_sorted_add(self.avg_keys, decayed, self.window_keys, added)
         self.avg_diag = (1 - a) * self.avg_diag + a * C_diag
         self._clear_window()
         if self._prune_due():
