@@ -10,7 +10,7 @@ import contextlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from featsep.io import write_bytes_atomic, write_json_atomic
 
@@ -113,12 +113,15 @@ def read_final_info(run_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run the stage that wrote it") from None
 
 
-def update_final_info(run_dir: str | Path, key: str, value: Any) -> dict[str, Any]:
+def update_final_info(
+    run_dir: str | Path, key: str, value: Any, merge: Optional[Callable[[Any, Any], Any]] = None
+) -> dict[str, Any]:
     """Set one section of run_dir/final_info.json (e.g. "core evaluation results"), keeping
-    the others; atomic and safe against concurrent writers. Returns the whole file's content."""
+    the others; atomic and safe against concurrent writers. Returns the whole file's content.
+    merge(existing_or_None, value) combines sections that several evals share (SCR + TPP)."""
     path = Path(run_dir) / FINAL_INFO_FILE
     with _locked(path):
         info = read_final_info(run_dir)
-        info[key] = value
+        info[key] = merge(info.get(key), value) if merge is not None else value
         write_json_atomic(path, info)
     return info

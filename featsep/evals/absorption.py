@@ -1,0 +1,366 @@
+"""Feature absorption on the first-letter task (SAEBench evals/absorption).
+
+1. Words: every vocabulary entry that is ASCII letters only (after one leading space), shuffled
+   with `seed` (SAEBench: unseeded) and split into train/test words.
+2. ICL prompts "\\n{ex} has the first letter: E\\n...\\n{word} has the first letter:"; activations
+   at the word's last token. The position is found per prompt by tokenising the prefix (SAEBench
+   assumes -6, which holds for Gemma-2 only); prompts where the tokenizer merges the word with
+   the template are dropped and counted.
+3. Ground-truth probe: Linear(d, 26) on the model's activations (one-vs-rest BCE).
+4. Per SAE, k-sparse probing: an L1 probe on the latents, then for k = 1..max_k logistic
+   regression on the k latents with the largest probe weights; the split features are the
+   largest k whose F1 still improved by more than f1_jump_threshold.
+5. Absorption on test words the probe gets right, with fresh ICL prompts: how much of the
+   probe projection is carried by latents outside the split features (fraction), and whether a
+   single such latent carries it while the split features are silent (full absorption).
+Only letters whose probe F1 exceeds min_probe_f1 count; SAEBench writes nothing when fewer than
+20 letters qualify, here the result says so (status) and still reports what was measured.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from featsep.evals.activations import EvalContext, encode, sae_scale
+from featsep.evals.probes import f1_score, train_multilabel_probe
+from featsep.evals.registry import EvalResult, EvalSettings, register_eval
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+EPS = 1e-8
+
+
+class AbsorptionSettings(EvalSettings):
+    prompt_template: str = "{word} has the first letter:"
+    answer_template: str = " {letter}"  # appended to ICL examples; letter upper-cased
+    n_icl_examples: int = 10
+    max_words: Optional[int] = None  # None: every word on a GPU, 1000 on CPU
+    test_fraction: float = 0.2
+    llm_batch_size: int = 16
+    # ground-truth probe
+    probe_lr: float = 1e-2
+    probe_weight_decay: float = 1e-4
+    probe_batch_size: int = 64
+    probe_epochs: int = 50
+    # k-sparse probing
+    max_k_value: int = 10
+    f1_jump_threshold: float = 0.03
+    k_sparse_probe_l1_decay: float = 0.01
+    k_sparse_probe_batch_size: int = 4096
+    k_sparse_probe_num_epochs: int = 50
+    # absorption (SAEBench's hard-coded values)
+    min_probe_f1: float = 0.6
+    min_letters: int = 20
+    absorption_fraction_probe_cos_sim_threshold: float = 0.1
+    full_absorption_probe_cos_sim_threshold: float = 0.025
+    probe_projection_proportion_threshold: float = 0.4
+    absorption_fraction_max_absorbing_latents: int = 3
+    top_k_feats: int = 10
+    seed: int = 42
+
+
+# ---- words and prompts ---------------------------------------------------------------------------
+
+
+def alpha_words(tokenizer) -> list[str]:
+    """Vocabulary entries that are ASCII letters only once one leading space is dropped."""
+    words = set()
+    for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
+        if token is None:
+            continue
+        text = tokenizer.convert_tokens_to_string([token])
+        text = text[1:] if text.startswith(" ") else text
+        if text and text.isascii() and text.isalpha():
+            words.add(text)
+    return sorted(words)
+
+
+def icl_prompt(word: str, examples: list[str], s: AbsorptionSettings) -> str:
+    lines = [s.prompt_template.format(word=ex) + s.answer_template.format(letter=ex[0].upper()) for ex in examples]
+    return "\n" + "\n".join(lines) + "\n" + s.prompt_template.format(word=word)
+
+
+def word_end_position(lm, prompt: str, word_end: int) -> Optional[int]:
+    """Index (BOS included) of the last token of the text prompt[:word_end], or None when the
+    tokenizer merges that token with what follows (the prefix is then not a token prefix)."""
+    tok = lm.tokenizer
+    full = tok(prompt, add_special_tokens=False)["input_ids"]
+    prefix = tok(prompt[:word_end], add_special_tokens=False)["input_ids"]
+    if full[: len(prefix)] != prefix:
+        return None
+    return len(prefix)  # BOS at 0 shifts every index by one
+
+
+@dataclass
+class PromptSet:
+    words: list[str]
+    prompts: list[str]
+    positions: list[int]
+    n_dropped: int
+
+
+def build_prompts(lm, words: list[str], icl_pool: list[str], s: AbsorptionSettings, rng: random.Random) -> PromptSet:
+    kept, prompts, positions, dropped = [], [], [], 0
+    suffix_len = len(s.prompt_template) - s.prompt_template.index("{word}") - len("{word}")
+    for word in words:
+        pool = [w for w in rng.sample(icl_pool, min(len(icl_pool), s.n_icl_examples + 1)) if w != word]
+        prompt = icl_prompt(word, pool[: s.n_icl_examples], s)
+        pos = word_end_position(lm, prompt, len(prompt) - suffix_len)
+        if pos is None:
+            dropped += 1
+            continue
+        kept.append(word)
+        prompts.append(prompt)
+        positions.append(pos)
+    return PromptSet(kept, prompts, positions, dropped)
+
+
+@torch.no_grad()
+def acts_at_positions(ctx: EvalContext, ps: PromptSet, batch_size: int) -> Tensor:
+    out = []
+    for start in range(0, len(ps.prompts), batch_size):
+        ids, mask = ctx.lm.tokenize(ps.prompts[start : start + batch_size], max_length=4096)
+        acts = ctx.lm.forward_to_hook(ids, mask, ctx.hook)
+        pos = torch.tensor(ps.positions[start : start + batch_size])
+        out.append(acts[torch.arange(len(pos)), pos.to(acts.device)].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, ctx.lm.d_model)
+
+
+def letter_labels(words: list[str]) -> Tensor:
+    return torch.tensor([LETTERS.index(w[0].lower()) for w in words])
+
+
+# ---- the model-side data (shared by every SAE) ---------------------------------------------------
+
+
+def _model_side(ctx: EvalContext, s: AbsorptionSettings) -> dict:
+    """Words, prompt activations, the ground-truth probe and the fresh absorption prompts."""
+    max_words = s.max_words if s.max_words is not None else (None if ctx.lm.device.type != "cpu" else 1000)
+
+    def compute():
+        rng = random.Random(s.seed)
+        vocab = alpha_words(ctx.lm.tokenizer)
+        if len(vocab) < 2 * len(LETTERS):
+            raise ValueError(
+                f"the tokenizer of {ctx.lm.name} has only {len(vocab)} all-letter tokens; the first-letter task "
+                "needs a vocabulary of words"
+            )
+        rng.shuffle(vocab)
+        words = vocab[:max_words] if max_words else vocab
+        n_test = max(1, int(len(words) * s.test_fraction))
+        train_words, test_words = words[n_test:], words[:n_test]
+        train = build_prompts(ctx.lm, train_words, train_words, s, rng)
+        test = build_prompts(ctx.lm, test_words, test_words, s, rng)
+        x_train = acts_at_positions(ctx, train, s.llm_batch_size)
+        x_test = acts_at_positions(ctx, test, s.llm_batch_size)
+        y_train, y_test = letter_labels(train.words), letter_labels(test.words)
+        probe = train_multilabel_probe(
+            x_train, y_train, len(LETTERS), lr=s.probe_lr, weight_decay=s.probe_weight_decay,
+            batch_size=s.probe_batch_size, epochs=s.probe_epochs, seed=s.seed,
+        )
+        with torch.no_grad():
+            test_logits = probe(x_test)
+        probe_f1 = [
+            f1_score((test_logits[:, i] > 0).numpy(), (y_test == i).numpy()) for i in range(len(LETTERS))
+        ]
+        # absorption candidates: test words whose own letter's probe logit is positive
+        candidates = [w for j, w in enumerate(test.words) if test_logits[j, y_test[j]] > 0]
+        fresh = build_prompts(ctx.lm, candidates, train.words, s, rng)
+        return {
+            "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+            "probe_weight": probe.weight.detach().clone(), "probe_bias": probe.bias.detach().clone(),
+            "probe_f1": probe_f1, "fresh_words": fresh.words, "x_fresh": acts_at_positions(ctx, fresh, s.llm_batch_size),
+            "n_words": len(words), "n_train": len(train.words), "n_test": len(test.words),
+            "n_dropped_prompts": train.n_dropped + test.n_dropped + fresh.n_dropped,
+            "positions_from_end": _positions_from_end(ctx.lm, train),
+        }
+
+    key = s.model_dump(include=_MODEL_SIDE_FIELDS)
+    return ctx.cached("absorption_model_side", {**key, "max_words": max_words}, compute)
+
+
+_MODEL_SIDE_FIELDS = {
+    "prompt_template", "answer_template", "n_icl_examples", "test_fraction", "probe_lr", "probe_weight_decay",
+    "probe_batch_size", "probe_epochs", "seed",
+}
+
+
+def _positions_from_end(lm, ps: PromptSet) -> dict[str, int]:
+    """How far from the prompt's end the word's last token sits (SAEBench assumes 6)."""
+    counts: dict[str, int] = {}
+    for prompt, pos in zip(ps.prompts[:200], ps.positions[:200]):
+        n = len(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 1
+        key = str(n - pos)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+# ---- k-sparse probing ----------------------------------------------------------------------------
+
+
+def split_features(f1_by_k: list[float], feats_by_k: list[list[int]], jump: float) -> list[int]:
+    """SAEBench's rule: start at k=1; move to k+1 while its F1 beats the best so far by > jump."""
+    best, chosen = f1_by_k[0], feats_by_k[0]
+    for f1, feats in zip(f1_by_k[1:], feats_by_k[1:]):
+        if f1 > best + jump:
+            best, chosen = f1, feats
+        else:
+            break
+    return chosen
+
+
+def k_sparse_probing(codes_train: Tensor, y_train: Tensor, codes_test: Tensor, y_test: Tensor, letters: list[int],
+                     s: AbsorptionSettings) -> dict[int, dict]:
+    from sklearn.linear_model import LogisticRegression
+
+    l1_probe = train_multilabel_probe(
+        codes_train, y_train, len(LETTERS), lr=1e-2, weight_decay=1e-6, batch_size=s.k_sparse_probe_batch_size,
+        epochs=s.k_sparse_probe_num_epochs, l1_decay=s.k_sparse_probe_l1_decay, seed=s.seed,
+    )
+    out = {}
+    for letter in letters:
+        weights = l1_probe.weight[letter].detach()
+        f1s, feats_by_k = [], []
+        for k in range(1, min(s.max_k_value, codes_train.shape[1]) + 1):
+            feats = weights.topk(k).indices.tolist()
+            clf = LogisticRegression(max_iter=500, class_weight="balanced", random_state=s.seed)
+            target = (y_train == letter).numpy()
+            if target.all() or not target.any():
+                f1s.append(0.0)
+            else:
+                clf.fit(codes_train[:, feats].numpy(), target)
+                pred = clf.decision_function(codes_test[:, feats].numpy()) > 0
+                f1s.append(f1_score(pred, (y_test == letter).numpy()))
+            feats_by_k.append(feats)
+        out[letter] = {"f1_by_k": f1s, "split_feats": split_features(f1s, feats_by_k, s.f1_jump_threshold)}
+    return out
+
+
+# ---- absorption arithmetic -----------------------------------------------------------------------
+
+
+def absorption_scores(
+    codes: Tensor, x: Tensor, probe_direction: Tensor, W_dec: Tensor, split_feats: list[int], s: AbsorptionSettings
+) -> tuple[list[float], list[bool]]:
+    """Per word (rows of codes [n, F] and SAE-input activations x [n, d]): the absorption fraction
+    and whether it is full absorption, by SAEBench's feature_absorption_calculator rules."""
+    u = probe_direction.float() / probe_direction.float().norm()
+    cos = torch.nn.functional.cosine_similarity(u[None, :], W_dec.float(), dim=-1)  # [F]
+    proj = x.float() @ u  # [n]
+    contrib = codes.float() * cos[None, :]  # [n, F]
+    not_split = torch.ones(W_dec.shape[0], dtype=torch.bool)
+    not_split[split_feats] = False
+    fractions, full = [], []
+    for j in range(codes.shape[0]):
+        P = proj[j].item()
+        p = contrib[j]
+        M = p[split_feats].sum().item()
+        absorbers = p[not_split & (cos >= s.absorption_fraction_probe_cos_sim_threshold) & (p > 0)]
+        T = absorbers.topk(min(s.absorption_fraction_max_absorbing_latents, absorbers.numel())).values.sum().item()
+        if M >= P or (T / P if P != 0 else 0.0) < s.probe_projection_proportion_threshold:
+            frac = 0.0
+        elif M <= 0:
+            frac = 1.0
+        else:
+            A = min(T, P - M)
+            frac = float(np.clip(A / (A + M), 0.0, 1.0))
+        fractions.append(frac)
+        top = p.topk(min(s.top_k_feats, p.numel())).indices[0]
+        full.append(
+            bool(
+                (codes[j, split_feats].abs() < EPS).all()
+                and cos[top].item() >= s.full_absorption_probe_cos_sim_threshold
+                and P > 0
+                and p[top].item() / P >= s.probe_projection_proportion_threshold
+            )
+        )
+    return fractions, full
+
+
+# ---- the eval ------------------------------------------------------------------------------------
+
+
+def _codes(sae, x: Tensor, batch: int = 4096) -> Tensor:
+    return torch.cat([encode(sae, x[i : i + batch]).float().cpu() for i in range(0, x.shape[0], batch)]) if len(x) else \
+        torch.zeros(0, int(sae.cfg.d_sae))
+
+
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+@register_eval(
+    "absorption",
+    eval_type_id="absorption_first_letter",
+    final_info_key="absorption evaluation results",
+    settings=AbsorptionSettings,
+)
+def run_absorption(saes: list, ctx: EvalContext, s: AbsorptionSettings) -> list[EvalResult]:
+    side = _model_side(ctx, s)
+    letters = [i for i, f1 in enumerate(side["probe_f1"]) if f1 > s.min_probe_f1]
+    fresh_labels = letter_labels(side["fresh_words"]) if side["fresh_words"] else torch.zeros(0, dtype=torch.long)
+    results = []
+    for sae in tqdm(saes, desc="absorption", disable=not ctx.verbose or len(saes) < 2):
+        scale = sae_scale(sae)
+        codes_train, codes_test = _codes(sae, side["x_train"]), _codes(sae, side["x_test"])
+        ksp = k_sparse_probing(codes_train, side["y_train"], codes_test, side["y_test"], letters, s)
+        codes_fresh = _codes(sae, side["x_fresh"])
+        W_dec = sae.W_dec.detach().float().cpu()
+        details = []
+        for letter in letters:
+            rows = (fresh_labels == letter).nonzero().flatten()
+            if len(rows) == 0:
+                continue
+            fractions, full = absorption_scores(
+                codes_fresh[rows], side["x_fresh"][rows] * scale, side["probe_weight"][letter], W_dec,
+                ksp[letter]["split_feats"], s,
+            )
+            n = len(rows)
+            details.append({
+                "first_letter": LETTERS[letter],
+                "mean_absorption_fraction": sum(fractions) / n,
+                "full_absorption_rate": sum(full) / n,
+                "num_full_absorption": int(sum(full)),
+                "num_probe_true_positives": n,
+                "num_split_features": len(ksp[letter]["split_feats"]),
+                "split_features": ksp[letter]["split_feats"],
+                "k_sparse_f1_by_k": ksp[letter]["f1_by_k"],
+                "probe_f1": side["probe_f1"][letter],
+            })
+        fr = [d["mean_absorption_fraction"] for d in details]
+        fu = [d["full_absorption_rate"] for d in details]
+        ns = [d["num_split_features"] for d in details]
+        mean = lambda v: sum(v) / len(v) if v else float("nan")
+        metrics = {"mean": {
+            "mean_absorption_fraction_score": mean(fr),
+            "mean_full_absorption_score": mean(fu),
+            "mean_num_split_features": mean(ns),
+            "std_dev_absorption_fraction_score": _sd(fr),
+            "std_dev_full_absorption_score": _sd(fu),
+            "std_dev_num_split_features": _sd(ns),
+            "num_letters": len(details),
+        }}
+        enough = len(details) >= s.min_letters
+        status = "ok" if enough else (
+            f"too few letters: {len(details)} qualify (probe F1 > {s.min_probe_f1} and at least one true positive), "
+            f"{s.min_letters} required; SAEBench would write no result, these means are over the qualifying letters "
+            "only (raise max_words, use a larger model or lower min_letters / min_probe_f1)"
+        )
+        unstructured = {
+            "status": status,
+            "enough_letters": enough,
+            "probe_f1_by_letter": dict(zip(LETTERS, side["probe_f1"])),
+            "n_words": side["n_words"], "n_train_words": side["n_train"], "n_test_words": side["n_test"],
+            "n_dropped_prompts": side["n_dropped_prompts"],
+            "word_position_from_end_counts": side["positions_from_end"],
+            "seeded": f"yes (seed {s.seed}); SAEBench shuffles words and ICL examples unseeded",
+        }
+        results.append(EvalResult(metrics, details, unstructured, s.model_dump()))
+    return results

@@ -1,0 +1,131 @@
+"""Linear probes as SAEBench trains them, seeded (SAEBench's are not).
+
+Binary probes (sparse_probing): a torch Linear(d, 1) with the best *test* accuracy over
+epochs (SAEBench's selection, optimistic by design), and sklearn logistic regression on the
+k dimensions with the largest class-mean difference.
+Multi-label probes (absorption): Linear(d, C), one-vs-rest BCE with pos_weight = neg/pos,
+Adam with an exponentially decaying learning rate, optional L1 on the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    return ((logits > 0).long() == labels.long()).float().mean().item()
+
+
+def train_binary_probe(
+    x_train: Tensor,
+    y_train: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    lr: float = 1e-2,
+    batch_size: int = 250,
+    epochs: int = 100,
+    patience: int = 10,
+    seed: int = 42,
+) -> float:
+    """Best test accuracy of a Linear(d, 1) probe trained with AdamW and BCE (SAEBench)."""
+    gen = _generator(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = nn.Linear(x_train.shape[1], 1)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    x_train, x_test = x_train.float(), x_test.float()
+    y_train_f = y_train.float()
+    best, since_best = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(x_train.shape[0], generator=gen)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            with torch.enable_grad():
+                loss = loss_fn(probe(x_train[idx]).squeeze(-1), y_train_f[idx])
+                optimizer.zero_grad()
+                loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            acc = accuracy(probe(x_test).squeeze(-1), y_test)
+        if acc > best:
+            best, since_best = acc, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+    return best
+
+
+def top_k_dims(x_train: Tensor, y_train: Tensor, k: int) -> Tensor:
+    """The k dimensions with the largest |mean(positive) - mean(negative)| (SAEBench)."""
+    pos = x_train[y_train == 1].float().mean(0)
+    neg = x_train[y_train == 0].float().mean(0)
+    return (pos - neg).abs().topk(min(k, x_train.shape[1])).indices
+
+
+def sklearn_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, seed: int = 42) -> float:
+    """Test accuracy of sklearn's L2 logistic regression (C=1, max_iter=1000)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=1.0, max_iter=1000, random_state=seed)
+    clf.fit(x_train.float().numpy(), y_train.numpy())
+    return float((clf.predict(x_test.float().numpy()) == y_test.numpy()).mean())
+
+
+def top_k_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, k: int, seed: int = 42) -> float:
+    dims = top_k_dims(x_train, y_train, k)
+    return sklearn_accuracy(x_train[:, dims], y_train, x_test[:, dims], y_test, seed)
+
+
+def train_multilabel_probe(
+    x: Tensor,
+    labels: Tensor,
+    n_classes: int,
+    lr: float = 1e-2,
+    final_lr: float = 1e-5,
+    weight_decay: float = 1e-4,
+    batch_size: int = 64,
+    epochs: int = 50,
+    l1_decay: float = 0.0,
+    seed: int = 42,
+) -> nn.Linear:
+    """Linear(d, n_classes), one-vs-rest BCE with pos_weight = neg/pos per class; with l1_decay,
+    adds l1_decay * mean over classes of sum |w| (SAEBench's k-sparse probe)."""
+    x = x.float()
+    targets = nn.functional.one_hot(labels.long(), n_classes).float()
+    pos = targets.sum(0).clamp(min=1)
+    pos_weight = (targets.shape[0] - targets.sum(0)) / pos
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = nn.Linear(x.shape[1], n_classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    gamma = (final_lr / lr) ** (1 / max(epochs, 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    gen = _generator(seed)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=gen)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                loss = loss_fn(probe(x[idx]), targets[idx])
+                if l1_decay:
+                    loss = loss + l1_decay * probe.weight.abs().sum(-1).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+    return probe.eval()
+
+
+def f1_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    tp = float(np.sum(pred & truth))
+    denom = float(np.sum(pred)) + float(np.sum(truth))
+    return 2 * tp / denom if denom > 0 else 0.0

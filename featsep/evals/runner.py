@@ -1,0 +1,233 @@
+"""`evaluate(...)`: run registered evals on one or many SAEs, write SAEBench-schema results.
+
+SAEs that share a model and hook share the model's work: each eval gets the whole group at
+once and the model-side activations are cached (memory within a call, disk across calls).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from featsep.evals.activations import EvalContext, check_sae_fits, default_cache_dir
+from featsep.evals.registry import EvalSpec, available_evals, get_eval
+from featsep.evals.schema import eval_output, final_info_section, merge_final_info, write_result
+
+log = logging.getLogger(__name__)
+
+# Settings keys that configure the runner rather than one eval (usable in `--set`).
+RUNNER_KEYS = ("hook", "cache_dir", "device", "dtype")
+DEFAULT_MODEL = "gemma-3-270m"
+RESULTS_DIR = "eval_results"
+
+
+@dataclass
+class Target:
+    sae: Any
+    name: str
+    run_dir: Optional[Path] = None  # results also go to run_dir/eval_results and final_info.json
+
+
+def _resolve_one(item, index: int) -> Target:
+    from featsep.sae import SAE, load_sae
+    from featsep.train.run_dir import SAE_DIR
+
+    if isinstance(item, SAE) or hasattr(item, "encode") and hasattr(item, "cfg"):
+        return Target(item, f"sae_{index}")
+    path = Path(item).expanduser()
+    if (path / "cfg.json").exists():
+        return Target(load_sae(path), path.name)
+    if (path / SAE_DIR / "cfg.json").exists():
+        return Target(load_sae(path / SAE_DIR), path.name, run_dir=path)
+    raise ValueError(
+        f"{str(path)!r} is neither an SAE directory (cfg.json + sae_weights.safetensors) nor a run directory "
+        f"(holding {SAE_DIR}/); pass one of those, or an SAE object"
+    )
+
+
+def _run_dirs_below(item) -> list[Path]:
+    """The run dirs directly inside a sweep dir (a folder of run dirs), else []."""
+    from featsep.train.run_dir import SAE_DIR
+
+    if not isinstance(item, (str, Path)):
+        return []
+    path = Path(item).expanduser()
+    if not path.is_dir() or (path / "cfg.json").exists() or (path / SAE_DIR).is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if (p / SAE_DIR / "cfg.json").exists())
+
+
+def resolve_targets(sae_or_path) -> list[Target]:
+    """SAEs, SAE dirs, run dirs and sweep dirs (folders of run dirs) -> evaluation targets."""
+    items = list(sae_or_path) if isinstance(sae_or_path, (list, tuple)) else [sae_or_path]
+    items = [sub for item in items for sub in (_run_dirs_below(item) or [item])]
+    if not items:
+        raise ValueError("no SAE to evaluate: pass an SAE, an SAE dir, a run dir, or a list of them")
+    return [_resolve_one(item, i) for i, item in enumerate(items)]
+
+
+def split_settings(evals: Sequence[str], settings: Optional[dict]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Per-eval settings and runner settings from {"core": {...}, "seed": 1, "hook": ...}.
+
+    A key that is not an eval name applies to every selected eval that has such a setting."""
+    per_eval: dict[str, dict] = {name: {} for name in evals}
+    runner: dict[str, Any] = {}
+    known = set(available_evals())
+    for key, value in (settings or {}).items():
+        if key in RUNNER_KEYS:
+            runner[key] = value
+        elif key in known:
+            if key not in per_eval:
+                raise ValueError(f"settings for eval {key!r}, which is not selected (evals: {', '.join(evals)})")
+            if not isinstance(value, dict):
+                raise ValueError(f"settings[{key!r}] must be a dict of that eval's settings, got {value!r}")
+            per_eval[key].update(value)
+        else:
+            takers = [n for n in evals if key in get_eval(n).settings_class.model_fields]
+            if not takers:
+                raise ValueError(
+                    f"unknown setting {key!r}: no selected eval ({', '.join(evals)}) has it; prefix it with the "
+                    f"eval name (e.g. core.{key}=...) or see the settings classes in featsep.evals"
+                )
+            for n in takers:
+                per_eval[n].setdefault(key, value)
+    return per_eval, runner
+
+
+def _build_settings(spec: EvalSpec, values: dict):
+    from pydantic import ValidationError
+
+    try:
+        return spec.settings_class(**values)
+    except ValidationError as e:
+        lines = "; ".join(f"{spec.name}.{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
+        raise ValueError(f"bad settings for eval {spec.name!r}: {lines}") from None
+
+
+def _load_model(model, targets: list[Target], device: str, dtype: str):
+    from featsep.lm import LanguageModel, load_lm
+
+    if isinstance(model, LanguageModel):
+        return model
+    name = model or targets[0].sae.cfg.model_name or DEFAULT_MODEL
+    return load_lm(name, device=device, dtype=dtype)
+
+
+def _hook_of(target: Target, hook: Optional[str]) -> str:
+    h = hook or target.sae.cfg.hook_name
+    if not h:
+        raise ValueError(
+            f"SAE {target.name!r} records no hook_name; pass the hook it reads (e.g. hook='blocks.8.hook_resid_post' "
+            "or --set hook=blocks.8.hook_resid_post)"
+        )
+    return h
+
+
+def evaluate(
+    sae_or_path: Union[Any, str, Path, Sequence],
+    evals: Sequence[str] = ("core",),
+    model=None,
+    out_dir: Optional[str | Path] = None,
+    settings: Optional[dict] = None,
+    *,
+    hook: Optional[str] = None,
+    cache_dir: Union[str, Path, None] = "default",
+    device: str = "auto",
+    dtype: str = "auto",
+    verbose: bool = True,
+):
+    """Run `evals` (e.g. ["core", "sparse_probing", "absorption"]) on SAEs.
+
+    sae_or_path: an SAE, an SAE dir, a run dir (its sae/ is evaluated; results go to
+    RUN_DIR/eval_results/ and RUN_DIR/final_info.json), or a list of these.
+    model: a LanguageModel or a name for featsep.lm.load_lm (default: the SAE's model_name,
+    else gemma-3-270m). out_dir: where result files go for SAEs that are not run dirs (one
+    SAE: out_dir/<eval>_eval_results.json; several: out_dir/<name>/...).
+    settings: {"core": {...}, "absorption": {...}} and/or keys shared by several evals
+    ("seed": 1), plus runner keys hook/cache_dir/device/dtype. cache_dir: "default" (the featsep
+    cache), a folder, or None (memory only).
+    Returns {eval_name: SAEBench-schema dict} for one SAE, a list of those for a list.
+    """
+    evals = list(evals)
+    if not evals:
+        raise ValueError(f"no eval selected; choose from: {', '.join(available_evals())}")
+    specs = [get_eval(name) for name in evals]
+    per_eval, runner = split_settings(evals, settings)
+    hook = runner.get("hook", hook)
+    cache_dir = runner.get("cache_dir", cache_dir)
+    cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
+    eval_settings = {spec.name: _build_settings(spec, per_eval[spec.name]) for spec in specs}
+    targets = resolve_targets(sae_or_path)
+    lm = _load_model(model, targets, runner.get("device", device), runner.get("dtype", dtype))
+
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(targets):
+        h = _hook_of(t, hook)
+        check_sae_fits(t.sae, lm, h)
+        groups.setdefault(h, []).append(i)
+
+    outputs: list[dict[str, dict]] = [{} for _ in targets]
+    for h, members in groups.items():
+        ctx = EvalContext(lm, h, cache_dir=cache_dir, verbose=verbose)
+        saes = [targets[i].sae for i in members]
+        for spec in specs:
+            s = eval_settings[spec.name]
+            start = time.perf_counter()
+            results = spec.run(saes, ctx, s)
+            wall = time.perf_counter() - start
+            for i, res in zip(members, results):
+                t = targets[i]
+                config = {**(res.config or s.model_dump()), "model_name": lm.name, "hook_name": h}
+                unstructured = {**res.unstructured, "wall_time_s": wall, "n_saes_sharing_wall_time": len(saes)}
+                outputs[i][spec.name] = eval_output(
+                    spec.eval_type_id, config, res.metrics, res.details, unstructured, t.name, t.sae.to_cfg_dict()
+                )
+            if verbose:
+                print(f"{spec.name}: {len(saes)} SAE(s) on {lm.name} {h} in {wall:.1f} s")
+    for t, out in zip(targets, outputs):
+        _write(t, out, out_dir, len(targets))
+    single = not isinstance(sae_or_path, (list, tuple)) and len(targets) == 1
+    return outputs[0] if single else outputs
+
+
+def _write(target: Target, results: dict[str, dict], out_dir, n_targets: int) -> None:
+    if target.run_dir is not None:
+        folder = Path(out_dir) if out_dir is not None and n_targets == 1 else target.run_dir / RESULTS_DIR
+    elif out_dir is not None:
+        folder = Path(out_dir) if n_targets == 1 else Path(out_dir) / target.name
+    else:
+        return
+    for name, result in results.items():
+        path = write_result(folder, name, result)
+        if target.run_dir is not None:
+            spec = get_eval(name)
+            merge_final_info(
+                target.run_dir, spec.final_info_key, final_info_section(result, path), merge=spec.merge_section
+            )
+
+
+def run_eval_cli(
+    target: str,
+    evals: list[str],
+    settings: Optional[list[str]] = None,
+    model: Optional[str] = None,
+    out_dir: Optional[str] = None,
+):
+    """`featsep eval TARGET --evals core,absorption --set core.n_eval_reconstruction_batches=4`.
+
+    settings: "key=value" strings (values parsed as TOML): "core.dataset=bbc-news",
+    "seed=1" (every eval that has it), "hook=blocks.8.hook_resid_post", "cache_dir=/tmp/c"."""
+    from featsep.config import apply_overrides
+
+    nested = apply_overrides({}, settings or [])
+    results = evaluate(target, evals=evals, model=model, out_dir=out_dir, settings=nested)
+    for per_sae in results if isinstance(results, list) else [results]:
+        for name, result in per_sae.items():
+            print(f"== {result['sae_lens_id']}: {name}")
+            for category, values in result["eval_result_metrics"].items():
+                shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+                print(f"  {category}: {shown}")
+    return results

@@ -1,0 +1,86 @@
+"""SAEBench's output JSON (evals/base_eval_output.py), written atomically.
+
+One file per eval and SAE; the layout of the dict is SAEBench's, so SAEBench's own plotting
+code and the reference runs' scripts read our files unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from featsep.train.run_dir import atomic_write_json, update_final_info
+
+# The SAEBench commit whose formulas these evals reproduce (see saebench-spec.md).
+SAEBENCH_COMMIT = "8042bb38"
+
+
+def featsep_version() -> str:
+    from featsep import __version__
+
+    return __version__
+
+
+def clean_nans(obj: Any) -> Any:
+    """NaN and inf become -1, as SAEBench writes them (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: clean_nans(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_nans(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return -1
+    return obj
+
+
+def eval_output(
+    eval_type_id: str,
+    eval_config: dict[str, Any],
+    metrics: dict[str, dict[str, Any]],
+    details: list[dict[str, Any]],
+    unstructured: dict[str, Any],
+    sae_id: str,
+    sae_cfg: dict[str, Any],
+    eval_id: str | None = None,
+) -> dict[str, Any]:
+    """A result in SAEBench's schema; `sae_lens_release_id` is "featsep" for our SAEs."""
+    return clean_nans(
+        {
+            "eval_type_id": eval_type_id,
+            "eval_config": eval_config,
+            "eval_id": eval_id or str(uuid.uuid4()),
+            "datetime_epoch_millis": int(time.time() * 1000),
+            "eval_result_metrics": metrics,
+            "eval_result_details": details,
+            "eval_result_unstructured": unstructured,
+            "sae_bench_commit_hash": f"{SAEBENCH_COMMIT} (reimplemented in featsep {featsep_version()})",
+            "sae_lens_id": sae_id,
+            "sae_lens_release_id": "featsep",
+            "sae_lens_version": None,
+            "sae_cfg_dict": sae_cfg,
+        }
+    )
+
+
+def result_path(out_dir: str | Path, eval_name: str) -> Path:
+    return Path(out_dir) / f"{eval_name}_eval_results.json"
+
+
+def write_result(out_dir: str | Path, eval_name: str, result: dict[str, Any]) -> Path:
+    path = result_path(out_dir, eval_name)
+    atomic_write_json(path, result)
+    return path
+
+
+def final_info_section(result: dict[str, Any], results_file: Path | None) -> dict[str, Any]:
+    """What final_info.json keeps: everything but the (possibly per-latent, large) details."""
+    section = {k: v for k, v in result.items() if k not in ("eval_result_details", "sae_cfg_dict")}
+    if results_file is not None:
+        section["results_file"] = str(results_file)
+    return section
+
+
+def merge_final_info(run_dir: str | Path, key: str, section: dict[str, Any], merge=None) -> None:
+    update_final_info(run_dir, key, section, merge=merge)

@@ -1,0 +1,208 @@
+"""Sparse probing (SAEBench evals/sparse_probing): how well do a few SAE latents classify text?
+
+Per dataset and class (one-vs-rest, balanced as SAEBench balances), on mean-pooled features:
+  llm_test_accuracy / sae_test_accuracy: a Linear(d, 1) probe on all model dims / all latents;
+  {llm,sae}_top_{k}_test_accuracy: logistic regression on the k dims with the largest class-mean
+  difference. Accuracies are averaged over classes, then over datasets.
+
+Pooling (SAEBench): activations at pad/bos/eos positions are zeroed; a text's feature is the mean
+over positions whose activation is non-zero. SAE features: encode every position, zero the same
+positions, same mean. Model activations are cached per dataset, so many SAEs share them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from featsep.evals.activations import EvalContext, encode, not_special
+from featsep.evals.probes import top_k_accuracy, train_binary_probe
+from featsep.evals.probing_data import load_probing_dataset
+from featsep.evals.registry import EvalResult, EvalSettings, register_eval
+
+OFFLINE_DATASETS = ["bbc-news", "code-languages", "manpage-languages"]
+SAEBENCH_DATASETS = [
+    "LabHC/bias_in_bios_class_set1",
+    "LabHC/bias_in_bios_class_set2",
+    "LabHC/bias_in_bios_class_set3",
+    "canrager/amazon_reviews_mcauley_1and5",
+    "canrager/amazon_reviews_mcauley_1and5_sentiment",
+    "fancyzhx/ag_news",
+    "codeparrot/github-code",
+    "Helsinki-NLP/europarl",
+]
+
+
+class SparseProbingSettings(EvalSettings):
+    datasets: list[str] = OFFLINE_DATASETS  # SAEBench's: SAEBENCH_DATASETS (needs the hub or local_copies)
+    probe_train_set_size: Optional[int] = None  # texts per class; None: SAEBench's 2000 on a GPU, 100 on CPU
+    probe_test_set_size: Optional[int] = None  # None: 500 on a GPU, 50 on CPU
+    context_length: int = 128
+    k_values: list[int] = [1, 2, 5, 10, 20, 50]
+    llm_batch_size: int = 8
+    sae_batch_size: int = 125
+    probe_lr: float = 1e-2
+    probe_batch_size: int = 250
+    probe_epochs: int = 100
+    probe_patience: int = 10
+    text_column: str = "text"  # for local labelled files
+    label_column: str = "label"
+    local_copies: dict[str, str] = {}  # HF name -> local copy in the hub's format
+    seed: int = 42
+
+
+def _set_sizes(ctx: EvalContext, s: SparseProbingSettings) -> tuple[int, int]:
+    gpu = ctx.lm.device.type != "cpu"
+    n_train = s.probe_train_set_size if s.probe_train_set_size is not None else (2000 if gpu else 100)
+    n_test = s.probe_test_set_size if s.probe_test_set_size is not None else (500 if gpu else 50)
+    return n_train, n_test
+
+
+# ---- activations ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def kept_positions(ctx: EvalContext, texts: list[str], s: SparseProbingSettings) -> dict[str, Tensor]:
+    """Activations at the non-special positions of every text, packed: rows [n_kept, d] (the
+    model's dtype) and lengths [n_texts]. Positions whose activation sums to 0 are dropped too,
+    as SAEBench's pooling ignores them."""
+    rows, lengths = [], []
+    for start in range(0, len(texts), s.llm_batch_size):
+        ids, mask = ctx.lm.tokenize(texts[start : start + s.llm_batch_size], max_length=s.context_length)
+        acts = ctx.lm.forward_to_hook(ids, mask, ctx.hook).cpu()
+        keep = mask.bool() & not_special(ctx.lm, ids)
+        keep &= acts.float().sum(-1) != 0
+        rows.append(acts[keep])
+        lengths.append(keep.sum(1))
+    return {"rows": torch.cat(rows), "lengths": torch.cat(lengths)}
+
+
+def segment_mean(rows: Tensor, lengths: Tensor) -> Tensor:
+    """[n_texts, d]: the mean of each text's rows (zero for a text with no kept position)."""
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    sums = torch.zeros(len(lengths), rows.shape[1], dtype=torch.float32).index_add_(0, seg, rows.float())
+    return sums / lengths.clamp(min=1)[:, None].float()
+
+
+@torch.no_grad()
+def sae_pooled(sae, packed: dict[str, Tensor], batch_size_rows: int = 4096) -> Tensor:
+    codes = torch.cat(
+        [encode(sae, packed["rows"][i : i + batch_size_rows].float()).float().cpu()
+         for i in range(0, packed["rows"].shape[0], batch_size_rows)]
+    )
+    return segment_mean(codes, packed["lengths"])
+
+
+def dataset_activations(ctx: EvalContext, name: str, s: SparseProbingSettings, n_train: int, n_test: int) -> dict:
+    """{"classes": [...], "train"/"test": {class: packed activations}}, cached per dataset."""
+    key = {
+        "dataset": name, "n_train": n_train, "n_test": n_test, "seed": s.seed, "context_length": s.context_length,
+        "text_column": s.text_column, "label_column": s.label_column, "local_copies": s.local_copies,
+    }
+
+    def compute():
+        ds = load_probing_dataset(name, n_train, n_test, s.seed, s.text_column, s.label_column, s.local_copies)
+        out = {"classes": ds.classes, "train": {}, "test": {}}
+        for split in ("train", "test"):
+            for cls in tqdm(ds.classes, desc=f"sparse_probing: {name} {split}", disable=not ctx.verbose):
+                out[split][cls] = kept_positions(ctx, getattr(ds, split)[cls], s)
+        return out
+
+    return ctx.cached("sparse_probing_acts", key, compute, memory=False)
+
+
+# ---- balancing -----------------------------------------------------------------------------------
+
+
+def balanced_indices(counts: dict[str, int], positive: str, gen: torch.Generator) -> tuple[list[tuple[str, int]], Tensor]:
+    """SAEBench's one-vs-rest set: all positives; ceil(n_pos / (C - 1)) random rows of every other
+    class, of which n_pos are kept; shuffled. Returns ([(class, index)], labels)."""
+    n_pos = counts[positive]
+    others = [c for c in counts if c != positive]
+    per_class = math.ceil(n_pos / len(others))
+    negatives = []
+    for c in others:
+        negatives += [(c, int(i)) for i in torch.randperm(counts[c], generator=gen)[:per_class]]
+    negatives = [negatives[int(i)] for i in torch.randperm(len(negatives), generator=gen)[:n_pos]]
+    items = [(positive, i) for i in range(n_pos)] + negatives
+    labels = torch.tensor([1] * n_pos + [0] * len(negatives))
+    order = torch.randperm(len(items), generator=gen)
+    return [items[int(i)] for i in order], labels[order]
+
+
+def gather(features: dict[str, Tensor], items: list[tuple[str, int]]) -> Tensor:
+    return torch.stack([features[c][i] for c, i in items])
+
+
+# ---- the eval ------------------------------------------------------------------------------------
+
+
+def probe_accuracies(
+    train: dict[str, Tensor], test: dict[str, Tensor], classes: list[str], s: SparseProbingSettings, prefix: str
+) -> dict[str, dict[str, float]]:
+    """class -> {prefix_test_accuracy, prefix_top_k_test_accuracy...} for pooled features."""
+    out = {}
+    for ci, cls in enumerate(classes):
+        gen = torch.Generator().manual_seed(s.seed + ci)
+        tr_items, y_tr = balanced_indices({c: len(train[c]) for c in classes}, cls, gen)
+        te_items, y_te = balanced_indices({c: len(test[c]) for c in classes}, cls, gen)
+        x_tr, x_te = gather(train, tr_items), gather(test, te_items)
+        accs = {
+            f"{prefix}_test_accuracy": train_binary_probe(
+                x_tr, y_tr, x_te, y_te, s.probe_lr, s.probe_batch_size, s.probe_epochs, s.probe_patience, s.seed
+            )
+        }
+        for k in s.k_values:
+            accs[f"{prefix}_top_{k}_test_accuracy"] = top_k_accuracy(x_tr, y_tr, x_te, y_te, k, s.seed)
+        out[cls] = accs
+    return out
+
+
+def _mean_over(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
+    keys = next(iter(per_class.values())).keys()
+    return {k: sum(v[k] for v in per_class.values()) / len(per_class) for k in keys}
+
+
+@register_eval(
+    "sparse_probing",
+    eval_type_id="sparse_probing",
+    final_info_key="sparse probing evaluation results",
+    settings=SparseProbingSettings,
+)
+def run_sparse_probing(saes: list, ctx: EvalContext, s: SparseProbingSettings) -> list[EvalResult]:
+    if not s.datasets:
+        raise ValueError("sparse_probing.datasets is empty; name at least one dataset (e.g. ['bbc-news'])")
+    n_train, n_test = _set_sizes(ctx, s)
+    s = s.model_copy(update={"probe_train_set_size": n_train, "probe_test_set_size": n_test})
+    details: list[list[dict]] = [[] for _ in saes]
+    per_class_all: list[dict] = [{} for _ in saes]
+    for name in s.datasets:
+        acts = dataset_activations(ctx, name, s, n_train, n_test)
+        classes = acts["classes"]
+        llm_train = {c: segment_mean(acts["train"][c]["rows"], acts["train"][c]["lengths"]) for c in classes}
+        llm_test = {c: segment_mean(acts["test"][c]["rows"], acts["test"][c]["lengths"]) for c in classes}
+        llm = ctx.cached(
+            "sparse_probing_llm",
+            {"dataset": name, "settings": s.model_dump(exclude={"datasets", "llm_batch_size", "sae_batch_size"})},
+            lambda: probe_accuracies(llm_train, llm_test, classes, s, "llm"),
+        )
+        for i, sae in enumerate(saes):
+            sae_train = {c: sae_pooled(sae, acts["train"][c], s.sae_batch_size * s.context_length) for c in classes}
+            sae_test = {c: sae_pooled(sae, acts["test"][c], s.sae_batch_size * s.context_length) for c in classes}
+            sae_acc = probe_accuracies(sae_train, sae_test, classes, s, "sae")
+            details[i].append({"dataset_name": name, **_mean_over(llm), **_mean_over(sae_acc)})
+            per_class_all[i][name] = {c: {**llm[c], **sae_acc[c]} for c in classes}
+    results = []
+    for i in range(len(saes)):
+        keys = [k for k in details[i][0] if k != "dataset_name"]
+        overall = {k: sum(d[k] for d in details[i]) / len(details[i]) for k in keys}
+        metrics = {
+            "llm": {k: v for k, v in overall.items() if k.startswith("llm_")},
+            "sae": {k: v for k, v in overall.items() if k.startswith("sae_")},
+        }
+        results.append(EvalResult(metrics, details[i], {"per_class": per_class_all[i]}, s.model_dump()))
+    return results

