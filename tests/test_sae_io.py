@@ -92,4 +92,6 @@ def test_clear_errors_for_missing_or_corrupt_dirs(tmp_path):
 
 
 def test_every_registered_architecture_is_covered():
-    assert set(architectures()) == set(SAELENS_NAME)
+    # test files may register throwaway architectures (e.g. test_train's "tiny_test_relu")
+    builtin = {a for a in architectures() if not a.startswith("tiny_test")}
+    assert builtin == set(SAELENS_NAME)
