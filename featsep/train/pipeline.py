@@ -102,13 +102,12 @@ def build_penalties(spec: RunSpec, d_sae: int) -> list:
 
 
 def _check_sequence_mode(specs: list[RunSpec], data: DataConfig) -> None:
-    for spec in specs:
-        for p in spec.penalties:
-            if p.name == "temporal" and data.shuffle_buffer and not data.sequence_mode:
-                print(
-                    f"note: run {spec.name} uses the temporal penalty on shuffled activations; "
-                    "set data.sequence_mode=true to feed whole contexts in order"
-                )
+    temporal = [s.name for s in specs if any(p.name == "temporal" for p in s.penalties)]
+    if temporal and data.shuffle_buffer and not data.sequence_mode:
+        print(
+            f"note: {', '.join(temporal)} use the temporal penalty on shuffled activations (its windows "
+            "then span training steps only); set data.sequence_mode=true to feed whole contexts in order"
+        )
 
 
 def train_specs(
