@@ -185,10 +185,10 @@ def evaluate(
                 outputs[i][spec.name] = eval_output(
                     spec.eval_type_id, config, res.metrics, res.details, unstructured, t.name, t.sae.to_cfg_dict()
                 )
+                # written as each eval finishes, so an interrupted call keeps what it completed
+                _write(t, {spec.name: outputs[i][spec.name]}, out_dir, len(targets))
             if verbose:
                 print(f"{spec.name}: {len(saes)} SAE(s) on {lm.name} {h} in {wall:.1f} s")
-    for t, out in zip(targets, outputs):
-        _write(t, out, out_dir, len(targets))
     single = not isinstance(sae_or_path, (list, tuple)) and len(targets) == 1
     return outputs[0] if single else outputs
 
