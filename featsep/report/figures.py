@@ -94,6 +94,18 @@ def _panels(n: int, ncols: int = 2) -> tuple[Figure, list]:
     return fig, axes[:n]
 
 
+def _log_x_plain(ax) -> None:
+    """Log x axis labelled with plain numbers (1, 2, 5, 10, 20, ...) and no crowded minor labels."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    ax.xaxis.set_major_formatter(formatter)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _wants_log(values: list[float]) -> bool:
     positive = [v for v in values if v > 0]
     return len(positive) >= 2 and max(positive) / min(positive) > LOG_SPAN
@@ -143,7 +155,7 @@ def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str
             ax.annotate("LLM probe", (1.0, baseline), xycoords=("axes fraction", "data"), ha="right",
                         va="bottom", color="grey", fontsize=11)
         if _wants_log(l0s):
-            ax.set_xscale("log")
+            _log_x_plain(ax)
         ax.set_xlabel(metric("core.l0").axis)
         ax.set_ylabel(metric(key).axis)
         ax.set_title(metric(key).name[0].upper() + metric(key).name[1:])
