@@ -49,6 +49,11 @@ from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 from featsep.evals.sparse_probing import balanced_indices, kept_positions, sae_pooled, segment_mean
 
 FINAL_INFO_KEY = "scr and tpp evaluations results"
+# SCR and TPP write one final_info section (the reference runs' key), merged by eval name
+_SHARED_SECTION = dict(
+    final_info_key=FINAL_INFO_KEY,
+    merge_section=lambda existing, section: merge_scr_tpp_section(existing, section),
+)
 N_VALUES = [2, 5, 10, 20, 50, 100, 500]
 MIN_DENOMINATOR = 0.001
 
@@ -472,13 +477,7 @@ def _pairs(name: str, s: ScrSettings, ctx: EvalContext, spec: ScrDatasetSpec) ->
     return pairs[:limit] if limit else pairs
 
 
-@register_eval(
-    "scr",
-    eval_type_id="scr",
-    final_info_key=FINAL_INFO_KEY,
-    settings=ScrSettings,
-    merge_section=lambda existing, section: merge_scr_tpp_section(existing, section),
-)
+@register_eval("scr", eval_type_id="scr", settings=ScrSettings, **_SHARED_SECTION)
 def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
     if not s.datasets:
         raise ValueError("scr.datasets is empty; name at least one (e.g. ['bbc-news-byline'])")
@@ -588,13 +587,7 @@ def _tpp_dataset(ctx: EvalContext, name: str, s: TppSettings, n_train: int, n_te
     return classes, out
 
 
-@register_eval(
-    "tpp",
-    eval_type_id="tpp",
-    final_info_key=FINAL_INFO_KEY,
-    settings=TppSettings,
-    merge_section=lambda existing, section: merge_scr_tpp_section(existing, section),
-)
+@register_eval("tpp", eval_type_id="tpp", settings=TppSettings, **_SHARED_SECTION)
 def run_tpp(saes: list, ctx: EvalContext, s: TppSettings) -> list[EvalResult]:
     if not s.datasets:
         raise ValueError("tpp.datasets is empty; name at least one (e.g. ['bbc-news'])")
