@@ -249,7 +249,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, stateful_data):
     train([resumed], fresh_batches(), penalties=[ema()], out_dir=tmp_path / "cut", resume=True, **run_kw())
 
     assert_same_weights(full, resumed)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if "tokens_per_s" not in k} for r in rows]  # noqa: E731 (timings)
     assert strip(read_metrics(tmp_path / "cut")) == strip(read_metrics(tmp_path / "full"))
     assert sorted(checkpoint_steps(tmp_path / "cut")) == [20, 23]  # the last two are kept
 
@@ -331,7 +331,7 @@ def test_each_sae_trained_together_equals_trained_alone(tmp_path):
         alone = train([tiny(**c)], batches, penalties=[pen], lr=lrs[i], out_dir=tmp_path / "alone" / name,
                       progress=False, log_every=3, checkpoint_every=4)[0]
         assert_same_weights(together[i], alone)
-        strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+        strip = lambda rows: [{k: v for k, v in r.items() if "tokens_per_s" not in k} for r in rows]  # noqa: E731 (timings)
         assert strip(read_metrics(tmp_path / name)) == strip(read_metrics(tmp_path / "alone" / name))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "alone", "b", "c"]
     # default lr comes from the SAE
@@ -356,8 +356,10 @@ def test_run_dir_layout_final_info_and_metrics(tmp_path):
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [3, 6, 7]  # every log_every steps, and the last
     assert [r["tokens"] for r in rows] == [3 * BATCH, 6 * BATCH, 7 * BATCH]
-    assert {"loss", "loss/mse", "loss/l1", "loss/ema", "l0", "fvu", "dead_fraction", "lr", "tokens_per_s",
+    assert {"loss", "loss/mse", "loss/l1", "loss/ema", "l0", "fvu", "dead_fraction", "lr", "tokens_per_s", "sae_tokens_per_s",
             "ema/calls"} <= set(rows[-1])
+    param_bytes = sum(p.numel() * p.element_size() for p in sae.parameters())
+    assert rows[-1]["state_memory_bytes"] >= 3 * param_bytes  # weights + two Adam moments
     assert sorted(checkpoint_steps(tmp_path)) == [7]  # the end of training always checkpoints
 
     info = read_final_info(tmp_path)

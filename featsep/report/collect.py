@@ -289,7 +289,9 @@ def _history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
             if (num := _number(row.get(key))) is not None:
                 out[f"train.final_{key}"] = num
                 break
-    speeds = [v for row in history if (v := _number(row.get("tokens_per_s"))) is not None]
+    # an SAE's own throughput when logged (several SAEs share each step's wall time)
+    speed_key = "sae_tokens_per_s" if any("sae_tokens_per_s" in row for row in history) else "tokens_per_s"
+    speeds = [v for row in history if (v := _number(row.get(speed_key))) is not None]
     if speeds:
         out["cost.tokens_per_s"] = sum(speeds) / len(speeds)
     for key in _WALL_TIME_KEYS:
@@ -304,6 +306,9 @@ def _history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
         if mems:
             out["cost.peak_memory_bytes"] = max(mems)
             break
+    states = [v for row in history if (v := _number(row.get("state_memory_bytes"))) is not None]
+    if states:
+        out["cost.state_memory_bytes"] = max(states)
     return out
 
 

@@ -364,7 +364,8 @@ def draw_cost(records, style):
     memory_unit = (MIB, "MiB") if largest("cost.peak_memory_bytes") < 4096 * MIB else (1024 * MIB, "GiB")
     panels = [("cost.tokens_per_s", 1.0, "tokens / s", "Throughput"),
               ("cost.wall_time_s", *time_unit, "Wall time"),
-              ("cost.peak_memory_bytes", *memory_unit, "Peak memory")]
+              ("cost.peak_memory_bytes", *memory_unit, "Peak memory"),
+              ("cost.state_memory_bytes", MIB, "MiB", "Training state (params + Adam + penalty)")]
     panels = [p for p in panels if any(p[0] in r.metrics for r in records)]
     if not panels:
         return None

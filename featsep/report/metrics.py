@@ -52,6 +52,8 @@ METRICS: dict[str, Metric] = _catalogue(
     Metric("cost.tokens_per_s", "tokens/s", "Throughput (tokens / s)", True),
     Metric("cost.wall_time_s", "wall time", "Wall time (s)", False),
     Metric("cost.peak_memory_bytes", "peak memory (bytes)", "Peak memory (bytes)", False),
+    Metric("cost.state_memory_bytes", "training state (bytes)",
+           "Training state: parameters + Adam + penalty state (bytes)", False),
 )
 
 

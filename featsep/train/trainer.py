@@ -58,6 +58,8 @@ class _Member:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     fired: Tensor  # bool [d_sae]: latents that fired since the last log (fallback dead fraction)
     last: dict[str, Any] = field(default_factory=dict)  # detached results of the latest step
+    busy_s: float = 0.0  # time spent in this SAE's steps since the last log (its own cost)
+    busy_tokens: int = 0
 
     @property
     def dtype(self) -> torch.dtype:
@@ -227,6 +229,25 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
     m.scheduler.step()
 
 
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _state_bytes(m: _Member) -> int:
+    """Memory this SAE keeps between steps: parameters and buffers, Adam moments, penalty state."""
+    return (
+        _tensor_bytes(m.sae.state_dict())
+        + _tensor_bytes(m.optimizer.state_dict()["state"])
+        + sum(_tensor_bytes(p.state_dict()) for p in m.penalties)
+    )
+
+
 def _log_row(m: _Member, step: int, tokens: int, tokens_per_s: float) -> dict[str, Any]:
     """The metrics.jsonl row of the latest step; resets the fired-latents window."""
     last = m.last
@@ -236,7 +257,11 @@ def _log_row(m: _Member, step: int, tokens: int, tokens_per_s: float) -> dict[st
     metrics = {k: float(v) for k, v in last["metrics"].items()}
     metrics.setdefault("dead_fraction", float(1.0 - m.fired.float().mean()))
     row.update(metrics)
-    row["tokens_per_s"] = tokens_per_s
+    row["tokens_per_s"] = tokens_per_s  # the whole step (data + every SAE)
+    row["state_memory_bytes"] = _state_bytes(m)
+    if m.busy_s > 0:  # this SAE alone: what its architecture and penalties cost
+        row["sae_tokens_per_s"] = m.busy_tokens / m.busy_s
+    m.busy_s, m.busy_tokens = 0.0, 0
     for pen in m.penalties:
         row.update(scalar_stats(pen.name, pen.stats()))
     m.fired.zero_()
@@ -340,7 +365,12 @@ class _Run:
                 for m in self.members:
                     m.sae.init_from_data(x.to(dtype=m.dtype))
             for m in self.members:
+                started = time.perf_counter()
                 _train_step(m, x, self.step, self.total, self.autocast())
+                if self.device.type == "cuda":  # time this SAE's kernels, not just their launch
+                    torch.cuda.synchronize(self.device)
+                m.busy_s += time.perf_counter() - started
+                m.busy_tokens += x.shape[0]
             self.step += 1
             self.tokens += x.shape[0]
             window_tokens += x.shape[0]
