@@ -31,8 +31,8 @@ SAEBENCH_DATASETS = [
     "LabHC/bias_in_bios_class_set3",
     "canrager/amazon_reviews_mcauley_1and5",
     "canrager/amazon_reviews_mcauley_1and5_sentiment",
-    "fancyzhx/ag_news",
     "codeparrot/github-code",
+    "fancyzhx/ag_news",
     "Helsinki-NLP/europarl",
 ]
 
