@@ -36,7 +36,6 @@ from featsep.evals.activations import EvalContext, encode, not_special
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
 NORM_EPS = 1e-6  # the reference's column-norm epsilon (penalties.reference.MOMENTUM_EPS)
-PAIR_CHUNK_ELEMENTS = 1 << 22  # pair entries materialised at once
 
 
 class CompetitionSettings(EvalSettings):
@@ -66,36 +65,15 @@ def batch_competition(codes: Tensor, mode: str = "specified") -> Tensor:
     return rowsum - 1 if mode == "reference" else rowsum - (N * N).sum(0)
 
 
-def _sparse_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(values, indices) [B, k] of the non-zeros of x (k = the largest row count; padding has value 0)."""
-    k = int((x != 0).sum(1).max()) if x.numel() else 0
-    idx = torch.topk(x.abs(), k, dim=1).indices if k else torch.zeros(x.shape[0], 0, dtype=torch.long)
-    return x.gather(1, idx), idx
-
-
 def pair_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Over rows of x [B, n] (sparse in practice): for every pair i < j non-zero together in some
-    row, (sorted keys i * n + j, sum_b x_bi x_bj, number of rows where both are non-zero)."""
-    n = x.shape[1]
-    values, idx = _sparse_rows(x)
-    k = idx.shape[1]
-    empty = torch.zeros(0, dtype=torch.long)
-    if k < 2:
-        return empty, torch.zeros(0, dtype=x.dtype), empty
-    first, second = torch.triu_indices(k, k, 1)
-    rows_per_chunk = max(1, PAIR_CHUNK_ELEMENTS // first.numel())
-    keys_all, sums_all, counts_all = [], [], []
-    for start in range(0, x.shape[0], rows_per_chunk):
-        v, i = values[start : start + rows_per_chunk], idx[start : start + rows_per_chunk]
-        both = (v[:, first] != 0) & (v[:, second] != 0)
-        a, b = i[:, first], i[:, second]
-        keys = (torch.minimum(a, b) * n + torch.maximum(a, b))[both]
-        prods = (v[:, first] * v[:, second])[both]
-        uniq, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        keys_all.append(uniq)
-        sums_all.append(prods.new_zeros(uniq.numel()).index_add_(0, inverse, prods))
-        counts_all.append(torch.zeros(uniq.numel(), dtype=torch.long).index_add_(0, inverse, torch.ones_like(inverse)))
-    return merge_pairs(keys_all, sums_all, counts_all)
+    row, (sorted keys i * n + j, sum_b x_bi x_bj, number of rows where both are non-zero).
+    Uses the penalties' chunked pair enumeration (O(B k^2) time, memory bounded per chunk)."""
+    from featsep.penalties.base import to_sparse_codes
+    from featsep.penalties.pairs import coactive_pairs
+
+    pairs = coactive_pairs(to_sparse_codes(x.detach(), None, x.shape[1]))
+    return pairs.keys.long(), pairs.gram * x.shape[0], pairs.counts.long()
 
 
 def merge_pairs(keys: list[Tensor], sums: list[Tensor], counts: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:

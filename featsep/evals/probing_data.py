@@ -96,6 +96,7 @@ def _code_roots() -> dict[str, list[tuple[Path, str]]]:
 
 MIN_FILES_PER_CLASS = 20
 CODE_SKIP_CHARS = 150  # SAEBench skips each github-code file's first 150 characters (licence headers)
+CODE_MIN_CHARS = 128 * 3 + CODE_SKIP_CHARS  # and keeps files longer than a context (3 chars/token) past that
 CODE_MAX_CHARS = 2000
 
 
@@ -388,7 +389,7 @@ def _github_code(n_train, n_test, seed, local_copies):
                 break
         df = pd.DataFrame(rows)
     _require_columns(df, ["code", "language"], "codeparrot/github-code")
-    pools = {c: [t[CODE_SKIP_CHARS:] for t in df[df["language"] == c]["code"] if len(t) > CODE_SKIP_CHARS] for c in classes}
+    pools = {c: [t[CODE_SKIP_CHARS:] for t in df[df["language"] == c]["code"] if len(t) > CODE_MIN_CHARS] for c in classes}
     return _sample_split(pools, n_train, n_test, seed, "codeparrot/github-code")
 
 
