@@ -280,6 +280,14 @@ CHOSEN_CLASSES = {
 }
 
 
+def split_file(folder: Path, split: str) -> Path:
+    """The `{split}.parquet|jsonl|csv` file of a local dataset folder."""
+    for suffix in TEXT_SUFFIXES:
+        if (folder / f"{split}{suffix}").exists():
+            return folder / f"{split}{suffix}"
+    raise ValueError(f"local copy {folder} has no {split}.parquet/.jsonl/.csv file; add one or pass a single file")
+
+
 def _hub_frame(hf_name: str, split: str, local_copies: dict[str, str], **load_kwargs):
     """One split of a hub dataset as a DataFrame, from a local copy when one is given.
 
@@ -289,10 +297,7 @@ def _hub_frame(hf_name: str, split: str, local_copies: dict[str, str], **load_kw
     if local is not None:
         path = Path(local).expanduser()
         if path.is_dir():
-            for suffix in TEXT_SUFFIXES:
-                if (path / f"{split}{suffix}").exists():
-                    return read_table(path / f"{split}{suffix}")
-            raise ValueError(f"local copy {path} of {hf_name} has no {split}.parquet/.jsonl/.csv file")
+            return read_table(split_file(path, split))
         if not path.exists():
             raise ValueError(f"local copy {path} of {hf_name} does not exist; fix sparse_probing.local_copies")
         return read_table(path)

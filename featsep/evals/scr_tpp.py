@@ -245,13 +245,10 @@ def check_linear_decoder(sae) -> None:
 
 def _read_local(path: Path, split: str, seed: int):
     """A local copy: a folder with {split}.csv|jsonl|parquet, or one file split 80/20 with the seed."""
-    from featsep.evals.probing_data import TEXT_SUFFIXES, read_table
+    from featsep.evals.probing_data import read_table, split_file
 
     if path.is_dir():
-        for suffix in TEXT_SUFFIXES:
-            if (path / f"{split}{suffix}").exists():
-                return read_table(path / f"{split}{suffix}")
-        raise ValueError(f"local copy {path} has no {split}.parquet/.jsonl/.csv file; add one or pass a single file")
+        return read_table(split_file(path, split))
     if not path.is_file():
         raise ValueError(f"local copy {path} does not exist; fix scr.local_copies")
     df = read_table(path)
