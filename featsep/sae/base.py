@@ -81,7 +81,7 @@ class SAEOutput:
     codes: Optional[Tensor] = None
     top_values: Optional[Tensor] = None
     top_indices: Optional[Tensor] = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
 
     def dense_codes(self, d_sae: int) -> Tensor:
         """Codes as a dense [B, d_sae] tensor (scatters the TopK form when needed)."""
@@ -275,10 +275,12 @@ class SAE(nn.Module):
         with torch.no_grad():
             xf = x.float()
             total_var = (xf - xf.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)
+            # detached tensors, not floats: the trainer reads them only when it logs, so the
+            # step itself never waits on the device
             out.metrics.update(
-                l0=float(l0),
-                fvu=float(out.terms["mse"].detach() / total_var),
-                dead_fraction=float(self.dead_mask().float().mean()),
+                l0=l0.detach(),
+                fvu=out.terms["mse"].detach() / total_var,
+                dead_fraction=self.dead_mask().float().mean(),
             )
         return out
 

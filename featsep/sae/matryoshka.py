@@ -50,14 +50,14 @@ class MatryoshkaSAE(BatchTopKSAE):
     cfg: MatryoshkaConfig
 
     def extra_terms(
-        self, x: Tensor, x_hat: Tensor, pre: Tensor, values: Tensor, indices: Tensor, metrics: dict[str, float]
+        self, x: Tensor, x_hat: Tensor, pre: Tensor, values: Tensor, indices: Tensor, metrics: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         terms = super().extra_terms(x, x_hat, pre, values, indices, metrics)
         inner = x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
         for width in self.cfg.prefix_sizes[:-1]:
             prefix_values = values * (indices < width).to(values.dtype)
             mse = mse_loss(x, self.decode_top(prefix_values, indices))
-            metrics[f"mse_prefix_{width}"] = float(mse.detach())
+            metrics[f"mse_prefix_{width}"] = mse.detach()
             inner = inner + mse
         terms["matryoshka_mse"] = inner
         return terms

@@ -69,7 +69,7 @@ class TopKSAE(SAE):
         pre = self.pre_activations(x)
         values, indices = self.select(pre)
         x_hat = self.decode_top(values, indices)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor] = {}
         out = SAEOutput(
             x_hat=x_hat,
             terms=self.extra_terms(x, x_hat, pre, values, indices, metrics),
@@ -84,7 +84,7 @@ class TopKSAE(SAE):
         return self.finish_output(x, out, l0)
 
     def extra_terms(
-        self, x: Tensor, x_hat: Tensor, pre: Tensor, values: Tensor, indices: Tensor, metrics: dict[str, float]
+        self, x: Tensor, x_hat: Tensor, pre: Tensor, values: Tensor, indices: Tensor, metrics: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         """Loss terms besides "mse" (subclasses add theirs, and diagnostics to `metrics`)."""
         return {"auxk": self.auxk_loss(x, x_hat, pre)}
