@@ -16,11 +16,12 @@ import hashlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+
+from featsep.io import write_bytes_atomic
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,9 @@ class EvalContext:
 
 
 def _save_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(value, buffer)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _load(path: Path) -> Any:

@@ -12,7 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from featsep.train.run_dir import atomic_write_json, update_final_info
+from featsep.io import write_json_atomic
+from featsep.train.run_dir import update_final_info
 
 # The SAEBench commit whose formulas these evals reproduce (see saebench-spec.md).
 SAEBENCH_COMMIT = "8042bb38"
@@ -70,7 +71,7 @@ def result_path(out_dir: str | Path, eval_name: str) -> Path:
 
 def write_result(out_dir: str | Path, eval_name: str, result: dict[str, Any]) -> Path:
     path = result_path(out_dir, eval_name)
-    atomic_write_json(path, result)
+    write_json_atomic(path, result)
     return path
 
 

@@ -554,19 +554,10 @@ def tpp_ablations(sae, classes: list[str], pooled: dict, codes: dict, sets: dict
     return ablated
 
 
-class _SharedProbingSettings:
-    """The fields featsep.evals.sparse_probing.dataset_activations keys its cache on, so TPP reuses
-    sparse_probing's cached activations when datasets and sizes match."""
-
-    def __init__(self, s: TppSettings):
-        self.seed, self.context_length, self.llm_batch_size = s.seed, s.context_length, s.llm_batch_size
-        self.text_column, self.label_column, self.local_copies = s.text_column, s.label_column, s.local_copies
-
-
 def _tpp_dataset(ctx: EvalContext, name: str, s: TppSettings, n_train: int, n_test: int):
     from featsep.evals.sparse_probing import dataset_activations
 
-    acts = dataset_activations(ctx, name, _SharedProbingSettings(s), n_train, n_test)
+    acts = dataset_activations(ctx, name, s, n_train, n_test)  # same cache keys as sparse_probing
     classes = acts["classes"]
     if len(classes) < 2:
         raise ValueError(f"TPP needs at least 2 classes; dataset {name!r} has {len(classes)}")

@@ -23,9 +23,6 @@ SAE_DIR = "sae"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 
-# atomic writes live in featsep.io; these aliases keep older imports (evals/schema.py) working
-atomic_write_bytes = write_bytes_atomic
-atomic_write_json = write_json_atomic
 
 
 def run_dirs(out_dir: Optional[str | Path], names: list[str]) -> list[Optional[Path]]:
