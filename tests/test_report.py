@@ -227,7 +227,26 @@ def test_files_and_pngs(built):
     for png in (out / "figures").glob("*.png"):
         w, h = _png_size(png.read_bytes())
         assert w > 400 and h > 300
-    assert not list(out.rglob("*.tmp"))  # atomic writes left nothing behind
+
+
+def test_failed_build_keeps_the_previous_page_and_no_temp_files(built, monkeypatch, tmp_path):
+    import featsep.report.build as build
+
+    import shutil
+
+    root = tmp_path / "sweep"  # a private copy: the shared fixture stays as built
+    shutil.copytree(built[0], root, ignore=shutil.ignore_patterns("report"))
+    page = build.build_report(root)
+    before = page.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(build, "render_page", broken)
+    with pytest.raises(RuntimeError, match="render failed"):
+        build.build_report(root)
+    assert page.read_bytes() == before
+    assert not list((root / "report").rglob("*.tmp"))
 
 
 def test_html_structure(built):

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,7 +29,7 @@ import torch
 from featsep.data.errors import CacheError, DataError
 from featsep.data.harvest import ActivationChunk, LiveSource, estimate_normalization_factor
 from featsep.data.stream import ArraySource
-from featsep.io import write_json_atomic
+from featsep.io import atomic_target, write_json_atomic
 
 FORMAT = "featsep-activation-cache"
 FORMAT_VERSION = 1
@@ -61,18 +59,11 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> dict:
-    """np.save to a temp file in the same dir, fsync, rename; returns size and checksum."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """np.save atomically; returns size and checksum."""
+    with atomic_target(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
             np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = sha256_file(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        digest = sha256_file(tmp)
     return {"bytes": path.stat().st_size, "sha256": digest}
 
 

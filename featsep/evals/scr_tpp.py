@@ -34,7 +34,6 @@ Where we differ from SAEBench (on purpose, recorded in the result):
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional

@@ -6,11 +6,10 @@ target, so an interrupted build never leaves a half-written report behind.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
+from featsep.io import write_bytes_atomic, write_text_atomic
 from featsep.report.collect import REPORT_DIRNAME, collect
 from featsep.report.figures import render_figures
 from featsep.report.findings import main_findings
@@ -19,20 +18,6 @@ from featsep.report.markdown import render_summary
 from featsep.report.tables import build_tables
 
 FIGURES_DIRNAME = "figures"
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to a temp file next to `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_report(path: str | Path, out_dir: str | Path | None = None, labels: Optional[dict[str, str]] = None,
@@ -51,13 +36,13 @@ def build_report(path: str | Path, out_dir: str | Path | None = None, labels: Op
     figures = render_figures(records)
     for fig in figures:
         if fig.png is not None:
-            write_atomic(out / FIGURES_DIRNAME / f"{fig.spec.name}.png", fig.png)
+            write_bytes_atomic(out / FIGURES_DIRNAME / f"{fig.spec.name}.png", fig.png)
     tables = build_tables(records)
     findings = main_findings(records)
     notes = list(sweep.notes) + [f"{r.label} ({r.run}): {n}" for r in records for n in r.notes]
     source = str(Path(path).resolve())
 
-    write_atomic(out / "summary.md", render_summary(title, source, findings, notes, tables, figures, FIGURES_DIRNAME))
+    write_text_atomic(out / "summary.md", render_summary(title, source, findings, notes, tables, figures, FIGURES_DIRNAME))
     page = out / "report.html"
-    write_atomic(page, render_page(title, source, findings, notes, tables, figures))
+    write_text_atomic(page, render_page(title, source, findings, notes, tables, figures))
     return page

@@ -9,31 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from featsep.io import atomic_target, write_text_atomic
 from featsep.sae.base import SAE, get_architecture
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
 _META_KEYS = ("model_name", "hook_name", "hook_layer", "context_size", "prepend_bos", "dataset_path")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] = None) -> Path:
@@ -48,8 +35,9 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] 
         cfg["featsep_extra"] = extra
     text = json.dumps(cfg, indent=2, default=str)
     # weights first: a directory whose cfg.json exists always has matching weights
-    _atomic_write(path / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, tmp))
-    _atomic_write(path / CFG_FILENAME, lambda tmp: Path(tmp).write_text(text))
+    with atomic_target(path / WEIGHTS_FILENAME) as tmp:
+        save_file(tensors, str(tmp))
+    write_text_atomic(path / CFG_FILENAME, text)
     return path
 
 

@@ -1,0 +1,25 @@
+"""Atomic writes: a writer that fails half-way leaves the old file and no temp file behind."""
+
+import pytest
+
+from featsep.io import atomic_target, write_json_atomic
+
+
+def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "result.json"
+    write_json_atomic(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_target(target) as tmp:
+            tmp.write_bytes(b'{"a": 2, "half')  # a partial write, then the writer dies
+            raise RuntimeError("killed")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_successful_write_replaces_and_creates_parents(tmp_path):
+    target = tmp_path / "new" / "dir" / "x.bin"
+    with atomic_target(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_bytes(b"abc")
+    assert target.read_bytes() == b"abc"
+    assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
