@@ -95,10 +95,10 @@ class SAEOutput:
     def fired(self, d_sae: int) -> Tensor:
         """Bool [d_sae]: which latents were non-zero anywhere in the batch."""
         if self.top_indices is not None:
-            mask = torch.zeros(d_sae, dtype=torch.bool, device=self.top_indices.device)
-            nz = self.top_values != 0
-            mask[self.top_indices[nz]] = True
-            return mask
+            # counts, not boolean indexing: no host sync, and padded (index, 0.0) entries add 0
+            nz = (self.top_values != 0).flatten().float()
+            counts = nz.new_zeros(d_sae).index_add_(0, self.top_indices.flatten(), nz)
+            return counts > 0
         assert self.codes is not None
         return (self.codes != 0).any(dim=0)
 
@@ -231,7 +231,7 @@ class SAE(nn.Module):
     @torch.no_grad()
     def record_firing(self, fired: Tensor, n_tokens: int) -> None:
         self.tokens_since_fired.add_(n_tokens)
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.masked_fill_(fired, 0)
 
     @torch.no_grad()
     def resample_dead_latents(

@@ -58,8 +58,8 @@ class _Member:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     fired: Tensor  # bool [d_sae]: latents that fired since the last log (fallback dead fraction)
     last: dict[str, Any] = field(default_factory=dict)  # detached results of the latest step
-    busy_s: float = 0.0  # time spent in this SAE's steps since the last log (its own cost)
-    busy_tokens: int = 0
+    busy_s: float = 0.0  # CPU: time spent in this SAE's steps since the last log (its own cost)
+    busy_events: list = field(default_factory=list)  # CUDA: (start, end) timing events, read at log
 
     @property
     def dtype(self) -> torch.dtype:
@@ -248,7 +248,32 @@ def _state_bytes(m: _Member) -> int:
     )
 
 
-def _log_row(m: _Member, step: int, tokens: int, tokens_per_s: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def _busy_timer(m: _Member, device: torch.device):
+    """Time one SAE's step: wall clock on CPU; on CUDA a pair of events read at log time, so
+    the step never waits for the device."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        m.busy_events.append((start, end))
+    else:
+        started = time.perf_counter()
+        yield
+        m.busy_s += time.perf_counter() - started
+
+
+def _take_busy_seconds(m: _Member) -> float:
+    """This SAE's step time since the last log (syncs once for CUDA events), then reset."""
+    if m.busy_events:
+        m.busy_events[-1][1].synchronize()
+        m.busy_s += sum(start.elapsed_time(end) for start, end in m.busy_events) / 1e3
+    busy, m.busy_s, m.busy_events = m.busy_s, 0.0, []
+    return busy
+
+
+def _log_row(m: _Member, step: int, tokens: int, window_tokens: int, window_s: float) -> dict[str, Any]:
     """The metrics.jsonl row of the latest step; resets the fired-latents window."""
     last = m.last
     row: dict[str, Any] = {"step": step, "tokens": tokens, "lr": last["lr"], "loss": float(last["loss"])}
@@ -257,11 +282,11 @@ def _log_row(m: _Member, step: int, tokens: int, tokens_per_s: float) -> dict[st
     metrics = {k: float(v) for k, v in last["metrics"].items()}
     metrics.setdefault("dead_fraction", float(1.0 - m.fired.float().mean()))
     row.update(metrics)
-    row["tokens_per_s"] = tokens_per_s  # the whole step (data + every SAE)
+    row["tokens_per_s"] = window_tokens / max(window_s, 1e-9)  # the whole step (data + every SAE)
     row["state_memory_bytes"] = _state_bytes(m)
-    if m.busy_s > 0:  # this SAE alone: what its architecture and penalties cost
-        row["sae_tokens_per_s"] = m.busy_tokens / m.busy_s
-    m.busy_s, m.busy_tokens = 0.0, 0
+    busy = _take_busy_seconds(m)
+    if busy > 0:  # this SAE alone: what its architecture and penalties cost
+        row["sae_tokens_per_s"] = window_tokens / busy
     for pen in m.penalties:
         row.update(scalar_stats(pen.name, pen.stats()))
     m.fired.zero_()
@@ -365,29 +390,25 @@ class _Run:
                 for m in self.members:
                     m.sae.init_from_data(x.to(dtype=m.dtype))
             for m in self.members:
-                started = time.perf_counter()
-                _train_step(m, x, self.step, self.total, self.autocast())
-                if self.device.type == "cuda":  # time this SAE's kernels, not just their launch
-                    torch.cuda.synchronize(self.device)
-                m.busy_s += time.perf_counter() - started
-                m.busy_tokens += x.shape[0]
+                with _busy_timer(m, self.device):
+                    _train_step(m, x, self.step, self.total, self.autocast())
             self.step += 1
             self.tokens += x.shape[0]
             window_tokens += x.shape[0]
             sink.advance()
             if self.step % args["log_every"] == 0 or self.step == self.total:
                 now = time.perf_counter()
-                self.log(sink, window_tokens / max(now - window_start, 1e-9))
+                self.log(sink, window_tokens, now - window_start)
                 window_start, window_tokens = now, 0
             if self.step % args["checkpoint_every"] == 0:
                 self.save_checkpoints()
         last = self.members[0].last
         if "terms" in last and last.get("logged_step") != self.step:
-            self.log(sink, window_tokens / max(time.perf_counter() - window_start, 1e-9))
+            self.log(sink, window_tokens, time.perf_counter() - window_start)
 
-    def log(self, sink: MetricsSink, tokens_per_s: float) -> None:
+    def log(self, sink: MetricsSink, window_tokens: int, window_s: float) -> None:
         for m in self.members:
-            row = _log_row(m, self.step, self.tokens, tokens_per_s)
+            row = _log_row(m, self.step, self.tokens, window_tokens, window_s)
             m.last["row"] = row
             m.last["logged_step"] = self.step
             sink.log(m.index, row)
