@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from featsep.registry import Registry
+from featsep.sae.sparse import scatter_codes
 
 
 class SAEConfigBase(BaseModel):
@@ -88,9 +89,7 @@ class SAEOutput:
         if self.codes is not None:
             return self.codes
         assert self.top_values is not None and self.top_indices is not None
-        out = self.top_values.new_zeros(self.top_values.shape[0], d_sae)
-        # scatter_add so that padded (index, 0.0) entries never overwrite a real value
-        return out.scatter_add(1, self.top_indices, self.top_values)
+        return scatter_codes(self.top_values, self.top_indices, d_sae)
 
     def fired(self, d_sae: int) -> Tensor:
         """Bool [d_sae]: which latents were non-zero anywhere in the batch."""

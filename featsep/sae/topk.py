@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, mse_loss, register
-from featsep.sae.sparse import dense_decode_reference, sparse_decode
+from featsep.sae.sparse import dense_decode_reference, scatter_codes, sparse_decode
 
 # "auto" decodes sparsely once the dictionary is this many times larger than k: below it a
 # dense matmul on a small [B, d_sae] is as cheap and simpler.
@@ -68,18 +68,22 @@ class TopKSAE(SAE):
     def training_forward(self, x: Tensor, step: int, total_steps: int) -> SAEOutput:
         pre = self.pre_activations(x)
         values, indices = self.select(pre)
-        x_hat = self.decode_top(values, indices)
+        codes = None
+        if self.sparse:
+            x_hat = self.decode_top(values, indices)
+        else:  # the dense codes are built once, for the decode and for the penalties
+            codes = scatter_codes(values, indices, self.cfg.d_sae)
+            x_hat = self.decode(codes)
         metrics: dict[str, Tensor] = {}
         out = SAEOutput(
             x_hat=x_hat,
             terms=self.extra_terms(x, x_hat, pre, values, indices, metrics),
             coefficients={"auxk": self.cfg.aux_coefficient},
+            codes=codes,
             top_values=values,
             top_indices=indices,
             metrics=metrics,
         )
-        if not self.sparse:
-            out.codes = out.dense_codes(self.cfg.d_sae)
         l0 = (values != 0).sum(dim=-1).float().mean()
         return self.finish_output(x, out, l0)
 
