@@ -256,12 +256,13 @@ class _SparseState:
                 cur_diag = self.window_diag.to(avg.dtype) / self.count
             else:
                 cur, cur_diag = avg, self.avg_diag
-            weights = _stability_weights(cur, avg, STABILITY_EPS).sum(1)
+            pair_weights = _stability_weights(cur, avg, STABILITY_EPS)  # [P, 2]
+            weights = pair_weights.sum(1)
             weights_diag = _stability_weights(cur_diag, self.avg_diag, STABILITY_EPS)
         gram, diag = pair_gram(codes, pairs)
         loss = ((weights.to(gram.dtype) * gram ** 2).sum() + (weights_diag.to(diag.dtype) * diag ** 2).sum()) / (n * n)
         with torch.no_grad():
-            self._record(loss, (cur - avg).abs(), _stability_weights(cur, avg, STABILITY_EPS), cur, keys.numel())
+            self._record(loss, (cur - avg).abs(), pair_weights, cur, keys.numel())
         return loss
 
     def _close_reference(self) -> None:

@@ -13,8 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
-import torch
-
 from featsep.config import (
     ConfigError,
     DataConfig,
@@ -27,8 +25,7 @@ from featsep.config import (
     apply_overrides,
     validate,
 )
-
-TRAINING_KEY_PREFIX = "training results for layer"
+from featsep.train import run_dir as rd
 
 
 @dataclass
@@ -43,26 +40,16 @@ class RunSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def is_trained(run_dir: Path) -> bool:
     """A finished run has its final SAE and the training section of final_info.json."""
-    info = Path(run_dir) / "final_info.json"
-    if not (Path(run_dir) / "sae" / "cfg.json").is_file() or not info.is_file():
+    from featsep.sae.io import CFG_FILENAME
+
+    if not (Path(run_dir) / rd.SAE_DIR / CFG_FILENAME).is_file():
         return False
     try:
-        return any(k.startswith(TRAINING_KEY_PREFIX) for k in json.loads(info.read_text()))
-    except json.JSONDecodeError:
+        return any(k.startswith(rd.TRAINING_RESULTS_PREFIX) for k in rd.read_final_info(run_dir))
+    except ValueError:  # a corrupted final_info.json: not finished
         return False
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    ckpt = Path(run_dir) / "checkpoints"
-    return ckpt.is_dir() and any(ckpt.iterdir())
 
 
 def sae_metadata(model: ModelConfig, data: DataConfig, stream) -> dict[str, Any]:
@@ -130,7 +117,9 @@ def train_specs(
 
     out_dir = Path(out_dir)
     run_dirs = [out_dir] if single_run else [out_dir / s.name for s in specs]
-    device = resolve_device(train.device)
+    from featsep.lm.loading import resolve_device
+
+    device = str(resolve_device(train.device))
     _check_sequence_mode(specs, data)
     view = SimpleNamespace(model=model, data=data, train=train)
     stream = stream_from_config(view, lm=lm, batch_size=train.batch_size)
@@ -145,7 +134,7 @@ def train_specs(
     meta = sae_metadata(model, data, stream)
     saes = [build_sae(s, stream.d_in, meta, device) for s in specs]
     penalties = [build_penalties(s, s.sae.d_sae) for s in specs]
-    resume = any(has_checkpoint(d) for d in run_dirs)
+    resume = any(rd.has_checkpoints(d) for d in run_dirs)
     if resume:
         print(f"resuming {len(specs)} run(s) from their last checkpoint")
     started = time.time()

@@ -38,10 +38,14 @@ def run_dirs(out_dir: Optional[str | Path], names: list[str]) -> list[Optional[P
     return [out] if len(names) == 1 else [out / name for name in names]
 
 
+def has_checkpoints(run_dir: Path) -> bool:
+    ckpt = Path(run_dir) / CHECKPOINT_DIR
+    return ckpt.is_dir() and any(ckpt.glob("*.pt"))
+
+
 def holds_training(run_dir: Path) -> bool:
     """Whether a previous training run already wrote into run_dir."""
-    ckpt = run_dir / CHECKPOINT_DIR
-    return (run_dir / METRICS_FILE).exists() or (ckpt.is_dir() and any(ckpt.glob("*.pt")))
+    return (run_dir / METRICS_FILE).exists() or has_checkpoints(run_dir)
 
 
 # --- metrics.jsonl -----------------------------------------------------------------------------
@@ -69,9 +73,12 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
 
 
 # --- final_info.json ---------------------------------------------------------------------------
+TRAINING_RESULTS_PREFIX = "training results for layer "
+
+
 def training_results_key(layer: int) -> str:
     """The reference runs' section name, e.g. "training results for layer 12"."""
-    return f"training results for layer {layer}"
+    return f"{TRAINING_RESULTS_PREFIX}{layer}"
 
 
 def hook_layer(cfg: Any) -> int:
@@ -79,8 +86,12 @@ def hook_layer(cfg: Any) -> int:
     layer = getattr(cfg, "hook_layer", -1)
     if layer is not None and layer >= 0:
         return int(layer)
-    match = re.search(r"\.(\d+)\.", f".{getattr(cfg, 'hook_name', '')}.")
-    return int(match.group(1)) if match else -1
+    from featsep.lm.hooks import parse_hook
+
+    try:
+        return parse_hook(getattr(cfg, "hook_name", ""))
+    except (ValueError, TypeError):
+        return -1
 
 
 @contextlib.contextmanager
