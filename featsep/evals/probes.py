@@ -9,6 +9,8 @@ Adam with an exponentially decaying learning rate, optional L1 on the weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -22,6 +24,20 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return ((logits > 0).long() == labels.long()).float().mean().item()
 
 
+@dataclass
+class LinearProbe:
+    """A trained Linear(d, 1) probe, detached: logits = x . weight + bias."""
+
+    weight: Tensor  # [d]
+    bias: float
+
+    def logits(self, x: Tensor) -> Tensor:
+        return x.float() @ self.weight + self.bias
+
+    def accuracy(self, x: Tensor, y: Tensor) -> float:
+        return accuracy(self.logits(x), y)
+
+
 def train_binary_probe(
     x_train: Tensor,
     y_train: Tensor,
@@ -32,35 +48,40 @@ def train_binary_probe(
     epochs: int = 100,
     patience: int = 10,
     seed: int = 42,
-) -> float:
-    """Best test accuracy of a Linear(d, 1) probe trained with AdamW and BCE (SAEBench)."""
+    l1_penalty: float = 0.0,
+) -> tuple[LinearProbe, float]:
+    """SAEBench's probe training, seeded: Linear(d, 1), AdamW, BCE (+ l1_penalty * sum|w|, as its
+    SCR/TPP probes use); returns the epoch with the best test accuracy and that accuracy (early
+    stop after `patience` epochs without gain)."""
     gen = _generator(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        probe = nn.Linear(x_train.shape[1], 1)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
+        net = nn.Linear(x_train.shape[1], 1)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
     x_train, x_test = x_train.float(), x_test.float()
     y_train_f = y_train.float()
-    best, since_best = 0.0, 0
+    best, best_acc, since_best = None, -1.0, 0
     for _ in range(epochs):
         order = torch.randperm(x_train.shape[0], generator=gen)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             with torch.enable_grad():
-                loss = loss_fn(probe(x_train[idx]).squeeze(-1), y_train_f[idx])
+                loss = loss_fn(net(x_train[idx]).squeeze(-1), y_train_f[idx])
+                if l1_penalty:
+                    loss = loss + l1_penalty * net.weight.abs().sum()
                 optimizer.zero_grad()
                 loss.backward()
             optimizer.step()
-        with torch.no_grad():
-            acc = accuracy(probe(x_test).squeeze(-1), y_test)
-        if acc > best:
-            best, since_best = acc, 0
+        probe = LinearProbe(net.weight.detach()[0].clone(), float(net.bias.detach()))
+        acc = probe.accuracy(x_test, y_test)
+        if acc > best_acc:
+            best, best_acc, since_best = probe, acc, 0
         else:
             since_best += 1
             if since_best >= patience:
                 break
-    return best
+    return best, best_acc
 
 
 def top_k_dims(x_train: Tensor, y_train: Tensor, k: int) -> Tensor:

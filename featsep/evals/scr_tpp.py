@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from featsep.evals.activations import EvalContext, encode, sae_scale
+from featsep.evals.probes import LinearProbe, train_binary_probe
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 from featsep.evals.sparse_probing import balanced_indices, kept_positions, sae_pooled, segment_mean
 
@@ -142,52 +143,14 @@ def _sizes(ctx: EvalContext, s: _ProbeSettings, cpu: tuple[int, int]) -> tuple[i
 # ---- probes --------------------------------------------------------------------------------------
 
 
-@dataclass
-class LinearProbe:
-    weight: Tensor  # [d]
-    bias: float
-
-    def logits(self, x: Tensor) -> Tensor:
-        return x.float() @ self.weight + self.bias
-
-    def accuracy(self, x: Tensor, y: Tensor) -> float:
-        return ((self.logits(x) > 0).long() == y.long()).float().mean().item()
-
-
 def train_probe(
     x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, s: _ProbeSettings, seed: int
 ) -> tuple[LinearProbe, float]:
-    """SAEBench's train_probe_gpu, seeded: Linear(d, 1), AdamW, BCE + l1 * sum|w|, the epoch with
-    the best test accuracy kept (early stop after `early_stopping_patience` epochs without gain)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = nn.Linear(x_train.shape[1], 1)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=s.probe_lr)
-    loss_fn = nn.BCEWithLogitsLoss()
-    x_train, x_test, y_float = x_train.float(), x_test.float(), y_train.float()
-    best = LinearProbe(net.weight.detach()[0].clone(), float(net.bias.detach()))
-    best_acc, since = -1.0, 0
-    for _ in range(s.probe_epochs):
-        order = torch.randperm(x_train.shape[0], generator=gen)
-        for start in range(0, len(order), s.probe_batch_size):
-            idx = order[start : start + s.probe_batch_size]
-            with torch.enable_grad():
-                loss = loss_fn(net(x_train[idx]).squeeze(-1), y_float[idx])
-                if s.probe_l1_penalty:
-                    loss = loss + s.probe_l1_penalty * net.weight.abs().sum()
-                optimizer.zero_grad()
-                loss.backward()
-            optimizer.step()
-        probe = LinearProbe(net.weight.detach()[0].clone(), float(net.bias.detach()))
-        acc = probe.accuracy(x_test, y_test)
-        if acc > best_acc:
-            best, best_acc, since = probe, acc, 0
-        else:
-            since += 1
-            if since >= s.early_stopping_patience:
-                break
-    return best, best_acc
+    """SAEBench's train_probe_gpu for SCR/TPP: the shared probe trainer with their L1 penalty."""
+    return train_binary_probe(
+        x_train, y_train, x_test, y_test, lr=s.probe_lr, batch_size=s.probe_batch_size,
+        epochs=s.probe_epochs, patience=s.early_stopping_patience, seed=seed, l1_penalty=s.probe_l1_penalty,
+    )
 
 
 # ---- latent effects and ablation -----------------------------------------------------------------

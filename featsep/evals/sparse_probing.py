@@ -154,7 +154,7 @@ def probe_accuracies(
         accs = {
             f"{prefix}_test_accuracy": train_binary_probe(
                 x_tr, y_tr, x_te, y_te, s.probe_lr, s.probe_batch_size, s.probe_epochs, s.probe_patience, s.seed
-            )
+            )[1]
         }
         for k in s.k_values:
             accs[f"{prefix}_top_{k}_test_accuracy"] = top_k_accuracy(x_tr, y_tr, x_te, y_te, k, s.seed)
