@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from featsep.evals.activations import EvalContext, encode, sae_scale
