@@ -15,7 +15,6 @@ from featsep.data.harvest import (
     LiveSource,
     estimate_normalization_factor,
     harvest_batch,
-    harvest_chunks,
     special_token_mask,
 )
 from featsep.data.packing import pack_token_lists, pack_tokens, pack_tokens_reference, tokenize_documents
@@ -35,7 +34,6 @@ __all__ = [
     "build_cache",
     "estimate_normalization_factor",
     "harvest_batch",
-    "harvest_chunks",
     "load_bbc_news",
     "pack_token_lists",
     "pack_tokens",

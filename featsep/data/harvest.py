@@ -80,22 +80,6 @@ def batched_rows(rows: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
         yield torch.stack(group)
 
 
-def harvest_chunks(
-    lm,
-    rows: Iterable[Tensor],
-    hook: str,
-    batch_size: int = 8,
-    first_context: int = 0,
-    exclude_special_tokens: bool = True,
-) -> Iterator[ActivationChunk]:
-    """One chunk per LM forward of `batch_size` packed rows; context ids count from first_context."""
-    special = lm.special_token_ids if exclude_special_tokens else set()
-    context = first_context
-    for ids in batched_rows(rows, batch_size):
-        yield harvest_batch(lm, ids, hook, context, special)
-        context += ids.shape[0]
-
-
 def estimate_normalization_factor(acts: Sequence[Tensor] | Tensor) -> float:
     """factor = sqrt(d / mean ||x||^2), so that mean ||x * factor||^2 == d.
 

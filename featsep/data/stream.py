@@ -283,8 +283,7 @@ class ActivationStream:
     # ---- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything needed to continue exactly here (tensors inside; save with torch.save)."""
-        if self._chunks is None and self.normalize and self.normalization_factor is None:
-            self._chunks = self._start()  # fix the factor now so the state carries it
+        self.ensure_normalization_factor()  # fix the factor now so the state carries it
         return {
             "version": STATE_VERSION,
             "kind": self.source.kind,
