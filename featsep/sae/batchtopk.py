@@ -58,17 +58,17 @@ class BatchTopKSAE(TopKSAE):
 
     @torch.no_grad()
     def update_threshold(self, selected: Tensor) -> None:
-        positive = selected[selected > 0]
-        if positive.numel() == 0:
+        """EMA of the smallest positive selected activation, kept on the device (no host sync
+        per step); the first update sets it, a batch with no positive value leaves it alone."""
+        if selected.numel() == 0:  # a shape check: no sync
             return
-        smallest = positive.min().double()
-        if int(self.threshold_updates) == 0:
-            new = smallest
-        else:
-            lr = self.cfg.threshold_lr
-            new = (1 - lr) * self.threshold.double() + lr * smallest
-        self.threshold.copy_(new)
-        self.threshold_updates.add_(1)
+        smallest = selected.masked_fill(selected <= 0, float("inf")).min().double()
+        has = torch.isfinite(smallest)
+        lr = self.cfg.threshold_lr
+        ema = (1 - lr) * self.threshold.double() + lr * smallest
+        new = torch.where(self.threshold_updates == 0, smallest, ema)
+        self.threshold.copy_(torch.where(has, new, self.threshold.double()))
+        self.threshold_updates.add_(has.long())
 
     def saved_tensors(self) -> dict[str, Tensor]:
         # SAELens's JumpReLU has one threshold per latent
