@@ -155,3 +155,9 @@ def penalties() -> list[str]:
 def make_penalty(name: str, d_sae: int, **params: Any) -> Penalty:
     """Build a registered penalty, e.g. make_penalty("momentum", d_sae=8192, beta=0.95)."""
     return _REGISTRY.build(name, d_sae=d_sae, **params)
+
+
+def host_values(stats: dict[str, Any]) -> dict[str, Any]:
+    """Detached scalar tensors kept during the step (no host sync there) as Python numbers,
+    read only when stats() is asked for (at logging)."""
+    return {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in stats.items()}

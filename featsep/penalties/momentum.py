@@ -111,7 +111,7 @@ class MomentumPenalty(Penalty):
                 loss = 2 * (weighted_rowsum(w) - (w * diag).sum()) / scale_divisor(cfg.normalize or "latent", n)
             self._last_competition = competition
         self.steps += 1
-        self._last_loss = float(loss.detach())
+        self._last_loss = loss.detach()  # read in stats(): no host sync per step
         return {self.name: loss}
 
     def _signed(self, codes: Tensor, indices: Optional[Tensor]) -> Tensor:
@@ -132,7 +132,7 @@ class MomentumPenalty(Penalty):
         comp = self._last_competition
         return {
             "steps": self.steps,
-            "loss": self._last_loss,
+            "loss": float(self._last_loss),
             "share_over_tau": float((m > self.cfg.tau).float().mean()),
             "momentum_mean": float(m.mean()),
             "momentum_max": hi,

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from pydantic import Field
 from torch import Tensor
 
-from featsep.penalties.base import (Normalize, Penalty, PenaltyConfigBase, check_codes, register,
+from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, check_codes, register,
                                     scale_divisor, to_sparse_codes)
 from featsep.penalties.pairs import DEFAULT_CHUNK_ELEMENTS, coactive_pairs, pair_gram
 
@@ -49,9 +49,9 @@ class OrthogonalityPenalty(Penalty):
         # each unordered pair stands for (i, j) and (j, i)
         loss = 2 * (rate * gram.abs()).sum() / scale_divisor(cfg.normalize, cfg.d_sae)
         self.steps += 1
-        self._last = {"loss": float(loss.detach()), "coactive_pairs": int(pairs.keys.numel()),
-                      "mean_coactivation": float(rate.mean()) if rate.numel() else 0.0}
+        self._last = {"loss": loss.detach(), "coactive_pairs": pairs.keys.numel(),  # tensors: no sync
+                      "mean_coactivation": rate.mean() if rate.numel() else 0.0}
         return {self.name: loss}
 
     def stats(self) -> dict[str, Any]:
-        return {"steps": self.steps, **self._last}
+        return {"steps": self.steps, **host_values(self._last)}

@@ -94,7 +94,7 @@ class _Layout:
 
 
 def _layout(codes: SparseCodes) -> _Layout:
-    n, (bsz, k) = codes.d_sae, codes.indices.shape
+    n, k = codes.d_sae, codes.indices.shape[1]
     _, order = (codes.indices + n * (~codes.active).long()).sort(dim=1)
     idx = codes.indices.gather(1, order)
     vals = codes.values.detach().gather(1, order)

@@ -51,7 +51,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from featsep.penalties.base import (Normalize, Penalty, PenaltyConfigBase, SparseCodes, check_codes,
+from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, SparseCodes, check_codes,
                                     check_device, register, scale_divisor, state_dtype, to_sparse_codes)
 from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, coactive_pairs, gather_or, lookup, merge_sorted_add,
                                      pair_gram, split_keys, tensor_bytes)
@@ -173,10 +173,12 @@ class _SparseState:
         self.windows_closed += 1
 
     def _record(self, loss: Tensor, dev: Tensor, weights: Tensor, cur: Tensor, pairs: int) -> None:
+        tracked = cur > 0  # masked means as tensors: no host sync per step (read in stats())
+        stability = ((weights / cur.clamp_min(1e-300) - 1) * tracked).sum() / tracked.sum().clamp_min(1)
         self.last = {
-            "loss": float(loss.detach()), "batch_pairs": pairs,
-            "mean_abs_dev": float(dev.mean()) if dev.numel() else 0.0,
-            "mean_stability": float((weights / cur.clamp_min(1e-300) - 1)[cur > 0].mean()) if (cur > 0).any() else 0.0,
+            "loss": loss.detach(), "batch_pairs": pairs,
+            "mean_abs_dev": dev.mean() if dev.numel() else 0.0,
+            "mean_stability": stability,
         }
 
     # specified ---------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ class _SparseState:
         return {"tracked_pairs": 0 if self.window_keys is None else int(self.avg_keys.numel()),
                 "window_pairs": 0 if self.window_keys is None else int(self.window_keys.numel()),
                 "state_bytes": self.nbytes(), "windows_closed": self.windows_closed,
-                "window_fill": self.count / self.cfg.window_size, **self.last}
+                "window_fill": self.count / self.cfg.window_size, **host_values(self.last)}
 
 
 class _DenseState:
@@ -320,9 +322,9 @@ class _DenseState:
         loss = self.impl.step(codes.dense(), A)
         with torch.no_grad():
             pairs = ((A.T @ A) > 0) & (off_diagonal(self.cfg.d_sae, A) > 0)
-            dev = self.impl.last_dev[pairs]
-            self.last = {"loss": float(loss.detach()), "batch_pairs": int(pairs.sum()),
-                         "mean_abs_dev": float(dev.mean()) if dev.numel() else 0.0}
+            n_pairs = pairs.sum()
+            self.last = {"loss": loss.detach(), "batch_pairs": n_pairs,
+                         "mean_abs_dev": (self.impl.last_dev * pairs).sum() / n_pairs.clamp_min(1)}
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -351,7 +353,8 @@ class _DenseState:
         impl = self.impl
         nbytes = tensor_bytes(impl.window, impl.avg, impl.cum)
         return {"tracked_pairs": self.cfg.d_sae ** 2 if impl.window is not None else 0, "state_bytes": nbytes,
-                "windows_closed": impl.windows_closed, "window_fill": impl.count / self.cfg.window_size, **self.last}
+                "windows_closed": impl.windows_closed, "window_fill": impl.count / self.cfg.window_size,
+                **host_values(self.last)}
 
 
 _STATE_BACKENDS = {"sparse": _SparseState, "dense": _DenseState}
