@@ -5,10 +5,11 @@ import torch
 
 from featsep.penalties import make_penalty
 from featsep.penalties.base import to_sparse_codes
-from featsep.penalties.pairs import coactive_pairs, merge_add, merge_sorted, merge_sorted_add, pair_gram, split_keys
+from featsep.penalties.pairs import (coactive_pairs, diagonal_gram, merge_add, merge_sorted, merge_sorted_add, pair_loss,
+                                     split_keys)
 from featsep.penalties.reference import TemporalDense
 
-from tests.test_penalties import B, DT, K, N, dense, grad_of, topk_batch
+from tests.test_penalties import B, DT, N, dense, grad_of, topk_batch
 
 
 def sparse_avg_matrix(pen) -> torch.Tensor:
@@ -25,13 +26,13 @@ def sparse_avg_matrix(pen) -> torch.Tensor:
     return out
 
 
-def run_against_reference(mode, window_size, batch_sizes, form="topk", freq_divisor=10.0, **params):
+def run_against_reference(mode, window_size, batch_sizes, form="topk", freq_divisor=10.0, make_batch=None, **params):
     pen = make_penalty("temporal", d_sae=N, mode=mode, window_size=window_size, freq_divisor=freq_divisor,
                        state="sparse", chunk_elements=11, **params)
     ref = TemporalDense(N, mode, window_size, 0.1, freq_divisor)
     off = 1 - torch.eye(N, dtype=DT)
     for step, b in enumerate(batch_sizes):
-        values, indices = topk_batch(step, b=b)
+        values, indices = (make_batch or topk_batch)(step, b=b)
         sc = to_sparse_codes(values, indices, N, zero_values_fire=mode == "reference")
         F, A = sc.dense(), sc.active_dense()
         if form == "dense":  # dense codes: firing means non-zero, in both modes
@@ -62,6 +63,19 @@ def run_against_reference(mode, window_size, batch_sizes, form="topk", freq_divi
 def test_sparse_equals_dense_reference(mode, window_size, batch_sizes):
     pen, ref = run_against_reference(mode, window_size, batch_sizes)
     assert ref.windows_closed >= 2 and pen.stats()["tracked_pairs"] > 0
+
+
+@pytest.mark.parametrize("mode", ["reference", "specified"])
+def test_windows_close_for_pairs_outside_the_batch(mode):
+    """The state is rebuilt chunk by chunk over the batch's key ranges; tracked pairs whose first
+    latent is below, between or after those ranges must still close their windows and decay."""
+    def batch(step, b):
+        values, indices = topk_batch(step, b=b)
+        if step >= 3:  # only latents 9..12 fire: most tracked pairs lie outside the batch's chunks
+            indices = 9 + torch.argsort(torch.rand(b, 4, generator=torch.Generator().manual_seed(step)), dim=1)
+        return values, indices
+    pen, _ = run_against_reference(mode, 10, [B] * 6, make_batch=batch)
+    assert pen.backend.windows_closed >= 6
 
 
 @pytest.mark.parametrize("mode", ["reference", "specified"])
@@ -212,14 +226,22 @@ def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
             ref_keys, ref_counts, _ = brute_force_pairs(values, codes.active, indices, n, rows)
             assert torch.equal(seg_keys, ref_keys) and torch.equal(seg_counts.long(), ref_counts.long())
     if chunk_elements < 23:
-        assert len(got.ranges) > 3
+        assert got.chunks > 3
     weights = torch.rand(keys.numel(), dtype=DT, generator=torch.Generator().manual_seed(1))
-    grads = []
+    grads, seen = [], []
+
+    def weigh(chunk):  # sees each chunk once, in key order; weighs with the pair's own weight
+        seen.append(chunk.keys)
+        w = weights[torch.searchsorted(keys, chunk.keys)]
+        assert bool((chunk.keys >= chunk.lo).all() and (chunk.keys < chunk.hi).all())
+        return (w * chunk.gram.abs()).sum(), w * chunk.gram.sign()
+
     for chunk in (1 << 30, chunk_elements):
         v = values.clone().requires_grad_()
         sc = to_sparse_codes(v, indices, n)
-        gram_v, diag_v = pair_gram(sc, coactive_pairs(sc, chunk))
-        ((weights * gram_v.abs()).sum() + diag_v.sum()).backward()
+        seen.clear()
+        (pair_loss(sc, weigh, chunk) + diagonal_gram(sc).sum()).backward()
+        assert torch.equal(torch.cat(seen), keys)
         grads.append(v.grad)
     F = dense(values, indices, n).requires_grad_()
     D = F.T @ F / b

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, check_codes, register,
                                     scale_divisor, to_sparse_codes)
-from featsep.penalties.pairs import DEFAULT_CHUNK_ELEMENTS, coactive_pairs, pair_gram
+from featsep.penalties.pairs import DEFAULT_CHUNK_ELEMENTS, PairChunk, pair_loss
 
 
 class OrthogonalityConfig(PenaltyConfigBase):
@@ -43,14 +43,20 @@ class OrthogonalityPenalty(Penalty):
         cfg = self.cfg
         check_codes(codes, indices, cfg.d_sae, "orthogonality penalty")
         sparse = to_sparse_codes(codes, indices, cfg.d_sae)
-        pairs = coactive_pairs(sparse, cfg.chunk_elements)
-        gram, _ = pair_gram(sparse, pairs)
-        rate = pairs.counts.to(gram.dtype) / max(sparse.batch_size, 1)
-        # each unordered pair stands for (i, j) and (j, i)
-        loss = 2 * (rate * gram.abs()).sum() / scale_divisor(cfg.normalize, cfg.d_sae)
+        divisor, batch = scale_divisor(cfg.normalize, cfg.d_sae), max(sparse.batch_size, 1)
+        sums = {"pairs": 0, "rate": 0.0}
+
+        def weigh(chunk: PairChunk) -> tuple[Tensor, Tensor]:
+            rate = chunk.counts.to(chunk.gram.dtype) / batch
+            sums["pairs"] += chunk.keys.numel()
+            sums["rate"] = sums["rate"] + rate.sum()
+            # each unordered pair stands for (i, j) and (j, i)
+            return 2 * (rate * chunk.gram.abs()).sum() / divisor, 2 * rate * chunk.gram.sign() / divisor
+
+        loss = pair_loss(sparse, weigh, cfg.chunk_elements)
         self.steps += 1
-        self._last = {"loss": loss.detach(), "coactive_pairs": pairs.keys.numel(),  # tensors: no sync
-                      "mean_coactivation": rate.mean() if rate.numel() else 0.0}
+        self._last = {"loss": loss.detach(), "coactive_pairs": sums["pairs"],  # tensors: no sync
+                      "mean_coactivation": sums["rate"] / max(sums["pairs"], 1)}
         return {self.name: loss}
 
     def stats(self) -> dict[str, Any]:

@@ -14,12 +14,17 @@ latents, so its keys (first latent in the range) are disjoint from, and sorted b
 range's: the batch's sorted unique keys are the concatenation of the per-range uniques, with no
 global sort or merge, and peak memory is bounded by one range. Inside a range the keys are
 offset to the range's first latent, which keeps them in int32 (a faster sort) for most n.
+
+The penalties never hold all the batch's pairs (at n = 65536, k = 160, batch 4096 there are
+~50M): pair_loss streams the ranges through a callback that weighs each range's pairs (and may
+update pair state stored in key order, range by range) and keeps one number per entry pair for
+the backward pass. coactive_pairs gathers every range at once, for analyses (competition eval).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -109,104 +114,180 @@ def _layout(codes: SparseCodes) -> _Layout:
                    int(end[-1]) if end.numel() else 0)
 
 
-def _anchor_ranges(lay: _Layout, chunk_elements: int) -> list[tuple[int, int]]:
-    """Cut the anchors into ranges of about chunk_elements entry pairs, never inside a latent."""
+@dataclass
+class _Range:
+    """Anchors a0..a1 (whole latents first..last) and the offset of their first entry pair."""
+
+    a0: int
+    a1: int
+    first: int
+    last: int
+    offset: int
+
+
+def _anchor_ranges(lay: _Layout, chunk_elements: int) -> list[_Range]:
+    """Cut the anchors into ranges of about chunk_elements entry pairs, never inside a latent
+    (one host sync for all the cuts)."""
     if lay.total == 0:
         return []
-    if lay.total <= chunk_elements:
-        return [(0, lay.anchor.numel())]
-    marks = torch.arange(chunk_elements, lay.total, chunk_elements, device=lay.start.device)
-    at = torch.searchsorted(lay.start, marks, right=True) - 1  # anchor holding each mark
+    cuts = torch.tensor([0], device=lay.start.device)
     lat = lay.idx[lay.anchor]
-    cut = torch.searchsorted(lat, lat[at])  # back to the first anchor of that latent
-    cuts = sorted({0, lay.anchor.numel(), *cut.tolist()})
-    return list(zip(cuts[:-1], cuts[1:]))
+    if lay.total > chunk_elements:
+        marks = torch.arange(chunk_elements, lay.total, chunk_elements, device=lay.start.device)
+        at = torch.searchsorted(lay.start, marks, right=True) - 1  # anchor holding each mark
+        cuts = torch.unique(torch.cat([cuts, torch.searchsorted(lat, lat[at])]))  # back to the latent's first anchor
+    a0 = cuts
+    a1 = torch.cat([cuts[1:], torch.tensor([lay.anchor.numel()], device=cuts.device)])
+    rows = torch.stack([a0, a1, lat[a0], lat[a1 - 1], lay.start[a0]]).T.tolist()
+    return [_Range(*row) for row in rows]
+
+
+@dataclass
+class PairChunk:
+    """The co-active pairs i < j of one anchor range: all those whose first latent i is in
+    first..last, so their keys lie in [lo, hi) = [first * n, (last + 1) * n), disjoint from and
+    before the next chunk's. counts: in how many samples the pair fires (int32); gram: its D
+    entry (detached); segments: per segment of rows, (keys, counts) of the pairs firing there."""
+
+    keys: Tensor
+    counts: Tensor
+    gram: Tensor
+    segments: list[tuple[Tensor, Tensor]]
+    lo: int
+    hi: int
+
+
+class _Chunker:
+    """The batch's co-active pairs, one anchor range at a time (see the module docstring)."""
+
+    def __init__(self, codes: SparseCodes, chunk_elements: int, boundaries: Sequence[int] = ()):
+        self.n, (self.bsz, self.k) = codes.d_sae, codes.indices.shape
+        device = codes.indices.device
+        cuts = sorted({0, self.bsz, *[b for b in boundaries if 0 < b < self.bsz]})
+        self.nseg = max(len(cuts) - 1, 1)
+        self.seg_of_row = None
+        if self.nseg > 1:
+            self.seg_of_row = torch.bucketize(torch.arange(self.bsz, device=device),
+                                              torch.tensor(cuts[1:-1], device=device), right=True)
+        self.layout = _layout(codes) if self.k >= 2 and self.bsz > 0 else None
+        self.ranges = _anchor_ranges(self.layout, chunk_elements) if self.layout is not None else []
+
+    def chunk(self, r: _Range) -> tuple[PairChunk, Tensor]:
+        """The range's pairs, and for each of its entry pairs (in entry_pairs order) its pair."""
+        lay, n, nseg = self.layout, self.n, self.nseg
+        anchor, partner = lay.entry_pairs(r.a0, r.a1)
+        local = (lay.idx[anchor] - r.first) * n + lay.idx[partner]
+        if nseg > 1:
+            local = local * nseg + self.seg_of_row[torch.div(anchor, self.k, rounding_mode="floor")]
+        if (r.last - r.first + 1) * n * nseg <= INT32_MAX:
+            local = local.to(torch.int32)
+        uniq, inverse, counts = torch.unique(local, sorted=True, return_inverse=True, return_counts=True)
+        uniq = uniq.long()
+        sums = lay.vals.new_zeros(uniq.numel()).index_add_(0, inverse, lay.vals[anchor] * lay.vals[partner])
+        if nseg > 1:  # (pair, segment) uniques -> pair uniques; consecutive, since seg is the low digit
+            seg, pair = uniq % nseg, torch.div(uniq, nseg, rounding_mode="floor") + r.first * n
+            segments = [(pair[seg == s], counts[seg == s].int()) for s in range(nseg)]
+            uniq, pair_inverse = torch.unique_consecutive(pair, return_inverse=True)
+            counts = torch.zeros(uniq.numel(), dtype=counts.dtype, device=counts.device).index_add_(0, pair_inverse, counts)
+            sums = sums.new_zeros(uniq.numel()).index_add_(0, pair_inverse, sums)
+            inverse = pair_inverse[inverse]
+        else:
+            uniq = uniq + r.first * n
+            segments = [(uniq, counts.int())]
+        chunk = PairChunk(uniq, counts.int(), sums / self.bsz, segments, r.first * n, (r.last + 1) * n)
+        return chunk, inverse
 
 
 @dataclass
 class BatchPairs:
-    """The pairs i < j firing together in a batch: sorted keys, in how many samples (counts,
-    int32), and per segment of rows (keys, counts) when the batch was split. `gram` / `diag`
-    are D at the keys and on the diagonal (detached); `ranges`/`positions` map each entry pair
-    of each anchor range to its key, for the backward pass."""
+    """All the pairs i < j firing together in a batch: sorted keys, counts (int32), D at the keys
+    (gram) and on the diagonal (diag), per segment (keys, counts); `chunks`: anchor ranges used."""
 
     keys: Tensor
     counts: Tensor
     segments: list[tuple[Tensor, Tensor]]
     gram: Tensor
     diag: Tensor
-    layout: Optional[_Layout] = None
-    ranges: list[tuple[int, int]] = field(default_factory=list)
-    positions: list[Tensor] = field(default_factory=list)
-
-
-def _unique_range(lay: _Layout, a0: int, a1: int, n: int, seg_of_row: Optional[Tensor], nseg: int, k: int):
-    """Unique pair keys of one anchor range: (keys, counts, D sums, per-(pair, segment) uniques,
-    inverse of each entry pair)."""
-    anchor, partner = lay.entry_pairs(a0, a1)
-    first = lay.idx[lay.anchor[a0]]
-    span = (int(lay.idx[lay.anchor[a1 - 1]]) - int(first) + 1) * n * nseg
-    local = (lay.idx[anchor] - first) * n + lay.idx[partner]
-    if nseg > 1:
-        local = local * nseg + seg_of_row[torch.div(anchor, k, rounding_mode="floor")]
-    if span <= INT32_MAX:
-        local = local.to(torch.int32)
-    uniq, inverse, counts = torch.unique(local, sorted=True, return_inverse=True, return_counts=True)
-    uniq = uniq.long()
-    sums = lay.vals.new_zeros(uniq.numel()).index_add_(0, inverse, lay.vals[anchor] * lay.vals[partner])
-    by_segment = None
-    if nseg > 1:  # (pair, segment) uniques -> pair uniques; consecutive, since seg is the low digit
-        seg, pair = uniq % nseg, torch.div(uniq, nseg, rounding_mode="floor")
-        by_segment = (seg, pair + first * n, counts)
-        uniq, pair_inverse = torch.unique_consecutive(pair, return_inverse=True)
-        counts = torch.zeros(uniq.numel(), dtype=counts.dtype, device=counts.device).index_add_(0, pair_inverse, counts)
-        sums = sums.new_zeros(uniq.numel()).index_add_(0, pair_inverse, sums)
-        inverse = pair_inverse[inverse]
-    return uniq + first * n, counts, sums, by_segment, inverse
+    chunks: int = 0
 
 
 def coactive_pairs(codes: SparseCodes, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
                    boundaries: Sequence[int] = ()) -> BatchPairs:
-    """Which pairs fire together in the batch, in how many samples, and their D entries, in
-    O(B k^2) time and O(pairs + chunk_elements) memory (see the module docstring).
-    `boundaries` split the rows into segments whose own pair counts are also returned. Only
-    `codes.active` entries count."""
-    n, (bsz, k) = codes.d_sae, codes.indices.shape
-    device, values = codes.indices.device, codes.values.detach()
-    cuts = sorted({0, bsz, *[b for b in boundaries if 0 < b < bsz]})
-    nseg = len(cuts) - 1
-    empty = torch.zeros(0, dtype=torch.long, device=device)
-    diag = values.new_zeros(n).index_add_(0, codes.indices.reshape(-1), (values * values).reshape(-1)) / max(bsz, 1)
-    if k < 2 or bsz == 0:
-        return BatchPairs(empty, empty.int(), [(empty, empty.int())] * max(nseg, 1), values.new_zeros(0), diag)
-    lay = _layout(codes)
-    ranges = _anchor_ranges(lay, chunk_elements)
-    seg_of_row = None
-    if nseg > 1:
-        seg_of_row = torch.bucketize(torch.arange(bsz, device=device), torch.tensor(cuts[1:-1], device=device), right=True)
-    keys, counts, grams, positions, segs = [], [], [], [], []
-    offset = 0
-    for a0, a1 in ranges:
-        uniq, cnt, sums, by_segment, inverse = _unique_range(lay, a0, a1, n, seg_of_row, nseg, k)
-        keys.append(uniq)
-        counts.append(cnt.int())
-        grams.append(sums)
-        positions.append((inverse + offset).to(torch.int32 if offset + uniq.numel() <= INT32_MAX else torch.long))
-        segs.append(by_segment)
-        offset += uniq.numel()
-    keys, counts = torch.cat(keys) if keys else empty, torch.cat(counts) if counts else empty.int()
-    gram = (torch.cat(grams) if grams else values.new_zeros(0)) / bsz
-    if nseg == 1:
-        segments = [(keys, counts)]
-    else:
-        seg = torch.cat([s for s, _, _ in segs]) if segs else empty
-        pair = torch.cat([p for _, p, _ in segs]) if segs else empty
-        cnt = torch.cat([c for _, _, c in segs]).int() if segs else empty.int()
-        segments = []
-        for s in range(nseg):
-            mine = seg == s
-            segments.append((pair[mine], cnt[mine]))
-    return BatchPairs(keys, counts, segments, gram, diag, lay, ranges, positions)
+    """Which pairs fire together in the batch, in how many samples, and their D entries, all at
+    once: O(B k^2) time, O(pairs + chunk_elements) memory. `boundaries` split the rows into
+    segments whose own pair counts are also returned. Only `codes.active` entries count. The
+    penalties stream the same chunks through pair_loss instead and never hold them all."""
+    values = codes.values.detach()
+    bsz = max(codes.batch_size, 1)
+    diag = values.new_zeros(codes.d_sae).index_add_(0, codes.indices.reshape(-1), (values * values).reshape(-1)) / bsz
+    chunker = _Chunker(codes, chunk_elements, boundaries)
+    chunks = [chunker.chunk(r)[0] for r in chunker.ranges]
+    empty = torch.zeros(0, dtype=torch.long, device=values.device)
+    if not chunks:
+        return BatchPairs(empty, empty.int(), [(empty, empty.int())] * chunker.nseg, values.new_zeros(0), diag)
+    segments = [(torch.cat([c.segments[s][0] for c in chunks]), torch.cat([c.segments[s][1] for c in chunks]))
+                for s in range(chunker.nseg)]
+    return BatchPairs(torch.cat([c.keys for c in chunks]), torch.cat([c.counts for c in chunks]), segments,
+                      torch.cat([c.gram for c in chunks]), diag, len(chunks))
+
+
+# Called once per chunk, in key order: (the chunk's loss, d loss / d chunk.gram), both detached.
+Weigh = Callable[[PairChunk], tuple[Tensor, Tensor]]
+
+
+class _PairLoss(torch.autograd.Function):
+    """sum over chunks of weigh(chunk)[0], differentiable w.r.t. the values. Only one chunk's
+    pairs exist at a time; what the backward pass needs is d loss / d D per entry pair (one
+    number each), since dL/dv_{b,a} = sum_{c != a} (dL/dD_{pair(a,c)}) v_{b,c} / B, with the entry
+    pairs regenerated from the layout."""
+
+    @staticmethod
+    def forward(ctx, values: Tensor, codes: SparseCodes, weigh: Weigh, chunk_elements: int, boundaries):
+        chunker = _Chunker(codes, chunk_elements, boundaries)
+        total = values.new_zeros(())
+        coef = values.new_empty(chunker.layout.total if chunker.layout is not None else 0)
+        for r in chunker.ranges:
+            chunk, inverse = chunker.chunk(r)
+            loss, dgram = weigh(chunk)
+            total += loss.to(values.dtype)
+            coef[r.offset:r.offset + inverse.numel()] = dgram.to(values.dtype)[inverse]
+        ctx.save_for_backward(coef)
+        ctx.chunker = chunker
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (coef,) = ctx.saved_tensors
+        chunker, lay = ctx.chunker, ctx.chunker.layout
+        bsz, k = chunker.bsz, chunker.k
+        if lay is None:
+            return coef.new_zeros(bsz, k), None, None, None, None
+        vals = lay.vals.to(coef.dtype)
+        flat = coef.new_zeros(bsz * k)
+        for r in chunker.ranges:
+            anchor, partner = lay.entry_pairs(r.a0, r.a1)
+            g = coef[r.offset:r.offset + anchor.numel()] * grad_out
+            flat.index_add_(0, anchor, g * vals[partner])
+            flat.index_add_(0, partner, g * vals[anchor])
+        grad = coef.new_zeros(bsz, k).scatter_(1, lay.order, flat.view(bsz, k))
+        return grad / max(bsz, 1), None, None, None, None
+
+
+def pair_loss(codes: SparseCodes, weigh: Weigh, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+              boundaries: Sequence[int] = ()) -> Tensor:
+    """A loss summed over the batch's co-active pairs, streamed chunk by chunk: weigh(chunk)
+    sees each chunk once, in key order (so it may also update pair state kept in key order), and
+    returns the chunk's loss and its derivative w.r.t. chunk.gram. Differentiable w.r.t.
+    codes.values at firing entries (non-firing entries get no gradient). O(B k^2) time; memory:
+    one chunk plus one number per entry pair (B k (k - 1) / 2), never all pairs at once."""
+    return _PairLoss.apply(codes.values, codes, weigh, chunk_elements, tuple(boundaries))
+
+
+def diagonal_gram(codes: SparseCodes) -> Tensor:
+    """D_ii = sum_b v_bi^2 / B, [n], differentiable w.r.t. codes.values."""
+    v = codes.values
+    return v.new_zeros(codes.d_sae).index_add(0, codes.indices.reshape(-1), (v * v).reshape(-1)) / max(codes.batch_size, 1)
 
 
 def lookup(sorted_keys: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
@@ -227,44 +308,6 @@ def gather_or(values: Tensor, sorted_keys: Tensor, query: Tensor, default: float
     got = values[pos]
     mask = found.view(found.shape + (1,) * (got.dim() - found.dim()))
     return torch.where(mask, got, torch.full_like(got, default))
-
-
-class _PairGram(torch.autograd.Function):
-    """D at the batch's pair keys and on the diagonal, differentiable w.r.t. the values:
-    dL/dv_{b,a} = (sum_{c != a} g[pair(a, c)] v_{b,c} + 2 g_diag[i_a] v_{b,a}) / B, summed over
-    the entry pairs of each anchor range, regenerated from the layout (no search, and no
-    per-entry-pair memory but the int32 positions)."""
-
-    @staticmethod
-    def forward(ctx, values: Tensor, indices: Tensor, pairs: BatchPairs):
-        ctx.save_for_backward(values, indices)
-        ctx.pairs = pairs
-        return pairs.gram.to(values.dtype).clone(), pairs.diag.to(values.dtype).clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_gram: Tensor, grad_diag: Tensor):
-        values, indices = ctx.saved_tensors
-        pairs, lay = ctx.pairs, ctx.pairs.layout
-        bsz, k = values.shape
-        grad = 2.0 * grad_diag[indices] * values
-        if lay is not None and pairs.keys.numel():
-            vals = lay.vals.to(values.dtype)
-            flat = values.new_zeros(bsz * k)
-            for (a0, a1), pos in zip(pairs.ranges, pairs.positions):
-                anchor, partner = lay.entry_pairs(a0, a1)
-                g = grad_gram[pos]
-                flat.index_add_(0, anchor, g * vals[partner])
-                flat.index_add_(0, partner, g * vals[anchor])
-            grad = grad + values.new_zeros(bsz, k).scatter_(1, lay.order, flat.view(bsz, k))
-        return grad / max(bsz, 1), None, None
-
-
-def pair_gram(codes: SparseCodes, pairs: BatchPairs) -> tuple[Tensor, Tensor]:
-    """Entries of D = F^T F / B at the batch's pair keys (i < j) and its diagonal [n],
-    differentiable w.r.t. codes.values at firing entries (non-firing entries get no gradient),
-    in O(B k^2) time and O(pairs + n) memory."""
-    return _PairGram.apply(codes.values, codes.indices, pairs)
 
 
 def split_keys(keys: Tensor, n: int) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,10 @@ state="sparse" keeps pairs that ever fired together as sorted int64 keys i * n +
   - reference: avg_ij and avg_ji (row-dependent rates make avg asymmetric) plus a diagonal
     vector; the rates change every window, so decay is applied eagerly at each window close
     (one vectorised pass over the stored pairs).
+  One step streams the batch's pairs in key ranges (pairs.pair_loss): for each range it reads
+  the range's window and history, weighs its pairs and brings the range's state through the
+  step (window merges and closes), so no step ever holds all the batch's pairs or a full copy of
+  a closing window beside the store; the stores are re-joined once per step.
   Pairs whose avg drops below prune_below are dropped (checked whenever the store doubled);
   max_pairs caps the store by keeping the largest averages. Both are the only approximations:
   prune_below=0 and no max_pairs are exact (the reference mode's default).
@@ -53,8 +57,8 @@ from torch import Tensor
 
 from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, SparseCodes, check_codes,
                                     check_device, register, scale_divisor, state_dtype, to_sparse_codes)
-from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, coactive_pairs, gather_or, lookup, merge_sorted_add,
-                                     pair_gram, split_keys, tensor_bytes)
+from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, PairChunk, diagonal_gram, gather_or, lookup,
+                                     merge_sorted_add, pair_loss, split_keys, tensor_bytes)
 from featsep.penalties.reference import STABILITY_EPS, TemporalDense, off_diagonal
 
 DENSE_STATE_MAX_LATENTS = 1024
@@ -91,6 +95,61 @@ def _stability_weights(cur: Tensor, avg: Tensor, eps: Optional[float]) -> Tensor
     if eps is not None:
         return cur * (1 + dev / (mx + eps))
     return cur * (1 + torch.where(mx > 0, dev / mx.clamp_min(1e-300), torch.zeros_like(mx)))
+
+
+class _Rebuild:
+    """The next version of sorted-key stores (name -> (keys, *columns)), built in one pass in
+    increasing key order: take(name, hi) hands over the old entries with keys below hi not yet
+    taken, put() appends their replacement, finish() joins the pieces and the untaken rest."""
+
+    def __init__(self, **stores: tuple[Tensor, ...]):
+        self.old = stores
+        self.cursor = {name: 0 for name in stores}
+        self.pieces: dict[str, list[tuple[Tensor, ...]]] = {name: [] for name in stores}
+
+    def _end(self, name: str, hi: Optional[int]) -> int:
+        keys = self.old[name][0]
+        if hi is None:
+            return keys.numel()
+        return int(torch.searchsorted(keys, torch.tensor(hi, dtype=keys.dtype, device=keys.device)))
+
+    def peek(self, name: str, hi: Optional[int]) -> tuple[Tensor, ...]:
+        start, end = self.cursor[name], self._end(name, hi)
+        return tuple(t[start:end] for t in self.old[name])
+
+    def take(self, name: str, hi: Optional[int]) -> tuple[Tensor, ...]:
+        got = self.peek(name, hi)
+        self.cursor[name] += got[0].numel()
+        return got
+
+    def put(self, name: str, *columns: Tensor) -> None:
+        self.pieces[name].append(columns)
+
+    def finish(self, name: str) -> tuple[Tensor, ...]:
+        pieces = self.pieces[name] + [self.take(name, None)]
+        return tuple(torch.cat(cols) for cols in zip(*pieces))
+
+
+class _StepStats:
+    """Means of |cur - avg| and of the stability factor over the batch's pairs, summed chunk by
+    chunk as tensors (no host sync during the step)."""
+
+    def __init__(self):
+        self.pairs = 0
+        self.dev_sum = self.dev_n = self.stab_sum = self.tracked = 0.0
+
+    def add(self, dev: Tensor, weights: Tensor, cur: Tensor) -> None:
+        tracked = cur > 0
+        self.pairs += cur.shape[0]
+        self.dev_sum = self.dev_sum + dev.sum()
+        self.dev_n += dev.numel()
+        self.stab_sum = self.stab_sum + ((weights / cur.clamp_min(1e-300) - 1) * tracked).sum()
+        self.tracked = self.tracked + tracked.sum()
+
+    def values(self, loss: Tensor) -> dict[str, Any]:
+        tracked = self.tracked.clamp_min(1) if torch.is_tensor(self.tracked) else 1
+        return {"loss": loss.detach(), "batch_pairs": self.pairs,
+                "mean_abs_dev": self.dev_sum / max(self.dev_n, 1), "mean_stability": self.stab_sum / tracked}
 
 
 class _SparseState:
@@ -161,73 +220,95 @@ class _SparseState:
         check_device(self.window_keys, codes.values, "temporal penalty")
         return self._step_reference(codes) if self.reference else self._step_specified(codes)
 
-    def _add_to_window(self, keys: Tensor, counts: Tensor, samples: int) -> None:
-        self.window_keys, self.window_counts = merge_sorted_add(self.window_keys, self.window_counts, keys, counts)
-        self.count += samples
+    def _stores(self) -> _Rebuild:
+        avg = (self.avg_keys, self.avg_vals) if self.reference else (
+            self.avg_keys, self.avg_vals, self.avg_freq, self.avg_stamp)
+        return _Rebuild(window=(self.window_keys, self.window_counts), avg=avg)
 
-    def _clear_window(self) -> None:
-        self.window_keys = self.window_keys[:0]
-        self.window_counts = self.window_counts[:0]
-        self.window_diag.zero_()
-        self.count = 0
-        self.windows_closed += 1
-
-    def _record(self, loss: Tensor, dev: Tensor, weights: Tensor, cur: Tensor, pairs: int) -> None:
-        tracked = cur > 0  # masked means as tensors: no host sync per step (read in stats())
-        stability = ((weights / cur.clamp_min(1e-300) - 1) * tracked).sum() / tracked.sum().clamp_min(1)
-        self.last = {
-            "loss": loss.detach(), "batch_pairs": pairs,
-            "mean_abs_dev": dev.mean() if dev.numel() else 0.0,
-            "mean_stability": stability,
-        }
+    def _finish(self, stores: _Rebuild, stats: _StepStats, loss: Tensor, count: int, closes: int) -> None:
+        self.window_keys, self.window_counts = stores.finish("window")
+        if self.reference:
+            self.avg_keys, self.avg_vals = stores.finish("avg")
+        else:
+            self.avg_keys, self.avg_vals, self.avg_freq, self.avg_stamp = stores.finish("avg")
+        self.count = count
+        self.windows_closed += closes
+        self.last = stats.values(loss)
+        if closes and self._prune_due():
+            self._keep(self.avg_vals.max(dim=1).values if self.reference else self._avg_now(self.avg_keys))
 
     # specified ---------------------------------------------------------------------------------
     def _rate(self, freq: Tensor) -> Tensor:
         return torch.clamp(freq.to(self.avg_vals.dtype) / self.cfg.freq_divisor, max=self.cfg.alpha_base)
 
+    def _decayed(self, avg: tuple[Tensor, ...], keys: Tensor, now: int) -> Tensor:
+        """History of `keys` at window index `now` from a store slice (keys, vals, freq, stamp),
+        lazily decayed; 0 for untracked pairs."""
+        avg_keys, vals, freq, stamp = avg
+        if avg_keys.numel() == 0:
+            return torch.zeros(keys.shape, dtype=vals.dtype, device=keys.device)
+        pos, found = lookup(avg_keys, keys)
+        decay = (1 - self._rate(freq[pos])) ** (now - stamp[pos]).to(vals.dtype)
+        return torch.where(found, vals[pos] * decay, torch.zeros_like(decay))
+
     def _avg_now(self, keys: Tensor) -> Tensor:
-        """History at the current window index, lazily decayed (0 for untracked pairs)."""
-        pos, found = lookup(self.avg_keys, keys)
-        if self.avg_keys.numel() == 0:
-            return torch.zeros(keys.shape, dtype=self.avg_vals.dtype, device=keys.device)
-        decay = (1 - self._rate(self.avg_freq[pos])) ** (self.windows_closed - self.avg_stamp[pos]).to(self.avg_vals.dtype)
-        return torch.where(found, self.avg_vals[pos] * decay, torch.zeros_like(decay))
+        """History at the current window index (0 for untracked pairs)."""
+        return self._decayed((self.avg_keys, self.avg_vals, self.avg_freq, self.avg_stamp), keys, self.windows_closed)
 
     def _step_specified(self, codes: SparseCodes) -> Tensor:
         cfg, B = self.cfg, codes.batch_size
-        segments, start, filled = [], 0, self.count
+        ends, closes, start, filled = [], [], 0, self.count
         while start < B:  # split the batch where windows close
             take = min(B - start, cfg.window_size - filled)
-            segments.append((start, start + take))
             start, filled = start + take, (filled + take) % cfg.window_size
-        pairs = coactive_pairs(codes, cfg.chunk_elements, boundaries=[e for _, e in segments])
-        keys, counts = pairs.keys, pairs.counts
-        with torch.no_grad():
-            cur = (gather_or(self.window_counts, self.window_keys, keys) + counts).to(self.avg_vals.dtype) / (self.count + B)
-            avg = self._avg_now(keys)
-            weights = _stability_weights(cur, avg, None)
-        gram, _ = pair_gram(codes, pairs)
-        loss = 2 * (weights.to(gram.dtype) * gram.abs()).sum() / scale_divisor(cfg.normalize or "latent", self.n)
-        with torch.no_grad():
-            self._record(loss, (cur - avg).abs(), weights, cur, keys.numel())
+            ends.append(start)
+            closes.append(filled == 0)
+        t0, seen = self.windows_closed, self.count + B
+        stores, stats = self._stores(), _StepStats()
+        divisor = scale_divisor(cfg.normalize or "latent", self.n)
+
+        def advance(hi: Optional[int], segments: list[tuple[Tensor, Tensor]]) -> None:
+            """Bring the stores' keys below hi through this step: add each segment to the window,
+            close it into the history where a window ends."""
+            (w_keys, w_counts), avg = stores.take("window", hi), stores.take("avg", hi)
             closed = []
-            for (s, e), (seg_keys, seg_counts) in zip(segments, pairs.segments):
-                self._add_to_window(seg_keys, seg_counts, e - s)
-                if self.count == cfg.window_size:
-                    closed.append((self.window_keys, self.window_counts))
-                    self._clear_window()
-            if closed:
-                self._close_specified(closed)
+            for (seg_keys, seg_counts), close in zip(segments, closes):
+                w_keys, w_counts = merge_sorted_add(w_keys, w_counts, seg_keys, seg_counts)
+                if close:
+                    closed.append((w_keys, w_counts))
+                    w_keys, w_counts = w_keys[:0], w_counts[:0]
+            stores.put("window", w_keys, w_counts)
+            stores.put("avg", *(self._close_specified(avg, closed, t0) if closed else avg))
+
+        def weigh(chunk: PairChunk) -> tuple[Tensor, Tensor]:
+            # the history and open window before this step: read before advance() changes them
+            w_keys, w_counts = stores.peek("window", chunk.hi)
+            cur = (gather_or(w_counts, w_keys, chunk.keys) + chunk.counts).to(self.avg_vals.dtype) / seen
+            avg = self._decayed(stores.peek("avg", chunk.hi), chunk.keys, t0)
+            weights = _stability_weights(cur, avg, None)
+            stats.add((cur - avg).abs(), weights, cur)
+            advance(chunk.hi, chunk.segments)
+            weights = weights.to(chunk.gram.dtype)
+            return 2 * (weights * chunk.gram.abs()).sum() / divisor, 2 * weights * chunk.gram.sign() / divisor
+
+        loss = pair_loss(codes, weigh, cfg.chunk_elements, boundaries=ends)
+        with torch.no_grad():
+            empty = self.window_keys[:0], self.window_counts[:0]
+            if any(closes):  # pairs absent from the batch still close their windows
+                advance(None, [empty] * len(closes))
+            self._finish(stores, stats, loss, filled, sum(closes))
         return loss
 
-    def _close_specified(self, closed: list[tuple[Tensor, Tensor]]) -> None:
-        """Apply the windows closed in this step, in order, with one merge into the store."""
-        t0, old = self.windows_closed - len(closed), self.avg_keys.numel()
-        keys, inverse = torch.unique(torch.cat([self.avg_keys] + [k for k, _ in closed]), sorted=True, return_inverse=True)
-        vals = self.avg_vals.new_zeros(keys.numel())
+    def _close_specified(self, avg: tuple[Tensor, ...], closed: list[tuple[Tensor, Tensor]], t0: int) -> tuple[Tensor, ...]:
+        """A store slice after the windows closed in this step (the first one is window t0),
+        applied in order, with one merge."""
+        avg_keys, avg_vals, avg_freq, avg_stamp = avg
+        old = avg_keys.numel()
+        keys, inverse = torch.unique(torch.cat([avg_keys] + [k for k, _ in closed]), sorted=True, return_inverse=True)
+        vals = avg_vals.new_zeros(keys.numel())
         freq = torch.zeros(keys.numel(), dtype=torch.int32, device=keys.device)
         stamp = torch.full((keys.numel(),), t0, dtype=torch.int32, device=keys.device)
-        vals[inverse[:old]], freq[inverse[:old]], stamp[inverse[:old]] = self.avg_vals, self.avg_freq, self.avg_stamp
+        vals[inverse[:old]], freq[inverse[:old]], stamp[inverse[:old]] = avg_vals, avg_freq, avg_stamp
         offset = old
         for t, (window_keys, window_counts) in enumerate(closed, start=t0):
             pos = inverse[offset:offset + window_keys.numel()]
@@ -238,48 +319,62 @@ class _SparseState:
             vals[pos] = (1 - a) * history + a * (window_counts.to(vals.dtype) / self.cfg.window_size)
             freq[pos] = new_freq.clamp(max=self.freq_cap).to(torch.int32)
             stamp[pos] = t + 1
-        self.avg_keys, self.avg_vals, self.avg_freq, self.avg_stamp = keys, vals, freq, stamp
-        if self._prune_due():
-            self._keep(self._avg_now(self.avg_keys))
+        return keys, vals, freq, stamp
 
     # reference ---------------------------------------------------------------------------------
     def _step_reference(self, codes: SparseCodes) -> Tensor:
-        cfg, n = self.cfg, self.n
-        pairs = coactive_pairs(codes, cfg.chunk_elements)
-        keys, counts = pairs.keys, pairs.counts
+        cfg, n, B = self.cfg, self.n, codes.batch_size
+        seen = self.count + B
+        window_diag = self.window_diag + torch.bincount(codes.indices[codes.active], minlength=n)
+        close = seen >= cfg.window_size
+        rate = None
+        if close:  # one rate per row, from the closing window's diagonal
+            C_diag = window_diag.to(self.avg_vals.dtype) / seen
+            rate = torch.clamp(C_diag / cfg.freq_divisor, max=cfg.alpha_base)
+            self.avg_diag = (1 - rate) * self.avg_diag + rate * C_diag
+            window_diag = torch.zeros_like(window_diag)
+        count = 0 if close else seen
+        stores, stats = self._stores(), _StepStats()
+
+        def advance(hi: Optional[int], keys: Tensor, counts: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+            """The stores' keys below hi after this step (window += batch; close if full)."""
+            (w_keys, w_counts), (a_keys, a_vals) = stores.take("window", hi), stores.take("avg", hi)
+            w_keys, w_counts = merge_sorted_add(w_keys, w_counts, keys, counts)
+            if close:
+                i, j = split_keys(a_keys, n)
+                decayed = a_vals * torch.stack([1 - rate[i], 1 - rate[j]], dim=1)
+                C = w_counts.to(a_vals.dtype) / seen
+                wi, wj = split_keys(w_keys, n)
+                a_keys, a_vals = merge_sorted_add(a_keys, decayed, w_keys, torch.stack([rate[wi] * C, rate[wj] * C], dim=1))
+                w_keys, w_counts = w_keys[:0], w_counts[:0]
+            stores.put("window", w_keys, w_counts)
+            stores.put("avg", a_keys, a_vals)
+            return (w_keys, w_counts), (a_keys, a_vals)
+
+        def weigh(chunk: PairChunk) -> tuple[Tensor, Tensor]:
+            # the reference weighs with the state after this step's update
+            (w_keys, w_counts), (a_keys, a_vals) = advance(chunk.hi, chunk.keys, chunk.counts)
+            avg = gather_or(a_vals, a_keys, chunk.keys)  # [P, 2]: avg_ij, avg_ji
+            cur = avg if count == 0 else (gather_or(w_counts, w_keys, chunk.keys).to(avg.dtype) / count)[:, None].expand_as(avg)
+            pair_weights = _stability_weights(cur, avg, STABILITY_EPS)
+            stats.add((cur - avg).abs(), pair_weights, cur)
+            weights = pair_weights.sum(1).to(chunk.gram.dtype)
+            return (weights * chunk.gram ** 2).sum() / (n * n), 2 * weights * chunk.gram / (n * n)
+
+        pair_part = pair_loss(codes, weigh, cfg.chunk_elements)
         with torch.no_grad():
-            self._add_to_window(keys, counts, codes.batch_size)
-            self.window_diag += torch.bincount(codes.indices[codes.active], minlength=n)
-            if self.count >= cfg.window_size:
-                self._close_reference()
-            avg = gather_or(self.avg_vals, self.avg_keys, keys)  # [P, 2]: avg_ij, avg_ji
-            if self.count > 0:
-                cur = (gather_or(self.window_counts, self.window_keys, keys).to(avg.dtype) / self.count)[:, None].expand_as(avg)
-                cur_diag = self.window_diag.to(avg.dtype) / self.count
-            else:
-                cur, cur_diag = avg, self.avg_diag
-            pair_weights = _stability_weights(cur, avg, STABILITY_EPS)  # [P, 2]
-            weights = pair_weights.sum(1)
+            empty = self.window_keys[:0]
+            if close:  # the history of pairs absent from the batch decays too
+                advance(None, empty, self.window_counts[:0])
+            cur_diag = self.avg_diag if count == 0 else window_diag.to(self.avg_diag.dtype) / count
             weights_diag = _stability_weights(cur_diag, self.avg_diag, STABILITY_EPS)
-        gram, diag = pair_gram(codes, pairs)
-        loss = ((weights.to(gram.dtype) * gram ** 2).sum() + (weights_diag.to(diag.dtype) * diag ** 2).sum()) / (n * n)
+        diag = diagonal_gram(codes)
+        loss = pair_part + (weights_diag.to(diag.dtype) * diag ** 2).sum() / (n * n)
         with torch.no_grad():
-            self._record(loss, (cur - avg).abs(), pair_weights, cur, keys.numel())
+            self.window_diag = window_diag
+            self._finish(stores, stats, loss, count, int(close))
         return loss
 
-    def _close_reference(self) -> None:
-        C_pairs = self.window_counts.to(self.avg_vals.dtype) / self.count
-        C_diag = self.window_diag.to(self.avg_vals.dtype) / self.count
-        a = torch.clamp(C_diag / self.cfg.freq_divisor, max=self.cfg.alpha_base)  # one rate per row
-        i, j = split_keys(self.avg_keys, self.n)
-        decayed = self.avg_vals * torch.stack([1 - a[i], 1 - a[j]], dim=1)
-        wi, wj = split_keys(self.window_keys, self.n)
-        added = torch.stack([a[wi] * C_pairs, a[wj] * C_pairs], dim=1)
-        self.avg_keys, self.avg_vals = merge_sorted_add(self.avg_keys, decayed, self.window_keys, added)
-        self.avg_diag = (1 - a) * self.avg_diag + a * C_diag
-        self._clear_window()
-        if self._prune_due():
-            self._keep(self.avg_vals.max(dim=1).values)
 
     # pruning -----------------------------------------------------------------------------------
     def _prune_due(self) -> bool:
