@@ -5,9 +5,13 @@ test split, `n_train` / `n_test` per class, sampled with `seed`. A name is resol
   1. an offline built-in (`BUILTIN_DATASETS`): bbc-news topics, programming-language ID from
      source files on this machine, natural-language ID from translated man pages;
   2. an existing local .csv / .jsonl / .parquet file with a text and a label column;
-  3. one of SAEBench's Hugging Face datasets (`HF_DATASETS`), with SAEBench's class choices
-     and balancing. `local_copies={hf_name: path}` makes the same loader read a local copy in
-     the hub's format (a file, or a folder with train.* / test.* files).
+  3. one of SAEBench's Hugging Face datasets (`HF_DATASETS`), with SAEBench's class choices,
+     splits and sampling (checked against SAEBench's source; see the notes above CHOSEN_CLASSES).
+     `local_copies={hf_name: path}` makes the same loader read a local copy in the hub's format:
+     a folder with train.* / test.* files, or one file (its `split` column, if any, picks the
+     rows of each split; without one, test texts are drawn from the rows train did not take).
+     Europarl's copy is a folder with one `{pair}.*` file (or `{pair}/train.*`) per pair config
+     of EUROPARL_PAIRS, or one file of `translation` rows, of which each pair's rows are used.
 """
 
 from __future__ import annotations
@@ -251,12 +255,41 @@ def local_file(path: Path, n_train: int, n_test: int, seed: int, text_column: st
 
 
 # ---- SAEBench's Hugging Face datasets ------------------------------------------------------------
+#
+# Checked (read, not copied) against SAEBench's own code: the sae-bench 0.6.0 wheel on PyPI,
+#   sae_bench/sae_bench_utils/dataset_info.py  chosen_classes_per_dataset, dataset_metadata, amazon_category_dict
+#   sae_bench/sae_bench_utils/dataset_utils.py get_multi_label_train_test_data and the loaders it calls
+#   sae_bench/evals/sparse_probing/eval_config.py  probe_train_set_size 4000, probe_test_set_size 1000, seed 42
+#   sae_bench/evals/sparse_probing/main.py      keeps only the chosen classes (filter_dataset)
+#   sae_bench/evals/scr_and_tpp/dataset_creation.py  compares `category` with amazon_category_dict's ints
+# and the same dataset_utils.py on GitHub (zachmccrth/SAEBench, d0rbu/SAEBench).
+# SAEBench with set sizes T, E gives every chosen class T//2 train and E//2 test texts; featsep's
+# n_train / n_test are per class and stand for T//2, E//2 (2000 / 500 at SAEBench's defaults):
+#   bias_in_bios, amazon category: the hub's own train and test splits; per class T//4 rows of each
+#     gender 0/1 (rating 1.0/5.0), each drawn with pandas `.sample(n, random_state=seed)`.
+#   amazon _sentiment: the hub's splits; T//2 rows per rating by `.sample`; classes "1.0", "5.0".
+#   ag_news: the hub's train / test; T//2 rows per integer label by `.sample`.
+#   github-code: stream "train" (languages=classes); files longer than 128*3 + 50*3 = 534 chars, their
+#     first 150 chars cut; stop once every language has more than T//2 + E//2; then one
+#     random.seed(seed), and per language in class order: shuffle, first T//2 train, next E//2 test.
+#   europarl: each language from ONE pair config (EUROPARL_PAIRS), the first T//2 + E//2 + 1 rows of
+#     its streamed "train" split, no filtering; shuffled and split as github-code.
+# Hub schemas (dataset cards): bias_in_bios hard_text str, profession int64, gender int64, splits
+# train/test/dev; amazon_reviews_mcauley_1and5 splits train (598k) / test (143k), columns text,
+# category (integer ids of AMAZON_CATEGORIES), rating (float 1.0 / 5.0); ag_news text, label
+# ClassLabel 0-3; github-code code, repo_name, path, language, license, size; europarl one config
+# per pair "xx-yy" (train only), rows {"translation": {xx: str, yy: str}}.
+# Unverified here (no hub access): the amazon columns' dtypes on the hub itself (inferred from
+# SAEBench's code); that streams still yield rows in the order SAEBench saw; the parquet layouts
+# used when `datasets` >= 4 refuses a hub dataset that still ships a loading script (_hub_stream).
+# Where a class has fewer rows than asked, featsep takes what there is (balanced: the smallest
+# gender / rating group sets the count) where SAEBench would fail.
 
 BIOS_PROFESSIONS = (
     "accountant architect attorney chiropractor comedian composer dentist dietitian dj filmmaker "
     "interior_designer journalist model nurse painter paralegal pastor personal_trainer photographer "
     "physician poet professor psychologist rapper software_engineer surgeon teacher yoga_teacher"
-).split()
+).split()  # index = the hub's `profession` id
 AMAZON_CATEGORIES = (
     "All_Beauty Toys_and_Games Cell_Phones_and_Accessories Industrial_and_Scientific Gift_Cards "
     "Musical_Instruments Electronics Handmade_Products Arts_Crafts_and_Sewing Baby_Products "
@@ -265,9 +298,13 @@ AMAZON_CATEGORIES = (
     "Clothing_Shoes_and_Jewelry Patio_Lawn_and_Garden Unknown Books Automotive CDs_and_Vinyl "
     "Beauty_and_Personal_Care Amazon_Fashion Magazine_Subscriptions Software Health_and_Personal_Care "
     "Appliances Movies_and_TV"
-).split()
+).split()  # index = the hub's integer `category` id (SAEBench's amazon_category_dict)
 
-# SAEBench's sae_bench_utils/dataset_info.py::chosen_classes_per_dataset
+# Bump when any loader's texts change: it is part of the sparse-probing activation cache's key.
+LOADERS_VERSION = 2
+
+# SAEBench's dataset_info.chosen_classes_per_dataset. Amazon "1 2 3 5 6" are category ids: Toys_and_Games,
+# Cell_Phones_and_Accessories, Industrial_and_Scientific, Musical_Instruments, Electronics.
 CHOSEN_CLASSES = {
     "LabHC/bias_in_bios_class_set1": ["0", "1", "2", "6", "9"],
     "LabHC/bias_in_bios_class_set2": ["11", "13", "14", "18", "19"],
@@ -278,6 +315,8 @@ CHOSEN_CLASSES = {
     "fancyzhx/ag_news": ["0", "1", "2", "3"],
     "Helsinki-NLP/europarl": ["en", "fr", "de", "es", "nl"],
 }
+# SAEBench's get_europarl_dataset: the pair config each language's texts come from.
+EUROPARL_PAIRS = {"en": "en-fr", "fr": "fr-it", "de": "de-en", "es": "es-fr", "nl": "nl-pt"}
 
 
 def split_file(folder: Path, split: str) -> Path:
@@ -288,135 +327,237 @@ def split_file(folder: Path, split: str) -> Path:
     raise ValueError(f"local copy {folder} has no {split}.parquet/.jsonl/.csv file; add one or pass a single file")
 
 
-def _hub_frame(hf_name: str, split: str, local_copies: dict[str, str], **load_kwargs):
-    """One split of a hub dataset as a DataFrame, from a local copy when one is given.
-
-    A local copy is a file (used for every split; rows are then split by the caller's sampling)
-    or a folder holding `{split}.parquet|jsonl|csv`."""
-    local = local_copies.get(hf_name)
-    if local is not None:
-        path = Path(local).expanduser()
-        if path.is_dir():
-            return read_table(split_file(path, split))
-        if not path.exists():
-            raise ValueError(f"local copy {path} of {hf_name} does not exist; fix sparse_probing.local_copies")
-        return read_table(path)
+def _load_hub(path: str, **kwargs):
+    """`datasets.load_dataset(path, **kwargs)`: the one place this module reaches the hub (tests replace it)."""
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"{hf_name} needs the `datasets` package: pip install datasets (or featsep[hub])") from None
-    return datasets.load_dataset(hf_name, split=split, **load_kwargs).to_pandas()
+        raise ValueError(
+            f"{path} needs the `datasets` package: pip install datasets (or featsep[hub]); or give a local copy "
+            "(sparse_probing.local_copies)"
+        ) from None
+    return datasets.load_dataset(path, **kwargs)
 
 
-def _balanced_by(df, class_col: str, balance_col: str, balance_values, classes, n: int, rng) -> dict[str, list[str]]:
-    """n texts per class with equal shares of each balance value (SAEBench's gender/rating balancing)."""
+def _datasets_major() -> int:
+    try:
+        import datasets
+
+        return int(datasets.__version__.split(".")[0])
+    except (ImportError, ValueError):
+        return 0
+
+
+def _hub_stream(hf_name: str, parquet_glob: str, **kwargs):
+    """The hub's streamed "train" split, loaded as SAEBench does. `datasets` >= 4 refuses repos that still
+    ship a loading script; then the repo's parquet files (`parquet_glob`, unverified layout) are streamed."""
+    try:
+        return _load_hub(hf_name, split="train", streaming=True, **kwargs)
+    except RuntimeError as e:
+        if "scripts are no longer supported" not in str(e):
+            raise
+    return _load_hub("parquet", data_files=f"hf://datasets/{hf_name}/{parquet_glob}", split="train", streaming=True)
+
+
+def _local_path(hf_name: str, local_copies: dict[str, str]) -> Optional[Path]:
+    local = local_copies.get(hf_name)
+    if local is None:
+        return None
+    path = Path(local).expanduser()
+    if not path.exists():
+        raise ValueError(f"local copy {path} of {hf_name} does not exist; fix sparse_probing.local_copies")
+    return path
+
+
+def _hub_frame(hf_name: str, split: str, local_copies: dict[str, str], **load_kwargs):
+    """One split of a hub dataset as a DataFrame, from a local copy when one is given.
+
+    A local copy is a file (used for every split) or a folder holding `{split}.parquet|jsonl|csv`."""
+    path = _local_path(hf_name, local_copies)
+    if path is not None:
+        return read_table(split_file(path, split) if path.is_dir() else path)
+    return _load_hub(hf_name, split=split, **load_kwargs).to_pandas()
+
+
+def _split_frames(hf_name: str, local_copies: dict[str, str]):
+    """(train, test, shared): the hub's own train and test splits. A local copy that is one file serves
+    both: by its `split` column when it has one, else shared=True (test is drawn from what train left)."""
+    path = _local_path(hf_name, local_copies)
+    if path is not None and path.is_file():
+        df = read_table(path)
+        if "split" in df.columns:
+            return df[df["split"] == "train"], df[df["split"] == "test"], False
+        return df, df, True
+    return _hub_frame(hf_name, "train", local_copies), _hub_frame(hf_name, "test", local_copies), False
+
+
+def _pick(texts, n: int, seed: int):
+    """SAEBench's draw: pandas `.sample(n, random_state=seed)`; all rows when there are fewer."""
+    return texts.sample(n=max(0, min(n, len(texts))), random_state=seed)
+
+
+def _by_split(hf_name: str, columns: list[str], select, n_train: int, n_test: int, seed: int, local_copies):
+    """Apply `select(df, n, seed) -> {class: text Series}` to the train and test splits."""
+    train_df, test_df, shared = _split_frames(hf_name, local_copies)
+    _require_columns(train_df, columns, hf_name)
+    _require_columns(test_df, columns, hf_name)
+    train = select(train_df, n_train, seed)
+    if shared:
+        test_df = test_df.drop(index=[i for texts in train.values() for i in texts.index])
+    test = select(test_df, n_test, seed)
+    return {c: t.tolist() for c, t in train.items()}, {c: t.tolist() for c, t in test.items()}
+
+
+def _numeric(col):
+    import pandas as pd
+
+    return pd.to_numeric(col, errors="coerce")
+
+
+def _balanced(df, classes: list[str], class_ids, group_ids, groups, n: int, seed: int) -> dict:
+    """SAEBench's get_balanced_dataset for the chosen classes: n // len(groups) rows of each group."""
+    import pandas as pd
+
     out = {}
-    per_value = n // len(balance_values)
     for cls in classes:
-        texts = []
-        for value in balance_values:
-            pool = df[(df[class_col] == cls) & (df[balance_col] == value)]["__text"].tolist()
-            texts += _sample(pool, per_value, rng)
-        out[cls] = texts
+        pools = [df["__text"][(class_ids == float(cls)) & (group_ids == g)] for g in groups]
+        k = min([n // len(groups)] + [len(p) for p in pools])
+        out[cls] = pd.concat([_pick(p, k, seed) for p in pools])
     return out
 
 
 def _bios(class_set: str):
+    name = f"LabHC/bias_in_bios_{class_set}"
+
+    def select(df, n, seed):
+        df = df.assign(__text=df["hard_text"])
+        return _balanced(df, CHOSEN_CLASSES[name], _numeric(df["profession"]), _numeric(df["gender"]), (0, 1), n, seed)
+
     def load(n_train, n_test, seed, local_copies):
-        rng = random.Random(seed)
-        classes = CHOSEN_CLASSES[f"LabHC/bias_in_bios_{class_set}"]
-        splits = {}
-        for split, n in (("train", n_train), ("test", n_test)):
-            df = _hub_frame("LabHC/bias_in_bios", split, local_copies)
-            _require_columns(df, ["hard_text", "profession", "gender"], "LabHC/bias_in_bios")
-            df = df.assign(__text=df["hard_text"], __cls=df["profession"].astype(int).astype(str))
-            splits[split] = _balanced_by(df, "__cls", "gender", (0, 1), classes, n, rng)
-        return ProbingDataset(f"LabHC/bias_in_bios_{class_set}", splits["train"], splits["test"])
+        columns = ["hard_text", "profession", "gender"]
+        train, test = _by_split("LabHC/bias_in_bios", columns, select, n_train, n_test, seed, local_copies)
+        return ProbingDataset(name, train, test)
 
     return load
 
 
-def _amazon_frame(local_copies, split_seed: int):
-    df = _hub_frame("canrager/amazon_reviews_mcauley_1and5", "train", local_copies)
-    _require_columns(df, ["text", "category", "rating"], "canrager/amazon_reviews_mcauley_1and5")
-    ids = {name: str(i) for i, name in enumerate(AMAZON_CATEGORIES)}
-    df = df.assign(__text=df["text"], __cls=df["category"].map(ids), rating=df["rating"].astype(float))
-    # the hub copy has one split: hold out a seeded 20% as test
-    test = df.sample(frac=0.2, random_state=split_seed)
-    return df.drop(test.index), test
+def amazon_category_ids(col):
+    """The amazon `category` column as integer ids: the hub's ints as they are; names of AMAZON_CATEGORIES
+    (or digit strings, as in a hand-made copy) mapped to theirs; anything else NaN."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(col):
+        return col.astype(float)
+    ids = {name: i for i, name in enumerate(AMAZON_CATEGORIES)}
+    return _numeric(col.map(lambda v: ids.get(v, v)))
 
 
 def _amazon_category(n_train, n_test, seed, local_copies):
-    rng = random.Random(seed)
-    classes = CHOSEN_CLASSES["canrager/amazon_reviews_mcauley_1and5"]
-    train_df, test_df = _amazon_frame(local_copies, seed)
-    train = _balanced_by(train_df, "__cls", "rating", (1.0, 5.0), classes, n_train, rng)
-    test = _balanced_by(test_df, "__cls", "rating", (1.0, 5.0), classes, n_test, rng)
-    return ProbingDataset("canrager/amazon_reviews_mcauley_1and5", train, test)
+    def select(df, n, seed):
+        df = df.assign(__text=df["text"])
+        classes = CHOSEN_CLASSES["canrager/amazon_reviews_mcauley_1and5"]
+        return _balanced(df, classes, amazon_category_ids(df["category"]), _numeric(df["rating"]), (1.0, 5.0), n, seed)
+
+    hf = "canrager/amazon_reviews_mcauley_1and5"
+    train, test = _by_split(hf, ["text", "category", "rating"], select, n_train, n_test, seed, local_copies)
+    return ProbingDataset(hf, train, test)
 
 
 def _amazon_sentiment(n_train, n_test, seed, local_copies):
-    rng = random.Random(seed)
-    train_df, test_df = _amazon_frame(local_copies, seed)
-    pick = lambda df, n: {str(r): _sample(df[df["rating"] == r]["__text"].tolist(), n, rng) for r in (1.0, 5.0)}
-    return ProbingDataset("canrager/amazon_reviews_mcauley_1and5_sentiment", pick(train_df, n_train), pick(test_df, n_test))
+    def select(df, n, seed):
+        rating = _numeric(df["rating"])
+        return {c: _pick(df["text"][rating == float(c)], n, seed) for c in CHOSEN_CLASSES[f"{hf}_sentiment"]}
+
+    hf = "canrager/amazon_reviews_mcauley_1and5"
+    train, test = _by_split(hf, ["text", "rating"], select, n_train, n_test, seed, local_copies)
+    return ProbingDataset(f"{hf}_sentiment", train, test)
 
 
 def _ag_news(n_train, n_test, seed, local_copies):
+    def select(df, n, seed):
+        label = _numeric(df["label"])
+        return {c: _pick(df["text"][label == int(c)], n, seed) for c in CHOSEN_CLASSES[hf]}
+
+    hf = "fancyzhx/ag_news"
+    train, test = _by_split(hf, ["text", "label"], select, n_train, n_test, seed, local_copies)
+    return ProbingDataset(hf, train, test)
+
+
+def _shuffled_split(pools: dict[str, list[str]], classes: list[str], n_train: int, n_test: int, seed: int):
+    """SAEBench's split of collected texts: one RNG seeded once; per class in order, shuffle, then the
+    first n_train are train and the next n_test test."""
     rng = random.Random(seed)
-    splits = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        df = _hub_frame("fancyzhx/ag_news", split, local_copies)
-        _require_columns(df, ["text", "label"], "fancyzhx/ag_news")
-        splits[split] = {
-            c: _sample(df[df["label"].astype(str) == c]["text"].tolist(), n, rng) for c in CHOSEN_CLASSES["fancyzhx/ag_news"]
-        }
-    return ProbingDataset("fancyzhx/ag_news", splits["train"], splits["test"])
+    train, test = {}, {}
+    for cls in classes:
+        texts = list(pools[cls])
+        rng.shuffle(texts)
+        train[cls], test[cls] = texts[:n_train], texts[n_train : n_train + n_test]
+    return train, test
+
+
+def github_code_pools(rows, classes: list[str], need: int) -> dict[str, list[str]]:
+    """SAEBench's github-code collection: in stream order, files of the chosen languages longer than
+    CODE_MIN_CHARS, less their first CODE_SKIP_CHARS; stops once every language has more than `need`."""
+    pools: dict[str, list[str]] = {c: [] for c in classes}
+    for row in rows:
+        lang, code = row["language"], row["code"]
+        if lang in pools:
+            if isinstance(code, str) and len(code) > CODE_MIN_CHARS:
+                pools[lang].append(code[CODE_SKIP_CHARS:])
+            if all(len(p) > need for p in pools.values()):
+                break
+    return pools
 
 
 def _github_code(n_train, n_test, seed, local_copies):
-    classes = CHOSEN_CLASSES["codeparrot/github-code"]
-    if "codeparrot/github-code" in local_copies:
-        df = _hub_frame("codeparrot/github-code", "train", local_copies)
-    else:  # the hub copy is 1 TB: stream just enough rows
-        import datasets
-        import pandas as pd
+    hf = "codeparrot/github-code"
+    classes = CHOSEN_CLASSES[hf]
+    if hf in local_copies:
+        df = _hub_frame(hf, "train", local_copies)
+        _require_columns(df, ["code", "language"], hf)
+        rows = ({"code": c, "language": lang} for c, lang in zip(df["code"], df["language"]))
+    else:  # 1 TB on the hub: stream. Before datasets 4 its loading script filters by language (SAEBench's call).
+        script = {"languages": list(classes), "trust_remote_code": True} if _datasets_major() < 4 else {}
+        rows = _hub_stream(hf, "data/train-*.parquet", **script)
+    pools = github_code_pools(rows, classes, n_train + n_test)
+    train, test = _shuffled_split(pools, classes, n_train, n_test, seed)
+    return ProbingDataset(hf, train, test)
 
-        stream = datasets.load_dataset(
-            "codeparrot/github-code", split="train", streaming=True, languages=classes, trust_remote_code=True
-        )
-        need, rows, counts = n_train + n_test, [], defaultdict(int)
-        for ex in stream:
-            if counts[ex["language"]] < need:
-                rows.append(ex)
-                counts[ex["language"]] += 1
-            if all(counts[c] >= need for c in classes):
-                break
-        df = pd.DataFrame(rows)
-    _require_columns(df, ["code", "language"], "codeparrot/github-code")
-    pools = {c: [t[CODE_SKIP_CHARS:] for t in df[df["language"] == c]["code"] if len(t) > CODE_MIN_CHARS] for c in classes}
-    return _sample_split(pools, n_train, n_test, seed, "codeparrot/github-code")
+
+def _europarl_rows(pair: str, local_copies: dict[str, str]):
+    """The rows of one europarl pair config: from the hub (streamed), or a local copy, which is a folder
+    with `{pair}.parquet|jsonl` or `{pair}/train.*` per pair, or one file whose rows of that pair are used."""
+    hf = "Helsinki-NLP/europarl"
+    path = _local_path(hf, local_copies)
+    if path is None:
+        return _hub_stream(hf, f"{pair}/*.parquet", name=pair)
+    if path.is_dir():
+        found = [path / f"{pair}{s}" for s in TEXT_SUFFIXES if (path / f"{pair}{s}").exists()]
+        df = read_table(found[0] if found else split_file(path / pair, "train"))
+    else:
+        df = read_table(path)
+    _require_columns(df, ["translation"], hf)
+    langs = set(pair.split("-"))  # one parquet file of several pairs fills absent languages with None
+    rows = ({k: v for k, v in t.items() if v is not None} for t in df["translation"] if isinstance(t, dict))
+    return ({"translation": t} for t in rows if set(t) == langs)
 
 
 def _europarl(n_train, n_test, seed, local_copies):
-    """Europarl rows are {'translation': {lang_a: text, lang_b: text}} per language-pair config."""
-    classes = CHOSEN_CLASSES["Helsinki-NLP/europarl"]
-    pools: dict[str, list[str]] = defaultdict(list)
-    if "Helsinki-NLP/europarl" in local_copies:
-        frames = [_hub_frame("Helsinki-NLP/europarl", "train", local_copies)]
-    else:
-        frames = [
-            _hub_frame("Helsinki-NLP/europarl", f"train[:{4 * (n_train + n_test)}]", local_copies, name="-".join(sorted(("en", c))))
-            for c in classes
-            if c != "en"
-        ]
-    for df in frames:
-        _require_columns(df, ["translation"], "Helsinki-NLP/europarl")
-        for pair in df["translation"]:
-            for lang, text in dict(pair).items():
-                if lang in classes and isinstance(text, str) and text.strip():
-                    pools[lang].append(text)
-    return _sample_split({c: pools[c] for c in classes if pools.get(c)}, n_train, n_test, seed, "Helsinki-NLP/europarl")
+    hf = "Helsinki-NLP/europarl"
+    classes = CHOSEN_CLASSES[hf]
+    pools = {}
+    for lang in classes:
+        pair, texts = EUROPARL_PAIRS[lang], []
+        for row in _europarl_rows(pair, local_copies):
+            translation = dict(row["translation"])
+            if lang not in translation:
+                raise ValueError(f"{hf} config {pair}: a row has no {lang!r} text (languages: {sorted(translation)})")
+            texts.append(translation[lang])
+            if len(texts) > n_train + n_test:  # SAEBench stops at one more than it needs
+                break
+        pools[lang] = texts
+    train, test = _shuffled_split(pools, classes, n_train, n_test, seed)
+    return ProbingDataset(hf, train, test)
 
 
 HF_DATASETS: dict[str, Callable[..., ProbingDataset]] = {

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from featsep.evals.activations import EvalContext, encode, not_special
 from featsep.evals.probes import top_k_accuracy, train_binary_probe
-from featsep.evals.probing_data import load_probing_dataset
+from featsep.evals.probing_data import LOADERS_VERSION, load_probing_dataset
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
 OFFLINE_DATASETS = ["bbc-news", "code-languages", "manpage-languages"]
@@ -102,6 +102,7 @@ def dataset_activations(ctx: EvalContext, name: str, s: SparseProbingSettings, n
     key = {
         "dataset": name, "n_train": n_train, "n_test": n_test, "seed": s.seed, "context_length": s.context_length,
         "text_column": s.text_column, "label_column": s.label_column, "local_copies": s.local_copies,
+        "loaders_version": LOADERS_VERSION,
     }
 
     def compute():
