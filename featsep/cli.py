@@ -140,6 +140,20 @@ def eval_(
 
 
 @app.command()
+def export(
+    sae_dir: Path = typer.Argument(..., help="a saved SAE dir (cfg.json + sae_weights.safetensors)"),
+    out: Path = typer.Argument(..., help="where to write the SAELens-ready copy"),
+) -> None:
+    """Write a copy SAELens loads and evaluates on raw activations (normalisation folded in)."""
+    with _user_errors():
+        from featsep.sae.io import load_sae, save_sae
+
+        sae = load_sae(sae_dir, device="cpu")
+        save_sae(sae, out, fold=True)
+        typer.echo(f"wrote {out} (normalization factor {sae.cfg.normalization_factor} folded into the weights)")
+
+
+@app.command()
 def report(
     path: Path = typer.Argument(..., help="sweep dir, run dir, or dir of run dirs"),
     out: Optional[Path] = typer.Option(None, help="output dir (default PATH/report)"),

@@ -95,3 +95,20 @@ def test_every_registered_architecture_is_covered():
     # test files may register throwaway architectures (e.g. test_train's "tiny_test_relu")
     builtin = {a for a in architectures() if not a.startswith("tiny_test")}
     assert builtin == set(SAELENS_NAME)
+
+
+@pytest.mark.parametrize("arch", sorted(SAELENS_NAME))
+def test_folded_copy_takes_raw_activations(arch, tmp_path):
+    """SAELens ignores normalization_factor: the folded copy on raw x gives the same codes as the
+    SAE on x * f, and its reconstruction is the SAE's divided by f."""
+    sae, x = trained(arch)
+    f = 0.37
+    sae.cfg.normalization_factor = f
+    raw = x / f
+    path = featsep.save_sae(sae, tmp_path / "folded", fold=True)
+    cfg = json.loads((path / "cfg.json").read_text())
+    assert cfg["normalization_factor"] is None and cfg["normalize_activations"] == "none"
+    folded = featsep.load_sae(path)
+    torch.testing.assert_close(folded.encode(raw), sae.encode(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded(raw), sae(x) / f, rtol=1e-5, atol=1e-4)
+    assert sae.cfg.normalization_factor == f  # the original is untouched

@@ -47,7 +47,10 @@ class SAEConfigBase(BaseModel):
     hook_layer: int = -1
     context_size: int = 128
     prepend_bos: bool = True
-    normalize_activations: str = "none"  # "none" | "constant_norm_rescale" (then factor below)
+    # SAELens's key, always "none" here: featsep scales by one constant factor (below), which
+    # none of SAELens's modes means ("constant_norm_rescale" rescales each token to norm sqrt(d_in)).
+    # SAELens ignores normalization_factor: save with save_sae(fold=True) / `featsep export` for it.
+    normalize_activations: Literal["none"] = "none"
     normalization_factor: Optional[float] = None  # x_normalised = x * factor
     dataset_path: str = ""
     seed: int = 42

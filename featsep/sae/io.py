@@ -7,6 +7,7 @@ rebuilds exactly what was saved.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -23,9 +24,29 @@ CFG_FILENAME = "cfg.json"
 _META_KEYS = ("model_name", "hook_name", "hook_layer", "context_size", "prepend_bos", "dataset_path")
 
 
-def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] = None) -> Path:
+@torch.no_grad()
+def fold_normalization(sae: SAE) -> SAE:
+    """A copy that takes raw activations: the constant factor f of cfg.normalization_factor
+    (x_normalised = x * f) folded into the weights, W_enc * f, W_dec / f, b_dec / f, so codes are
+    unchanged and reconstructions come out in raw units. SAELens ignores featsep's factor key
+    (and its own saved SAEs are folded the same way), so SAEs meant for SAELens are saved so."""
+    out = copy.deepcopy(sae)
+    f = sae.cfg.normalization_factor
+    if f is not None and f != 1.0:
+        out.W_enc.mul_(f)
+        out.W_dec.div_(f)
+        out.b_dec.div_(f)
+    out.cfg.normalization_factor = None
+    return out
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] = None,
+             fold: bool = False) -> Path:
     """Write `path/sae_weights.safetensors` and `path/cfg.json`; `extra` (JSON-serialisable)
-    is stored in cfg.json under "featsep_extra" (e.g. training summary). Returns the dir."""
+    is stored in cfg.json under "featsep_extra" (e.g. training summary). `fold`: save
+    fold_normalization(sae), which SAELens evaluates correctly on raw activations. Returns the dir."""
+    if fold:
+        sae = fold_normalization(sae)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in sae.saved_tensors().items()}
