@@ -186,7 +186,9 @@ class _Chunker:
         sums = lay.vals.new_zeros(uniq.numel()).index_add_(0, inverse, lay.vals[anchor] * lay.vals[partner])
         if nseg > 1:  # (pair, segment) uniques -> pair uniques; consecutive, since seg is the low digit
             seg, pair = uniq % nseg, torch.div(uniq, nseg, rounding_mode="floor") + r.first * n
-            segments = [(pair[seg == s], counts[seg == s].int()) for s in range(nseg)]
+            by_seg = torch.sort(seg, stable=True).indices  # grouped by segment, pairs still in order
+            sizes = torch.bincount(seg, minlength=nseg).tolist()
+            segments = list(zip(pair[by_seg].split(sizes), counts[by_seg].int().split(sizes)))
             uniq, pair_inverse = torch.unique_consecutive(pair, return_inverse=True)
             counts = torch.zeros(uniq.numel(), dtype=counts.dtype, device=counts.device).index_add_(0, pair_inverse, counts)
             sums = sums.new_zeros(uniq.numel()).index_add_(0, pair_inverse, sums)
