@@ -12,12 +12,19 @@ import torch
 
 from featsep.evals.unlearning import (
     UnlearningSettings,
+    _resolved,
     all_permutations_correct,
+    choice_prompt,
     clamp_latents,
+    clamp_values,
+    choice_scores,
+    choice_scores_full,
+    continuation_logprobs,
     filter_permutation_list,
     permuted,
     question_prompt,
     select_latents,
+    staged_permutation_filter,
     unlearning_score,
 )
 from featsep.sae import make_sae
@@ -42,6 +49,116 @@ def test_permuted_answer_index_and_filter():
     predicted = torch.tensor([1, 0, 3, 2, 2, 1])
     answers = torch.tensor([1, 0, 3, 2, 2, 0])
     assert all_permutations_correct(predicted, answers, 3).tolist() == [True, False]
+
+
+def test_staged_filter_keeps_what_asking_everything_keeps():
+    gen = torch.Generator().manual_seed(0)
+    n_q, n_p = 50, 24
+    truth = torch.rand(n_q, n_p, generator=gen) < 0.9  # truth[q, j]: question q right under permutation j
+    asked = []
+
+    def correct(idx, j):
+        asked.append(idx.numel())
+        return truth[idx, j]
+
+    keep, survivors = staged_permutation_filter(n_q, n_p, correct)
+    brute = all_permutations_correct(truth.flatten().long(), torch.ones(n_q * n_p, dtype=torch.long), n_p)
+    assert keep.tolist() == torch.nonzero(brute).flatten().tolist()
+    # survivors after each permutation: the questions right under permutations 0..j
+    assert survivors == [int(truth[:, : j + 1].all(1).sum()) for j in range(n_p)]
+    assert survivors[-1] == len(keep) and asked[0] == n_q and asked[1:] == survivors[: len(asked) - 1]
+    assert sum(asked) < n_q * n_p
+    # nothing left: later permutations are not asked at all
+    asked.clear()
+    keep, survivors = staged_permutation_filter(3, 4, lambda idx, j: torch.zeros(idx.numel(), dtype=torch.bool))
+    assert keep.numel() == 0 and survivors == [0, 0, 0, 0] and len(asked) == 0
+
+
+def test_continuation_logprobs_by_hand():
+    logprobs = torch.log_softmax(torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0)), -1)
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 5, 4, 0, 0]])
+    got = continuation_logprobs(logprobs, ids, starts=[3, 1], ends=[5, 3])
+    # row 0: tokens 3 and 4 (ids 4, 5) predicted at positions 2 and 3; row 1: tokens 1, 2 (ids 5, 4) at 0, 1
+    want0 = logprobs[0, 2, 4] + logprobs[0, 3, 5]
+    want1 = logprobs[1, 0, 5] + logprobs[1, 1, 4]
+    torch.testing.assert_close(got, torch.stack([want0, want1]).double())
+
+
+def test_choice_scores_cached_prefix_match_full_rows():
+    import functools
+
+    from tests.test_evals import HOOK, TOPIC_WORDS, make_lm
+
+    lm = make_lm()
+    x = TOPIC_WORDS["x"]
+    questions = [(f"{x[0]} {x[1]}", [x[2], f"{x[3]} {x[4]}", x[5], x[6]]), (x[7], [x[8], x[9], x[0], f"{x[1]} {x[2]}"]),
+                 (f"{x[2]} {x[3]}", [x[1], x[4], f"{x[5]} {x[6]} {x[7]}", x[9]])]  # prefixes 1 and 3 share a length
+    items = [choice_prompt(lm, "Pre line.\n", q, c) for q, c in questions]
+    assert items[0][1][1] == f" {x[3]} {x[4]}"  # no chat template: " choice" after "Answer:"
+    full = choice_scores_full(lm, items, batch_size=3)  # batches cut across questions
+    # the reference by hand: one unpadded forward per choice
+    for q, (prefix, conts) in enumerate(items):
+        for k, c in enumerate(conts):
+            p_ids = lm.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            c_ids = lm.tokenizer(c, add_special_tokens=False)["input_ids"]
+            lp = lm.logits(torch.tensor([[lm.bos_token_id] + p_ids + c_ids])).float().log_softmax(-1)[0]
+            want = sum(float(lp[len(p_ids) + j, t]) for j, t in enumerate(c_ids))
+            assert float(full[q, k]) == pytest.approx(want, abs=1e-4)
+    torch.testing.assert_close(choice_scores(lm, items, batch_size=2), full, atol=1e-4, rtol=1e-5)
+    # with a clamping hook: the cached prefix sees the BOS rule, the choice tokens do not
+    sae = make_sae("topk", d_in=lm.d_model, d_sae=32, k=8, hook_name=HOOK)
+    fn = functools.partial(clamp_latents, sae, latents=torch.arange(16), multiplier=torch.full((16,), 3.0))
+    hooked_full = choice_scores_full(lm, items, 4, HOOK, fn)
+    assert not torch.allclose(hooked_full, full, atol=1e-3)
+    torch.testing.assert_close(choice_scores(lm, items, 4, HOOK, fn), hooked_full, atol=1e-4, rtol=1e-5)
+
+
+def test_resolved_offline_and_saebench_defaults():
+    class Ctx:
+        class lm:
+            device = torch.device("cpu")
+
+    off = _resolved(Ctx, UnlearningSettings())
+    assert (off.answer_scoring, off.filter_permutations, off.multiplier_units) == ("choice_logprob", 1, "raw")
+    assert off.multipliers == [25.0, 50.0, 100.0, 200.0] and off.max_questions_per_set == 60
+    sb = _resolved(Ctx, UnlearningSettings(forget_questions=["wmdp-bio"], retain_questions=["human_aging"]))
+    assert (sb.answer_scoring, sb.filter_permutations, sb.multiplier_units) == ("letter", 24, "raw")
+    assert sb.multipliers == [25.0, 50.0, 100.0, 200.0]
+    weak = _resolved(Ctx, UnlearningSettings(answer_scoring="letter", filter_permutations=4, multiplier_units="latent_mean"))
+    assert (weak.filter_permutations, weak.multipliers) == (4, [1.0, 2.0, 5.0, 10.0])
+    with pytest.raises(ValueError, match="order cannot matter"):
+        _resolved(Ctx, UnlearningSettings(filter_permutations=24))
+    with pytest.raises(ValueError, match="1..24"):
+        _resolved(Ctx, UnlearningSettings(answer_scoring="letter", filter_permutations=25))
+
+
+def test_clamp_values_units():
+    latents = torch.tensor([3, 0])
+    mean_active = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    assert clamp_values(50.0, "sae", latents).tolist() == [50.0, 50.0]
+    # raw: the SAE decodes codes / factor, so codes of 50 x factor write 50 in raw units
+    torch.testing.assert_close(clamp_values(50.0, "raw", latents, normalization_factor=0.2), torch.tensor([10.0, 10.0]))
+    torch.testing.assert_close(clamp_values(2.0, "latent_mean", latents, mean_active=mean_active), torch.tensor([8.0, 1.0]))
+    assert clamp_values(2.0, "sae", torch.zeros(0, dtype=torch.long)).numel() == 0
+    with pytest.raises(ValueError, match="mean activations"):
+        clamp_values(2.0, "latent_mean", latents)
+
+
+def test_raw_units_write_multiplier_in_the_residual_stream():
+    """With "raw" units the clamped latent's code becomes -multiplier x factor, and the SAE decodes
+    codes / factor: the raw residual changes by (-multiplier - old raw value) x W_dec[l]."""
+    factor = 0.25
+    sae = make_sae("topk", d_in=6, d_sae=16, k=16, normalization_factor=factor)
+    x = torch.randn(1, 3, 6, generator=torch.Generator().manual_seed(3))
+    f = sae.encode(x * factor)
+    pos, l = 1, int(torch.argmax(f[0, 1]))
+    latents = torch.tensor([l])
+    out = clamp_latents(sae, x, latents, clamp_values(5.0, "raw", latents, normalization_factor=factor))
+    delta = out[0, pos] - x[0, pos]
+    want = (-5.0 * factor - f[0, pos, l]) * sae.W_dec[l] / factor
+    torch.testing.assert_close(delta, want.detach(), atol=1e-5, rtol=1e-4)
+    # the clamped latent's own written change has raw norm multiplier + its old raw value
+    torch.testing.assert_close(delta.norm(), (5.0 + f[0, pos, l] / factor).detach(), atol=1e-5, rtol=1e-4)
 
 
 def test_select_latents_saebench_rule():
@@ -85,6 +202,13 @@ def test_clamp_intervention_against_definition():
     torch.testing.assert_close(out[untouched], x[untouched])
     assert bool((~untouched).any()) and not torch.allclose(out[~untouched], x[~untouched])
     assert torch.equal(clamp_latents(sae, x, torch.zeros(0, dtype=torch.long), 50.0), x)
+    # one clamp value per latent
+    values = torch.arange(1.0, 9.0)
+    out = clamp_latents(sae, x, latents, values)
+    g = f.clone()
+    sel = g[..., latents]
+    g[..., latents] = torch.where(sel > 0, -values.expand_as(sel), sel)
+    torch.testing.assert_close(out, sae.decode(g) / 2.0 + error)
 
 
 def test_prompt_uses_chat_template_when_present():
@@ -122,7 +246,8 @@ def _question_file(path, words, n, seed):
     return path
 
 
-def test_unlearning_end_to_end(tmp_path):
+@pytest.mark.parametrize("scoring", ["letter", "choice_logprob"])
+def test_unlearning_end_to_end(tmp_path, scoring):
     import featsep.evals.unlearning  # noqa: F401  (registers the eval)
     from featsep.evals import evaluate
     from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
@@ -133,18 +258,28 @@ def test_unlearning_end_to_end(tmp_path):
     (tmp_path / "forget.txt").write_text(" ".join(random.Random(2).choices(TOPIC_WORDS["x"] + WORDS[:20], k=3000)))
     (tmp_path / "retain.txt").write_text(" ".join(random.Random(3).choices(TOPIC_WORDS["y"] + WORDS[20:40], k=3000)))
     sae = make_sae("topk", d_in=lm.d_model, d_sae=64, k=8, hook_name=HOOK)
+    extra = {"filter_permutations": 1} if scoring == "letter" else {"answer_scoring": "choice_logprob", "multiplier_units": "latent_mean"}
     out = evaluate(
         sae, evals=["unlearning"], model=lm, out_dir=tmp_path / "out", cache_dir=None, verbose=False,
         settings={"unlearning": {
             "forget_questions": [str(forget_q)], "retain_questions": [str(retain_q)],
             "forget_corpus": str(tmp_path / "forget.txt"), "retain_corpus": str(tmp_path / "retain.txt"),
-            "require_instruct": False, "filter_permutations": 1, "retain_thresholds": [0.2, 1.0],
-            "n_features_list": [4], "multipliers": [1.0, 50.0], "sparsity_rows": 8, "sparsity_context": 32,
+            "require_instruct": False, "retain_thresholds": [0.2, 1.0],
+            "n_features_list": [4], "multipliers": [1.0, 50.0], "sparsity_rows": 8, "sparsity_context": 32, **extra,
         }},
     )["unlearning"]
     configs = out["eval_result_details"]
+    info = out["eval_result_unstructured"]
     assert len(configs) == 4
     score = out["eval_result_metrics"]["unlearning"]["unlearning_score"]
-    assert score == pytest.approx(unlearning_score(configs, out["eval_result_unstructured"]["clean_retain_accuracy"]))
-    assert out["eval_result_unstructured"]["clean_retain_accuracy"] == 1.0  # kept questions are answered under the identity order
+    assert score == pytest.approx(unlearning_score(configs, info["clean_retain_accuracy"]))
+    # kept questions are answered (identity order) by the clean model
+    assert info["clean_retain_accuracy"] == 1.0 and info["clean_forget_accuracy"] == 1.0
     assert all(c["n_latents_selected"] <= 4 for c in configs)
+    assert info["answer_scoring"] == scoring and out["eval_config"]["answer_scoring"] == scoring
+    assert info["multiplier_units"] == ("raw" if scoring == "letter" else "latent_mean")
+    sets = info["question_sets"]
+    assert sets[str(forget_q)]["asked"] == 24 and sets[str(forget_q)]["kept"] == info["n_forget_questions"]
+    assert sets[str(forget_q)]["survivors_per_permutation"] == [info["n_forget_questions"]]
+    if scoring == "letter":  # the test SAE has no normalisation factor: raw units are its codes
+        assert all(c["clamp_value_mean"] in (0.0, c["multiplier"]) for c in configs)
