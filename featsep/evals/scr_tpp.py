@@ -98,9 +98,11 @@ def _scr_datasets() -> dict[str, ScrDatasetSpec]:
              ("Industrial_and_Scientific", "Toys_and_Games")),
             _ids(AMAZON_CATEGORIES), "canrager/amazon_reviews_mcauley_1and5",
         ),
+        # pairs (A, B): biased cells (A, male) and (B, female); these four are the ones whose
+        # biased probe reads both attributes on gemma-3-270m (see featsep.evals.offline_sets)
         BYLINE_DATASET: ScrDatasetSpec(
             "text", BYLINE_TOPIC_COLUMN, BYLINE_GENDER_COLUMN, ("male", "female"),
-            (("sports", "business"), ("tech", "entertainment"), ("politics", "sports"), ("business", "entertainment")),
+            (("sports", "business"), ("politics", "tech"), ("entertainment", "business"), ("entertainment", "politics")),
         ),
     }
 
