@@ -1,20 +1,44 @@
-"""Feature absorption on the first-letter task (SAEBench evals/absorption).
+"""Feature absorption on the first-letter task (SAEBench evals/absorption, checked against sae-bench 0.6.0).
 
-1. Words: every vocabulary entry that is ASCII letters only (after one leading space), shuffled
-   with `seed` (SAEBench: unseeded) and split into train/test words.
-2. ICL prompts "\\n{ex} has the first letter: E\\n...\\n{word} has the first letter:"; activations
-   at the word's last token. The position is found per prompt by tokenising the prefix (SAEBench
-   assumes -6, which holds for Gemma-2 only); prompts where the tokenizer merges the word with
-   the template are dropped and counted.
-3. Ground-truth probe: Linear(d, 26) on the model's activations (one-vs-rest BCE).
-4. Per SAE, k-sparse probing: an L1 probe on the latents, then for k = 1..max_k logistic
-   regression on the k latents with the largest probe weights; the split features are the
-   largest k whose F1 still improved by more than f1_jump_threshold.
-5. Absorption on test words the probe gets right, with fresh ICL prompts: how much of the
-   probe projection is carried by latents outside the split features (fraction), and whether a
-   single such latent carries it while the split features are silent (full absorption).
-Only letters whose probe F1 exceeds min_probe_f1 count; SAEBench writes nothing when fewer than
-20 letters qualify, here the result says so (status) and still reports what was measured.
+1. Words (vocab.py get_alpha_tokens): every vocabulary token, decoded with
+   convert_tokens_to_string ("\u2581"-prefixed tokens keep their leading space), kept if it is
+   ASCII letters only once one leading space is dropped. The word KEEPS its leading space (" cat"
+   and "cat" are two words, as in SAEBench), so each word is exactly one token in the prompt.
+   Shuffled with `seed` (SAEBench: unseeded), first int(n * (1 - test_fraction)) words train,
+   the rest test (probing.py create_dataset_probe_training).
+2. ICL prompts (prompting.py create_icl_prompt, separator prepended):
+   "\\n{ex} has the first letter: E\\n...\\n{word} has the first letter:" with n_icl_examples
+   examples drawn from the word's own split, never the word itself; the answer letter is the
+   first letter of the stripped example, upper-cased. Activations at the word's token.
+3. Ground-truth probe (common.py/probing.py): Linear(d, 26), one-vs-rest BCE with
+   pos_weight = neg/pos, Adam lr 1e-2 decayed exponentially to 1e-5, weight decay 1e-4,
+   batch 64, 50 epochs, on raw float32 activations; per-letter F1 on the test words at logit > 0.
+4. Per SAE, k-sparse probing (k_sparse_probing.py): an L1 probe on the latents of the train
+   words, then for k = 1..max_k sklearn logistic regression (class_weight="balanced") on the k
+   latents with the largest signed L1-probe weights; F1 on the test words; the split features are
+   the largest k reached while F1 keeps improving by more than f1_jump_threshold.
+5. Absorption (feature_absorption*.py) on test words whose own-letter probe logit is > 0, each
+   with a fresh ICL prompt whose examples come from the WHOLE vocabulary: how much of the probe
+   projection is carried by latents outside the split features (fraction), and whether a single
+   such latent carries it while the split features are silent (full absorption). Per letter the
+   sums are divided by the number of such words; the means and sample SDs run over the letters
+   whose probe F1 exceeds min_probe_f1.
+SAEBench writes nothing when fewer than min_letters (20) letters have probe F1 > min_probe_f1;
+here the result says so (status, enough_letters) and still reports what was measured.
+
+Deliberate deviations from SAEBench:
+- Seeded shuffles and ICL draws (SAEBench uses the unseeded `random` module).
+- max_words: SAEBench uses the whole vocabulary (~140k words for Gemma tokenizers); on CPU the
+  default here is a random 1000 (the probe then has ~800 training words for d_model dimensions,
+  which weakens it; set max_words=0 for all words).
+- The word's position is found per prompt by tokenising the prefix (SAEBench hard-codes -6, and
+  its probe-training step does not check prompt lengths); prompts where the tokenizer merges the
+  word with the template are dropped and counted.
+- Probes and activations stay float32 (SAEBench casts the probe to bf16 on GPU).
+- The absorption arithmetic runs in the SAE's input units: P = (x * normalization_factor) . u,
+  matching codes of the normalised input (SAEBench uses raw x with SAEs that take raw x; the two
+  agree when the factor is 1).
+- Full absorption needs P > 0 (SAEBench: P >= 0, then divides by P).
 """
 
 from __future__ import annotations
@@ -41,7 +65,7 @@ class AbsorptionSettings(EvalSettings):
     prompt_template: str = "{word} has the first letter:"
     answer_template: str = " {letter}"  # appended to ICL examples; letter upper-cased
     n_icl_examples: int = 10
-    max_words: Optional[int] = None  # None: every word on a GPU, 1000 on CPU
+    max_words: Optional[int] = None  # None: every word on a GPU, 1000 on CPU; 0: every word
     test_fraction: float = 0.2
     llm_batch_size: int = 16
     # ground-truth probe
@@ -69,21 +93,44 @@ class AbsorptionSettings(EvalSettings):
 # ---- words and prompts ---------------------------------------------------------------------------
 
 
+ASCII_LETTERS = frozenset(LETTERS + LETTERS.upper())
+
+
+def token_text(tokenizer, token: str) -> str:
+    """SAEBench's vocab.convert_tokens_to_string: the token's text, with the leading space of a
+    "\u2581"-prefixed token restored where the tokenizer's decoder drops it (Mistral)."""
+    text = tokenizer.convert_tokens_to_string([token])
+    if token and token[0] == "\u2581" and (not text or text[0] != " "):
+        text = " " + text
+    return text
+
+
 def alpha_words(tokenizer) -> list[str]:
-    """Vocabulary entries that are ASCII letters only once one leading space is dropped."""
-    words = set()
-    for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
-        if token is None:
+    """SAEBench's get_alpha_tokens: the text of every vocabulary token that is ASCII letters only
+    once one leading space is dropped, leading space kept; sorted, duplicates kept (SAEBench's
+    list has one entry per token)."""
+    words = []
+    for token in tokenizer.get_vocab():
+        if not isinstance(token, str):
             continue
-        text = tokenizer.convert_tokens_to_string([token])
-        text = text[1:] if text.startswith(" ") else text
-        if text and text.isascii() and text.isalpha():
-            words.add(text)
+        text = token_text(tokenizer, token)
+        core = text[1:] if text.startswith(" ") else text
+        if core and all(c in ASCII_LETTERS for c in core):
+            words.append(text)
     return sorted(words)
 
 
+def first_letter(word: str) -> str:
+    """SAEBench's prompting.first_letter (without prefix/capitalisation): the first alphabetic
+    character of the stripped word."""
+    return next(c for c in word.strip() if c.isalpha())
+
+
 def icl_prompt(word: str, examples: list[str], s: AbsorptionSettings) -> str:
-    lines = [s.prompt_template.format(word=ex) + s.answer_template.format(letter=ex[0].upper()) for ex in examples]
+    lines = [
+        s.prompt_template.format(word=ex) + s.answer_template.format(letter=first_letter(ex).upper())
+        for ex in examples
+    ]
     return "\n" + "\n".join(lines) + "\n" + s.prompt_template.format(word=word)
 
 
@@ -134,7 +181,7 @@ def acts_at_positions(ctx: EvalContext, ps: PromptSet, batch_size: int) -> Tenso
 
 
 def letter_labels(words: list[str]) -> Tensor:
-    return torch.tensor([LETTERS.index(w[0].lower()) for w in words])
+    return torch.tensor([LETTERS.index(first_letter(w).lower()) for w in words], dtype=torch.long)
 
 
 # ---- the model-side data (shared by every SAE) ---------------------------------------------------
@@ -143,6 +190,7 @@ def letter_labels(words: list[str]) -> Tensor:
 def _model_side(ctx: EvalContext, s: AbsorptionSettings) -> dict:
     """Words, prompt activations, the ground-truth probe and the fresh absorption prompts."""
     max_words = s.max_words if s.max_words is not None else (None if ctx.lm.device.type != "cpu" else 1000)
+    max_words = max_words or None  # 0: every word
 
     def compute():
         rng = random.Random(s.seed)
@@ -154,8 +202,8 @@ def _model_side(ctx: EvalContext, s: AbsorptionSettings) -> dict:
             )
         rng.shuffle(vocab)
         words = vocab[:max_words] if max_words else vocab
-        n_test = max(1, int(len(words) * s.test_fraction))
-        train_words, test_words = words[n_test:], words[:n_test]
+        split = min(len(words) - 1, int(len(words) * (1 - s.test_fraction)))  # SAEBench: int(n * 0.8)
+        train_words, test_words = words[:split], words[split:]
         train = build_prompts(ctx.lm, train_words, train_words, s, rng)
         test = build_prompts(ctx.lm, test_words, test_words, s, rng)
         x_train = acts_at_positions(ctx, train, s.llm_batch_size)
@@ -170,9 +218,10 @@ def _model_side(ctx: EvalContext, s: AbsorptionSettings) -> dict:
         probe_f1 = [
             f1_score((test_logits[:, i] > 0).numpy(), (y_test == i).numpy()) for i in range(len(LETTERS))
         ]
-        # absorption candidates: test words whose own letter's probe logit is positive
+        # absorption candidates: test words whose own letter's probe logit is positive; their fresh
+        # prompts draw ICL examples from the whole vocabulary (SAEBench's icl_word_list)
         candidates = [w for j, w in enumerate(test.words) if test_logits[j, y_test[j]] > 0]
-        fresh = build_prompts(ctx.lm, candidates, train.words, s, rng)
+        fresh = build_prompts(ctx.lm, candidates, vocab, s, rng)
         return {
             "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
             "probe_weight": probe.weight.detach().clone(), "probe_bias": probe.bias.detach().clone(),
@@ -183,7 +232,9 @@ def _model_side(ctx: EvalContext, s: AbsorptionSettings) -> dict:
         }
 
     key = s.model_dump(include=_MODEL_SIDE_FIELDS)
-    return ctx.cached("absorption_model_side", {**key, "max_words": max_words}, compute)
+    # "words": the word pipeline's version (2: SAEBench's leading-space words, 80/20 split, ICL
+    # pool of the fresh prompts = whole vocabulary); entries of older pipelines are not reused
+    return ctx.cached("absorption_model_side", {**key, "max_words": max_words, "words": 2}, compute)
 
 
 _MODEL_SIDE_FIELDS = {
@@ -275,7 +326,7 @@ def absorption_scores(
         top = p.topk(min(s.top_k_feats, p.numel())).indices[0]
         full.append(
             bool(
-                (codes[j, split_feats].abs() < EPS).all()
+                (codes[j, split_feats] < EPS).all()  # SAEBench: signed activation < 1e-8
                 and cos[top].item() >= s.full_absorption_probe_cos_sim_threshold
                 and P > 0
                 and p[top].item() / P >= s.probe_projection_proportion_threshold
@@ -347,11 +398,11 @@ def run_absorption(saes: list, ctx: EvalContext, s: AbsorptionSettings) -> list[
             "std_dev_num_split_features": _sd(ns),
             "num_letters": len(details),
         }}
-        enough = len(details) >= s.min_letters
+        enough = len(letters) >= s.min_letters  # SAEBench counts letters by probe F1 alone
         status = "ok" if enough else (
-            f"too few letters: {len(details)} qualify (probe F1 > {s.min_probe_f1} and at least one true positive), "
-            f"{s.min_letters} required; SAEBench would write no result, these means are over the qualifying letters "
-            "only (raise max_words, use a larger model or lower min_letters / min_probe_f1)"
+            f"too few letters: {len(letters)} have probe F1 > {s.min_probe_f1}, {s.min_letters} required; "
+            "SAEBench would write no result, these means are over the qualifying letters only (raise max_words, "
+            "use a larger model or lower min_letters / min_probe_f1)"
         )
         unstructured = {
             "status": status,
