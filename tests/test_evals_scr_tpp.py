@@ -346,3 +346,21 @@ def test_scr_and_tpp_share_one_final_info_section(tmp_path):
     assert info["eval_result_metrics"]["scr_metrics"]["scr_metric_threshold_2"] == 0.1
     assert info["eval_result_metrics"]["tpp_metrics"]["tpp_threshold_2_total_metric"] == 0.2
     assert set(info["per_eval"]) == {"scr", "tpp"}
+
+
+def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
+    """SAEBench's 4000/1000 exceed the built-in byline set's cells; on a GPU it keeps 400/100,
+    which every default pair fills; hub sets still get SAEBench's sizes there."""
+    from types import SimpleNamespace
+
+    from featsep.evals.scr_tpp import ScrSettings, _sizes, scr_frames, spurious_corr_data
+
+    gpu_ctx = SimpleNamespace(lm=SimpleNamespace(device=torch.device("cuda")))
+    s = ScrSettings()
+    assert _sizes(gpu_ctx, s, cpu=(400, 100)) == (4000, 1000)
+    assert _sizes(gpu_ctx, s, cpu=(400, 100), gpu=(400, 100)) == (400, 100)
+    assert _sizes(gpu_ctx, ScrSettings(train_set_size=64), cpu=(400, 100), gpu=(400, 100)) == (64, 100)
+    spec, train, test = scr_frames("bbc-news-byline", s)
+    for pair in spec.pairs:
+        assert len(spurious_corr_data(train, spec, tuple(pair), 400 // 4, 0, "train")["biased"]) == 200
+        assert len(spurious_corr_data(test, spec, tuple(pair), 100 // 4, 0, "test")["biased"]) == 50

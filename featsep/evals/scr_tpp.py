@@ -135,10 +135,11 @@ class TppSettings(_ProbeSettings):
     label_column: str = "label"
 
 
-def _sizes(ctx: EvalContext, s: _ProbeSettings, cpu: tuple[int, int]) -> tuple[int, int]:
-    gpu = ctx.lm.device.type != "cpu"
-    train = s.train_set_size if s.train_set_size is not None else (4000 if gpu else cpu[0])
-    test = s.test_set_size if s.test_set_size is not None else (1000 if gpu else cpu[1])
+def _sizes(ctx: EvalContext, s: _ProbeSettings, cpu: tuple[int, int], gpu: tuple[int, int] = (4000, 1000)) -> tuple[int, int]:
+    """Set sizes: the settings', else SAEBench's (gpu) on an accelerator and smaller ones on CPU."""
+    default = gpu if ctx.lm.device.type != "cpu" else cpu
+    train = s.train_set_size if s.train_set_size is not None else default[0]
+    test = s.test_set_size if s.test_set_size is not None else default[1]
     return train, test
 
 
@@ -442,7 +443,12 @@ def _pairs(name: str, s: ScrSettings, ctx: EvalContext, spec: ScrDatasetSpec) ->
 def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
     if not s.datasets:
         raise ValueError("scr.datasets is empty; name at least one (e.g. ['bbc-news-byline'])")
-    sizes = _sizes(ctx, s, cpu=(400, 100))
+    from featsep.evals.offline_sets import BYLINE_DATASET
+
+    # the built-in set holds ~600-800 texts per biased cell: SAEBench's 4000 would not fit, so it
+    # keeps the CPU sizes on any device
+    builtin_only = all(name == BYLINE_DATASET for name in s.datasets)
+    sizes = _sizes(ctx, s, cpu=(400, 100), gpu=(400, 100) if builtin_only else (4000, 1000))
     if min(sizes) < 8:
         raise ValueError(f"scr train/test set sizes {sizes} are too small; use at least 8 (4 quadrants x 2)")
     s = s.model_copy(update={"train_set_size": sizes[0], "test_set_size": sizes[1]})
