@@ -113,14 +113,10 @@ class _Rebuild:
             return keys.numel()
         return int(torch.searchsorted(keys, torch.tensor(hi, dtype=keys.dtype, device=keys.device)))
 
-    def peek(self, name: str, hi: Optional[int]) -> tuple[Tensor, ...]:
-        start, end = self.cursor[name], self._end(name, hi)
-        return tuple(t[start:end] for t in self.old[name])
-
     def take(self, name: str, hi: Optional[int]) -> tuple[Tensor, ...]:
-        got = self.peek(name, hi)
-        self.cursor[name] += got[0].numel()
-        return got
+        start, end = self.cursor[name], self._end(name, hi)
+        self.cursor[name] = end
+        return tuple(t[start:end] for t in self.old[name])
 
     def put(self, name: str, *columns: Tensor) -> None:
         self.pieces[name].append(columns)
@@ -267,10 +263,10 @@ class _SparseState:
         stores, stats = self._stores(), _StepStats()
         divisor = scale_divisor(cfg.normalize or "latent", self.n)
 
-        def advance(hi: Optional[int], segments: list[tuple[Tensor, Tensor]]) -> None:
-            """Bring the stores' keys below hi through this step: add each segment to the window,
-            close it into the history where a window ends."""
-            (w_keys, w_counts), avg = stores.take("window", hi), stores.take("avg", hi)
+        def advance(window: tuple[Tensor, Tensor], avg: tuple[Tensor, ...], segments: list[tuple[Tensor, Tensor]]) -> None:
+            """Bring taken store slices through this step: add each segment to the window, close
+            it into the history where a window ends; put the results back."""
+            w_keys, w_counts = window
             closed = []
             for (seg_keys, seg_counts), close in zip(segments, closes):
                 w_keys, w_counts = merge_sorted_add(w_keys, w_counts, seg_keys, seg_counts)
@@ -281,13 +277,13 @@ class _SparseState:
             stores.put("avg", *(self._close_specified(avg, closed, t0) if closed else avg))
 
         def weigh(chunk: PairChunk) -> tuple[Tensor, Tensor]:
-            # the history and open window before this step: read before advance() changes them
-            w_keys, w_counts = stores.peek("window", chunk.hi)
+            # weighed with the open window and history before this step, then brought through it
+            (w_keys, w_counts), history = stores.take("window", chunk.hi), stores.take("avg", chunk.hi)
             cur = (gather_or(w_counts, w_keys, chunk.keys) + chunk.counts).to(self.avg_vals.dtype) / seen
-            avg = self._decayed(stores.peek("avg", chunk.hi), chunk.keys, t0)
+            avg = self._decayed(history, chunk.keys, t0)
             weights = _stability_weights(cur, avg, None)
             stats.add((cur - avg).abs(), weights, cur)
-            advance(chunk.hi, chunk.segments)
+            advance((w_keys, w_counts), history, chunk.segments)
             weights = weights.to(chunk.gram.dtype)
             return 2 * (weights * chunk.gram.abs()).sum() / divisor, 2 * weights * chunk.gram.sign() / divisor
 
@@ -295,7 +291,7 @@ class _SparseState:
         with torch.no_grad():
             empty = self.window_keys[:0], self.window_counts[:0]
             if any(closes):  # pairs absent from the batch still close their windows
-                advance(None, [empty] * len(closes))
+                advance(stores.take("window", None), stores.take("avg", None), [empty] * len(closes))
             self._finish(stores, stats, loss, filled, sum(closes))
         return loss
 
