@@ -211,27 +211,21 @@ def brute_force_pairs(values, active, indices, n, rows=slice(None)):
 @pytest.mark.parametrize("chunk_elements", [1, 5, 23, 1 << 22])
 def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
     """Anchor-range chunking (any chunk size, latents never split, some ranges with one latent)
-    gives the one-shot keys, counts, D, segment counts and gradient; inactive entries excluded."""
+    gives the one-shot keys, counts, D, segment counts and gradient; inactive entries excluded.
+    Checked on both consumers: the streamed chunks of pair_loss and coactive_pairs."""
     n, b, k = 40, 30, 7
     values, indices = topk_batch(5, n=n, b=b, k=k)
     codes = to_sparse_codes(values, indices, n)
-    bounds = [4, 5, 19]
-    one = coactive_pairs(codes, 1 << 30, boundaries=bounds)
-    got = coactive_pairs(codes, chunk_elements, boundaries=bounds)
+    bounds, rows = [4, 5, 19], [slice(0, 4), slice(4, 5), slice(5, 19), slice(19, b)]
     keys, counts, gram = brute_force_pairs(values, codes.active, indices, n)
-    for pairs in (one, got):
+    for pairs in (coactive_pairs(codes, 1 << 30), coactive_pairs(codes, chunk_elements)):
         assert torch.equal(pairs.keys, keys) and torch.equal(pairs.counts.long(), counts.long())
         torch.testing.assert_close(pairs.gram, gram, rtol=1e-12, atol=1e-15)
-        for (seg_keys, seg_counts), rows in zip(pairs.segments, [slice(0, 4), slice(4, 5), slice(5, 19), slice(19, b)]):
-            ref_keys, ref_counts, _ = brute_force_pairs(values, codes.active, indices, n, rows)
-            assert torch.equal(seg_keys, ref_keys) and torch.equal(seg_counts.long(), ref_counts.long())
-    if chunk_elements < 23:
-        assert got.chunks > 3
     weights = torch.rand(keys.numel(), dtype=DT, generator=torch.Generator().manual_seed(1))
     grads, seen = [], []
 
     def weigh(chunk):  # sees each chunk once, in key order; weighs with the pair's own weight
-        seen.append(chunk.keys)
+        seen.append(chunk)
         w = weights[torch.searchsorted(keys, chunk.keys)]
         assert bool((chunk.keys >= chunk.lo).all() and (chunk.keys < chunk.hi).all())
         return (w * chunk.gram.abs()).sum(), w * chunk.gram.sign()
@@ -240,9 +234,17 @@ def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
         v = values.clone().requires_grad_()
         sc = to_sparse_codes(v, indices, n)
         seen.clear()
-        (pair_loss(sc, weigh, chunk) + diagonal_gram(sc).sum()).backward()
-        assert torch.equal(torch.cat(seen), keys)
+        (pair_loss(sc, weigh, chunk, boundaries=bounds) + diagonal_gram(sc).sum()).backward()
+        assert torch.equal(torch.cat([c.keys for c in seen]), keys)
+        assert torch.equal(torch.cat([c.counts for c in seen]).long(), counts.long())
+        torch.testing.assert_close(torch.cat([c.gram for c in seen]), gram, rtol=1e-12, atol=1e-15)
+        for s, seg_rows in enumerate(rows):
+            ref_keys, ref_counts, _ = brute_force_pairs(values, codes.active, indices, n, seg_rows)
+            assert torch.equal(torch.cat([c.segments[s][0] for c in seen]), ref_keys)
+            assert torch.equal(torch.cat([c.segments[s][1] for c in seen]).long(), ref_counts.long())
         grads.append(v.grad)
+    if chunk_elements < 23:
+        assert len(seen) > 3
     F = dense(values, indices, n).requires_grad_()
     D = F.T @ F / b
     W = torch.zeros(n * n, dtype=DT)
@@ -255,7 +257,11 @@ def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
 
 
 def test_pairs_with_no_firing_pairs():
-    values = torch.zeros(3, 4, dtype=DT)
+    values = torch.zeros(3, 4, dtype=DT, requires_grad=True)
     indices = torch.arange(12).view(3, 4)
-    pairs = coactive_pairs(to_sparse_codes(values, indices, 16), 5, boundaries=[1])
-    assert pairs.keys.numel() == 0 and len(pairs.segments) == 2
+    codes = to_sparse_codes(values, indices, 16)
+    assert coactive_pairs(codes, 5).keys.numel() == 0
+    calls = []
+    loss = pair_loss(codes, lambda chunk: calls.append(chunk), 5, boundaries=[1])
+    loss.backward()
+    assert calls == [] and loss.item() == 0.0 and torch.equal(values.grad, torch.zeros_like(values))

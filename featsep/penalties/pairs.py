@@ -202,35 +202,26 @@ class _Chunker:
 
 @dataclass
 class BatchPairs:
-    """All the pairs i < j firing together in a batch: sorted keys, counts (int32), D at the keys
-    (gram) and on the diagonal (diag), per segment (keys, counts); `chunks`: anchor ranges used."""
+    """All the pairs i < j firing together in a batch: sorted keys, counts (int32) and D at the
+    keys (gram)."""
 
     keys: Tensor
     counts: Tensor
-    segments: list[tuple[Tensor, Tensor]]
     gram: Tensor
-    diag: Tensor
-    chunks: int = 0
 
 
-def coactive_pairs(codes: SparseCodes, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                   boundaries: Sequence[int] = ()) -> BatchPairs:
+def coactive_pairs(codes: SparseCodes, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> BatchPairs:
     """Which pairs fire together in the batch, in how many samples, and their D entries, all at
-    once: O(B k^2) time, O(pairs + chunk_elements) memory. `boundaries` split the rows into
-    segments whose own pair counts are also returned. Only `codes.active` entries count. The
-    penalties stream the same chunks through pair_loss instead and never hold them all."""
-    values = codes.values.detach()
-    bsz = max(codes.batch_size, 1)
-    diag = values.new_zeros(codes.d_sae).index_add_(0, codes.indices.reshape(-1), (values * values).reshape(-1)) / bsz
-    chunker = _Chunker(codes, chunk_elements, boundaries)
+    once (for analyses: the competition eval): O(B k^2) time, O(pairs + chunk_elements) memory.
+    Only `codes.active` entries count. The penalties stream the same chunks through pair_loss
+    instead and never hold them all."""
+    chunker = _Chunker(codes, chunk_elements)
     chunks = [chunker.chunk(r)[0] for r in chunker.ranges]
-    empty = torch.zeros(0, dtype=torch.long, device=values.device)
     if not chunks:
-        return BatchPairs(empty, empty.int(), [(empty, empty.int())] * chunker.nseg, values.new_zeros(0), diag)
-    segments = [(torch.cat([c.segments[s][0] for c in chunks]), torch.cat([c.segments[s][1] for c in chunks]))
-                for s in range(chunker.nseg)]
-    return BatchPairs(torch.cat([c.keys for c in chunks]), torch.cat([c.counts for c in chunks]), segments,
-                      torch.cat([c.gram for c in chunks]), diag, len(chunks))
+        empty = torch.zeros(0, dtype=torch.long, device=codes.values.device)
+        return BatchPairs(empty, empty.int(), codes.values.detach().new_zeros(0))
+    return BatchPairs(torch.cat([c.keys for c in chunks]), torch.cat([c.counts for c in chunks]),
+                      torch.cat([c.gram for c in chunks]))
 
 
 # Called once per chunk, in key order: (the chunk's loss, d loss / d chunk.gram), both detached.
