@@ -325,6 +325,8 @@ def test_scr_and_tpp_end_to_end(tmp_path):
     )
     scr = out["scr"]["eval_result_metrics"]["scr_metrics"]
     assert set(scr) == {f"scr_{k}_threshold_{n}" for k in ("dir1", "dir2", "metric") for n in (2, 5)}
+    assert out["scr"]["eval_result_unstructured"]["set_sizes"] == {"LabHC/bias_in_bios_class_set1": [16, 16]}
+    assert out["scr"]["eval_config"]["train_set_size"] == 16 and out["scr"]["eval_config"]["test_set_size"] == 16
     assert out["scr"]["eval_result_details"][0]["dataset_name"] == "LabHC/bias_in_bios_class_set1_scr_professor_nurse_results"
     tpp = out["tpp"]["eval_result_metrics"]["tpp_metrics"]
     assert set(tpp) == {f"tpp_threshold_{n}_{k}" for n in (2, 5) for k in ("total_metric", "intended_diff_only", "unintended_diff_only")}
@@ -350,17 +352,43 @@ def test_scr_and_tpp_share_one_final_info_section(tmp_path):
 
 def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
     """SAEBench's 4000/1000 exceed the built-in byline set's cells; on a GPU it keeps 400/100,
-    which every default pair fills; hub sets still get SAEBench's sizes there."""
+    which every default pair fills; hub sets still get SAEBench's sizes there, in the same run too."""
     from types import SimpleNamespace
 
-    from featsep.evals.scr_tpp import ScrSettings, _sizes, scr_frames, spurious_corr_data
+    from featsep.evals.scr_tpp import scr_frames, scr_set_sizes
 
+    bios, byline = "LabHC/bias_in_bios_class_set1", "bbc-news-byline"
     gpu_ctx = SimpleNamespace(lm=SimpleNamespace(device=torch.device("cuda")))
-    s = ScrSettings()
-    assert _sizes(gpu_ctx, s, cpu=(400, 100)) == (4000, 1000)
-    assert _sizes(gpu_ctx, s, cpu=(400, 100), gpu=(400, 100)) == (400, 100)
-    assert _sizes(gpu_ctx, ScrSettings(train_set_size=64), cpu=(400, 100), gpu=(400, 100)) == (64, 100)
-    spec, train, test = scr_frames("bbc-news-byline", s)
+    cpu_ctx = SimpleNamespace(lm=SimpleNamespace(device=torch.device("cpu")))
+    assert scr_set_sizes(gpu_ctx, ScrSettings()) == {byline: (400, 100)}
+    assert scr_set_sizes(gpu_ctx, ScrSettings(datasets=[bios])) == {bios: (4000, 1000)}
+    assert scr_set_sizes(gpu_ctx, ScrSettings(datasets=[bios, byline])) == {bios: (4000, 1000), byline: (400, 100)}
+    assert scr_set_sizes(cpu_ctx, ScrSettings(datasets=[bios, byline])) == {bios: (400, 100), byline: (400, 100)}
+    # sizes the user sets are kept on every dataset
+    assert scr_set_sizes(gpu_ctx, ScrSettings(datasets=[bios, byline], train_set_size=64)) == {bios: (64, 1000), byline: (64, 100)}
+    with pytest.raises(ValueError, match="too small"):
+        scr_set_sizes(gpu_ctx, ScrSettings(test_set_size=4))
+    with pytest.raises(ValueError, match="unknown SCR dataset"):
+        scr_set_sizes(cpu_ctx, ScrSettings(datasets=[byline, "nope"]))
+    spec, train, test = scr_frames(byline, ScrSettings())
     for pair in spec.pairs:
         assert len(spurious_corr_data(train, spec, tuple(pair), 400 // 4, 0, "train")["biased"]) == 200
         assert len(spurious_corr_data(test, spec, tuple(pair), 100 // 4, 0, "test")["biased"]) == 50
+
+
+def test_scr_reads_a_one_file_local_copy_as_sparse_probing_does(tmp_path):
+    """A single-file copy: its `split` column picks the splits; without one, a seeded 80/20 split."""
+    from featsep.evals.scr_tpp import scr_frames
+
+    name = "LabHC/bias_in_bios_class_set1"
+    rows = pd.DataFrame({"hard_text": [f"t{i}" for i in range(50)], "profession": 21, "gender": [i % 2 for i in range(50)]})
+    rows.to_csv(tmp_path / "plain.csv", index=False)
+    rows.assign(split=["test" if i < 10 else "train" for i in range(50)]).to_csv(tmp_path / "split.csv", index=False)
+    _, train, test = scr_frames(name, ScrSettings(local_copies={"LabHC/bias_in_bios": str(tmp_path / "plain.csv")}))
+    assert len(test) == 10 and len(train) == 40 and set(train["hard_text"]).isdisjoint(test["hard_text"])
+    _, again, _ = scr_frames(name, ScrSettings(local_copies={name: str(tmp_path / "plain.csv")}))  # keyed by either name
+    assert again["hard_text"].tolist() == train["hard_text"].tolist()
+    _, train, test = scr_frames(name, ScrSettings(local_copies={name: str(tmp_path / "split.csv")}))
+    assert test["hard_text"].tolist() == [f"t{i}" for i in range(10)] and len(train) == 40
+    with pytest.raises(ValueError, match="scr.local_copies"):
+        scr_frames(name, ScrSettings(local_copies={name: str(tmp_path / "missing.csv")}))

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from featsep.evals.activations import EvalContext, encode, sae_scale
 from featsep.evals.probes import LinearProbe, train_binary_probe
+from featsep.evals.probing_data import AMAZON_CATEGORIES, BIOS_PROFESSIONS, LOADERS_VERSION, _require_columns, _split_frames
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 from featsep.evals.sparse_probing import balanced_indices, kept_positions, sae_pooled, segment_mean
 
@@ -55,6 +56,8 @@ _SHARED_SECTION = dict(
     merge_section=lambda existing, section: merge_scr_tpp_section(existing, section),
 )
 N_VALUES = [2, 5, 10, 20, 50, 100, 500]
+SAEBENCH_SIZES = (4000, 1000)  # train / test set sizes
+SCR_CPU_SIZES = (400, 100)
 MIN_DENOMINATOR = 0.001
 
 # Probe keys of one SCR pair run (SAEBench's "professor / nurse", "male / female",
@@ -75,6 +78,8 @@ class ScrDatasetSpec:
     pairs: tuple[tuple[str, str], ...]
     column1_ids: dict[str, Any] = field(default_factory=dict)  # name -> stored value (when ints)
     hub_name: Optional[str] = None
+    # default (train, test) set sizes on an accelerator: SAEBench's, unless the data's cells hold fewer texts
+    gpu_sizes: tuple[int, int] = SAEBENCH_SIZES
 
 
 def _ids(names: list[str]) -> dict[str, int]:
@@ -83,7 +88,6 @@ def _ids(names: list[str]) -> dict[str, int]:
 
 def _scr_datasets() -> dict[str, ScrDatasetSpec]:
     from featsep.evals.offline_sets import BYLINE_DATASET, BYLINE_GENDER_COLUMN, BYLINE_TOPIC_COLUMN
-    from featsep.evals.probing_data import AMAZON_CATEGORIES, BIOS_PROFESSIONS
 
     return {
         # SAEBench dataset_info: gender male=0 female=1; professions by index in BIOS_PROFESSIONS
@@ -99,16 +103,19 @@ def _scr_datasets() -> dict[str, ScrDatasetSpec]:
             _ids(AMAZON_CATEGORIES), "canrager/amazon_reviews_mcauley_1and5",
         ),
         # pairs (A, B): biased cells (A, male) and (B, female); these four are the ones whose
-        # biased probe reads both attributes on gemma-3-270m (see featsep.evals.offline_sets)
+        # biased probe reads both attributes on gemma-3-270m (see featsep.evals.offline_sets).
+        # Its biased cells hold ~600-800 texts: SAEBench's 4000 would not fit, so it keeps the
+        # CPU sizes on any device.
         BYLINE_DATASET: ScrDatasetSpec(
             "text", BYLINE_TOPIC_COLUMN, BYLINE_GENDER_COLUMN, ("male", "female"),
             (("sports", "business"), ("politics", "tech"), ("entertainment", "business"), ("entertainment", "politics")),
+            gpu_sizes=SCR_CPU_SIZES,
         ),
     }
 
 
 class _ProbeSettings(EvalSettings):
-    train_set_size: Optional[int] = None  # None: SAEBench's 4000 on a GPU, a CPU-sized default otherwise
+    train_set_size: Optional[int] = None  # None: SAEBench's 4000 on a GPU (SCR: the dataset's gpu_sizes), a CPU-sized default otherwise
     test_set_size: Optional[int] = None  # None: 1000 on a GPU, CPU default otherwise
     context_length: int = 128
     n_values: list[int] = N_VALUES
@@ -135,7 +142,7 @@ class TppSettings(_ProbeSettings):
     label_column: str = "label"
 
 
-def _sizes(ctx: EvalContext, s: _ProbeSettings, cpu: tuple[int, int], gpu: tuple[int, int] = (4000, 1000)) -> tuple[int, int]:
+def _sizes(ctx: EvalContext, s: _ProbeSettings, cpu: tuple[int, int], gpu: tuple[int, int] = SAEBENCH_SIZES) -> tuple[int, int]:
     """Set sizes: the settings', else SAEBench's (gpu) on an accelerator and smaller ones on CPU."""
     default = gpu if ctx.lm.device.type != "cpu" else cpu
     train = s.train_set_size if s.train_set_size is not None else default[0]
@@ -208,43 +215,31 @@ def check_linear_decoder(sae) -> None:
 # ---- SCR data ------------------------------------------------------------------------------------
 
 
-def _read_local(path: Path, split: str, seed: int):
-    """A local copy: a folder with {split}.csv|jsonl|parquet, or one file split 80/20 with the seed."""
-    from featsep.evals.probing_data import read_table, split_file
-
-    if path.is_dir():
-        return read_table(split_file(path, split))
-    if not path.is_file():
-        raise ValueError(f"local copy {path} does not exist; fix scr.local_copies")
-    df = read_table(path)
-    test = df.sample(frac=0.2, random_state=seed)
-    return test if split == "test" else df.drop(test.index)
-
-
-def scr_frames(name: str, s: _ProbeSettings):
-    """(spec, train DataFrame, test DataFrame) of a two-attribute dataset."""
-    from featsep.evals.offline_sets import BYLINE_DATASET, bbc_byline_frame
-    from featsep.evals.probing_data import _require_columns
-
+def scr_spec(name: str) -> ScrDatasetSpec:
     specs = _scr_datasets()
     if name not in specs:
         raise ValueError(f"unknown SCR dataset {name!r}; choose from: {', '.join(specs)} (local copies via scr.local_copies)")
-    spec = specs[name]
+    return specs[name]
+
+
+def scr_frames(name: str, s: _ProbeSettings):
+    """(spec, train DataFrame, test DataFrame) of a two-attribute dataset. Hub datasets are read
+    as sparse probing reads them (featsep.evals.probing_data): from the hub, or from a local copy
+    in the hub's format (a folder with train.* / test.*, or one file: its `split` column picks the
+    rows of each split; without one, 20% of the rows drawn with the seed are the test split)."""
+    from featsep.evals.offline_sets import BYLINE_DATASET, bbc_byline_frame
+
+    spec = scr_spec(name)
     if name == BYLINE_DATASET:
         train, test = bbc_byline_frame(seed=s.seed)
     else:
-        local = s.local_copies.get(name) or s.local_copies.get(spec.hub_name or "")
-        frames = []
-        for split in ("train", "test"):
-            if local is not None:
-                frames.append(_read_local(Path(local).expanduser(), split, s.seed))
-            else:
-                try:
-                    import datasets
-                except ImportError:
-                    raise ValueError(f"{name} needs the `datasets` package (pip install datasets) or scr.local_copies") from None
-                frames.append(datasets.load_dataset(spec.hub_name, split=split).to_pandas())
-        train, test = frames
+        local = s.local_copies.get(name) or s.local_copies.get(spec.hub_name)
+        if local is not None and not Path(local).expanduser().exists():
+            raise ValueError(f"local copy {local} of {name} does not exist; fix scr.local_copies")
+        train, test, shared = _split_frames(spec.hub_name, {spec.hub_name: local} if local is not None else {})
+        if shared:
+            test = train.sample(frac=0.2, random_state=s.seed)
+            train = train.drop(test.index)
     for df in (train, test):
         _require_columns(df, [spec.text_column, spec.column1, spec.column2], name)
     return spec, train, test
@@ -299,8 +294,8 @@ def spurious_corr_data(df, spec: ScrDatasetSpec, pair: tuple[str, str], per_quad
     return out
 
 
-def binary_set(pooled: Tensor, pos_idx: list[int], neg_idx: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(indices into pooled, labels) of positives then negatives, shuffled."""
+def binary_set(pos_idx: list[int], neg_idx: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(text indices, labels) of positives then negatives, shuffled."""
     idx = torch.tensor(pos_idx + neg_idx, dtype=torch.long)
     y = torch.tensor([1] * len(pos_idx) + [0] * len(neg_idx))
     order = torch.randperm(len(idx), generator=gen)
@@ -380,7 +375,7 @@ def _scr_pair_context(ctx: EvalContext, name: str, pair: tuple[str, str], spec, 
     key["texts"] = digest.hexdigest()[:16]
     pooled = {split: segment_mean(a.packed["rows"], a.packed["lengths"]) for split, a in splits.items()}
     gen = torch.Generator().manual_seed(s.seed)
-    sets = {split: {p: binary_set(pooled[split], splits[split].groups[p], splits[split].groups[f"{p}_neg"], gen)
+    sets = {split: {p: binary_set(splits[split].groups[p], splits[split].groups[f"{p}_neg"], gen)
                     for p in SCR_PROBES} for split in splits}
 
     def fit():
@@ -415,7 +410,7 @@ def scr_pair_results(sae, pooled: dict, codes: dict, sets: dict, probes: dict, c
 
     pooled/codes: {"train", "test"} pooled model activations / SAE codes per text; sets[split][p]:
     (text indices, labels) of probe p's data; probes: {class, spurious, biased} LinearProbes."""
-    scale, W_dec = sae_scale(sae), sae.W_dec
+    scale, W_dec = sae_scale(sae), sae.W_dec.detach().float().cpu()  # once, not per ablation
     effects = {}
     for p in (CLASS, SPURIOUS):
         idx, y = sets["train"][p]
@@ -439,19 +434,24 @@ def _pairs(name: str, s: ScrSettings, ctx: EvalContext, spec: ScrDatasetSpec) ->
     return pairs[:limit] if limit else pairs
 
 
-@register_eval("scr", eval_type_id="scr", settings=ScrSettings, **_SHARED_SECTION)
-def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
+def scr_set_sizes(ctx: EvalContext, s: ScrSettings) -> dict[str, tuple[int, int]]:
+    """dataset -> (train, test) set sizes: the settings', else the dataset's on an accelerator
+    (ScrDatasetSpec.gpu_sizes) and SCR_CPU_SIZES on CPU. Checks every name before any work."""
     if not s.datasets:
         raise ValueError("scr.datasets is empty; name at least one (e.g. ['bbc-news-byline'])")
-    from featsep.evals.offline_sets import BYLINE_DATASET
+    sizes = {name: _sizes(ctx, s, cpu=SCR_CPU_SIZES, gpu=scr_spec(name).gpu_sizes) for name in s.datasets}
+    small = {name: v for name, v in sizes.items() if min(v) < 8}
+    if small:
+        raise ValueError(f"scr train/test set sizes {small} are too small; use at least 8 (4 quadrants x 2)")
+    return sizes
 
-    # the built-in set holds ~600-800 texts per biased cell: SAEBench's 4000 would not fit, so it
-    # keeps the CPU sizes on any device
-    builtin_only = all(name == BYLINE_DATASET for name in s.datasets)
-    sizes = _sizes(ctx, s, cpu=(400, 100), gpu=(400, 100) if builtin_only else (4000, 1000))
-    if min(sizes) < 8:
-        raise ValueError(f"scr train/test set sizes {sizes} are too small; use at least 8 (4 quadrants x 2)")
-    s = s.model_copy(update={"train_set_size": sizes[0], "test_set_size": sizes[1]})
+
+@register_eval("scr", eval_type_id="scr", settings=ScrSettings, **_SHARED_SECTION)
+def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
+    sizes = scr_set_sizes(ctx, s)
+    if len(set(sizes.values())) == 1:  # one size for every dataset: the config records it (always: "set_sizes")
+        train_size, test_size = next(iter(sizes.values()))
+        s = s.model_copy(update={"train_set_size": train_size, "test_set_size": test_size})
     for sae in saes:
         check_linear_decoder(sae)
     per_sae: list[list[dict]] = [[] for _ in saes]
@@ -460,7 +460,7 @@ def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
         spec, train_df, test_df = scr_frames(name, s)
         for pair in _pairs(name, s, ctx, spec):
             run = f"{name}_scr_{pair[0]}_{pair[1]}"
-            splits, pooled, sets, probes = _scr_pair_context(ctx, name, pair, spec, train_df, test_df, s, sizes)
+            splits, pooled, sets, probes = _scr_pair_context(ctx, name, pair, spec, train_df, test_df, s, sizes[name])
             clean = _scr_accuracies(probes, pooled["test"], sets["test"])
             clean_all[run] = clean
             for i, sae in enumerate(tqdm(saes, desc=f"scr: {run}", disable=not ctx.verbose)):
@@ -471,7 +471,8 @@ def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
     for details in per_sae:
         keys = [k for k in details[0] if k != "dataset_name"]
         mean = {k: float(np.mean([d[k] for d in details])) for k in keys}
-        unstructured = {"clean_probe_accuracies": clean_all, "differences_from_saebench": _DIFFERENCES}
+        unstructured = {"clean_probe_accuracies": clean_all, "set_sizes": {k: list(v) for k, v in sizes.items()},
+                        "differences_from_saebench": _DIFFERENCES}
         results.append(EvalResult({"scr_metrics": mean}, details, unstructured, s.model_dump()))
     return results
 
@@ -508,19 +509,16 @@ def tpp_metrics(clean: dict[str, float], ablated: dict[str, dict[int, dict[str, 
 def tpp_ablations(sae, classes: list[str], pooled: dict, codes: dict, sets: dict, probes: dict, n_values: list[int]) -> dict:
     """ablated[i][N][j]: class j's probe accuracy on its test set after removing class i's top N
     latents. sets[(split, c)]: (text indices, labels) of class c's one-vs-rest data."""
-    scale, W_dec = sae_scale(sae), sae.W_dec
+    scale, W_dec = sae_scale(sae), sae.W_dec.detach().float().cpu()  # once, not per ablation
     ablated: dict[str, dict[int, dict[str, float]]] = {}
     for c in classes:
         idx, y = sets[("train", c)]
         effects = node_effects(codes["train"][idx][y == 1], codes["train"][idx][y == 0], probes[c].weight, W_dec, scale, scr=False)
         ablated[c] = {}
         for n in n_values:
-            latents = top_n_latents(effects, n)
-            accs = {}
-            for j in classes:
-                te, y_te = sets[("test", j)]
-                accs[j] = probes[j].accuracy(ablated_pooled(pooled["test"][te], codes["test"][te], latents, W_dec, scale), y_te)
-            ablated[c][n] = accs
+            # every test text ablated once; each class's probe reads its own test items
+            x = ablated_pooled(pooled["test"], codes["test"], top_n_latents(effects, n), W_dec, scale)
+            ablated[c][n] = {j: probes[j].accuracy(x[sets[("test", j)][0]], sets[("test", j)][1]) for j in classes}
     return ablated
 
 
@@ -578,6 +576,7 @@ def run_tpp(saes: list, ctx: EvalContext, s: TppSettings) -> list[EvalResult]:
 
         probe_key = {"dataset": name, "n_train": n_train, "n_test": n_test, "seed": s.seed, "context_length": s.context_length,
                      "local_copies": s.local_copies, "text_column": s.text_column, "label_column": s.label_column,
+                     "loaders_version": LOADERS_VERSION,  # as the activations' key: a loader change retrains the probes
                      "probe": s.model_dump(include={"probe_lr", "probe_batch_size", "probe_epochs", "probe_l1_penalty", "early_stopping_patience"})}
         probes = {c: LinearProbe(v["weight"], v["bias"]) for c, v in ctx.cached("tpp_probes", probe_key, fit).items()}
         clean = {c: probes[c].accuracy(pooled["test"][sets[("test", c)][0]], sets[("test", c)][1]) for c in classes}
