@@ -11,7 +11,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
-from featsep.evals.autointerp import gather_windows, importance_windows, interpret_latent, k_largest_windows
+from featsep.evals.autointerp import (
+    TokenStrings,
+    background_counts,
+    gather_windows,
+    importance_windows,
+    interpret_latent,
+    k_largest_windows,
+)
 from featsep.evals.judges import (
     Example,
     JudgeError,
@@ -69,10 +76,20 @@ def test_detection_score_with_scripted_judge():
     scoring = [_ex("ab", [0, 1]), _ex("cd", [0, 0]), _ex("ef", [2, 0]), _ex("gh", [0.4, 0])]  # active: T F T F
     judge = ScriptedJudge([True, True, False, False])
     out = interpret_latent(judge, [_ex("xy", [1, 0])], scoring)
+    assert judge.seen == [1]  # the explanation comes from the generation examples only
     assert out["score"] == pytest.approx(2 / 4)  # right on examples 1 and 4
     assert out["predictions"] == [1, 2] and out["correct seqs"] == [1, 3]
     with pytest.raises(ValueError, match="predictions"):
         score_detection([True], scoring)
+
+
+def test_background_counts_add_up_ids_that_decode_alike():
+    class Tokenizer:
+        def batch_decode(self, ids):
+            return [{1: " a", 2: " b", 3: " a"}[i[0]] for i in ids]
+
+    rows = torch.tensor([[1, 2, 3, 1], [3, 0, 2, 1]])
+    assert background_counts(rows, rows != 0, TokenStrings(Tokenizer())) == {" a": 5, " b": 2}
 
 
 def test_lexical_judge_on_known_trigger():

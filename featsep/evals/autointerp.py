@@ -212,9 +212,12 @@ def interpret_latent(judge: Judge, generation: list[Example], scoring: list[Exam
 
 
 def background_counts(rows: Tensor, keep: Tensor, strings: TokenStrings) -> Counter:
-    ids = rows[keep].tolist()
-    counts = Counter(ids)
-    return Counter({strings([i])[0]: c for i, c in counts.items()})
+    """Token string -> count over the kept positions (ids that decode alike are added up)."""
+    counts = Counter(rows[keep].tolist())
+    out: Counter = Counter()
+    for text, c in zip(strings(list(counts)), counts.values()):
+        out[text] += c
+    return out
 
 
 @register_eval("autointerp", eval_type_id="autointerp", final_info_key="autointerp evaluation results", settings=AutointerpSettings)
@@ -225,9 +228,10 @@ def run_autointerp(saes: list, ctx: EvalContext, s: AutointerpSettings) -> list[
     if rows.shape[1] <= 2 * s.buffer:
         raise ValueError(f"autointerp.context_size={s.context_size} leaves no room for +-{s.buffer}-token windows; raise it")
     strings = TokenStrings(ctx.lm.tokenizer)
+    keep = not_special(ctx.lm, rows)
     if isinstance(judge, LexicalJudge):
-        judge.set_background(background_counts(rows, not_special(ctx.lm, rows), strings))
-    n_tokens = int(not_special(ctx.lm, rows).sum())
+        judge.set_background(background_counts(rows, keep, strings))
+    n_tokens = int(keep.sum())
     small = rows.numel() * ctx.lm.d_model * 4 <= KEEP_HOOK_ACTS_BYTES
     kept: Optional[list] = [] if small else None
     counts = latent_activations(ctx, saes, rows, s, None, kept)

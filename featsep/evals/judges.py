@@ -135,7 +135,6 @@ class OpenAIJudge:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env, self.timeout, self.retries = model, api_key_env, timeout, retries
         self.max_tokens_explanation, self.max_tokens_prediction = max_tokens_explanation, max_tokens_prediction
-        self.n_calls = 0
 
     def _complete(self, messages: list[dict[str, str]], max_tokens: int) -> str:
         headers = {"Content-Type": "application/json"}
@@ -151,7 +150,6 @@ class OpenAIJudge:
                 request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     reply = json.loads(response.read().decode())
-                self.n_calls += 1
                 return str(reply["choices"][0]["message"]["content"]).strip()
             except urllib.error.HTTPError as e:
                 last = e
