@@ -12,14 +12,14 @@ import torch
 
 from featsep.evals.unlearning import (
     UnlearningSettings,
+    _choice_tokens,
+    _logits,
+    _pad,
     _resolved,
-    all_permutations_correct,
     choice_prompt,
     clamp_latents,
     clamp_values,
     choice_scores,
-    choice_scores_full,
-    continuation_logprobs,
     filter_permutation_list,
     permuted,
     question_prompt,
@@ -28,6 +28,38 @@ from featsep.evals.unlearning import (
     unlearning_score,
 )
 from featsep.sae import make_sae
+
+
+# ---- naive references the eval's efficient paths are tested against -------------------------------
+
+
+def all_permutations_correct(predicted, answers, n_perms: int):
+    """[n_questions] bool: correct under every permutation (predictions grouped per question)."""
+    return (predicted == answers).view(-1, n_perms).all(1)
+
+
+def continuation_logprobs(logprobs, input_ids, starts: list[int], ends: list[int]):
+    """[B] summed log p(token t | tokens < t) over positions starts[b] <= t < ends[b] of each row.
+    logprobs: [B, L, V] log-softmax outputs (position t predicts token t + 1)."""
+    out = torch.zeros(len(starts), dtype=torch.float64)
+    for b, (a, e) in enumerate(zip(starts, ends)):
+        targets = input_ids[b, a:e].to(logprobs.device)
+        out[b] = logprobs[b, a - 1 : e - 1].gather(-1, targets[:, None]).double().sum().cpu()
+    return out
+
+
+@torch.no_grad()
+def choice_scores_full(lm, items, batch_size: int, hook=None, fn=None):
+    """choice_scores the slow way: one full, padded prefix + choice row per choice."""
+    prefixes, conts = _choice_tokens(lm, items)
+    rows = [(p + c, len(p), len(p) + len(c)) for p, cs in zip(prefixes, conts) for c in cs]
+    scores = torch.zeros(len(rows), dtype=torch.float64)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        ids, mask = _pad(lm, [r for r, _, _ in chunk])
+        logprobs = _logits(lm, ids, mask, hook, fn).float().log_softmax(-1)
+        scores[start : start + len(chunk)] = continuation_logprobs(logprobs, ids, [a for _, a, _ in chunk], [e for _, _, e in chunk])
+    return scores.view(len(items), -1)
 
 
 def test_filter_permutations():
@@ -248,8 +280,7 @@ def _question_file(path, words, n, seed):
 
 @pytest.mark.parametrize("scoring", ["letter", "choice_logprob"])
 def test_unlearning_end_to_end(tmp_path, scoring):
-    import featsep.evals.unlearning  # noqa: F401  (registers the eval)
-    from featsep.evals import evaluate
+    from featsep.evals import evaluate  # the eval registered itself when imported above
     from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
 
     lm = make_lm()
@@ -275,7 +306,13 @@ def test_unlearning_end_to_end(tmp_path, scoring):
     assert score == pytest.approx(unlearning_score(configs, info["clean_retain_accuracy"]))
     # kept questions are answered (identity order) by the clean model
     assert info["clean_retain_accuracy"] == 1.0 and info["clean_forget_accuracy"] == 1.0
-    assert all(c["n_latents_selected"] <= 4 for c in configs)
+    assert all(c["n_latents_selected"] == len(c["latents"]) <= 4 for c in configs)
+    # the latents depend on the threshold only; retain sparsity < 1.0 leaves plenty to pick from
+    by = {(c["retain_threshold"], c["multiplier"]): c for c in configs}
+    assert all(by[t, 1.0]["latents"] == by[t, 50.0]["latents"] for t in (0.2, 1.0))
+    assert by[1.0, 1.0]["n_latents_selected"] == 4
+    # the clamp reaches the model: some config moves an answer
+    assert any(c["forget_accuracy"] < 1.0 or c["retain_accuracy"] < 1.0 for c in configs)
     assert info["answer_scoring"] == scoring and out["eval_config"]["answer_scoring"] == scoring
     assert info["multiplier_units"] == ("raw" if scoring == "letter" else "latent_mean")
     sets = info["question_sets"]
@@ -283,3 +320,34 @@ def test_unlearning_end_to_end(tmp_path, scoring):
     assert sets[str(forget_q)]["survivors_per_permutation"] == [info["n_forget_questions"]]
     if scoring == "letter":  # the test SAE has no normalisation factor: raw units are its codes
         assert all(c["clamp_value_mean"] in (0.0, c["multiplier"]) for c in configs)
+    else:  # latent_mean: c = multiplier x the same latents' mean activations
+        for t in (0.2, 1.0):
+            assert by[t, 1.0]["clamp_value_mean"] > 0
+            assert by[t, 50.0]["clamp_value_mean"] == pytest.approx(50.0 * by[t, 1.0]["clamp_value_mean"], rel=1e-5)
+
+
+def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch):
+    import featsep.evals.unlearning as unlearning
+    from featsep.evals.activations import EvalContext
+    from tests.test_evals import HOOK, WORDS, make_lm
+
+    lm = make_lm()
+    ctx = EvalContext(lm, HOOK, cache_dir=None, verbose=False)
+    s = UnlearningSettings(sparsity_rows=3, sparsity_context=8)
+    read = []
+
+    def endless(spec, s):  # 5 words + EOS = 6 tokens per text
+        for i in itertools.count():
+            read.append(i)
+            yield " ".join(WORDS[i % 7 : i % 7 + 5])
+
+    monkeypatch.setattr(unlearning, "corpus_texts", endless)
+    rows = unlearning.corpus_rows(ctx, "endless", s)
+    assert rows.shape == (3, 8) and (rows[:, 0] == lm.bos_token_id).all()
+    eos = lm.tokenizer.eos_token_id
+    assert (rows[:, 1:] == eos).any() and not (rows[:, 1:] == lm.bos_token_id).any()
+    # 4 x (3 + 1) rows x 8 tokens = 128 wanted: the first 64 texts (384 tokens) are enough
+    assert len(read) == 64
+    monkeypatch.setattr(unlearning, "corpus_texts", lambda spec, s: iter([]))
+    with pytest.raises(ValueError, match="holds no text"):
+        unlearning.corpus_rows(ctx, "empty", s)

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -247,11 +247,12 @@ def _with_bos(lm, ids: list[int]) -> list[int]:
 
 
 def _pad(lm, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
+    """Right-padded (ids, mask), at least one column wide (rows may be empty choices)."""
+    width = max(1, max(len(r) for r in rows))
     input_ids = torch.full((len(rows), width), lm.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
     for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
+        input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1
     return input_ids, mask
 
@@ -279,16 +280,6 @@ def predict_answers(lm, prompts: list[str], batch_size: int, hook: Optional[str]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def continuation_logprobs(logprobs: Tensor, input_ids: Tensor, starts: list[int], ends: list[int]) -> Tensor:
-    """[B] summed log p(token t | tokens < t) over positions starts[b] <= t < ends[b] of each row.
-    logprobs: [B, L, V] log-softmax outputs (position t predicts token t + 1)."""
-    out = torch.zeros(len(starts), dtype=torch.float64)
-    for b, (a, e) in enumerate(zip(starts, ends)):
-        targets = input_ids[b, a:e].to(logprobs.device)
-        out[b] = logprobs[b, a - 1 : e - 1].gather(-1, targets[:, None]).double().sum().cpu()
-    return out
-
-
 def _choice_tokens(lm, items: list[tuple[str, list[str]]]) -> tuple[list[list[int]], list[list[list[int]]]]:
     tok = lm.tokenizer
     prefixes = [_with_bos(lm, tok(prefix, add_special_tokens=False)["input_ids"]) for prefix, _ in items]
@@ -296,21 +287,6 @@ def _choice_tokens(lm, items: list[tuple[str, list[str]]]) -> tuple[list[list[in
     if len({len(cs) for cs in conts}) > 1:
         raise ValueError("predict_choices: every question needs the same number of choices")
     return prefixes, conts
-
-
-@torch.no_grad()
-def choice_scores_full(lm, items: list[tuple[str, list[str]]], batch_size: int, hook: Optional[str] = None, fn=None) -> Tensor:
-    """[len(items), n_choices] summed log-probability of each choice after its prefix, one full
-    prefix + choice row per choice (the reference for choice_scores)."""
-    prefixes, conts = _choice_tokens(lm, items)
-    rows = [(p + c, len(p), len(p) + len(c)) for p, cs in zip(prefixes, conts) for c in cs]
-    scores = torch.zeros(len(rows), dtype=torch.float64)
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        ids, mask = _pad(lm, [r for r, _, _ in chunk])
-        logprobs = _logits(lm, ids, mask, hook, fn).float().log_softmax(-1)
-        scores[start : start + len(chunk)] = continuation_logprobs(logprobs, ids, [a for _, a, _ in chunk], [e for _, _, e in chunk])
-    return scores.view(len(items), -1)
 
 
 class _LayerHook:
@@ -342,7 +318,8 @@ def choice_scores(lm, items: list[tuple[str, list[str]]], batch_size: int, hook:
 
     Each prefix runs once (questions with equal prefix lengths batched, up to batch_size, so no
     padding), its key/value cache is repeated per choice and the choices run on top of it:
-    the same numbers as choice_scores_full at about a quarter of the cost. fn(acts, bos_at_0)
+    the same numbers as one full prefix + choice row per choice (the reference in
+    tests/test_evals_unlearning.py) at about a quarter of the cost. fn(acts, bos_at_0)
     replaces the hook's activations; bos_at_0 is False for the choice tokens."""
     prefixes, conts = _choice_tokens(lm, items)
     n_choices = len(conts[0]) if conts else 0
@@ -359,14 +336,8 @@ def choice_scores(lm, items: list[tuple[str, list[str]]], batch_size: int, hook:
         last = out.logits[:, -1].float().log_softmax(-1).repeat_interleave(n_choices, 0)  # predicts each choice's 1st token
         cache = out.past_key_values
         cache.batch_repeat_interleave(n_choices)
-        rows = [conts[q][k] for q in idx for k in range(n_choices)]
-        width = max(1, max(len(r) for r in rows))
-        ids = torch.full((len(rows), width), lm.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, toks in enumerate(rows):
-            ids[r, : len(toks)] = torch.tensor(toks, dtype=torch.long)
-            mask[r, : len(toks)] = 1
-        attention = torch.cat([torch.ones(len(rows), prefix.shape[1], dtype=torch.long), mask], 1).to(device)
+        ids, mask = _pad(lm, [conts[q][k] for q in idx for k in range(n_choices)])
+        attention = torch.cat([torch.ones(ids.shape[0], prefix.shape[1], dtype=torch.long), mask], 1).to(device)
         with _LayerHook(lm, hook, fn, bos_at_0=False):
             logits = lm.model(input_ids=ids.to(device), attention_mask=attention, past_key_values=cache, use_cache=True).logits
         logprobs = torch.cat([last[:, None], logits[:, :-1].float().log_softmax(-1)], 1)  # position t predicts token t
@@ -389,17 +360,12 @@ def permuted(question: dict, perm: tuple[int, ...]) -> tuple[list[str], int]:
     return choices, list(perm).index(int(question["answer"]))
 
 
-def all_permutations_correct(predicted: Tensor, answers: Tensor, n_perms: int) -> Tensor:
-    """[n_questions] bool: correct under every permutation (predictions grouped per question)."""
-    return (predicted == answers).view(-1, n_perms).all(1)
-
-
 def staged_permutation_filter(n_questions: int, n_perms: int, correct: Callable[[Tensor, int], Tensor]) -> tuple[Tensor, list[int]]:
     """(indices correct under all n_perms permutations, survivors after each permutation).
 
     correct(indices, j) -> bool [len(indices)]: are these questions answered under permutation j.
     Each permutation is asked only of the questions that passed every earlier one: the kept set
-    equals asking all permutations of all questions (all_permutations_correct)."""
+    equals asking all permutations of all questions."""
     alive = torch.arange(n_questions)
     survivors = []
     for j in range(n_perms):
@@ -470,7 +436,8 @@ def kept_questions(ctx: EvalContext, name: str, s: UnlearningSettings) -> dict[s
 # ---- corpora and latent sparsity -----------------------------------------------------------------
 
 
-def corpus_texts(spec: str, s: UnlearningSettings) -> list[str]:
+def corpus_texts(spec: str, s: UnlearningSettings) -> Iterable[str]:
+    """The corpus's texts, lazily where the source streams (corpus_rows reads only what it needs)."""
     if spec == OFFLINE_TRIVIA_CORPUS:
         from featsep.evals.offline_sets import trivia_corpus
 
@@ -484,7 +451,7 @@ def corpus_texts(spec: str, s: UnlearningSettings) -> list[str]:
         return [t for t in datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"] if len(t) > 50]
     from featsep.data import text_source
 
-    return list(itertools.islice(text_source(spec, text_column=s.text_column, seed=s.seed), 200_000))
+    return itertools.islice(text_source(spec, text_column=s.text_column, seed=s.seed), 200_000)
 
 
 def corpus_rows(ctx: EvalContext, spec: str, s: UnlearningSettings) -> Tensor:
@@ -492,18 +459,18 @@ def corpus_rows(ctx: EvalContext, spec: str, s: UnlearningSettings) -> Tensor:
     (SAEBench's tokenize_and_concat_dataset), shuffled with the seed."""
 
     def compute():
-        texts = corpus_texts(spec, s)
-        if not texts:
-            raise ValueError(f"unlearning corpus {spec!r} holds no text")
+        texts = iter(corpus_texts(spec, s))
         tok, L = ctx.lm.tokenizer, s.sparsity_context
         eos = tok.eos_token or ""
         needed = s.sparsity_rows * L + L
         ids: list[int] = []
-        for start in range(0, len(texts), 64):
-            chunk = eos.join(texts[start : start + 64]) + eos
-            ids += tok(chunk, add_special_tokens=False)["input_ids"]
-            if len(ids) >= needed * 4:  # enough to shuffle rows from
+        while len(ids) < needed * 4:  # enough to shuffle rows from
+            chunk = list(itertools.islice(texts, 64))
+            if not chunk:
                 break
+            ids += tok(eos.join(chunk) + eos, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"unlearning corpus {spec!r} holds no text")
         n_rows = len(ids) // L
         if n_rows == 0:
             raise ValueError(f"unlearning corpus {spec!r} is shorter than one {L}-token row; lower sparsity_context")
@@ -512,8 +479,10 @@ def corpus_rows(ctx: EvalContext, spec: str, s: UnlearningSettings) -> Tensor:
         order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(s.seed))
         return rows[order][: s.sparsity_rows]
 
+    trivia = spec == OFFLINE_TRIVIA_CORPUS
     key = {"corpus": spec, "rows": s.sparsity_rows, "context": s.sparsity_context, "seed": s.seed,
-           "forget": s.forget_questions if spec == OFFLINE_TRIVIA_CORPUS else None}
+           "forget": s.forget_questions if trivia else None, "wheel": s.trivia_wheel if trivia else None,
+           "text_column": None if trivia else s.text_column}
     return ctx.cached("unlearning_corpus", key, compute)
 
 
@@ -541,11 +510,6 @@ def latent_statistics(ctx: EvalContext, saes: list, rows: Tensor, batch_size: in
         {"sparsity": c / n, "mean_active": s_ / c.clamp(min=1), "residual_norm": torch.tensor(norm_sum / n)}
         for c, s_ in zip(counts, sums)
     ]
-
-
-def latent_sparsities(ctx: EvalContext, saes: list, rows: Tensor, batch_size: int, desc: str) -> list[Tensor]:
-    """Per SAE [d_sae]: fraction of non-special tokens where a latent is > 0."""
-    return [st["sparsity"] for st in latent_statistics(ctx, saes, rows, batch_size, desc)]
 
 
 def select_latents(forget_sparsity: Tensor, retain_sparsity: Tensor, retain_threshold: float) -> Tensor:
@@ -620,10 +584,11 @@ def run_unlearning(saes: list, ctx: EvalContext, s: UnlearningSettings) -> list[
     check_instruct(ctx.lm, s)
     s = _resolved(ctx, s)
     sets = {name: kept_questions(ctx, name, s) for name in [*s.forget_questions, *s.retain_questions]}
-    forget = QuestionSet([it for n in s.forget_questions for it in sets[n]["items"]],
-                         [a for n in s.forget_questions for a in sets[n]["answers"]], s.answer_scoring)
-    retain = QuestionSet([it for n in s.retain_questions for it in sets[n]["items"]],
-                         [a for n in s.retain_questions for a in sets[n]["answers"]], s.answer_scoring)
+
+    def pooled(names: list[str]) -> QuestionSet:
+        return QuestionSet([it for n in names for it in sets[n]["items"]], [a for n in names for a in sets[n]["answers"]], s.answer_scoring)
+
+    forget, retain = pooled(s.forget_questions), pooled(s.retain_questions)
     kept = {n: {"asked": v["n_asked"], "kept": len(v["answers"]), "survivors_per_permutation": v["survivors"]} for n, v in sets.items()}
     if not len(forget) or not len(retain):
         empty = [n for n, v in kept.items() if v["kept"] == 0]
