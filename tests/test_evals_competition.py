@@ -11,6 +11,7 @@ from featsep.evals.competition import (
     CompetitionSettings,
     batch_competition,
     competition_stats,
+    decoder_cosines,
     pair_sums,
     stability,
     strongest_partners,
@@ -114,15 +115,23 @@ def test_summarise_schema_and_decoder_cosine():
     a, b = top[0]["latent_a"], top[0]["latent_b"]
     assert top[0]["decoder_cosine"] == pytest.approx(float(torch.cosine_similarity(W[a], W[b], dim=0)), abs=1e-6)
     assert len(res.details) == N_LATENTS and sum(res.unstructured["competition_histogram"]["counts"]) == N_LATENTS
+    i, j = stats.pair_keys // N_LATENTS, stats.pair_keys % N_LATENTS
+    all_cos = torch.cosine_similarity(W[i], W[j], dim=1)
+    assert res.metrics["pairs"]["coactive_pairs_mean_abs_decoder_cosine"] == pytest.approx(float(all_cos.abs().mean()))
     assert math.isfinite(res.metrics["stability"]["coactivation_rate_correlation"])
+
+
+def test_decoder_cosines_in_chunks():
+    W = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    a, b = torch.tensor([0, 1, 2, 5, 3]), torch.tensor([1, 2, 5, 0, 4])
+    torch.testing.assert_close(decoder_cosines(W, a, b, chunk=2), torch.cosine_similarity(W[a], W[b], dim=1))
+    assert decoder_cosines(W, a[:0], b[:0]).shape == (0,)
 
 
 def test_competition_end_to_end(tmp_path):
     from featsep.evals import evaluate
     from featsep.sae import make_sae
     from tests.test_evals import HOOK, make_lm
-
-    import featsep.evals.competition  # noqa: F401  (registers the eval)
 
     lm = make_lm()
     sae = make_sae("topk", d_in=lm.d_model, d_sae=64, k=4, hook_name=HOOK)
@@ -136,5 +145,9 @@ def test_competition_end_to_end(tmp_path):
     m = out["eval_result_metrics"]
     assert m["sparsity"]["l0"] == pytest.approx(4.0)
     assert m["sparsity"]["n_batches"] == 8
-    assert 0 <= m["competition"]["share_over_tau"] <= 1
+    assert m["sparsity"]["n_tokens"] == 1024
+    per_latent = [d["competition"] for d in out["eval_result_details"]]
+    assert len(per_latent) == 64
+    assert m["competition"]["share_over_tau"] == pytest.approx(sum(c > 0.4 for c in per_latent) / 64)
+    assert m["competition"]["mean"] == pytest.approx(sum(per_latent) / 64, rel=1e-5)
     assert (tmp_path / "out" / "competition_eval_results.json").exists()

@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from featsep.evals.activations import EvalContext, encode, not_special
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
+from featsep.penalties.base import to_sparse_codes
+from featsep.penalties.pairs import coactive_pairs, gather_or, merge_add, merge_sorted, split_keys
 
 NORM_EPS = 1e-6  # the reference's column-norm epsilon (penalties.reference.MOMENTUM_EPS)
 
@@ -69,41 +71,17 @@ def pair_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Over rows of x [B, n] (sparse in practice): for every pair i < j non-zero together in some
     row, (sorted keys i * n + j, sum_b x_bi x_bj, number of rows where both are non-zero).
     Uses the penalties' chunked pair enumeration (O(B k^2) time, memory bounded per chunk)."""
-    from featsep.penalties.base import to_sparse_codes
-    from featsep.penalties.pairs import coactive_pairs
-
     pairs = coactive_pairs(to_sparse_codes(x.detach(), None, x.shape[1]))
     return pairs.keys.long(), pairs.gram * x.shape[0], pairs.counts.long()
 
 
-def merge_pairs(keys: list[Tensor], sums: list[Tensor], counts: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Union of several (keys, sums, counts) with equal keys added."""
-    if len(keys) == 1:
-        return keys[0], sums[0], counts[0]
-    uniq, inverse = torch.unique(torch.cat(keys), sorted=True, return_inverse=True)
-    s = torch.cat(sums)
-    return (
-        uniq,
-        s.new_zeros(uniq.numel()).index_add_(0, inverse, s),
-        torch.zeros(uniq.numel(), dtype=torch.long).index_add_(0, inverse, torch.cat(counts)),
-    )
-
-
-def _lookup(sorted_keys: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
-    if sorted_keys.numel() == 0:
-        return torch.zeros_like(query), torch.zeros_like(query, dtype=torch.bool)
-    pos = torch.searchsorted(sorted_keys, query).clamp_(max=sorted_keys.numel() - 1)
-    return pos, sorted_keys[pos] == query
-
-
 def stability(keys_a: Tensor, rate_a: Tensor, keys_b: Tensor, rate_b: Tensor) -> dict[str, float]:
-    """Compare co-activation rates of two halves over pairs co-active in either (absent = rate 0)."""
-    union = torch.unique(torch.cat([keys_a, keys_b]), sorted=True)
+    """Compare co-activation rates of two halves (sorted unique pair keys, as competition_stats
+    gives them) over pairs co-active in either (absent = rate 0)."""
+    union, at_a, at_b = merge_sorted(keys_a, keys_b)
     ra, rb = torch.zeros(union.numel(), dtype=torch.float64), torch.zeros(union.numel(), dtype=torch.float64)
-    pos, found = _lookup(union, keys_a)
-    ra[pos[found]] = rate_a.double()[found]
-    pos, found = _lookup(union, keys_b)
-    rb[pos[found]] = rate_b.double()[found]
+    ra[at_a] = rate_a.double()
+    rb[at_b] = rate_b.double()
     n_pairs = union.numel()
     if n_pairs < 2:
         corr = math.nan
@@ -139,8 +117,9 @@ def competition_stats(batches: Iterable[tuple[Tensor, int]], n: int, mode: str =
     dense codes of many tokens never sit in memory together)."""
     comp = torch.zeros(n, dtype=torch.float64)
     fires = torch.zeros(n, dtype=torch.float64)
-    c_parts: tuple[list, list, list] = ([], [], [])
-    half_parts: list[tuple[list, list, list]] = [([], [], []), ([], [], [])]
+    c_keys, c_sums = [], []
+    half_keys: list[list[Tensor]] = [[], []]
+    half_counts: list[list[Tensor]] = [[], []]
     half_tokens = [0, 0]
     n_tokens, n_batches, l0_sum = 0, 0, 0.0
     for codes, half in batches:
@@ -151,32 +130,34 @@ def competition_stats(batches: Iterable[tuple[Tensor, int]], n: int, mode: str =
         l0_sum += float(active.sum())
         n_tokens += codes.shape[0]
         n_batches += 1
-        N = codes / (codes.norm(dim=0) + NORM_EPS)
-        for part, value in zip(c_parts, pair_sums(N)):
-            part.append(value)
-        keys, _, counts = pair_sums(active.float())
-        half_parts[half][0].append(keys)
-        half_parts[half][1].append(counts.float())
-        half_parts[half][2].append(counts)
+        # N is non-zero exactly where the codes are: one pair enumeration gives c's sums and the
+        # co-activation counts
+        keys, sums, counts = pair_sums(codes / (codes.norm(dim=0) + NORM_EPS))
+        c_keys.append(keys)
+        c_sums.append(sums)
+        half_keys[half].append(keys)
+        half_counts[half].append(counts)
         half_tokens[half] += codes.shape[0]
     if n_batches == 0:
         raise ValueError("competition: no token batches; use more tokens (competition.n_tokens) or a smaller batch_size")
     if min(half_tokens) == 0:
         raise ValueError("competition: one half of the data has no batch; raise competition.n_tokens or lower batch_size")
-    pair_keys, pair_c, _ = merge_pairs(*c_parts)
+    pair_keys, pair_c = merge_add(torch.cat(c_keys), torch.cat(c_sums))
     halves = []
     for h in range(2):
-        keys, _, counts = merge_pairs(*half_parts[h])
+        keys, counts = merge_add(torch.cat(half_keys[h]), torch.cat(half_counts[h]))
         halves.append((keys, counts.double() / half_tokens[h]))
     return CompetitionStats(
         comp / n_batches, fires / n_tokens, pair_keys, pair_c.double() / n_batches, halves, n_tokens, n_batches, l0_sum / n_tokens
     )
 
 
-def decoder_cosines(W_dec: Tensor, first: Tensor, second: Tensor) -> Tensor:
+def decoder_cosines(W_dec: Tensor, first: Tensor, second: Tensor, chunk: int = 1 << 16) -> Tensor:
+    """cos(W_dec[first[p]], W_dec[second[p]]) per pair p, `chunk` pairs at a time (all co-active
+    pairs can be tens of millions: never [pairs, d] at once)."""
     W = W_dec.detach().float().cpu()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return (W[first] * W[second]).sum(1)
+    return torch.cat([(W[a] * W[b]).sum(1) for a, b in zip(first.split(chunk), second.split(chunk))])
 
 
 def strongest_partners(n: int, keys: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -185,7 +166,7 @@ def strongest_partners(n: int, keys: Tensor, c: Tensor) -> tuple[Tensor, Tensor]
     partner = torch.full((n,), -1, dtype=torch.long)
     if keys.numel() == 0:
         return partner, best.clamp_min(0)
-    i, j = keys // n, keys % n
+    i, j = split_keys(keys, n)
     for a in (i, j):
         best.scatter_reduce_(0, a, c.double(), reduce="amax", include_self=True)
     for a, b in ((i, j), (j, i)):
@@ -200,15 +181,15 @@ def summarise(stats: CompetitionStats, W_dec: Tensor, s: CompetitionSettings) ->
     alive = stats.density > 0
     q = torch.quantile(comp, torch.tensor([0.5, 0.9, 0.99])).tolist()
     alive_comp = comp[alive]
+    all_first, all_second = split_keys(stats.pair_keys, n)
+    pair_cos = decoder_cosines(W_dec, all_first, all_second)
     top = torch.topk(stats.pair_c, min(s.n_top_pairs, stats.pair_c.numel()))
-    first, second = stats.pair_keys[top.indices] // n, stats.pair_keys[top.indices] % n
-    cos = decoder_cosines(W_dec, first, second)
-    rate_first = _rates_at(stats.halves, stats.pair_keys[top.indices])
+    cos = pair_cos[top.indices]
+    rates = _rates_at(stats.halves, stats.pair_keys[top.indices])
     top_pairs = [
         {"latent_a": int(a), "latent_b": int(b), "competition": float(c), "decoder_cosine": float(k), **r}
-        for a, b, c, k, r in zip(first, second, top.values, cos, rate_first)
+        for a, b, c, k, r in zip(all_first[top.indices], all_second[top.indices], top.values, cos, rates)
     ]
-    all_first, all_second = stats.pair_keys // n, stats.pair_keys % n
     partner, partner_c = strongest_partners(n, stats.pair_keys, stats.pair_c)
     has_partner = partner >= 0
     partner_cos = torch.zeros(n)
@@ -232,9 +213,7 @@ def summarise(stats: CompetitionStats, W_dec: Tensor, s: CompetitionSettings) ->
             "mean_pair_competition": float(stats.pair_c.mean()) if stats.pair_c.numel() else math.nan,
             "top_pairs_mean_competition": float(top.values.mean()) if top.values.numel() else math.nan,
             "top_pairs_mean_decoder_cosine": float(cos.mean()) if cos.numel() else math.nan,
-            "coactive_pairs_mean_abs_decoder_cosine": float(decoder_cosines(W_dec, all_first, all_second).abs().mean())
-            if stats.pair_keys.numel()
-            else math.nan,
+            "coactive_pairs_mean_abs_decoder_cosine": float(pair_cos.abs().mean()) if pair_cos.numel() else math.nan,
         },
         "stability": stability(*stats.halves[0], *stats.halves[1]),
         "sparsity": {"l0": stats.l0, "frac_alive": float(alive.float().mean()), "n_tokens": stats.n_tokens, "n_batches": stats.n_batches},
@@ -264,13 +243,9 @@ def summarise(stats: CompetitionStats, W_dec: Tensor, s: CompetitionSettings) ->
 
 
 def _rates_at(halves: list[tuple[Tensor, Tensor]], keys: Tensor) -> list[dict[str, float]]:
-    out = [dict() for _ in range(keys.numel())]
-    for h, (hk, hr) in enumerate(halves):
-        pos, found = _lookup(hk, keys)
-        rates = torch.where(found, hr[pos] if hr.numel() else torch.zeros(keys.numel(), dtype=torch.float64), 0.0)
-        for d, r in zip(out, rates.tolist()):
-            d[f"coactivation_rate_half{h + 1}"] = r
-    return out
+    """Per pair key, its co-activation rate in each half (0 where it never fired there)."""
+    first, second = (gather_or(rates, half_keys, keys).tolist() for half_keys, rates in halves)
+    return [{"coactivation_rate_half1": a, "coactivation_rate_half2": b} for a, b in zip(first, second)]
 
 
 # ---- activations and the eval --------------------------------------------------------------------
@@ -298,14 +273,14 @@ def held_out_activations(ctx: EvalContext, s: CompetitionSettings, n_tokens: int
             acts = []
             for start in tqdm(range(0, part.shape[0], s.llm_batch_size), desc=f"competition: {name} half", disable=not ctx.verbose):
                 ids = part[start : start + s.llm_batch_size]
-                a = ctx.lm.forward_to_hook(ids, None, ctx.hook).float().cpu()
-                acts.append(a[not_special(ctx.lm, ids)])
+                acts.append(ctx.hook_acts(ids, None, len(ids))[not_special(ctx.lm, ids)])
             flat = torch.cat(acts)[: n_tokens // 2]
             halves[name] = flat[torch.randperm(flat.shape[0], generator=gen)]
         return halves
 
     key = {k: getattr(s, k) for k in ("dataset", "text_column", "split", "context_size", "seed")}
-    return ctx.cached("competition_acts", {**key, "n_tokens": n_tokens}, compute)
+    # disk only: the halves are read once per call, and at GPU sizes hold ~n_tokens * d_model * 4 bytes
+    return ctx.cached("competition_acts", {**key, "n_tokens": n_tokens}, compute, memory=False)
 
 
 @torch.no_grad()
