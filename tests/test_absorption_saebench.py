@@ -175,7 +175,7 @@ def test_gate_counts_letters_by_probe_f1_alone(monkeypatch):
     side = {
         "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
         "probe_weight": torch.zeros(26, D).index_copy(0, torch.tensor([0, 1, 2]), centers),
-        "probe_bias": torch.zeros(26), "probe_f1": [0.9, 0.8, 0.7] + [0.0] * 23,
+        "probe_f1": [0.9, 0.8, 0.7] + [0.0] * 23,
         "fresh_words": fresh, "x_fresh": centers[[0, 0, 0]] + 0.1,
         "n_words": 120, "n_train": 90, "n_test": 30, "n_dropped_prompts": 0, "positions_from_end": {"6": 90},
     }

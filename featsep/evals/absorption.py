@@ -48,7 +48,6 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -224,7 +223,7 @@ def _model_side(ctx: EvalContext, s: AbsorptionSettings) -> dict:
         fresh = build_prompts(ctx.lm, candidates, vocab, s, rng)
         return {
             "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-            "probe_weight": probe.weight.detach().clone(), "probe_bias": probe.bias.detach().clone(),
+            "probe_weight": probe.weight.detach().clone(),
             "probe_f1": probe_f1, "fresh_words": fresh.words, "x_fresh": acts_at_positions(ctx, fresh, s.llm_batch_size),
             "n_words": len(words), "n_train": len(train.words), "n_test": len(test.words),
             "n_dropped_prompts": train.n_dropped + test.n_dropped + fresh.n_dropped,
@@ -278,14 +277,14 @@ def k_sparse_probing(codes_train: Tensor, y_train: Tensor, codes_test: Tensor, y
     out = {}
     for letter in letters:
         weights = l1_probe.weight[letter].detach()
+        target = (y_train == letter).numpy()
         f1s, feats_by_k = [], []
         for k in range(1, min(s.max_k_value, codes_train.shape[1]) + 1):
             feats = weights.topk(k).indices.tolist()
-            clf = LogisticRegression(max_iter=500, class_weight="balanced", random_state=s.seed)
-            target = (y_train == letter).numpy()
             if target.all() or not target.any():
                 f1s.append(0.0)
             else:
+                clf = LogisticRegression(max_iter=500, class_weight="balanced", random_state=s.seed)
                 clf.fit(codes_train[:, feats].numpy(), target)
                 pred = clf.decision_function(codes_test[:, feats].numpy()) > 0
                 f1s.append(f1_score(pred, (y_test == letter).numpy()))
@@ -301,38 +300,34 @@ def absorption_scores(
     codes: Tensor, x: Tensor, probe_direction: Tensor, W_dec: Tensor, split_feats: list[int], s: AbsorptionSettings
 ) -> tuple[list[float], list[bool]]:
     """Per word (rows of codes [n, F] and SAE-input activations x [n, d]): the absorption fraction
-    and whether it is full absorption, by SAEBench's feature_absorption_calculator rules."""
+    and whether it is full absorption, by SAEBench's feature_absorption_calculator rules. All
+    words at once; the scalar arithmetic in float64, as SAEBench's per-word Python floats."""
     u = probe_direction.float() / probe_direction.float().norm()
     cos = torch.nn.functional.cosine_similarity(u[None, :], W_dec.float(), dim=-1)  # [F]
-    proj = x.float() @ u  # [n]
+    P = (x.float() @ u).double()  # [n] probe projection
     contrib = codes.float() * cos[None, :]  # [n, F]
+    M = contrib[:, split_feats].sum(1).double()  # carried by the split features
     not_split = torch.ones(W_dec.shape[0], dtype=torch.bool)
     not_split[split_feats] = False
-    fractions, full = [], []
-    for j in range(codes.shape[0]):
-        P = proj[j].item()
-        p = contrib[j]
-        M = p[split_feats].sum().item()
-        absorbers = p[not_split & (cos >= s.absorption_fraction_probe_cos_sim_threshold) & (p > 0)]
-        T = absorbers.topk(min(s.absorption_fraction_max_absorbing_latents, absorbers.numel())).values.sum().item()
-        if M >= P or (T / P if P != 0 else 0.0) < s.probe_projection_proportion_threshold:
-            frac = 0.0
-        elif M <= 0:
-            frac = 1.0
-        else:
-            A = min(T, P - M)
-            frac = float(np.clip(A / (A + M), 0.0, 1.0))
-        fractions.append(frac)
-        top = p.topk(min(s.top_k_feats, p.numel())).indices[0]
-        full.append(
-            bool(
-                (codes[j, split_feats] < EPS).all()  # SAEBench: signed activation < 1e-8
-                and cos[top].item() >= s.full_absorption_probe_cos_sim_threshold
-                and P > 0
-                and p[top].item() / P >= s.probe_projection_proportion_threshold
-            )
-        )
-    return fractions, full
+    # T: the top few positive contributions of aligned latents outside the split features (the
+    # others are zeroed, which leaves the top values' sum unchanged)
+    absorbing = not_split & (cos >= s.absorption_fraction_probe_cos_sim_threshold)
+    candidates = torch.where(absorbing[None, :] & (contrib > 0), contrib, 0.0)
+    T = candidates.topk(min(s.absorption_fraction_max_absorbing_latents, candidates.shape[1]), dim=1).values
+    T = T.sum(1).double()
+    ratio = torch.where(P != 0, T / P, 0.0)
+    A = torch.minimum(T, P - M)
+    partial = (A / (A + M)).clamp(0.0, 1.0)
+    none = (M >= P) | (ratio < s.probe_projection_proportion_threshold)
+    fractions = torch.where(none, 0.0, torch.where(M <= 0, 1.0, partial))
+    top = contrib.topk(min(s.top_k_feats, contrib.shape[1]), dim=1).indices[:, 0]
+    full = (
+        (codes[:, split_feats] < EPS).all(1)  # SAEBench: signed activation < 1e-8
+        & (cos.double()[top] >= s.full_absorption_probe_cos_sim_threshold)
+        & (P > 0)
+        & (contrib.gather(1, top[:, None])[:, 0].double() / P >= s.probe_projection_proportion_threshold)
+    )
+    return fractions.tolist(), full.tolist()
 
 
 # ---- the eval ------------------------------------------------------------------------------------
@@ -356,7 +351,13 @@ def _sd(values: list[float]) -> float:
 def run_absorption(saes: list, ctx: EvalContext, s: AbsorptionSettings) -> list[EvalResult]:
     side = _model_side(ctx, s)
     letters = [i for i, f1 in enumerate(side["probe_f1"]) if f1 > s.min_probe_f1]
-    fresh_labels = letter_labels(side["fresh_words"]) if side["fresh_words"] else torch.zeros(0, dtype=torch.long)
+    fresh_labels = letter_labels(side["fresh_words"])
+    enough = len(letters) >= s.min_letters  # SAEBench counts letters by probe F1 alone
+    status = "ok" if enough else (
+        f"too few letters: {len(letters)} have probe F1 > {s.min_probe_f1}, {s.min_letters} required; "
+        "SAEBench would write no result, these means are over the qualifying letters only (raise max_words, "
+        "use a larger model or lower min_letters / min_probe_f1)"
+    )
     results = []
     for sae in tqdm(saes, desc="absorption", disable=not ctx.verbose or len(saes) < 2):
         scale = sae_scale(sae)
@@ -398,12 +399,6 @@ def run_absorption(saes: list, ctx: EvalContext, s: AbsorptionSettings) -> list[
             "std_dev_num_split_features": _sd(ns),
             "num_letters": len(details),
         }}
-        enough = len(letters) >= s.min_letters  # SAEBench counts letters by probe F1 alone
-        status = "ok" if enough else (
-            f"too few letters: {len(letters)} have probe F1 > {s.min_probe_f1}, {s.min_letters} required; "
-            "SAEBench would write no result, these means are over the qualifying letters only (raise max_words, "
-            "use a larger model or lower min_letters / min_probe_f1)"
-        )
         unstructured = {
             "status": status,
             "enough_letters": enough,
