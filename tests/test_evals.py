@@ -220,7 +220,6 @@ def test_downstream_metrics_mask_special_tokens(lm):
     sae = make_sae("topk", d_in=D, d_sae=64, k=4, hook_name=HOOK)
     got = downstream_metrics(ctx, [sae], rows, CoreSettings(exclude_special_tokens_from_reconstruction=False))[0]
     clean = lm.logits(rows)
-    _, _ = encode_decode(sae, torch.zeros(1, D))
     patched = lm.run_with_hook(rows, None, HOOK, lambda a: encode_decode(sae, a)[1])
     keep = rows != lm.bos_token_id
     kl = per_token_kl(clean, patched)[keep].mean().item()
@@ -312,7 +311,7 @@ def test_pooling_matches_saebench_zero_mask_mean(lm):
     texts = ["x1 x2 x3", "y1 y2", "apple"]
     s = SparseProbingSettings(llm_batch_size=2, context_length=8)
     ctx = EvalContext(lm, HOOK, cache_dir=None, verbose=False)
-    pooled = segment_mean(**{k: v for k, v in kept_positions(ctx, texts, s).items()}).float()
+    pooled = segment_mean(**kept_positions(ctx, texts, s)).float()
     ids, mask = lm.tokenize(texts, max_length=8)
     acts = lm.forward_to_hook(ids, mask, HOOK)
     acts = acts * ((ids != 0) & (ids != 1) & (ids != 2))[..., None]  # SAEBench zeroes pad/eos/bos
@@ -364,20 +363,42 @@ def test_man_page_markup_is_stripped():
     assert man_to_text(src) == "NAME ls list bold words fett und quote"
 
 
-def test_sparse_probing_end_to_end_separable_topics(lm, tmp_path):
+@pytest.fixture
+def topics(tmp_path):
+    """A labelled file of two separable topics, and small sparse_probing settings that read it."""
     rng = random.Random(1)
     path = tmp_path / "topics.jsonl"
     lines = [json.dumps({"text": " ".join(rng.choice(TOPIC_WORDS[c]) for _ in range(30)), "label": c})
              for c in "xy" for _ in range(40)]
     path.write_text("\n".join(lines) + "\n")
+    return {"sparse_probing": {"datasets": [str(path)], "probe_train_set_size": 25, "probe_test_set_size": 10,
+                               "k_values": [1, 2], "context_length": 32}}
+
+
+def test_sparse_probing_end_to_end_separable_topics(lm, topics):
     sae = make_sae("topk", d_in=D, d_sae=64, k=8, hook_name=HOOK)
-    settings = {"sparse_probing": {"datasets": [str(path)], "probe_train_set_size": 25, "probe_test_set_size": 10,
-                                   "k_values": [1, 2], "context_length": 32}}
-    out = evaluate([sae, sae], evals=["sparse_probing"], model=lm, settings=settings, cache_dir=None, verbose=False)
+    out = evaluate([sae, sae], evals=["sparse_probing"], model=lm, settings=topics, cache_dir=None, verbose=False)
     metrics = out[0]["sparse_probing"]["eval_result_metrics"]
     assert metrics["llm"]["llm_test_accuracy"] >= 0.9
     assert set(metrics["sae"]) == {"sae_test_accuracy", "sae_top_1_test_accuracy", "sae_top_2_test_accuracy"}
     assert out[0]["sparse_probing"]["eval_result_metrics"] == out[1]["sparse_probing"]["eval_result_metrics"]
+
+
+def test_sparse_probing_llm_probe_cache_follows_the_loaders_version(lm, topics, tmp_path, monkeypatch):
+    import featsep.evals.sparse_probing as sp
+
+    trained = []
+    real = sp.probe_accuracies
+    monkeypatch.setattr(sp, "probe_accuracies", lambda *a: trained.append(a[-1]) or real(*a))
+    sae = make_sae("topk", d_in=D, d_sae=64, k=8, hook_name=HOOK)
+    run = lambda: evaluate(sae, evals=["sparse_probing"], model=lm, settings=topics,  # noqa: E731
+                           cache_dir=tmp_path / "cache", verbose=False)
+    run()
+    run()
+    assert trained == ["llm", "sae", "sae"]  # the model's probes come from the disk cache the second time
+    monkeypatch.setattr(sp, "LOADERS_VERSION", sp.LOADERS_VERSION + 1)
+    run()
+    assert trained[3:] == ["llm", "sae"]  # new loaders: new texts, so the model's probes are retrained
 
 
 # ---- absorption ----------------------------------------------------------------------------------
@@ -428,8 +449,10 @@ def test_absorption_end_to_end(lm):
     out = evaluate(sae, evals=["absorption"], model=lm, settings={"absorption": base}, cache_dir=None, verbose=False)
     res = out["absorption"]
     assert res["eval_type_id"] == "absorption_first_letter"
-    if not res["eval_result_unstructured"]["enough_letters"]:
-        assert "too few letters" in res["eval_result_unstructured"]["status"]
+    u = res["eval_result_unstructured"]
+    # the 20-letter gate counts letters whose probe F1 exceeds 0.6, and the status says which side it fell on
+    assert u["enough_letters"] == (sum(f1 > 0.6 for f1 in u["probe_f1_by_letter"].values()) >= 20)
+    assert u["status"] == "ok" if u["enough_letters"] else "too few letters" in u["status"]
     assert res["eval_result_unstructured"]["word_position_from_end_counts"] == {"6": 96}
     loose = {**base, "min_probe_f1": -1.0, "min_letters": 1}
     res = evaluate(sae, evals=["absorption"], model=lm, settings={"absorption": loose}, cache_dir=None,

@@ -174,12 +174,13 @@ def _man_chunks(path: Path, size: int = 600) -> list[str]:
         return []
     text = man_to_text(raw)
     # cut at spaces into chunks of about `size` characters, dropping the NAME header chunk
-    words, chunks, cur = text.split(), [], []
-    for w in words:
+    chunks, cur, length = [], [], 0
+    for w in text.split():
         cur.append(w)
-        if sum(len(x) + 1 for x in cur) >= size:
+        length += len(w) + 1
+        if length >= size:
             chunks.append(" ".join(cur))
-            cur = []
+            cur, length = [], 0
     return chunks[1:] if len(chunks) > 1 else chunks
 
 

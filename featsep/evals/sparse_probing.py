@@ -184,18 +184,24 @@ def run_sparse_probing(saes: list, ctx: EvalContext, s: SparseProbingSettings) -
     for name in s.datasets:
         acts = dataset_activations(ctx, name, s, n_train, n_test)
         classes = acts["classes"]
-        llm_train = {c: segment_mean(acts["train"][c]["rows"], acts["train"][c]["lengths"]) for c in classes}
-        llm_test = {c: segment_mean(acts["test"][c]["rows"], acts["test"][c]["lengths"]) for c in classes}
+
+        def llm_accuracies() -> dict[str, dict[str, float]]:  # pooled only when not cached
+            train, test = ({c: segment_mean(**acts[split][c]) for c in classes} for split in ("train", "test"))
+            return probe_accuracies(train, test, classes, s, "llm")
+
         llm = ctx.cached(
             "sparse_probing_llm",
-            {"dataset": name, "settings": s.model_dump(exclude={"datasets", "llm_batch_size", "sae_batch_size"})},
-            lambda: probe_accuracies(llm_train, llm_test, classes, s, "llm"),
+            # with the loaders' version, as the activations' key: a loader change means new texts
+            {"dataset": name, "loaders_version": LOADERS_VERSION,
+             "settings": s.model_dump(exclude={"datasets", "llm_batch_size", "sae_batch_size"})},
+            llm_accuracies,
         )
+        llm_mean = _mean_over(llm)
         for i, sae in enumerate(saes):
             sae_train = {c: sae_pooled(sae, acts["train"][c], s.sae_batch_size * s.context_length) for c in classes}
             sae_test = {c: sae_pooled(sae, acts["test"][c], s.sae_batch_size * s.context_length) for c in classes}
             sae_acc = probe_accuracies(sae_train, sae_test, classes, s, "sae")
-            details[i].append({"dataset_name": name, **_mean_over(llm), **_mean_over(sae_acc)})
+            details[i].append({"dataset_name": name, **llm_mean, **_mean_over(sae_acc)})
             per_class_all[i][name] = {c: {**llm[c], **sae_acc[c]} for c in classes}
     results = []
     for i in range(len(saes)):
