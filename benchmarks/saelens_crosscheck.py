@@ -15,8 +15,8 @@ SAELens is not a featsep dependency: run this from a separate virtualenv (CPU to
     pip install -c /tmp/constraints.txt gguf scikit-learn   # featsep deps sae-lens lacks
     pip install -c /tmp/constraints.txt --no-deps -e /work/main
 
-Run from /work/main (about 3 CPU-minutes, 2-5 min wall on 2 cores, mostly training the tiny model
-and the SAEs; it writes nothing, everything happens in a temporary directory):
+Run from /work/main (about 30 CPU-seconds, under a minute wall on 2 cores, mostly training the tiny
+model and the SAEs; it writes nothing, everything happens in a temporary directory):
 
     python benchmarks/saelens_crosscheck.py
 
@@ -26,7 +26,6 @@ Not imported by featsep or its tests.
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 from importlib.metadata import version
 
@@ -34,7 +33,7 @@ import torch
 
 HOOK_LAYER = 0  # not the last block: what the splice does at BOS reaches later positions
 HOOK = f"blocks.{HOOK_LAYER}.hook_resid_post"
-VOCAB, CTX, D_MODEL, LM_STEPS = 512, 64, 64, 200
+VOCAB, CTX, D_MODEL, LM_STEPS, SAE_STEPS = 512, 64, 64, 200, 300
 BOS = VOCAB - 1  # GPT-2 style: bos == eos, no pad
 BATCH, N_RECON, N_SPARSE = 8, 4, 4  # prompts per batch, reconstruction / sparsity batches
 
@@ -99,34 +98,25 @@ def build_models(tmp: str):
 
 def train_saes(lm, tmp: str):
     """(name, featsep SAE, saved dir): a ReLU-L1 SAE on raw activations, and a TopK SAE
-    trained on activations scaled by a constant normalization_factor (featsep's convention)."""
+    trained on activations scaled by featsep's constant normalization_factor, both by featsep.train."""
+    import featsep
+    from featsep.data import estimate_normalization_factor
     from featsep.sae import make_sae, save_sae
 
     ids = markov_rows(128, seed=1)
     acts = lm.forward_to_hook(ids, None, HOOK)[ids != BOS].float()  # [tokens, d]
-    factor = math.sqrt(D_MODEL) / acts.norm(dim=-1).mean().item()
-    specs = [
+    saes = [
         ("relu_l1", make_sae("relu_l1", d_in=D_MODEL, d_sae=256, l1_coefficient=1.0, l1_warmup_steps=50,
-                             hook_name=HOOK, hook_layer=HOOK_LAYER, context_size=CTX), 1.0),
-        ("topk (normalised)", make_sae("topk", d_in=D_MODEL, d_sae=256, k=12, hook_name=HOOK,
-                                       hook_layer=HOOK_LAYER, context_size=CTX, normalization_factor=factor), factor),
+                             hook_name=HOOK, hook_layer=HOOK_LAYER, context_size=CTX)),
+        ("topk (normalised)", make_sae("topk", d_in=D_MODEL, d_sae=256, k=12, hook_name=HOOK, hook_layer=HOOK_LAYER,
+                                       context_size=CTX, normalization_factor=estimate_normalization_factor(acts))),
     ]
     out = []
-    for i, (name, sae, scale) in enumerate(specs):
-        x_all = acts * scale
-        sae.init_from_data(x_all)
-        opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    for i, (name, sae) in enumerate(saes):
+        x_all = acts * (sae.cfg.normalization_factor or 1.0)
         g = torch.Generator().manual_seed(2)
-        sae.train()
-        for step in range(300):
-            x = x_all[torch.randint(0, x_all.shape[0], (512,), generator=g)]
-            o = sae.training_forward(x, step, 300)
-            loss = sum(o.coefficients.get(k, 1.0) * v for k, v in o.terms.items())
-            opt.zero_grad()
-            loss.backward()
-            sae.before_optimizer_step()
-            opt.step()
-            sae.after_optimizer_step(step, x, opt)
+        batches = (x_all[torch.randint(0, x_all.shape[0], (512,), generator=g)] for _ in range(SAE_STEPS))
+        featsep.train(sae, batches, steps=SAE_STEPS, lr=1e-3, lr_decay_fraction=0, progress=False)
         sae.eval()
         out.append((name, sae, save_sae(sae, f"{tmp}/sae{i}")))
     return out
@@ -234,16 +224,21 @@ def compare(fs_result, sl_metrics, sl_latent):
 
 
 def knobs(lm, tl, saes, rows, fs_topk) -> list[str]:
-    """What the two settings aligned above are worth: SAELens without featsep's scaling factor,
-    and both sides with special tokens reconstructed (no SAELens setting masks them only
-    from the means, as featsep's exclude_special_tokens_from_reconstruction=False does)."""
-    (_, relu, relu_dir), (_, _, topk_dir) = saes
+    """What the two settings aligned above are worth: SAELens without featsep's scaling factor
+    (on the saved SAE, and on the copy `featsep export` / save_sae(fold=True) writes, which
+    should need none), and both sides with special tokens reconstructed (no SAELens setting
+    masks them only from the means, as featsep's exclude_special_tokens_from_reconstruction=False does)."""
+    from featsep.sae import save_sae
+
+    (_, relu, relu_dir), (_, topk, topk_dir) = saes
     keys = [("model_behavior_preservation", "kl_div_score"), ("model_performance_preservation", "ce_loss_score"),
             ("reconstruction_quality", "explained_variance"), ("sparsity", "l0")]
-    _, raw, _ = run_saelens(tl, topk_dir, None, rows)
     lines = ["| setting | metric | featsep | SAELens |", "|---|---|---|---|"]
-    lines += [f"| topk, SAELens given no ActivationScaler | {k} | {fmt(fs_topk[g][k])} | {fmt(raw[g][k])} |"
-              for g, k in keys]
+    for setting, sae_dir in (("topk, SAELens given no ActivationScaler", topk_dir),
+                             ("topk folded (`featsep export`), no ActivationScaler",
+                              save_sae(topk, f"{topk_dir}_folded", fold=True))):
+        _, raw, _ = run_saelens(tl, sae_dir, None, rows)
+        lines += [f"| {setting} | {k} | {fmt(fs_topk[g][k])} | {fmt(raw[g][k])} |" for g, k in keys]
     fs = run_featsep(lm, [relu], rows, exclude_special=False)[0].metrics
     _, sl, _ = run_saelens(tl, relu_dir, None, rows, exclude_special=())
     lines += [f"| relu_l1, special tokens reconstructed | {k} | {fmt(fs[g][k])} | {fmt(sl[g][k])} |" for g, k in keys]
