@@ -19,15 +19,7 @@ def trained(arch):
     sae = featsep.make_sae(arch, d_in=D, d_sae=N, hook_name="blocks.3.hook_resid_post",
                            model_name="tiny", **params)
     x = torch.randn(32, D, generator=torch.Generator().manual_seed(0))
-    sae.init_from_data(x)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
-    for i in range(3):
-        out = sae.training_forward(x, i, 3)
-        opt.zero_grad()
-        sum(out.coefficients.get(k, 1.0) * v for k, v in out.terms.items()).backward()
-        sae.before_optimizer_step()
-        opt.step()
-        sae.after_optimizer_step(i, x, opt)
+    featsep.train(sae, [x] * 3, lr=1e-2, lr_decay_fraction=0, progress=False)
     return sae.eval(), x
 
 
