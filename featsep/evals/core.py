@@ -248,9 +248,9 @@ class SparsityVarianceAccumulator:
         self.sum_sq += x64.pow(2).sum().item()
         self.sum_resid += (x64 - x_hat.double()).pow(2).sum().item()
         self.n_tokens += n
-        fired = (codes_BLF.float() * keep_BL[..., None] > 0).double()
+        fired = (codes_BLF > 0) & keep_BL[..., None]  # bool: no float copies of the [B, L, F] codes
         self.fired_tokens += fired.sum(dim=(0, 1)).cpu()
-        self.fired_prompts += (fired.sum(dim=1) > 0).sum(0).cpu()
+        self.fired_prompts += fired.any(dim=1).sum(0).cpu()
 
     def result(self) -> tuple[dict[str, float], dict[str, Tensor]]:
         m = {k: torch.cat(v).mean().item() for k, v in self.per_token.items()}
