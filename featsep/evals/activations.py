@@ -13,7 +13,6 @@ reconstruction is divided by the factor (no factor: raw x).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from featsep.io import write_bytes_atomic
+from featsep.io import atomic_target
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -169,9 +168,8 @@ class EvalContext:
 
 
 def _save_atomic(path: Path, value: Any) -> None:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    write_bytes_atomic(path, buffer.getvalue())
+    with atomic_target(path) as tmp:  # streamed to disk: no in-memory copy of a big entry
+        torch.save(value, tmp)
 
 
 def _load(path: Path) -> Any:
