@@ -14,7 +14,8 @@ from typing import Any, Optional, Sequence, Union
 
 from featsep.evals.activations import EvalContext, check_sae_fits, default_cache_dir
 from featsep.evals.registry import EvalSpec, available_evals, get_eval
-from featsep.evals.schema import eval_output, final_info_section, merge_final_info, write_result
+from featsep.evals.schema import eval_output, final_info_section, write_result
+from featsep.train.run_dir import update_final_info
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def _write(target: Target, results: dict[str, dict], out_dir, n_targets: int) ->
         path = write_result(folder, name, result)
         if target.run_dir is not None:
             spec = get_eval(name)
-            merge_final_info(
+            update_final_info(
                 target.run_dir, spec.final_info_key, final_info_section(result, path), merge=spec.merge_section
             )
 

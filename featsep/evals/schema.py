@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from featsep.io import write_json_atomic
-from featsep.train.run_dir import update_final_info
 
 # The SAEBench commit whose formulas these evals reproduce (see saebench-spec.md).
 SAEBENCH_COMMIT = "8042bb38"
@@ -81,7 +80,3 @@ def final_info_section(result: dict[str, Any], results_file: Path | None) -> dic
     if results_file is not None:
         section["results_file"] = str(results_file)
     return section
-
-
-def merge_final_info(run_dir: str | Path, key: str, section: dict[str, Any], merge=None) -> None:
-    update_final_info(run_dir, key, section, merge=merge)

@@ -23,8 +23,6 @@ SAE_DIR = "sae"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 
-
-
 def run_dirs(out_dir: Optional[str | Path], names: list[str]) -> list[Optional[Path]]:
     """One SAE: out_dir itself is its run dir; several: out_dir/<name> each."""
     if out_dir is None:
