@@ -355,11 +355,14 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
     which every default pair fills; hub sets still get SAEBench's sizes there, in the same run too."""
     from types import SimpleNamespace
 
+    from featsep.evals.activations import EvalContext
     from featsep.evals.scr_tpp import scr_frames, scr_set_sizes
 
     bios, byline = "LabHC/bias_in_bios_class_set1", "bbc-news-byline"
-    gpu_ctx = SimpleNamespace(lm=SimpleNamespace(device=torch.device("cuda")))
-    cpu_ctx = SimpleNamespace(lm=SimpleNamespace(device=torch.device("cpu")))
+    def ctx_on(device):  # only the device matters for set sizes
+        return EvalContext(SimpleNamespace(device=torch.device(device), hook_layer=lambda hook: 0), "blocks.0.hook_resid_post")
+
+    gpu_ctx, cpu_ctx = ctx_on("cuda"), ctx_on("cpu")
     assert scr_set_sizes(gpu_ctx, ScrSettings()) == {byline: (400, 100)}
     assert scr_set_sizes(gpu_ctx, ScrSettings(datasets=[bios])) == {bios: (4000, 1000)}
     assert scr_set_sizes(gpu_ctx, ScrSettings(datasets=[bios, byline])) == {bios: (4000, 1000), byline: (400, 100)}

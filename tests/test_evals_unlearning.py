@@ -146,22 +146,24 @@ def test_choice_scores_cached_prefix_match_full_rows():
 
 
 def test_resolved_offline_and_saebench_defaults():
-    class Ctx:
-        class lm:
-            device = torch.device("cpu")
+    from types import SimpleNamespace
 
-    off = _resolved(Ctx, UnlearningSettings())
+    from featsep.evals.activations import EvalContext
+
+    cpu_lm = SimpleNamespace(device=torch.device("cpu"), hook_layer=lambda hook: 0)
+    ctx = EvalContext(cpu_lm, "blocks.0.hook_resid_post")
+    off = _resolved(ctx, UnlearningSettings())
     assert (off.answer_scoring, off.filter_permutations, off.multiplier_units) == ("choice_logprob", 1, "raw")
     assert off.multipliers == [25.0, 50.0, 100.0, 200.0] and off.max_questions_per_set == 60
-    sb = _resolved(Ctx, UnlearningSettings(forget_questions=["wmdp-bio"], retain_questions=["human_aging"]))
+    sb = _resolved(ctx, UnlearningSettings(forget_questions=["wmdp-bio"], retain_questions=["human_aging"]))
     assert (sb.answer_scoring, sb.filter_permutations, sb.multiplier_units) == ("letter", 24, "raw")
     assert sb.multipliers == [25.0, 50.0, 100.0, 200.0]
-    weak = _resolved(Ctx, UnlearningSettings(answer_scoring="letter", filter_permutations=4, multiplier_units="latent_mean"))
+    weak = _resolved(ctx, UnlearningSettings(answer_scoring="letter", filter_permutations=4, multiplier_units="latent_mean"))
     assert (weak.filter_permutations, weak.multipliers) == (4, [1.0, 2.0, 5.0, 10.0])
     with pytest.raises(ValueError, match="order cannot matter"):
-        _resolved(Ctx, UnlearningSettings(filter_permutations=24))
+        _resolved(ctx, UnlearningSettings(filter_permutations=24))
     with pytest.raises(ValueError, match="1..24"):
-        _resolved(Ctx, UnlearningSettings(answer_scoring="letter", filter_permutations=25))
+        _resolved(ctx, UnlearningSettings(answer_scoring="letter", filter_permutations=25))
 
 
 def test_clamp_values_units():

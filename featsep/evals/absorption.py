@@ -188,7 +188,7 @@ def letter_labels(words: list[str]) -> Tensor:
 
 def _model_side(ctx: EvalContext, s: AbsorptionSettings) -> dict:
     """Words, prompt activations, the ground-truth probe and the fresh absorption prompts."""
-    max_words = s.max_words if s.max_words is not None else (None if ctx.lm.device.type != "cpu" else 1000)
+    max_words = ctx.budget(s.max_words, gpu=None, cpu=1000)
     max_words = max_words or None  # 0: every word
 
     def compute():

@@ -111,6 +111,13 @@ class EvalContext:
         self._memory: dict[str, Any] = {}
         self._fingerprint: Optional[str] = None
 
+    def budget(self, value: Any, gpu: Any, cpu: Any) -> Any:
+        """A size setting: the user's value if set, else SAEBench's (gpu) on an accelerator and a
+        CPU-sized default on CPU (the one rule every eval's unset sizes follow)."""
+        if value is not None:
+            return value
+        return gpu if self.lm.device.type != "cpu" else cpu
+
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -64,12 +64,11 @@ SAEBENCH_TOTAL_TOKENS = 2_000_000
 
 
 def _resolved(ctx: EvalContext, s: AutointerpSettings) -> AutointerpSettings:
-    gpu = ctx.lm.device.type != "cpu"
     if s.n_top_ex_for_generation >= s.n_top_ex or s.n_iw_sampled_ex_for_generation >= s.n_iw_sampled_ex:
         raise ValueError("autointerp: the *_for_generation counts must leave examples for scoring (be < n_top_ex / n_iw_sampled_ex)")
     return s.model_copy(update={
-        "total_tokens": s.total_tokens or (SAEBENCH_TOTAL_TOKENS if gpu else 1 << 15),
-        "n_latents": s.n_latents or (1000 if gpu else 100),
+        "total_tokens": ctx.budget(s.total_tokens or None, gpu=SAEBENCH_TOTAL_TOKENS, cpu=1 << 15),
+        "n_latents": ctx.budget(s.n_latents or None, gpu=1000, cpu=100),
     })
 
 

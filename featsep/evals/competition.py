@@ -252,9 +252,7 @@ def _rates_at(halves: list[tuple[Tensor, Tensor]], keys: Tensor) -> list[dict[st
 
 
 def _n_tokens(ctx: EvalContext, s: CompetitionSettings) -> int:
-    if s.n_tokens is not None:
-        return s.n_tokens
-    return 1 << 20 if ctx.lm.device.type != "cpu" else 1 << 15
+    return ctx.budget(s.n_tokens, gpu=1 << 20, cpu=1 << 15)
 
 
 @torch.no_grad()

@@ -144,10 +144,7 @@ class TppSettings(_ProbeSettings):
 
 def _sizes(ctx: EvalContext, s: _ProbeSettings, cpu: tuple[int, int], gpu: tuple[int, int] = SAEBENCH_SIZES) -> tuple[int, int]:
     """Set sizes: the settings', else SAEBench's (gpu) on an accelerator and smaller ones on CPU."""
-    default = gpu if ctx.lm.device.type != "cpu" else cpu
-    train = s.train_set_size if s.train_set_size is not None else default[0]
-    test = s.test_set_size if s.test_set_size is not None else default[1]
-    return train, test
+    return ctx.budget(s.train_set_size, gpu=gpu[0], cpu=cpu[0]), ctx.budget(s.test_set_size, gpu=gpu[1], cpu=cpu[1])
 
 
 # ---- probes --------------------------------------------------------------------------------------
@@ -430,7 +427,7 @@ def scr_pair_results(sae, pooled: dict, codes: dict, sets: dict, probes: dict, c
 
 def _pairs(name: str, s: ScrSettings, ctx: EvalContext, spec: ScrDatasetSpec) -> list[tuple[str, str]]:
     pairs = [tuple(p) for p in s.pairs.get(name, spec.pairs)]
-    limit = s.pairs_per_dataset if s.pairs_per_dataset is not None else (None if ctx.lm.device.type != "cpu" else 2)
+    limit = ctx.budget(s.pairs_per_dataset, gpu=None, cpu=2)
     return pairs[:limit] if limit else pairs
 
 

@@ -56,10 +56,7 @@ class SparseProbingSettings(EvalSettings):
 
 
 def _set_sizes(ctx: EvalContext, s: SparseProbingSettings) -> tuple[int, int]:
-    gpu = ctx.lm.device.type != "cpu"
-    n_train = s.probe_train_set_size if s.probe_train_set_size is not None else (2000 if gpu else 100)
-    n_test = s.probe_test_set_size if s.probe_test_set_size is not None else (500 if gpu else 50)
-    return n_train, n_test
+    return ctx.budget(s.probe_train_set_size, gpu=2000, cpu=100), ctx.budget(s.probe_test_set_size, gpu=500, cpu=50)
 
 
 # ---- activations ---------------------------------------------------------------------------------

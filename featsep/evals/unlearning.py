@@ -128,7 +128,6 @@ def _offline_sets(s: UnlearningSettings) -> bool:
 
 
 def _resolved(ctx: EvalContext, s: UnlearningSettings) -> UnlearningSettings:
-    gpu = ctx.lm.device.type != "cpu"
     if not s.forget_questions or not s.retain_questions:
         raise ValueError("unlearning needs at least one forget and one retain question set (forget_questions / retain_questions)")
     offline = _offline_sets(s)
@@ -151,9 +150,9 @@ def _resolved(ctx: EvalContext, s: UnlearningSettings) -> UnlearningSettings:
             "answer_scoring": scoring,
             "filter_permutations": perms,
             "multipliers": list(multipliers),
-            "max_questions_per_set": s.max_questions_per_set if s.max_questions_per_set is not None else (None if gpu else 60),
-            "sparsity_rows": s.sparsity_rows or (1024 if gpu else 32),
-            "sparsity_context": s.sparsity_context or (1024 if gpu else 128),
+            "max_questions_per_set": ctx.budget(s.max_questions_per_set, gpu=None, cpu=60),
+            "sparsity_rows": ctx.budget(s.sparsity_rows or None, gpu=1024, cpu=32),
+            "sparsity_context": ctx.budget(s.sparsity_context or None, gpu=1024, cpu=128),
         }
     )
 
