@@ -21,7 +21,8 @@ def sparse_avg_matrix(pen) -> torch.Tensor:
         out[i, j], out[j, i] = st.avg_vals[:, 0], st.avg_vals[:, 1]
         out[torch.arange(N), torch.arange(N)] = st.avg_diag
     else:
-        now = st._avg_now(st.avg_keys)
+        now = st._stored_avg_now()
+        torch.testing.assert_close(now, st._avg_now(st.avg_keys), rtol=0, atol=0)
         out[i, j], out[j, i] = now, now
     return out
 
@@ -173,10 +174,32 @@ def test_prune_below_drops_only_small_averages():
         values, indices = topk_batch(step)
         pen(values, indices=indices)
         pruned(values, indices=indices)
-    pruned.backend._keep(pruned.backend._avg_now(pruned.backend.avg_keys))
+    pruned.backend._keep(pruned.backend._stored_avg_now())
     full = sparse_avg_matrix(pen)
     assert pruned.stats()["tracked_pairs"] == int((full.triu(1) > 2e-4).sum()) < pen.stats()["tracked_pairs"]
 
+
+
+def test_prune_inside_the_step_equals_a_separate_prune_pass(monkeypatch):
+    """The specified mode prunes while the step's window closes rewrite the store; that must keep
+    exactly what a whole-store pass at the end of the same step keeps."""
+    fused = make_penalty("temporal", d_sae=N, window_size=5, freq_divisor=10.0, state="sparse",
+                         prune_below=0.015, chunk_elements=11)
+    separate = make_penalty("temporal", d_sae=N, window_size=5, freq_divisor=10.0, state="sparse",
+                            prune_below=0.015, chunk_elements=11)
+    monkeypatch.setattr(separate.backend, "_store_doubled", lambda: False)
+    monkeypatch.setattr(fused.backend, "_store_doubled", lambda: fused.backend.avg_keys.numel() > 0)
+    exact = make_penalty("temporal", d_sae=N, window_size=5, freq_divisor=10.0, state="sparse", prune_below=0.0)
+    for step in range(6):
+        values, indices = topk_batch(step)
+        exact(values, indices=indices)
+        a = fused(values, indices=indices)["temporal"]
+        b = separate(values, indices=indices)["temporal"]
+        separate.backend._keep(separate.backend._stored_avg_now())
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        for name in ("avg_keys", "avg_vals", "avg_freq", "avg_stamp", "window_keys", "window_counts"):
+            torch.testing.assert_close(getattr(fused.backend, name), getattr(separate.backend, name), rtol=0, atol=0)
+    assert 0 < fused.backend.pairs_after_prune == fused.stats()["tracked_pairs"] < exact.stats()["tracked_pairs"]
 
 # --- the shared pair machinery (pairs.py) ----------------------------------------------------
 

@@ -79,38 +79,54 @@ def merge_sorted_add(a_keys: Tensor, a_vals: Tensor, b_keys: Tensor, b_vals: Ten
 @dataclass
 class _Layout:
     """The batch seen by anchors: rows sorted (firing entries first, by latent), anchors (flat
-    entries b * k + f) in latent order with their pair count and first entry-pair offset."""
+    entries b * k + f) in latent order with their latent, pair count and first entry-pair offset.
+    Flat entry indices are int32 (B * k < 2^31), which halves the traffic of the per-pair passes."""
 
     idx: Tensor  # [B * k] latents, rows sorted
     vals: Tensor  # [B * k] detached values, rows sorted
     order: Tensor  # [B, k] row sort permutation (sorted[b, f] = original[b, order[b, f]])
-    anchor: Tensor  # [A] flat entries in latent order
+    anchor: Tensor  # [A] flat entries in latent order (int32)
+    lat: Tensor  # [A] latent of each anchor
     count: Tensor  # [A] pairs each anchor starts
     start: Tensor  # [A] offset of each anchor's first entry pair
     total: int
 
+    def repeat(self, per_anchor: Tensor, a0: int, a1: int) -> Tensor:
+        """A per-anchor quantity of anchors a0..a1, once per entry pair (anchor-major order)."""
+        count = self.count[a0:a1]
+        size = int(self.start[a1 - 1] + count[-1] - self.start[a0]) if a1 > a0 else 0
+        return torch.repeat_interleave(per_anchor, count, output_size=size)
+
+    def partners(self, a0: int, a1: int) -> Tensor:
+        """Flat partner entries of the entry pairs of anchors a0..a1, in order: anchor a pairs
+        with the count[a] entries after it in its row, so the partners are one cumsum of +1
+        steps with a jump at each anchor's first pair (no per-pair arange or offsets)."""
+        anchor, count = self.anchor[a0:a1], self.count[a0:a1].to(self.anchor.dtype)
+        size = int(self.start[a1 - 1] + count[-1] - self.start[a0]) if a1 > a0 else 0
+        steps = torch.ones(size, dtype=anchor.dtype, device=anchor.device)
+        previous_last = torch.cat([anchor.new_zeros(1), (anchor + count)[:-1]])
+        steps[self.start[a0:a1] - self.start[a0]] = anchor + 1 - previous_last
+        return steps.cumsum(0, dtype=anchor.dtype)
+
     def entry_pairs(self, a0: int, a1: int) -> tuple[Tensor, Tensor]:
         """Flat (anchor, partner) entries of the entry pairs of anchors a0..a1, in order."""
-        count = self.count[a0:a1]
-        anchor = torch.repeat_interleave(self.anchor[a0:a1], count)
-        base = torch.repeat_interleave(self.start[a0:a1] - self.start[a0], count)
-        partner = anchor + 1 + (torch.arange(anchor.numel(), device=anchor.device) - base)
-        return anchor, partner
+        return self.repeat(self.anchor[a0:a1], a0, a1), self.partners(a0, a1)
 
 
 def _layout(codes: SparseCodes) -> _Layout:
     n, k = codes.d_sae, codes.indices.shape[1]
     _, order = (codes.indices + n * (~codes.active).long()).sort(dim=1)
-    idx = codes.indices.gather(1, order)
+    idx = codes.indices.gather(1, order).reshape(-1)
     vals = codes.values.detach().gather(1, order)
     firing = codes.active.sum(1, keepdim=True)
     count = (firing - 1 - torch.arange(k, device=idx.device)).clamp_(min=0).reshape(-1)
-    anchor = torch.argsort(idx.reshape(-1), stable=True)
+    anchor = torch.argsort(idx, stable=True)
     count = count[anchor]
     keep = count > 0
     anchor, count = anchor[keep], count[keep]
     end = count.cumsum(0)
-    return _Layout(idx.reshape(-1), vals.reshape(-1), order, anchor, count, end - count,
+    flat_dtype = torch.int32 if idx.numel() <= INT32_MAX else torch.long
+    return _Layout(idx, vals.reshape(-1), order, anchor.to(flat_dtype), idx[anchor], count, end - count,
                    int(end[-1]) if end.numel() else 0)
 
 
@@ -131,7 +147,7 @@ def _anchor_ranges(lay: _Layout, chunk_elements: int) -> list[_Range]:
     if lay.total == 0:
         return []
     cuts = torch.tensor([0], device=lay.start.device)
-    lat = lay.idx[lay.anchor]
+    lat = lay.lat
     if lay.total > chunk_elements:
         marks = torch.arange(chunk_elements, lay.total, chunk_elements, device=lay.start.device)
         at = torch.searchsorted(lay.start, marks, right=True) - 1  # anchor holding each mark
@@ -175,15 +191,22 @@ class _Chunker:
     def chunk(self, r: _Range) -> tuple[PairChunk, Tensor]:
         """The range's pairs, and for each of its entry pairs (in entry_pairs order) its pair."""
         lay, n, nseg = self.layout, self.n, self.nseg
-        anchor, partner = lay.entry_pairs(r.a0, r.a1)
-        local = (lay.idx[anchor] - r.first) * n + lay.idx[partner]
+        partner = lay.partners(r.a0, r.a1)
+        # local key ((i - first) * n + j) * nseg + segment: the anchor's part once per anchor
+        wide = (r.last - r.first + 1) * n * nseg > INT32_MAX
+        key_dtype = torch.long if wide else torch.int32
+        anchor_part = (lay.lat[r.a0:r.a1] - r.first) * (n * nseg)
         if nseg > 1:
-            local = local * nseg + self.seg_of_row[torch.div(anchor, self.k, rounding_mode="floor")]
-        if (r.last - r.first + 1) * n * nseg <= INT32_MAX:
-            local = local.to(torch.int32)
+            anchor_part = anchor_part + self.seg_of_row[torch.div(lay.anchor[r.a0:r.a1], self.k, rounding_mode="floor")]
+        local = lay.repeat(anchor_part.to(key_dtype), r.a0, r.a1)
+        local += (lay.idx * nseg).to(key_dtype).index_select(0, partner) if nseg > 1 else \
+            lay.idx.to(key_dtype).index_select(0, partner)
         uniq, inverse, counts = torch.unique(local, sorted=True, return_inverse=True, return_counts=True)
+        del local
         uniq = uniq.long()
-        sums = lay.vals.new_zeros(uniq.numel()).index_add_(0, inverse, lay.vals[anchor] * lay.vals[partner])
+        products = lay.repeat(lay.vals.index_select(0, lay.anchor[r.a0:r.a1]), r.a0, r.a1)
+        products *= lay.vals.index_select(0, partner)
+        sums = lay.vals.new_zeros(uniq.numel()).index_add_(0, inverse, products)
         if nseg > 1:  # (pair, segment) uniques -> pair uniques; consecutive, since seg is the low digit
             seg, pair = uniq % nseg, torch.div(uniq, nseg, rounding_mode="floor") + r.first * n
             by_seg = torch.sort(seg, stable=True).indices  # grouped by segment, pairs still in order
@@ -261,8 +284,9 @@ class _PairLoss(torch.autograd.Function):
         for r in chunker.ranges:
             anchor, partner = lay.entry_pairs(r.a0, r.a1)
             g = coef[r.offset:r.offset + anchor.numel()] * grad_out
-            flat.index_add_(0, anchor, g * vals[partner])
-            flat.index_add_(0, partner, g * vals[anchor])
+            flat.index_add_(0, anchor, g * vals.index_select(0, partner))
+            g *= lay.repeat(vals.index_select(0, lay.anchor[r.a0:r.a1]), r.a0, r.a1)
+            flat.index_add_(0, partner, g)
         grad = coef.new_zeros(bsz, k).scatter_(1, lay.order, flat.view(bsz, k))
         return grad / max(bsz, 1), None, None, None, None
 

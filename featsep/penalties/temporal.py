@@ -41,7 +41,8 @@ state="sparse" keeps pairs that ever fired together as sorted int64 keys i * n +
   the range's window and history, weighs its pairs and brings the range's state through the
   step (window merges and closes), so no step ever holds all the batch's pairs or a full copy of
   a closing window beside the store; the stores are re-joined once per step.
-  Pairs whose avg drops below prune_below are dropped (checked whenever the store doubled);
+  Pairs whose avg drops below prune_below are dropped (checked whenever the store doubled: in
+  the specified mode during the step's window closes, which every stored pair passes through);
   max_pairs caps the store by keeping the largest averages. Both are the only approximations:
   prune_below=0 and no max_pairs are exact (the reference mode's default).
 state="dense" keeps n x n matrices (reference.TemporalDense); "auto" picks dense for n <= 1024.
@@ -58,7 +59,7 @@ from torch import Tensor
 from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, SparseCodes, check_codes,
                                     check_device, register, scale_divisor, state_dtype, to_sparse_codes)
 from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, PairChunk, diagonal_gram, gather_or, lookup,
-                                     merge_sorted_add, pair_loss, split_keys, tensor_bytes)
+                                     merge_sorted, merge_sorted_add, pair_loss, split_keys, tensor_bytes)
 from featsep.penalties.reference import STABILITY_EPS, TemporalDense, off_diagonal
 
 DENSE_STATE_MAX_LATENTS = 1024
@@ -221,7 +222,8 @@ class _SparseState:
             self.avg_keys, self.avg_vals, self.avg_freq, self.avg_stamp)
         return _Rebuild(window=(self.window_keys, self.window_counts), avg=avg)
 
-    def _finish(self, stores: _Rebuild, stats: _StepStats, loss: Tensor, count: int, closes: int) -> None:
+    def _finish(self, stores: _Rebuild, stats: _StepStats, loss: Tensor, count: int, closes: int,
+                pruned: bool = False) -> None:
         self.window_keys, self.window_counts = stores.finish("window")
         if self.reference:
             self.avg_keys, self.avg_vals = stores.finish("avg")
@@ -230,8 +232,10 @@ class _SparseState:
         self.count = count
         self.windows_closed += closes
         self.last = stats.values(loss)
-        if closes and self._prune_due():
-            self._keep(self.avg_vals.max(dim=1).values if self.reference else self._avg_now(self.avg_keys))
+        if pruned:
+            self.pairs_after_prune = self.avg_keys.numel()
+        if closes and (self._over_cap() or (self.reference and self._store_doubled())):
+            self._keep(self.avg_vals.max(dim=1).values if self.reference else self._stored_avg_now())
 
     # specified ---------------------------------------------------------------------------------
     def _rate(self, freq: Tensor) -> Tensor:
@@ -251,6 +255,11 @@ class _SparseState:
         """History at the current window index (0 for untracked pairs)."""
         return self._decayed((self.avg_keys, self.avg_vals, self.avg_freq, self.avg_stamp), keys, self.windows_closed)
 
+    def _stored_avg_now(self) -> Tensor:
+        """_avg_now(self.avg_keys) without looking the store up in itself (the prune pass)."""
+        age = (self.windows_closed - self.avg_stamp).to(self.avg_vals.dtype)
+        return self.avg_vals * (1 - self._rate(self.avg_freq)) ** age
+
     def _step_specified(self, codes: SparseCodes) -> Tensor:
         cfg, B = self.cfg, codes.batch_size
         ends, closes, start, filled = [], [], 0, self.count
@@ -260,6 +269,7 @@ class _SparseState:
             ends.append(start)
             closes.append(filled == 0)
         t0, seen = self.windows_closed, self.count + B
+        prune = any(closes) and self._store_doubled()  # every stored pair passes a close this step
         stores, stats = self._stores(), _StepStats()
         divisor = scale_divisor(cfg.normalize or "latent", self.n)
 
@@ -274,7 +284,7 @@ class _SparseState:
                     closed.append((w_keys, w_counts))
                     w_keys, w_counts = w_keys[:0], w_counts[:0]
             stores.put("window", w_keys, w_counts)
-            stores.put("avg", *(self._close_specified(avg, closed, t0) if closed else avg))
+            stores.put("avg", *(self._close_specified(avg, closed, t0, prune) if closed else avg))
 
         def weigh(chunk: PairChunk) -> tuple[Tensor, Tensor]:
             # weighed with the open window and history before this step, then brought through it
@@ -292,22 +302,28 @@ class _SparseState:
             empty = self.window_keys[:0], self.window_counts[:0]
             if any(closes):  # pairs absent from the batch still close their windows
                 advance(stores.take("window", None), stores.take("avg", None), [empty] * len(closes))
-            self._finish(stores, stats, loss, filled, sum(closes))
+            self._finish(stores, stats, loss, filled, sum(closes), pruned=prune)
         return loss
 
-    def _close_specified(self, avg: tuple[Tensor, ...], closed: list[tuple[Tensor, Tensor]], t0: int) -> tuple[Tensor, ...]:
+    def _close_specified(self, avg: tuple[Tensor, ...], closed: list[tuple[Tensor, Tensor]], t0: int,
+                         prune: bool) -> tuple[Tensor, ...]:
         """A store slice after the windows closed in this step (the first one is window t0),
-        applied in order, with one merge."""
+        applied in order: the closed windows' keys join the slice by one sorted merge (no
+        re-sort of the store). With prune, pairs whose history after the last close is at most
+        prune_below leave in the same pass (no separate whole-store pass)."""
         avg_keys, avg_vals, avg_freq, avg_stamp = avg
-        old = avg_keys.numel()
-        keys, inverse = torch.unique(torch.cat([avg_keys] + [k for k, _ in closed]), sorted=True, return_inverse=True)
+        if len(closed) == 1:
+            union, in_union = closed[0][0], None
+        else:
+            union, in_union = torch.unique(torch.cat([k for k, _ in closed]), sorted=True, return_inverse=True)
+        keys, at_old, at_union = merge_sorted(avg_keys, union)
+        offset = 0
         vals = avg_vals.new_zeros(keys.numel())
         freq = torch.zeros(keys.numel(), dtype=torch.int32, device=keys.device)
         stamp = torch.full((keys.numel(),), t0, dtype=torch.int32, device=keys.device)
-        vals[inverse[:old]], freq[inverse[:old]], stamp[inverse[:old]] = avg_vals, avg_freq, avg_stamp
-        offset = old
+        vals[at_old], freq[at_old], stamp[at_old] = avg_vals, avg_freq, avg_stamp
         for t, (window_keys, window_counts) in enumerate(closed, start=t0):
-            pos = inverse[offset:offset + window_keys.numel()]
+            pos = at_union if in_union is None else at_union[in_union[offset:offset + window_keys.numel()]]
             offset += window_keys.numel()
             history = vals[pos] * (1 - self._rate(freq[pos])) ** (t - stamp[pos]).to(vals.dtype)
             new_freq = freq[pos].long() + window_counts
@@ -315,6 +331,11 @@ class _SparseState:
             vals[pos] = (1 - a) * history + a * (window_counts.to(vals.dtype) / self.cfg.window_size)
             freq[pos] = new_freq.clamp(max=self.freq_cap).to(torch.int32)
             stamp[pos] = t + 1
+        if prune:
+            now = t0 + len(closed)
+            current = vals * (1 - self._rate(freq)) ** (now - stamp).to(vals.dtype)
+            keep = (current > self.prune_below).nonzero().squeeze(1)
+            keys, vals, freq, stamp = (x.index_select(0, keep) for x in (keys, vals, freq, stamp))
         return keys, vals, freq, stamp
 
     # reference ---------------------------------------------------------------------------------
@@ -373,10 +394,11 @@ class _SparseState:
 
 
     # pruning -----------------------------------------------------------------------------------
-    def _prune_due(self) -> bool:
-        size = self.avg_keys.numel()
-        over_cap = self.cfg.max_pairs is not None and size > self.cfg.max_pairs
-        return over_cap or size >= max(2 * self.pairs_after_prune, MIN_PAIRS_BEFORE_PRUNE)
+    def _store_doubled(self) -> bool:
+        return self.avg_keys.numel() >= max(2 * self.pairs_after_prune, MIN_PAIRS_BEFORE_PRUNE)
+
+    def _over_cap(self) -> bool:
+        return self.cfg.max_pairs is not None and self.avg_keys.numel() > self.cfg.max_pairs
 
     def _keep(self, current: Tensor) -> None:
         """Drop pairs whose current average is <= prune_below, then cap at max_pairs."""
