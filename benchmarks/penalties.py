@@ -7,6 +7,8 @@ size n and k, every variant runs in its own fresh process (so its peak memory is
   +temporal            sparse pair state (mode="specified")
   +temporal-reference  sparse pair state (mode="reference")
   +orthogonality       co-activation-weighted baseline
+  +pairs-floor         only finds and sums the batch's co-active pairs (pairs.coactive_pairs), no
+                       state and no loss: the floor any exact pair penalty pays at this k
   +momentum-dense      the dense n x n reference (reference.MomentumDense), only n <= --dense-max
   +temporal-dense      the dense n x n reference (reference.TemporalDense), only n <= --dense-max
 Prints median step time and peak memory (CUDA: max allocated; CPU: peak RSS of the process),
@@ -32,7 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-VARIANTS = ["topk", "momentum", "temporal", "temporal-reference", "orthogonality", "momentum-dense", "temporal-dense"]
+VARIANTS = ["topk", "momentum", "temporal", "temporal-reference", "orthogonality", "pairs-floor", "momentum-dense",
+            "temporal-dense"]
 DENSE_VARIANTS = {"momentum-dense", "temporal-dense"}
 
 
@@ -43,6 +46,14 @@ def _penalty(variant: str, n: int):
 
     if variant == "topk":
         return None
+    if variant == "pairs-floor":
+        from featsep.penalties.base import to_sparse_codes
+        from featsep.penalties.pairs import coactive_pairs
+
+        def floor(v, i):
+            coactive_pairs(to_sparse_codes(v.detach(), i, n))
+            return v.new_zeros(())
+        return floor, None
     if variant == "temporal-reference":
         pen = make_penalty("temporal", d_sae=n, mode="reference", state="sparse")
         return lambda v, i: pen(v, indices=i)["temporal"] * 0.1, pen
