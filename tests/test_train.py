@@ -12,6 +12,7 @@ from pydantic import Field
 
 from featsep.penalties.base import Penalty, PenaltyConfigBase
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, register
+from featsep.train.logger import json_stats
 from featsep.train import NonFiniteLossError, WarmupDecay, read_final_info, read_metrics, train, update_final_info
 from featsep.train.checkpoint import checkpoint_steps, load_checkpoint
 
@@ -377,6 +378,22 @@ def test_run_dir_layout_final_info_and_metrics(tmp_path):
     assert info2["core evaluation results"] == {"metrics": {"l0": 4.0}}
     assert not list(tmp_path.glob(".*.tmp"))
 
+
+def test_final_info_keeps_each_penalty_s_full_stats(tmp_path):
+    """The momentum histogram and top competing latents (lists, kept out of metrics.jsonl) and
+    the temporal tracked pairs reach final_info.json, equal to the penalties' own stats()."""
+    from featsep.penalties import make_penalty
+
+    momentum = make_penalty("momentum", d_sae=D_SAE)
+    temporal = make_penalty("temporal", d_sae=D_SAE, window_size=BATCH)
+    train([tiny()], make_batches(4), penalties=[[momentum, temporal]], out_dir=tmp_path, **QUIET)
+    stats = read_final_info(tmp_path)["training results for layer 3"]["final_info"]["penalty_stats"]
+    assert set(stats) == {"momentum", "temporal"}
+    assert stats["momentum"] == json.loads(json.dumps(json_stats(momentum.stats())))
+    assert sum(stats["momentum"]["momentum_histogram"]["counts"]) == D_SAE
+    assert len(stats["momentum"]["top_competing_latents"]) > 0
+    assert stats["temporal"]["tracked_pairs"] == temporal.stats()["tracked_pairs"] > 0
+    assert stats["temporal"]["windows_closed"] == 4
 
 def test_no_out_dir_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from featsep import __version__
 from featsep.penalties.base import Penalty
+from featsep.train.logger import json_stats
 from featsep.sae.base import SAE
 from featsep.io import write_json_atomic
 from featsep.train import run_dir as rd
@@ -81,6 +82,11 @@ def write_final(run_dir: Path, sae: SAE, penalties: list[Penalty], train_args: d
         "dead_fraction": last_row.get("dead_fraction"),
         "final_loss_terms": {k[len("loss/"):]: v for k, v in last_row.items() if k.startswith("loss/")},
     }
+    if penalties:  # what each penalty tracks at the end, histograms and top latents included
+        names = [p.name for p in penalties]
+        final_info["penalty_stats"] = {
+            (name if names.count(name) == 1 else f"{name}_{i}"): json_stats(pen.stats())
+            for i, (name, pen) in enumerate(zip(names, penalties))}
     rd.update_final_info(run_dir, rd.training_results_key(layer), {
         "config": trainer_config(sae, penalties, train_args),
         "final_info": final_info,
