@@ -187,8 +187,8 @@ def test_prune_inside_the_step_equals_a_separate_prune_pass(monkeypatch):
                          prune_below=0.015, chunk_elements=11)
     separate = make_penalty("temporal", d_sae=N, window_size=5, freq_divisor=10.0, state="sparse",
                             prune_below=0.015, chunk_elements=11)
-    monkeypatch.setattr(separate.backend, "_doubles_this_step", lambda: False)
-    monkeypatch.setattr(fused.backend, "_doubles_this_step", lambda: fused.backend.avg_keys.numel() > 0)
+    monkeypatch.setattr(separate.backend, "_doubles_this_step", lambda codes: False)
+    monkeypatch.setattr(fused.backend, "_doubles_this_step", lambda codes: fused.backend.avg_keys.numel() > 0)
     exact = make_penalty("temporal", d_sae=N, window_size=5, freq_divisor=10.0, state="sparse", prune_below=0.0)
     for step in range(6):
         values, indices = topk_batch(step)

@@ -166,7 +166,7 @@ class _SparseState:
         self.count = 0
         self.windows_closed = 0
         self.pairs_after_prune = 0
-        self.last_growth = 0  # pairs the store gained in the last step without a prune
+        self.last_growth = -1  # pairs the store gained in the last step without a prune (-1: none yet)
         self.window_keys: Optional[Tensor] = None
         self.last: dict[str, float] = {}
 
@@ -199,7 +199,7 @@ class _SparseState:
         self.count = int(state.get("count", 0))
         self.windows_closed = int(state.get("windows_closed", 0))
         self.pairs_after_prune = int(state.get("pairs_after_prune", 0))
-        self.last_growth = int(state.get("last_growth", 0))
+        self.last_growth = int(state.get("last_growth", -1))
         if "window_keys" not in state:
             self.window_keys = None
             return
@@ -276,7 +276,7 @@ class _SparseState:
             ends.append(start)
             closes.append(filled == 0)
         t0, seen = self.windows_closed, self.count + B
-        prune = any(closes) and self._doubles_this_step()  # every stored pair passes a close this step
+        prune = any(closes) and self._doubles_this_step(codes)  # every stored pair passes a close this step
         stores, stats = self._stores(), _StepStats()
         divisor = scale_divisor(cfg.normalize or "latent", self.n)
 
@@ -404,11 +404,16 @@ class _SparseState:
     def _store_doubled(self) -> bool:
         return self.avg_keys.numel() >= max(2 * self.pairs_after_prune, MIN_PAIRS_BEFORE_PRUNE)
 
-    def _doubles_this_step(self) -> bool:
+    def _doubles_this_step(self, codes: SparseCodes) -> bool:
         """Whether the store will have doubled by the end of this step, predicted from the last
-        step's growth: the specified mode prunes inside the step, before the final size is known,
-        and must not lag a step behind (at n = 65536, k = 160 that is ~1 GB more peak memory)."""
-        return self.avg_keys.numel() + self.last_growth >= max(2 * self.pairs_after_prune, MIN_PAIRS_BEFORE_PRUNE)
+        step's growth (before any: the batch's entry pairs, a bound): the specified mode prunes
+        inside the step, before the final size is known, and must not lag a step behind (at
+        n = 65536, k = 160 that costs ~1 GB of peak memory)."""
+        growth = self.last_growth
+        if growth < 0:
+            firing = codes.active.sum(1)
+            growth = int((firing * (firing - 1) // 2).sum())
+        return self.avg_keys.numel() + growth >= max(2 * self.pairs_after_prune, MIN_PAIRS_BEFORE_PRUNE)
 
     def _over_cap(self) -> bool:
         return self.cfg.max_pairs is not None and self.avg_keys.numel() > self.cfg.max_pairs
