@@ -45,8 +45,11 @@ state="sparse" keeps pairs that ever fired together as sorted int64 keys i * n +
   last prune (the specified mode prunes during the step's window closes, which every stored pair
   passes through, when the last step's growth says the store doubles in this step);
   max_pairs caps the store by keeping the largest averages. Both are the only approximations:
-  prune_below=0 and no max_pairs are exact (the reference mode's default).
+  prune_below=0 and no max_pairs are exact (the reference mode's default, whose store therefore
+  only grows, towards n^2 / 2 pairs: set max_pairs for long runs at large n).
 state="dense" keeps n x n matrices (reference.TemporalDense); "auto" picks dense for n <= 1024.
+Above that the sparse state is faster even when the pairs fill most of n^2 (n 4096, k 160,
+batch 4096: 5.1 s vs 5.4 s a step, benchmarks/penalties.py), at twice the dense memory.
 """
 
 from __future__ import annotations
