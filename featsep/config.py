@@ -146,7 +146,8 @@ def _parse_value(raw: str) -> Any:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=c` overrides to a nested dict (returns the same dict)."""
+    """Apply `a.b=c` overrides to a nested dict (returns the same dict). A number after a list
+    of tables picks one entry: `penalties.0.mode=specified`."""
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.lr=3e-4)")
@@ -154,14 +155,30 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"override {item!r} has an empty key")
-        node = data
-        for p in parts[:-1]:
+        node: Any = data
+        for depth, p in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(item, parts[:depth], p, node)]
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])!r} is a value, not a section")
+                continue
             nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(raw.strip())
+        value = _parse_value(raw.strip())
+        if isinstance(node, list):
+            node[_list_index(item, parts[:-1], parts[-1], node)] = value
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _list_index(item: str, path: list[str], part: str, entries: list) -> int:
+    if not part.isdigit() or int(part) >= len(entries):
+        raise ConfigError(f"override {item!r}: {'.'.join(path)!r} is a list of {len(entries)} entries; "
+                          f"pick one by its index 0..{len(entries) - 1} (e.g. {'.'.join(path)}.0.name=...)")
+    return int(part)
 
 
 def read_toml(path: str | Path) -> dict:
