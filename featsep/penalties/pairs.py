@@ -91,26 +91,23 @@ class _Layout:
     start: Tensor  # [A] offset of each anchor's first entry pair
     total: int
 
-    def repeat(self, per_anchor: Tensor, a0: int, a1: int) -> Tensor:
-        """A per-anchor quantity of anchors a0..a1, once per entry pair (anchor-major order)."""
-        count = self.count[a0:a1]
-        size = int(self.start[a1 - 1] + count[-1] - self.start[a0]) if a1 > a0 else 0
-        return torch.repeat_interleave(per_anchor, count, output_size=size)
+    def repeat(self, per_anchor: Tensor, r: "_Range") -> Tensor:
+        """A per-anchor quantity of range r's anchors, once per entry pair (anchor-major order)."""
+        return torch.repeat_interleave(per_anchor, self.count[r.a0:r.a1], output_size=r.size)
 
-    def partners(self, a0: int, a1: int) -> Tensor:
-        """Flat partner entries of the entry pairs of anchors a0..a1, in order: anchor a pairs
-        with the count[a] entries after it in its row, so the partners are one cumsum of +1
-        steps with a jump at each anchor's first pair (no per-pair arange or offsets)."""
-        anchor, count = self.anchor[a0:a1], self.count[a0:a1].to(self.anchor.dtype)
-        size = int(self.start[a1 - 1] + count[-1] - self.start[a0]) if a1 > a0 else 0
-        steps = torch.ones(size, dtype=anchor.dtype, device=anchor.device)
+    def partners(self, r: "_Range") -> Tensor:
+        """Flat partner entries of range r's entry pairs, in order: anchor a pairs with the
+        count[a] entries after it in its row, so the partners are one cumsum of +1 steps with a
+        jump at each anchor's first pair (no per-pair arange or offsets)."""
+        anchor, count = self.anchor[r.a0:r.a1], self.count[r.a0:r.a1].to(self.anchor.dtype)
+        steps = torch.ones(r.size, dtype=anchor.dtype, device=anchor.device)
         previous_last = torch.cat([anchor.new_zeros(1), (anchor + count)[:-1]])
-        steps[self.start[a0:a1] - self.start[a0]] = anchor + 1 - previous_last
+        steps[self.start[r.a0:r.a1] - r.offset] = anchor + 1 - previous_last
         return steps.cumsum(0, dtype=anchor.dtype)
 
-    def entry_pairs(self, a0: int, a1: int) -> tuple[Tensor, Tensor]:
-        """Flat (anchor, partner) entries of the entry pairs of anchors a0..a1, in order."""
-        return self.repeat(self.anchor[a0:a1], a0, a1), self.partners(a0, a1)
+    def entry_pairs(self, r: "_Range") -> tuple[Tensor, Tensor]:
+        """Flat (anchor, partner) entries of range r's entry pairs, in order."""
+        return self.repeat(self.anchor[r.a0:r.a1], r), self.partners(r)
 
 
 def _layout(codes: SparseCodes) -> _Layout:
@@ -132,13 +129,15 @@ def _layout(codes: SparseCodes) -> _Layout:
 
 @dataclass
 class _Range:
-    """Anchors a0..a1 (whole latents first..last) and the offset of their first entry pair."""
+    """Anchors a0..a1 (whole latents first..last), the offset of their first entry pair and how
+    many entry pairs they start."""
 
     a0: int
     a1: int
     first: int
     last: int
     offset: int
+    size: int
 
 
 def _anchor_ranges(lay: _Layout, chunk_elements: int) -> list[_Range]:
@@ -154,7 +153,9 @@ def _anchor_ranges(lay: _Layout, chunk_elements: int) -> list[_Range]:
         cuts = torch.unique(torch.cat([cuts, torch.searchsorted(lat, lat[at])]))  # back to the latent's first anchor
     a0 = cuts
     a1 = torch.cat([cuts[1:], torch.tensor([lay.anchor.numel()], device=cuts.device)])
-    rows = torch.stack([a0, a1, lat[a0], lat[a1 - 1], lay.start[a0]]).T.tolist()
+    offset = lay.start[a0]
+    size = torch.cat([offset[1:], torch.tensor([lay.total], device=cuts.device)]) - offset
+    rows = torch.stack([a0, a1, lat[a0], lat[a1 - 1], offset, size]).T.tolist()
     return [_Range(*row) for row in rows]
 
 
@@ -187,24 +188,24 @@ class _Chunker:
                                               torch.tensor(cuts[1:-1], device=device), right=True)
         self.layout = _layout(codes) if self.k >= 2 and self.bsz > 0 else None
         self.ranges = _anchor_ranges(self.layout, chunk_elements) if self.layout is not None else []
+        self.partner_key = self.layout.idx * self.nseg if self.layout is not None else None  # j's part of a local key
 
     def chunk(self, r: _Range) -> tuple[PairChunk, Tensor]:
         """The range's pairs, and for each of its entry pairs (in entry_pairs order) its pair."""
         lay, n, nseg = self.layout, self.n, self.nseg
-        partner = lay.partners(r.a0, r.a1)
+        partner = lay.partners(r)
         # local key ((i - first) * n + j) * nseg + segment: the anchor's part once per anchor
         wide = (r.last - r.first + 1) * n * nseg > INT32_MAX
         key_dtype = torch.long if wide else torch.int32
         anchor_part = (lay.lat[r.a0:r.a1] - r.first) * (n * nseg)
         if nseg > 1:
             anchor_part = anchor_part + self.seg_of_row[torch.div(lay.anchor[r.a0:r.a1], self.k, rounding_mode="floor")]
-        local = lay.repeat(anchor_part.to(key_dtype), r.a0, r.a1)
-        local += (lay.idx * nseg).to(key_dtype).index_select(0, partner) if nseg > 1 else \
-            lay.idx.to(key_dtype).index_select(0, partner)
+        local = lay.repeat(anchor_part.to(key_dtype), r)
+        local += self.partner_key.to(key_dtype).index_select(0, partner)
         uniq, inverse, counts = torch.unique(local, sorted=True, return_inverse=True, return_counts=True)
         del local
         uniq = uniq.long()
-        products = lay.repeat(lay.vals.index_select(0, lay.anchor[r.a0:r.a1]), r.a0, r.a1)
+        products = lay.repeat(lay.vals.index_select(0, lay.anchor[r.a0:r.a1]), r)
         products *= lay.vals.index_select(0, partner)
         sums = lay.vals.new_zeros(uniq.numel()).index_add_(0, inverse, products)
         if nseg > 1:  # (pair, segment) uniques -> pair uniques; consecutive, since seg is the low digit
@@ -266,7 +267,7 @@ class _PairLoss(torch.autograd.Function):
             chunk, inverse = chunker.chunk(r)
             loss, dgram = weigh(chunk)
             total += loss.to(values.dtype)
-            coef[r.offset:r.offset + inverse.numel()] = dgram.to(values.dtype)[inverse]
+            coef[r.offset:r.offset + r.size] = dgram.to(values.dtype)[inverse]
         ctx.save_for_backward(coef)
         ctx.chunker = chunker
         return total
@@ -282,10 +283,10 @@ class _PairLoss(torch.autograd.Function):
         vals = lay.vals.to(coef.dtype)
         flat = coef.new_zeros(bsz * k)
         for r in chunker.ranges:
-            anchor, partner = lay.entry_pairs(r.a0, r.a1)
-            g = coef[r.offset:r.offset + anchor.numel()] * grad_out
+            anchor, partner = lay.entry_pairs(r)
+            g = coef[r.offset:r.offset + r.size] * grad_out
             flat.index_add_(0, anchor, g * vals.index_select(0, partner))
-            g *= lay.repeat(vals.index_select(0, lay.anchor[r.a0:r.a1]), r.a0, r.a1)
+            g *= lay.repeat(vals.index_select(0, lay.anchor[r.a0:r.a1]), r)
             flat.index_add_(0, partner, g)
         grad = coef.new_zeros(bsz, k).scatter_(1, lay.order, flat.view(bsz, k))
         return grad / max(bsz, 1), None, None, None, None

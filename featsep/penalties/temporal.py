@@ -251,24 +251,24 @@ class _SparseState:
     def _rate(self, freq: Tensor) -> Tensor:
         return torch.clamp(freq.to(self.avg_vals.dtype) / self.cfg.freq_divisor, max=self.cfg.alpha_base)
 
+    def _decay(self, vals: Tensor, freq: Tensor, stamp: Tensor, now: int) -> Tensor:
+        """History last updated before window `stamp`, seen at window index `now`: each window
+        the pair missed multiplied it by (1 - a) (the lazy decay)."""
+        return vals * (1 - self._rate(freq)) ** (now - stamp).to(vals.dtype)
+
     def _decayed(self, avg: tuple[Tensor, ...], keys: Tensor, now: int) -> Tensor:
-        """History of `keys` at window index `now` from a store slice (keys, vals, freq, stamp),
-        lazily decayed; 0 for untracked pairs."""
+        """History of `keys` at window index `now` from a store slice (keys, vals, freq, stamp);
+        0 for untracked pairs."""
         avg_keys, vals, freq, stamp = avg
         if avg_keys.numel() == 0:
             return torch.zeros(keys.shape, dtype=vals.dtype, device=keys.device)
         pos, found = lookup(avg_keys, keys)
-        decay = (1 - self._rate(freq[pos])) ** (now - stamp[pos]).to(vals.dtype)
-        return torch.where(found, vals[pos] * decay, torch.zeros_like(decay))
-
-    def _avg_now(self, keys: Tensor) -> Tensor:
-        """History at the current window index (0 for untracked pairs)."""
-        return self._decayed((self.avg_keys, self.avg_vals, self.avg_freq, self.avg_stamp), keys, self.windows_closed)
+        got = self._decay(vals[pos], freq[pos], stamp[pos], now)
+        return torch.where(found, got, torch.zeros_like(got))
 
     def _stored_avg_now(self) -> Tensor:
-        """_avg_now(self.avg_keys) without looking the store up in itself (the prune pass)."""
-        age = (self.windows_closed - self.avg_stamp).to(self.avg_vals.dtype)
-        return self.avg_vals * (1 - self._rate(self.avg_freq)) ** age
+        """The history of every stored pair at the current window index."""
+        return self._decay(self.avg_vals, self.avg_freq, self.avg_stamp, self.windows_closed)
 
     def _step_specified(self, codes: SparseCodes) -> Tensor:
         cfg, B = self.cfg, codes.batch_size
@@ -335,15 +335,14 @@ class _SparseState:
         for t, (window_keys, window_counts) in enumerate(closed, start=t0):
             pos = at_union if in_union is None else at_union[in_union[offset:offset + window_keys.numel()]]
             offset += window_keys.numel()
-            history = vals[pos] * (1 - self._rate(freq[pos])) ** (t - stamp[pos]).to(vals.dtype)
+            history = self._decay(vals[pos], freq[pos], stamp[pos], t)
             new_freq = freq[pos].long() + window_counts
             a = self._rate(new_freq)
             vals[pos] = (1 - a) * history + a * (window_counts.to(vals.dtype) / self.cfg.window_size)
             freq[pos] = new_freq.clamp(max=self.freq_cap).to(torch.int32)
             stamp[pos] = t + 1
         if prune:
-            now = t0 + len(closed)
-            current = vals * (1 - self._rate(freq)) ** (now - stamp).to(vals.dtype)
+            current = self._decay(vals, freq, stamp, t0 + len(closed))
             keep = (current > self.prune_below).nonzero().squeeze(1)
             keys, vals, freq, stamp = (x.index_select(0, keep) for x in (keys, vals, freq, stamp))
         return keys, vals, freq, stamp
