@@ -12,7 +12,6 @@ from pydantic import Field
 
 from featsep.penalties.base import Penalty, PenaltyConfigBase
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, register
-from featsep.train.logger import json_stats
 from featsep.train import NonFiniteLossError, WarmupDecay, read_final_info, read_metrics, train, update_final_info
 from featsep.train.checkpoint import checkpoint_steps, load_checkpoint
 
@@ -389,7 +388,7 @@ def test_final_info_keeps_each_penalty_s_full_stats(tmp_path):
     train([tiny()], make_batches(4), penalties=[[momentum, temporal]], out_dir=tmp_path, **QUIET)
     stats = read_final_info(tmp_path)["training results for layer 3"]["final_info"]["penalty_stats"]
     assert set(stats) == {"momentum", "temporal"}
-    assert stats["momentum"] == json.loads(json.dumps(json_stats(momentum.stats())))
+    assert stats["momentum"] == momentum.stats()
     assert sum(stats["momentum"]["momentum_histogram"]["counts"]) == D_SAE
     assert len(stats["momentum"]["top_competing_latents"]) > 0
     assert stats["temporal"]["tracked_pairs"] == temporal.stats()["tracked_pairs"] > 0

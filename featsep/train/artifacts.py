@@ -8,7 +8,6 @@ from typing import Any, Optional
 
 from featsep import __version__
 from featsep.penalties.base import Penalty
-from featsep.train.logger import json_stats
 from featsep.sae.base import SAE
 from featsep.io import write_json_atomic
 from featsep.train import run_dir as rd
@@ -83,10 +82,9 @@ def write_final(run_dir: Path, sae: SAE, penalties: list[Penalty], train_args: d
         "final_loss_terms": {k[len("loss/"):]: v for k, v in last_row.items() if k.startswith("loss/")},
     }
     if penalties:  # what each penalty tracks at the end, histograms and top latents included
-        names = [p.name for p in penalties]
-        final_info["penalty_stats"] = {
-            (name if names.count(name) == 1 else f"{name}_{i}"): json_stats(pen.stats())
-            for i, (name, pen) in enumerate(zip(names, penalties))}
+        # (names are distinct: the trainer refuses two penalties whose terms share a name; tensors
+        # among the stats become lists when final_info.json is written)
+        final_info["penalty_stats"] = {pen.name: pen.stats() for pen in penalties}
     rd.update_final_info(run_dir, rd.training_results_key(layer), {
         "config": trainer_config(sae, penalties, train_args),
         "final_info": final_info,

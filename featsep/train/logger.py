@@ -24,17 +24,6 @@ def scalar_stats(prefix: str, stats: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def json_stats(value: Any) -> Any:
-    """A penalty's stats() in JSON types, lists and histograms included (for final_info.json)."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {str(k): json_stats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_stats(v) for v in value]
-    return value
-
-
 class ExternalLoggers:
     """wandb (one run, keys prefixed by SAE name) and TensorBoard (one writer per run dir).
 
