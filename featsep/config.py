@@ -145,40 +145,42 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+def set_dotted(tree: Any, dotted: str, value: Any, where: str) -> None:
+    """Set `a.b.c` in nested dicts, creating missing sections; a number after a list (of tables)
+    picks one entry: `penalties.0.mode`. `where` opens the error ("override 'x=1'")."""
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        raise ConfigError(f"{where} has an empty key")
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        path = ".".join(parts[:depth])
+        if isinstance(node, list):
+            if not node:
+                raise ConfigError(f"{where}: {path!r} is an empty list; add an entry to index")
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: {path!r} is a list of {len(node)} entries; pick one by its index "
+                                  f"0..{len(node) - 1} (e.g. {path}.0.name=...)")
+            key: Any = int(part)
+        elif isinstance(node, dict):
+            key = part
+        else:
+            raise ConfigError(f"{where}: {path!r} is a value, not a section")
+        if depth == len(parts) - 1:
+            node[key] = value
+        else:
+            if isinstance(node, dict):
+                node.setdefault(key, {})
+            node = node[key]
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=c` overrides to a nested dict (returns the same dict). A number after a list
-    of tables picks one entry: `penalties.0.mode=specified`."""
+    """Apply `a.b=c` overrides (see set_dotted) to a nested dict (returns the same dict)."""
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.lr=3e-4)")
         key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"override {item!r} has an empty key")
-        node: Any = data
-        for depth, p in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                node = node[_list_index(item, parts[:depth], p, node)]
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])!r} is a value, not a section")
-                continue
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, (dict, list)):
-                raise ConfigError(f"override {item!r}: {p!r} is a value, not a section")
-            node = nxt
-        value = _parse_value(raw.strip())
-        if isinstance(node, list):
-            node[_list_index(item, parts[:-1], parts[-1], node)] = value
-        else:
-            node[parts[-1]] = value
+        set_dotted(data, key.strip(), _parse_value(raw.strip()), f"override {item!r}")
     return data
-
-
-def _list_index(item: str, path: list[str], part: str, entries: list) -> int:
-    if not part.isdigit() or int(part) >= len(entries):
-        raise ConfigError(f"override {item!r}: {'.'.join(path)!r} is a list of {len(entries)} entries; "
-                          f"pick one by its index 0..{len(entries) - 1} (e.g. {'.'.join(path)}.0.name=...)")
-    return int(part)
 
 
 def read_toml(path: str | Path) -> dict:

@@ -13,33 +13,10 @@ import copy
 import itertools
 import json
 from pathlib import Path
-from typing import Any
 
-from featsep.config import ConfigError, PenaltyConfig, SAEConfig, SweepConfig
+from featsep.config import ConfigError, PenaltyConfig, SAEConfig, SweepConfig, set_dotted
 from featsep.io import write_json_atomic
 from featsep.train.pipeline import RunSpec, evaluate_runs, is_trained, train_specs
-
-
-def _set_path(tree: Any, dotted: str, value: Any, method: str) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        key: Any = int(part) if isinstance(node, list) and part.isdigit() else part
-        if isinstance(node, list):
-            if not isinstance(key, int) or key >= len(node):
-                raise ConfigError(
-                    f"method {method!r}: grid key {dotted!r} indexes {part!r} but the list has "
-                    f"{len(node)} entries"
-                )
-        elif not isinstance(node, dict):
-            raise ConfigError(f"method {method!r}: grid key {dotted!r} goes through a value at {part!r}")
-        if last:
-            node[key] = value
-        else:
-            if isinstance(node, dict) and key not in node:
-                node[key] = {}
-            node = node[key]
 
 
 def _short(dotted: str) -> str:
@@ -70,7 +47,7 @@ def expand_sweep(cfg: SweepConfig) -> list[RunSpec]:
                     raise ConfigError(
                         f"method {method.name!r}: grid key {key!r} must start with 'sae.' or 'penalties.'"
                     )
-                _set_path(tree, key, copy.deepcopy(value), method.name)
+                set_dotted(tree, key, copy.deepcopy(value), f"method {method.name!r}: grid key {key!r}")
             params = dict(zip(keys, combo))
             label = method.name + (
                 " (" + ", ".join(f"{_short(k)}={v}" for k, v in params.items()) + ")" if params else ""

@@ -16,7 +16,7 @@ def test_overrides_reach_sections_and_list_entries():
 @pytest.mark.parametrize("override, message", [
     ("penalties.2.mode=x", r"'penalties' is a list of 2 entries; pick one by its index 0..1"),
     ("penalties.mode=x", r"'penalties' is a list of 2 entries"),
-    ("train.lr.x=1", r"'lr' is a value, not a section"),
+    ("train.lr.x=1", r"'train.lr' is a value, not a section"),
     ("tags.0.x=1", r"'tags.0' is a value, not a section"),
 ])
 def test_bad_overrides_name_the_cause(override, message):

@@ -100,7 +100,7 @@ def test_expand_sweep_product_of_two_keys():
     [
         ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"train.lr": [1]}}, "must start with"),
         ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"sae.k": []}}, "non-empty list"),
-        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"penalties.0.weight": [1]}}, "the list has 0"),
+        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"penalties.0.weight": [1]}}, "'penalties' is an empty list"),
     ],
 )
 def test_expand_sweep_errors(method, message):
