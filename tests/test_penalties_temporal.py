@@ -178,7 +178,6 @@ def test_prune_below_drops_only_small_averages():
     assert pruned.stats()["tracked_pairs"] == int((full.triu(1) > 2e-4).sum()) < pen.stats()["tracked_pairs"]
 
 
-
 def test_prune_inside_the_step_equals_a_separate_prune_pass(monkeypatch):
     """The specified mode prunes while the step's window closes rewrite the store; that must keep
     exactly what a whole-store pass at the end of the same step keeps."""
@@ -199,6 +198,7 @@ def test_prune_inside_the_step_equals_a_separate_prune_pass(monkeypatch):
         for name in ("avg_keys", "avg_vals", "avg_freq", "avg_stamp", "window_keys", "window_counts"):
             torch.testing.assert_close(getattr(fused.backend, name), getattr(separate.backend, name), rtol=0, atol=0)
     assert 0 < fused.backend.pairs_after_prune == fused.stats()["tracked_pairs"] < exact.stats()["tracked_pairs"]
+
 
 # --- the shared pair machinery (pairs.py) ----------------------------------------------------
 
