@@ -458,6 +458,8 @@ def test_absorption_end_to_end(lm):
     res = evaluate(sae, evals=["absorption"], model=lm, settings={"absorption": loose}, cache_dir=None,
                    verbose=False)["absorption"]
     assert res["eval_result_details"]
+    u = res["eval_result_unstructured"]  # the gate's other side: every letter passes F1 > -1, one is enough
+    assert u["enough_letters"] and u["status"] == "ok"
     for d in res["eval_result_details"]:
         assert 0 <= d["mean_absorption_fraction"] <= 1 and 0 <= d["full_absorption_rate"] <= 1
         assert 1 <= d["num_split_features"] <= 3

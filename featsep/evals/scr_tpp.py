@@ -443,12 +443,19 @@ def scr_set_sizes(ctx: EvalContext, s: ScrSettings) -> dict[str, tuple[int, int]
     return sizes
 
 
+def config_with_sizes(s: ScrSettings, sizes: dict[str, tuple[int, int]]) -> ScrSettings:
+    """The settings as recorded: with one size for every dataset, the sizes used (SAEBench's
+    eval_config holds numbers); else as given (the per-dataset sizes are always in "set_sizes")."""
+    if len(set(sizes.values())) != 1:
+        return s
+    train_size, test_size = next(iter(sizes.values()))
+    return s.model_copy(update={"train_set_size": train_size, "test_set_size": test_size})
+
+
 @register_eval("scr", eval_type_id="scr", settings=ScrSettings, **_SHARED_SECTION)
 def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
     sizes = scr_set_sizes(ctx, s)
-    if len(set(sizes.values())) == 1:  # one size for every dataset: the config records it (always: "set_sizes")
-        train_size, test_size = next(iter(sizes.values()))
-        s = s.model_copy(update={"train_set_size": train_size, "test_set_size": test_size})
+    s = config_with_sizes(s, sizes)
     for sae in saes:
         check_linear_decoder(sae)
     per_sae: list[list[dict]] = [[] for _ in saes]
