@@ -52,9 +52,9 @@ def markov_rows(n: int, seed: int) -> torch.Tensor:
     for t in range(1, CTX):
         prev = rows[:, t - 1]
         nxt = table[prev, torch.randint(0, 8, (n,), generator=g)]
-        fresh = (prev == BOS) | (torch.rand(n, generator=g) < 0.02)  # new document / break
+        brk = torch.rand(n, generator=g) < 0.02  # a document break
         rows[:, t] = torch.where(prev == BOS, torch.randint(0, VOCAB - 1, (n,), generator=g), nxt)
-        rows[:, t] = torch.where(fresh & (prev != BOS), BOS, rows[:, t])
+        rows[:, t] = torch.where(brk & (prev != BOS), BOS, rows[:, t])
     return rows
 
 

@@ -176,7 +176,7 @@ def test_text_source_errors(tmp_path):
 
 
 def test_hf_dataset_offline_fails_fast_naming_bbc(monkeypatch):
-    monkeypatch.setattr(text_module, "_hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(text_module, "hub_reachable", lambda timeout=5.0: False)
     with pytest.raises(DataError, match="bbc-news"):
         text_source("Skylion007/openwebtext")
 
@@ -200,7 +200,7 @@ def test_hf_dataset_streams_through_datasets(monkeypatch):
         calls.update(name=name, split=split, streaming=streaming)
         return FakeStream()
 
-    monkeypatch.setattr(text_module, "_hub_reachable", lambda timeout=5.0: True)
+    monkeypatch.setattr(text_module, "hub_reachable", lambda timeout=5.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert list(text_source("monology/pile-uncopyrighted", seed=7)) == ["hello", "world"]
     assert calls == {"name": "monology/pile-uncopyrighted", "split": "train", "streaming": True, "shuffle": 7}

@@ -401,3 +401,15 @@ def test_scr_reads_a_one_file_local_copy_as_sparse_probing_does(tmp_path):
     assert test["hard_text"].tolist() == [f"t{i}" for i in range(10)] and len(train) == 40
     with pytest.raises(ValueError, match="scr.local_copies"):
         scr_frames(name, ScrSettings(local_copies={name: str(tmp_path / "missing.csv")}))
+
+
+def test_scr_without_a_network_fails_at_once_naming_its_own_setting(monkeypatch):
+    """A hub set with no local copy and no network: one error naming scr.local_copies (not
+    sparse_probing's), before datasets' retries."""
+    pytest.importorskip("datasets")
+    import featsep.data.text as text_module
+    from featsep.evals.scr_tpp import scr_frames
+
+    monkeypatch.setattr(text_module, "hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(ValueError, match=r"hub cannot be reached .*\(scr\.local_copies\)"):
+        scr_frames("LabHC/bias_in_bios_class_set1", ScrSettings())

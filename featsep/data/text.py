@@ -154,7 +154,7 @@ def _local_texts(path: Path, text_column: str) -> Iterator[str]:
 # ----------------------------------------------------------------------------- Hugging Face hub
 
 
-def _hub_reachable(timeout: float = 5.0) -> bool:
+def hub_reachable(timeout: float = 5.0) -> bool:
     """One quick TCP connect, so an offline machine fails in seconds, not after datasets' retries."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         return True  # the user wants the local HF cache; let datasets read it
@@ -177,7 +177,7 @@ def _hf_texts(name: str, text_column: str, split: str, seed: int) -> Iterator[st
             f"streaming the Hugging Face dataset {name!r} needs the datasets package: "
             "pip install datasets (or featsep[hub]); offline, use --dataset bbc-news"
         ) from None
-    if not _hub_reachable():
+    if not hub_reachable():
         raise DataError(
             f"cannot reach the Hugging Face hub to stream dataset {name!r} (no network?). "
             f"Use the built-in offline corpus (--dataset {BBC_NEWS}) or a local file/directory "

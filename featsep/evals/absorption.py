@@ -92,9 +92,6 @@ class AbsorptionSettings(EvalSettings):
 # ---- words and prompts ---------------------------------------------------------------------------
 
 
-ASCII_LETTERS = frozenset(LETTERS + LETTERS.upper())
-
-
 def token_text(tokenizer, token: str) -> str:
     """SAEBench's vocab.convert_tokens_to_string: the token's text, with the leading space of a
     "\u2581"-prefixed token restored where the tokenizer's decoder drops it (Mistral)."""
@@ -110,11 +107,9 @@ def alpha_words(tokenizer) -> list[str]:
     list has one entry per token)."""
     words = []
     for token in tokenizer.get_vocab():
-        if not isinstance(token, str):
-            continue
         text = token_text(tokenizer, token)
         core = text[1:] if text.startswith(" ") else text
-        if core and all(c in ASCII_LETTERS for c in core):
+        if core.isascii() and core.isalpha():
             words.append(text)
     return sorted(words)
 

@@ -234,12 +234,12 @@ def read_table(path: Path):
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(TEXT_SUFFIXES)}")
 
 
-def _require_columns(df, columns: list[str], source: str) -> None:
+def _require_columns(df, columns: list[str], source: str,
+                     fix: str = "set sparse_probing.text_column / label_column to the right names") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(
-            f"{source}: column(s) {', '.join(map(repr, missing))} missing (columns: {', '.join(map(str, df.columns))}); "
-            "set sparse_probing.text_column / label_column to the right names"
+            f"{source}: column(s) {', '.join(map(repr, missing))} missing (columns: {', '.join(map(str, df.columns))}); {fix}"
         )
 
 
@@ -328,15 +328,21 @@ def split_file(folder: Path, split: str) -> Path:
     raise ValueError(f"local copy {folder} has no {split}.parquet/.jsonl/.csv file; add one or pass a single file")
 
 
-def _load_hub(path: str, **kwargs):
-    """`datasets.load_dataset(path, **kwargs)`: the one place this module reaches the hub (tests replace it)."""
+def _load_hub(path: str, section: str = "sparse_probing", **kwargs):
+    """`datasets.load_dataset(path, **kwargs)`: the one place this module reaches the hub (tests
+    replace it); without `datasets` or a network it fails at once, naming `{section}.local_copies`."""
+    from featsep.data.text import hub_reachable
+
     try:
         import datasets
     except ImportError:
         raise ValueError(
             f"{path} needs the `datasets` package: pip install datasets (or featsep[hub]); or give a local copy "
-            "(sparse_probing.local_copies)"
+            f"({section}.local_copies)"
         ) from None
+    if not hub_reachable():
+        raise ValueError(f"{path}: the Hugging Face hub cannot be reached (no network?); give a local copy "
+                         f"({section}.local_copies)")
     return datasets.load_dataset(path, **kwargs)
 
 
@@ -360,36 +366,38 @@ def _hub_stream(hf_name: str, parquet_glob: str, **kwargs):
     return _load_hub("parquet", data_files=f"hf://datasets/{hf_name}/{parquet_glob}", split="train", streaming=True)
 
 
-def _local_path(hf_name: str, local_copies: dict[str, str]) -> Optional[Path]:
+def _local_path(hf_name: str, local_copies: dict[str, str], section: str = "sparse_probing") -> Optional[Path]:
     local = local_copies.get(hf_name)
     if local is None:
         return None
     path = Path(local).expanduser()
     if not path.exists():
-        raise ValueError(f"local copy {path} of {hf_name} does not exist; fix sparse_probing.local_copies")
+        raise ValueError(f"local copy {path} of {hf_name} does not exist; fix {section}.local_copies")
     return path
 
 
-def _hub_frame(hf_name: str, split: str, local_copies: dict[str, str], **load_kwargs):
+def _hub_frame(hf_name: str, split: str, local_copies: dict[str, str], section: str = "sparse_probing"):
     """One split of a hub dataset as a DataFrame, from a local copy when one is given.
 
     A local copy is a file (used for every split) or a folder holding `{split}.parquet|jsonl|csv`."""
-    path = _local_path(hf_name, local_copies)
+    path = _local_path(hf_name, local_copies, section)
     if path is not None:
         return read_table(split_file(path, split) if path.is_dir() else path)
-    return _load_hub(hf_name, split=split, **load_kwargs).to_pandas()
+    return _load_hub(hf_name, section=section, split=split).to_pandas()
 
 
-def _split_frames(hf_name: str, local_copies: dict[str, str]):
+def _split_frames(hf_name: str, local_copies: dict[str, str], section: str = "sparse_probing"):
     """(train, test, shared): the hub's own train and test splits. A local copy that is one file serves
-    both: by its `split` column when it has one, else shared=True (test is drawn from what train left)."""
-    path = _local_path(hf_name, local_copies)
+    both: by its `split` column when it has one, else shared=True (the caller holds out the test rows).
+    Errors name `{section}`'s settings."""
+    path = _local_path(hf_name, local_copies, section)
     if path is not None and path.is_file():
         df = read_table(path)
         if "split" in df.columns:
             return df[df["split"] == "train"], df[df["split"] == "test"], False
         return df, df, True
-    return _hub_frame(hf_name, "train", local_copies), _hub_frame(hf_name, "test", local_copies), False
+    return (_hub_frame(hf_name, "train", local_copies, section), _hub_frame(hf_name, "test", local_copies, section),
+            False)
 
 
 def _pick(texts, n: int, seed: int):
@@ -525,9 +533,10 @@ def _github_code(n_train, n_test, seed, local_copies):
     return ProbingDataset(hf, train, test)
 
 
-def _europarl_rows(pair: str, local_copies: dict[str, str]):
+def _europarl_rows(pair: str, local_copies: dict[str, str], one_file=None):
     """The rows of one europarl pair config: from the hub (streamed), or a local copy, which is a folder
-    with `{pair}.parquet|jsonl` or `{pair}/train.*` per pair, or one file whose rows of that pair are used."""
+    with `{pair}.parquet|jsonl` or `{pair}/train.*` per pair, or one file (read once by the caller:
+    `one_file`) whose rows of that pair are used."""
     hf = "Helsinki-NLP/europarl"
     path = _local_path(hf, local_copies)
     if path is None:
@@ -536,7 +545,7 @@ def _europarl_rows(pair: str, local_copies: dict[str, str]):
         found = [path / f"{pair}{s}" for s in TEXT_SUFFIXES if (path / f"{pair}{s}").exists()]
         df = read_table(found[0] if found else split_file(path / pair, "train"))
     else:
-        df = read_table(path)
+        df = one_file if one_file is not None else read_table(path)
     _require_columns(df, ["translation"], hf)
     langs = set(pair.split("-"))  # one parquet file of several pairs fills absent languages with None
     rows = ({k: v for k, v in t.items() if v is not None} for t in df["translation"] if isinstance(t, dict))
@@ -546,10 +555,12 @@ def _europarl_rows(pair: str, local_copies: dict[str, str]):
 def _europarl(n_train, n_test, seed, local_copies):
     hf = "Helsinki-NLP/europarl"
     classes = CHOSEN_CLASSES[hf]
+    path = _local_path(hf, local_copies)
+    one_file = read_table(path) if path is not None and path.is_file() else None  # all pairs in one table
     pools = {}
     for lang in classes:
         pair, texts = EUROPARL_PAIRS[lang], []
-        for row in _europarl_rows(pair, local_copies):
+        for row in _europarl_rows(pair, local_copies, one_file):
             translation = dict(row["translation"])
             if lang not in translation:
                 raise ValueError(f"{hf} config {pair}: a row has no {lang!r} text (languages: {sorted(translation)})")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -231,14 +230,13 @@ def scr_frames(name: str, s: _ProbeSettings):
         train, test = bbc_byline_frame(seed=s.seed)
     else:
         local = s.local_copies.get(name) or s.local_copies.get(spec.hub_name)
-        if local is not None and not Path(local).expanduser().exists():
-            raise ValueError(f"local copy {local} of {name} does not exist; fix scr.local_copies")
-        train, test, shared = _split_frames(spec.hub_name, {spec.hub_name: local} if local is not None else {})
+        train, test, shared = _split_frames(spec.hub_name, {spec.hub_name: local} if local is not None else {}, "scr")
         if shared:
             test = train.sample(frac=0.2, random_state=s.seed)
             train = train.drop(test.index)
     for df in (train, test):
-        _require_columns(df, [spec.text_column, spec.column1, spec.column2], name)
+        _require_columns(df, [spec.text_column, spec.column1, spec.column2], name,
+                         fix=f"a local copy of {name} needs the columns of {spec.hub_name}")
     return spec, train, test
 
 
