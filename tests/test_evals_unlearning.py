@@ -286,9 +286,18 @@ def _question_file(path, words, n, seed):
 
 
 @pytest.mark.parametrize("scoring", ["letter", "choice_logprob"])
-def test_unlearning_end_to_end(tmp_path, scoring):
+def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
     from featsep.evals import evaluate  # the eval registered itself when imported above
+    from featsep.evals.unlearning import QuestionSet
     from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
+
+    hooked = []  # the hooked passes the sweep runs: one per set and distinct clamp
+    accuracy = QuestionSet.accuracy
+    def counting(self, lm, batch_size, hook=None, fn=None):
+        if fn is not None:
+            hooked.append((tuple(fn.keywords["latents"].tolist()), tuple(fn.keywords["multiplier"].tolist())))
+        return accuracy(self, lm, batch_size, hook, fn)
+    monkeypatch.setattr(QuestionSet, "accuracy", counting)
 
     lm = make_lm()
     forget_q = _question_file(tmp_path / "forget.jsonl", TOPIC_WORDS["x"], 24, 0)
@@ -302,13 +311,15 @@ def test_unlearning_end_to_end(tmp_path, scoring):
         settings={"unlearning": {
             "forget_questions": [str(forget_q)], "retain_questions": [str(retain_q)],
             "forget_corpus": str(tmp_path / "forget.txt"), "retain_corpus": str(tmp_path / "retain.txt"),
-            "require_instruct": False, "retain_thresholds": [0.2, 1.0],
+            "require_instruct": False, "retain_thresholds": [0.2, 1.0, 1.0],  # the repeat is not run again
             "n_features_list": [4], "multipliers": [1.0, 50.0], "sparsity_rows": 8, "sparsity_context": 32, **extra,
         }},
     )["unlearning"]
     configs = out["eval_result_details"]
     info = out["eval_result_unstructured"]
-    assert len(configs) == 4
+    assert len(configs) == 6
+    clamps = {(tuple(c["latents"]), c["multiplier"]) for c in configs if c["latents"]}
+    assert len(hooked) == 2 * len(clamps) == 2 * len(set(hooked)) and len(clamps) < len(configs)
     score = out["eval_result_metrics"]["unlearning"]["unlearning_score"]
     assert score == pytest.approx(unlearning_score(configs, info["clean_retain_accuracy"]))
     # kept questions are answered (identity order) by the clean model

@@ -604,17 +604,23 @@ def run_unlearning(saes: list, ctx: EvalContext, s: UnlearningSettings) -> list[
     results = []
     for i, sae in enumerate(saes):
         configs = []
+        # (latents, clamp values) -> accuracies: thresholds or n that select the same latents are run
+        # once, and clamping nothing is the clean model
+        measured = {((), ()): (clean_forget_acc, clean_retain_acc)}
         grid = list(itertools.product(s.retain_thresholds, s.n_features_list, s.multipliers))
         for threshold, n, multiplier in tqdm(grid, desc="unlearning: sweep", disable=not ctx.verbose):
             latents = select_latents(forget_st[i]["sparsity"], retain_st[i]["sparsity"], threshold)[:n]
             values = clamp_values(multiplier, s.multiplier_units, latents, sae_scale(sae), forget_st[i]["mean_active"])
-            fn = functools.partial(clamp_latents, sae, latents=latents, multiplier=values)
+            key = (tuple(latents.tolist()), tuple(values.tolist()))
+            if key not in measured:
+                fn = functools.partial(clamp_latents, sae, latents=latents, multiplier=values)
+                measured[key] = (forget.accuracy(ctx.lm, s.mcq_batch_size, ctx.hook, fn),
+                                 retain.accuracy(ctx.lm, s.mcq_batch_size, ctx.hook, fn))
             configs.append({
                 "retain_threshold": threshold, "n_features": n, "multiplier": multiplier,
                 "n_latents_selected": int(latents.numel()), "latents": latents.tolist(),
                 "clamp_value_mean": float(values.mean()) if values.numel() else 0.0,
-                "forget_accuracy": forget.accuracy(ctx.lm, s.mcq_batch_size, ctx.hook, fn),
-                "retain_accuracy": retain.accuracy(ctx.lm, s.mcq_batch_size, ctx.hook, fn),
+                "forget_accuracy": measured[key][0], "retain_accuracy": measured[key][1],
             })
         score = unlearning_score(configs, clean_retain_acc, s.min_retain_fraction)
         passing = passing_configs(configs, clean_retain_acc, s.min_retain_fraction)
