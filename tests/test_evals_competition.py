@@ -122,9 +122,9 @@ def test_summarise_schema_and_decoder_cosine():
 
 
 def test_decoder_cosines_in_chunks():
-    W = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    W = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))  # d 4: 8 elements are 2 pairs a chunk
     a, b = torch.tensor([0, 1, 2, 5, 3]), torch.tensor([1, 2, 5, 0, 4])
-    torch.testing.assert_close(decoder_cosines(W, a, b, chunk=2), torch.cosine_similarity(W[a], W[b], dim=1))
+    torch.testing.assert_close(decoder_cosines(W, a, b, chunk_elements=8), torch.cosine_similarity(W[a], W[b], dim=1))
     assert decoder_cosines(W, a[:0], b[:0]).shape == (0,)
 
 

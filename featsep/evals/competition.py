@@ -58,13 +58,21 @@ class CompetitionSettings(EvalSettings):
 # ---- the arithmetic, on codes -------------------------------------------------------------------
 
 
-def batch_competition(codes: Tensor, mode: str = "specified") -> Tensor:
-    """[n] competition of one batch of nonnegative codes [B, n] via rowsum(c) = N^T (N 1)."""
+def column_normalized(codes: Tensor) -> Tensor:
+    """N = codes / (column L2 norm + eps) of nonnegative codes [B, n]."""
     if bool((codes < 0).any()):
         raise ValueError("competition needs nonnegative codes (ReLU/TopK/JumpReLU SAEs); these codes have negatives")
-    N = codes / (codes.norm(dim=0) + NORM_EPS)
+    return codes / (codes.norm(dim=0) + NORM_EPS)
+
+
+def _competition(N: Tensor, mode: str) -> Tensor:
     rowsum = N.T @ N.sum(1)
     return rowsum - 1 if mode == "reference" else rowsum - (N * N).sum(0)
+
+
+def batch_competition(codes: Tensor, mode: str = "specified") -> Tensor:
+    """[n] competition of one batch of nonnegative codes [B, n] via rowsum(c) = N^T (N 1)."""
+    return _competition(column_normalized(codes), mode)
 
 
 def pair_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,7 +132,8 @@ def competition_stats(batches: Iterable[tuple[Tensor, int]], n: int, mode: str =
     n_tokens, n_batches, l0_sum = 0, 0, 0.0
     for codes, half in batches:
         codes = codes.float()
-        comp += batch_competition(codes, mode).double()
+        N = column_normalized(codes)
+        comp += _competition(N, mode).double()
         active = codes != 0
         fires += active.sum(0).double()
         l0_sum += float(active.sum())
@@ -132,7 +141,7 @@ def competition_stats(batches: Iterable[tuple[Tensor, int]], n: int, mode: str =
         n_batches += 1
         # N is non-zero exactly where the codes are: one pair enumeration gives c's sums and the
         # co-activation counts
-        keys, sums, counts = pair_sums(codes / (codes.norm(dim=0) + NORM_EPS))
+        keys, sums, counts = pair_sums(N)
         c_keys.append(keys)
         c_sums.append(sums)
         half_keys[half].append(keys)
@@ -152,11 +161,12 @@ def competition_stats(batches: Iterable[tuple[Tensor, int]], n: int, mode: str =
     )
 
 
-def decoder_cosines(W_dec: Tensor, first: Tensor, second: Tensor, chunk: int = 1 << 16) -> Tensor:
-    """cos(W_dec[first[p]], W_dec[second[p]]) per pair p, `chunk` pairs at a time (all co-active
-    pairs can be tens of millions: never [pairs, d] at once)."""
+def decoder_cosines(W_dec: Tensor, first: Tensor, second: Tensor, chunk_elements: int = 1 << 22) -> Tensor:
+    """cos(W_dec[first[p]], W_dec[second[p]]) per pair p, about `chunk_elements` numbers of
+    [pairs, d] at a time (all co-active pairs can be tens of millions: never [pairs, d] at once)."""
     W = W_dec.detach().float().cpu()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    chunk = max(1, chunk_elements // W.shape[1])
     return torch.cat([(W[a] * W[b]).sum(1) for a, b in zip(first.split(chunk), second.split(chunk))])
 
 
