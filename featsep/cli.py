@@ -67,33 +67,28 @@ def architectures() -> None:
 
 @app.command()
 def cache(
-    model: str = typer.Option("gemma-3-270m", help="model name (offline default, HF id, dir or .gguf)"),
-    hook: str = typer.Option("blocks.8.hook_resid_post", help="hook point, TransformerLens style"),
-    dataset: str = typer.Option("bbc-news", help="text: bbc-news, an HF dataset name, or a local file/dir"),
+    config: Optional[Path] = typer.Argument(None, help="a run or sweep config (TOML): its [model] and [data] sections say what to cache"),
+    out: Path = typer.Option(..., help="output directory (then set data.cache = OUT in the run config)"),
     tokens: int = typer.Option(200_000, help="activations (tokens) to write"),
-    out: Path = typer.Option(..., help="output directory"),
-    context_length: int = typer.Option(128, help="tokens per packed row"),
-    batch_size: int = typer.Option(8, help="rows per language-model forward"),
-    text_column: str = typer.Option("text", help="text column for tabular/HF datasets"),
-    device: str = typer.Option("auto"),
+    set_: Optional[List[str]] = SetOption,
+    model: Optional[str] = typer.Option(None, help="same as --set model.name=..."),
+    hook: Optional[str] = typer.Option(None, help="same as --set model.hook=..."),
+    dataset: Optional[str] = typer.Option(None, help="same as --set data.dataset=..."),
     resume: bool = typer.Option(True, help="continue an interrupted cache in OUT"),
 ) -> None:
     """Harvest activations once into a sharded on-disk cache that training and sweeps reuse."""
     with _user_errors():
-        from featsep.data import build_cache
+        from featsep.config import RunConfig, SweepConfig, load_config, read_toml
+        from featsep.data.cache import cache_from_config
 
-        build_cache(
-            model,
-            hook,
-            dataset,
-            tokens,
-            out,
-            context_length=context_length,
-            batch_size=batch_size,
-            text_column=text_column,
-            device=device,
-            resume=resume,
-        )
+        shortcuts = [f"{key}={value}" for key, value in
+                     (("model.name", model), ("model.hook", hook), ("data.dataset", dataset)) if value is not None]
+        kind = SweepConfig if config is not None and "methods" in read_toml(config) else RunConfig
+        cfg = load_config(config, shortcuts + (set_ or []), model=kind)
+        if cfg.data.cache:
+            raise ValueError(f"the config reads activations from data.cache={cfg.data.cache!r}; "
+                             "cache from a config that harvests text (remove data.cache)")
+        cache_from_config(cfg.model, cfg.data, tokens, out, resume=resume)
 
 
 @app.command()
@@ -104,7 +99,7 @@ def train(
 ) -> None:
     """Train SAE(s) from a config: model + text (or a cache) -> run dir."""
     with _user_errors():
-        from featsep.train.pipeline import resume_from_dir, run_from_config
+        from featsep.pipeline import resume_from_dir, run_from_config
 
         if resume is not None:
             if config is not None:

@@ -1,128 +1,187 @@
-"""Configuration for every stage, as pydantic models loaded from TOML.
+"""The whole run as one typed configuration: a TOML file maps onto `RunConfig` (or
+`SweepConfig`) and every stage receives its own section object.
 
-One place for every knob: a run's TOML file maps onto `RunConfig`; the CLI's
-`--set a.b=c` overrides any field with a value parsed as TOML (so `--set
-train.lr=3e-4` is a float and `--set sae.k=[32,64]` a list).
+Sections are defined by the stage that reads them (lm.config.ModelConfig,
+data.config.DataConfig, train.config.TrainConfig, evals.settings.EvalConfig); the `[sae]` and
+`[[penalties]]` tables are tagged unions built from the SAE and penalty registries, so each
+architecture's and penalty's own parameters are checked by name and type when the file is read
+(`betaa = 0.9` is an error naming the valid fields), and so are the eval settings: the whole
+run is validated before any model loads. `--set a.b=c` overrides any field (values parse as
+TOML). Orchestration layer: nothing below imports this module.
 """
 
 from __future__ import annotations
 
-import sys
+import copy
+import itertools
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, create_model, model_validator
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from featsep.data.config import DataConfig
+from featsep.evals.settings import EvalConfig
+from featsep.lm.config import ModelConfig
+from featsep.settings import (  # noqa: F401  (re-exported: the config API in one import)
+    ConfigError,
+    Strict,
+    apply_overrides,
+    format_errors,
+    read_toml,
+    set_dotted,
+    validate,
+)
+from featsep.train.config import TrainConfig
 
-
-class ConfigError(ValueError):
-    """A config a user wrote is wrong; the message names the field and the fix."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelConfig(_Strict):
-    """The language model and where to read activations from it."""
-
-    name: str = "gemma-3-270m"
-    hook: str = "blocks.8.hook_resid_post"
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(8, gt=0, description="contexts per language-model forward")
-
-
-class DataConfig(_Strict):
-    """Text (or a cache of activations) and how it becomes a stream of activation batches."""
-
-    dataset: str = "bbc-news"
-    text_column: str = "text"
-    split: str = "train"
-    context_length: int = Field(128, gt=1)
-    cache: Optional[str] = Field(None, description="activation cache dir; when set, train reads it")
-    shuffle_buffer: int = Field(
-        256, ge=0, description="contexts mixed by the shuffling buffer (0: keep sequences in order)"
-    )
-    sequence_mode: bool = Field(
-        False, description="keep whole contexts in order (temporal penalties need this)"
-    )
-    normalize: bool = Field(True, description="scale activations so that mean ||x||^2 = d")
-    norm_estimate_batches: int = Field(8, gt=0)
-    exclude_special_tokens: bool = True
-    seed: int = 42
+# SAE config fields the pipeline fills from the [model] and [data] sections (or the trainer's
+# device); a run config that sets them under [sae] is refused by the section model.
+SAE_FIELDS_FROM_RUN = (
+    "d_in", "device", "hook_name", "model_name", "hook_layer", "context_size", "prepend_bos",
+    "normalize_activations", "normalization_factor", "dataset_path", "seed",
+)
+DEFAULT_ARCHITECTURE = "topk"
+DEFAULT_D_SAE = 4096
 
 
-class SAEConfig(_Strict):
-    """One SAE architecture; extra fields go to the architecture's own config."""
+def _member(kind: str, tag_field: str, name: str, config_class: type[BaseModel], exclude: tuple[str, ...],
+            defaults: dict[str, Any], filled: dict[str, Any]) -> type[BaseModel]:
+    """One registry entry's section: its config's fields minus those the run fills in, tagged
+    with its name. Cross-field checks (e.g. k <= d_sae) run through the entry's own class."""
+    fields: dict[str, Any] = {tag_field: (Literal[name], name)}
+    for field, info in config_class.model_fields.items():
+        if field in exclude:
+            continue
+        info = copy.copy(info)
+        if field in defaults:
+            info.default = defaults[field]
+        fields[field] = (info.annotation, info)
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    architecture: str = "topk"
-    d_sae: int = Field(4096, gt=0)
+    def _entry_checks(self):
+        params = self.params()
+        try:
+            config_class(**{**filled, **params})
+        except ValidationError as e:
+            raise ValueError("; ".join(line.strip().removeprefix("(top level): ") for line in format_errors(e))) from None
+        return self
 
-
-class PenaltyConfig(_Strict):
-    """A feature-separation penalty; extra fields go to the penalty's own parameters."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-    name: str
-
-
-class TrainConfig(_Strict):
-    tokens: int = Field(2_000_000, gt=0)
-    batch_size: int = Field(4096, gt=0, description="activations per SAE step")
-    lr: Optional[float] = Field(None, description="None: the architecture's default rule")
-    lr_warmup_steps: int = 0
-    lr_decay_fraction: float = Field(0.2, ge=0, le=1, description="final fraction of steps with linear decay to 0")
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
-    log_every: int = Field(10, gt=0)
-    seed: int = 42
-    device: str = "auto"
-    autocast_bf16: bool = Field(True, description="bf16 autocast for the SAE on GPU (never on CPU)")
-    wandb: bool = False
-    tensorboard: bool = False
-
-
-class EvalConfig(_Strict):
-    """Evaluations run after training (names from `featsep.evals`), with per-eval settings."""
-
-    evals: list[str] = Field(default_factory=list)
-    settings: dict[str, Any] = Field(
-        default_factory=dict, description="per-eval settings, e.g. [eval.settings.core] seed = 1"
+    base = type(f"_{kind}Section", (Strict,), {
+        "params": lambda self: self.model_dump(exclude={tag_field}),
+        "__doc__": f"The {kind} section of a run config for {name!r}.",
+    })
+    return create_model(
+        f"{name.title().replace('_', '')}{kind}Section", __base__=base,
+        __validators__={"_entry_checks": model_validator(mode="after")(_entry_checks)}, **fields,
     )
 
 
-class RunConfig(_Strict):
+def _tagged_union(kind: str, tag_field: str, registry_names, config_of, exclude, defaults, filled, default_tag=None):
+    """filled: stand-ins for the fields the run fills in, so the entry's own checks can run."""
+    members = [Annotated[_member(kind, tag_field, n, config_of(n), exclude, defaults, filled), Tag(n)]
+               for n in registry_names()]
+
+    def tag(value: Any):
+        if isinstance(value, dict):
+            found = value.get(tag_field, default_tag)
+        else:
+            found = getattr(value, tag_field, None)
+        return found if found in registry_names() else None
+
+    return Annotated[Union[tuple(members)], Discriminator(
+        tag, custom_error_type="unknown_entry",
+        custom_error_message=f"unknown {kind} {tag_field}; choose one of: {', '.join(registry_names())}",
+    )]
+
+
+@lru_cache(maxsize=None)
+def sae_section_type():
+    """`[sae]`: architecture = NAME, d_sae and the architecture's own parameters."""
+    from featsep.sae import architectures, get_architecture
+
+    return _tagged_union("SAE", "architecture", architectures, lambda n: get_architecture(n).config_class,
+                         SAE_FIELDS_FROM_RUN, {"d_sae": DEFAULT_D_SAE}, {"d_in": 1}, default_tag=DEFAULT_ARCHITECTURE)
+
+
+@lru_cache(maxsize=None)
+def penalty_section_type():
+    """`[[penalties]]`: name = NAME and the penalty's own parameters (d_sae comes from [sae])."""
+    from featsep.penalties import get_penalty, penalties
+
+    return _tagged_union("Penalty", "name", penalties, lambda n: get_penalty(n).config_class, ("d_sae",), {},
+                         {"d_sae": 2})
+
+
+SAESection = sae_section_type()
+PenaltySection = penalty_section_type()
+
+
+class RunConfig(Strict):
     """A whole training run: model + data -> one SAE (with its penalties) in out_dir."""
 
     out_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    sae: SAEConfig = SAEConfig()
-    penalties: list[PenaltyConfig] = Field(default_factory=list)
+    sae: SAESection = Field(default_factory=lambda: _default_sae())  # type: ignore[valid-type]
+    penalties: list[PenaltySection] = Field(default_factory=list)  # type: ignore[valid-type]
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
 
-class MethodConfig(_Strict):
+def _default_sae():
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(SAESection).validate_python({})
+
+
+class MethodPoint(Strict):
+    """One run of a sweep method: its SAE and penalties, typed."""
+
+    sae: SAESection  # type: ignore[valid-type]
+    penalties: list[PenaltySection] = Field(default_factory=list)  # type: ignore[valid-type]
+
+
+class MethodConfig(Strict):
     """One method of a sweep: an SAE (+ penalties) and a grid over its parameters.
 
     grid keys are dotted paths into this method, e.g. "sae.k" or "penalties.0.weight";
-    every combination of their values becomes one run.
+    every combination of their values becomes one run. The method's own sae/penalties tables
+    need only be valid once a grid point is applied (d_sae 8 with k = [1, 2] in the grid is
+    fine), and every point is checked when the file is read.
     """
 
     name: str
-    sae: SAEConfig
-    penalties: list[PenaltyConfig] = Field(default_factory=list)
+    sae: dict[str, Any]
+    penalties: list[dict[str, Any]] = Field(default_factory=list)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
 
+    def combinations(self) -> list[tuple[dict[str, Any], MethodPoint]]:
+        """(grid values, the typed run) for every grid point, row-major."""
+        keys = list(self.grid)
+        for key in keys:
+            if not self.grid[key]:
+                raise ValueError(f"grid[{key!r}] must be a non-empty list")
+            if key.split(".")[0] not in ("sae", "penalties"):
+                raise ValueError(f"grid key {key!r} must start with 'sae.' or 'penalties.'")
+        out = []
+        for combo in itertools.product(*(self.grid[k] for k in keys)):
+            tree = copy.deepcopy({"sae": self.sae, "penalties": self.penalties})
+            for key, value in zip(keys, combo):
+                set_dotted(tree, key, copy.deepcopy(value), f"grid key {key!r}")
+            try:
+                point = MethodPoint.model_validate(tree)
+            except ValidationError as e:
+                where = f"grid point {dict(zip(keys, combo))}: " if keys else ""
+                raise ValueError(where + "; ".join(line.strip() for line in format_errors(e, MethodPoint))) from None
+            out.append((dict(zip(keys, combo)), point))
+        return out
 
-class SweepConfig(_Strict):
+    @model_validator(mode="after")
+    def _grid_points_are_valid(self) -> "MethodConfig":
+        self.combinations()
+        return self
+
+
+class SweepConfig(Strict):
     """Many runs that share the model, data and training budget (one LM pass for all)."""
 
     name: str = "sweep"
@@ -135,77 +194,6 @@ class SweepConfig(_Strict):
     max_saes_per_pass: int = Field(
         0, ge=0, description="train at most this many SAEs on one activation pass (0: all at once)"
     )
-
-
-def _parse_value(raw: str) -> Any:
-    """Parse an override value as TOML; fall back to a plain string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def set_dotted(tree: Any, dotted: str, value: Any, where: str) -> None:
-    """Set `a.b.c` in nested dicts, creating missing sections; a number after a list (of tables)
-    picks one entry: `penalties.0.mode`. `where` opens the error ("override 'x=1'")."""
-    parts = [p for p in dotted.split(".") if p]
-    if not parts:
-        raise ConfigError(f"{where} has an empty key")
-    node: Any = tree
-    for depth, part in enumerate(parts):
-        path = ".".join(parts[:depth])
-        if isinstance(node, list):
-            if not node:
-                raise ConfigError(f"{where}: {path!r} is an empty list; add an entry to index")
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"{where}: {path!r} is a list of {len(node)} entries; pick one by its index "
-                                  f"0..{len(node) - 1} (e.g. {path}.0.name=...)")
-            key: Any = int(part)
-        elif isinstance(node, dict):
-            key = part
-        else:
-            raise ConfigError(f"{where}: {path!r} is a value, not a section")
-        if depth == len(parts) - 1:
-            node[key] = value
-        else:
-            if isinstance(node, dict):
-                node.setdefault(key, {})
-            node = node[key]
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b=c` overrides (see set_dotted) to a nested dict (returns the same dict)."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value (e.g. train.lr=3e-4)")
-        key, raw = item.split("=", 1)
-        set_dotted(data, key.strip(), _parse_value(raw.strip()), f"override {item!r}")
-    return data
-
-
-def read_toml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pass a TOML file (see examples/)")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-
-
-def validate(model: type[BaseModel], data: dict, source: str = "config"):
-    """Validate `data` as `model`, turning pydantic's report into one readable ConfigError."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check the spelling; examples/ shows every section)"
-            lines.append(f"  {loc}: {msg}")
-        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, model=RunConfig):

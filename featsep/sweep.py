@@ -9,14 +9,12 @@ out_dir/sweep.json for `featsep report`.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 from pathlib import Path
 
-from featsep.config import ConfigError, PenaltyConfig, SAEConfig, SweepConfig, set_dotted
+from featsep.config import ConfigError, SweepConfig
 from featsep.io import write_json_atomic
-from featsep.train.pipeline import RunSpec, evaluate_runs, is_trained, train_specs
+from featsep.pipeline import RunSpec, evaluate_runs, is_trained, train_specs
 
 
 def _short(dotted: str) -> str:
@@ -32,36 +30,12 @@ def expand_sweep(cfg: SweepConfig) -> list[RunSpec]:
         if method.name in names_seen:
             raise ConfigError(f"two methods are named {method.name!r}; method names must be unique")
         names_seen.add(method.name)
-        keys = list(method.grid)
-        for key in keys:
-            if not isinstance(method.grid[key], list) or not method.grid[key]:
-                raise ConfigError(f"method {method.name!r}: grid[{key!r}] must be a non-empty list")
-        combos = itertools.product(*(method.grid[k] for k in keys)) if keys else [()]
-        for combo in combos:
-            tree = {
-                "sae": method.sae.model_dump(),
-                "penalties": [p.model_dump() for p in method.penalties],
-            }
-            for key, value in zip(keys, combo):
-                if key.split(".")[0] not in ("sae", "penalties"):
-                    raise ConfigError(
-                        f"method {method.name!r}: grid key {key!r} must start with 'sae.' or 'penalties.'"
-                    )
-                set_dotted(tree, key, copy.deepcopy(value), f"method {method.name!r}: grid key {key!r}")
-            params = dict(zip(keys, combo))
+        for params, point in method.combinations():
             label = method.name + (
                 " (" + ", ".join(f"{_short(k)}={v}" for k, v in params.items()) + ")" if params else ""
             )
-            specs.append(
-                RunSpec(
-                    name=f"run_{len(specs)}",
-                    label=label,
-                    method=method.name,
-                    sae=SAEConfig.model_validate(tree["sae"]),
-                    penalties=[PenaltyConfig.model_validate(p) for p in tree["penalties"]],
-                    params=params,
-                )
-            )
+            specs.append(RunSpec(name=f"run_{len(specs)}", label=label, method=method.name,
+                                 sae=point.sae, penalties=list(point.penalties), params=params))
     if not specs:
         raise ConfigError("the sweep has no methods; add at least one [[methods]] table")
     return specs

@@ -469,17 +469,17 @@ def test_stream_from_config(lm, corpus, tmp_path):
         "data": {"cache": str(out), "context_length": 16, "shuffle_buffer": 0},
         "train": {"batch_size": 100},
     })
-    stream = stream_from_config(cfg)
+    stream = stream_from_config(cfg.model, cfg.data, cfg.train.batch_size)
     assert torch.equal(torch.cat([next(stream) for _ in range(3)]), ActivationCache(out).to_tensor()[0])
     cfg.model.hook = "blocks.0.hook_resid_post"
     with pytest.raises(DataError, match="hook"):
-        stream_from_config(cfg)
+        stream_from_config(cfg.model, cfg.data, cfg.train.batch_size)
     cfg = RunConfig.model_validate({
         "model": {"name": "tiny-llama", "hook": HOOK, "batch_size": 4},
         "data": {"dataset": corpus, "context_length": 16, "norm_estimate_batches": 2},
         "train": {"batch_size": 64},
     })
-    live = stream_from_config(cfg, lm=lm)
+    live = stream_from_config(cfg.model, cfg.data, cfg.train.batch_size, lm=lm)
     assert next(live).shape == (64, D) and live.normalization_factor > 0
 
 

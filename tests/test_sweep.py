@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from featsep.config import ConfigError, RunConfig, SweepConfig, load_config, validate
 from featsep.sweep import expand_sweep, run_sweep
-from featsep.train.pipeline import is_trained, resume_from_dir, run_from_config
+from featsep.pipeline import is_trained, resume_from_dir, run_from_config
 
 N_WORDS = 50
 
@@ -77,10 +77,10 @@ def _sweep_cfg(model_dir, corpus, out_dir) -> SweepConfig:
 def test_expand_sweep_grid_order_labels_and_overrides(tiny_model_dir, corpus, tmp_path):
     specs = expand_sweep(_sweep_cfg(tiny_model_dir, corpus, tmp_path))
     assert [s.name for s in specs] == ["run_0", "run_1", "run_2", "run_3"]
-    assert [s.sae.model_extra.get("k") for s in specs[:3]] == [2, 4, 4]
+    assert [s.sae.k for s in specs[:3]] == [2, 4, 4]
     assert specs[0].label == "topk (k=2)" and specs[3].label == "relu_l1"
     assert specs[2].penalties[0].name == "momentum"
-    assert specs[2].penalties[0].model_extra == {"weight": 0.1}
+    assert specs[2].penalties[0].weight == 0.1
     assert [s.method for s in specs] == ["topk", "topk", "topk+momentum", "relu_l1"]
 
 
@@ -90,7 +90,7 @@ def test_expand_sweep_product_of_two_keys():
         "grid": {"sae.k": [1, 2, 3], "sae.d_sae": [8, 16]},
     }]})
     specs = expand_sweep(cfg)
-    assert [(s.sae.model_extra["k"], s.sae.d_sae) for s in specs] == [
+    assert [(s.sae.k, s.sae.d_sae) for s in specs] == [
         (1, 8), (1, 16), (2, 8), (2, 16), (3, 8), (3, 16)
     ]
 

@@ -27,10 +27,13 @@ import numpy as np
 import torch
 
 from featsep.data.errors import CacheError, DataError
-from featsep.data.harvest import ActivationChunk, LiveSource, estimate_normalization_factor
-from featsep.data.stream import ArraySource
+from featsep.data.harvest import ActivationChunk, LiveSource, first_chunks_factor
+from featsep.data.sources import ArraySource
+from featsep.data.config import DataConfig
 from featsep.io import atomic_target, write_json_atomic
+from featsep.lm.config import ModelConfig
 
+_DATA, _MODEL = DataConfig(), ModelConfig()  # the one place cache defaults come from
 FORMAT = "featsep-activation-cache"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -297,20 +300,21 @@ def build_cache(
     dataset: str,
     tokens: int,
     out_dir,
-    context_length: int = 128,
-    batch_size: int = 8,
+    context_length: int = _DATA.context_length,
+    batch_size: int = _MODEL.batch_size,
     shard_tokens: int = 1 << 18,
-    normalize: bool = True,
+    normalize: bool = _DATA.normalize,
     dtype: str = "float32",
     resume: bool = True,
-    text_column: str = "text",
-    split: str = "train",
-    seed: int = 42,
-    norm_estimate_batches: int = 8,
-    exclude_special_tokens: bool = True,
-    device: str = "auto",
+    text_column: str = _DATA.text_column,
+    split: str = _DATA.split,
+    seed: int = _DATA.seed,
+    norm_estimate_batches: int = _DATA.norm_estimate_batches,
+    exclude_special_tokens: bool = _DATA.exclude_special_tokens,
+    device: str = _MODEL.device,
     progress: bool = True,
     max_shards: Optional[int] = None,
+    model_dtype: str = _MODEL.dtype,
 ) -> Path:
     """Harvest `tokens` activation rows (special positions excluded) into `out_dir`; returns it.
 
@@ -333,7 +337,7 @@ def build_cache(
     if isinstance(model, str):
         from featsep.lm import load_lm
 
-        lm = load_lm(model, device=device)
+        lm = load_lm(model, device=device, dtype=model_dtype)
     else:
         lm = model
     settings = {
@@ -369,12 +373,7 @@ def build_cache(
         return pending.pop(0) if pending else fetch()
 
     if normalize and factor is None:
-        for _ in range(norm_estimate_batches):
-            item = fetch()
-            if item is None:
-                break
-            pending.append(item)
-        factor = estimate_normalization_factor([c.acts for _, c in pending])
+        factor, pending = first_chunks_factor(iter(fetch, None), norm_estimate_batches, acts=lambda item: item[1].acts)
     scale = factor if normalize else 1.0
 
     def write_manifest(status: str) -> None:
@@ -438,3 +437,16 @@ def build_cache(
         f"{_fmt_bytes(size)}; this run {new_rows:,} tokens in {elapsed:.1f} s ({new_rows / max(elapsed, 1e-9):,.0f} tok/s)",
     )
     return out
+
+
+def cache_from_config(model: ModelConfig, data: DataConfig, tokens: int, out_dir, lm=None, **options) -> Path:
+    """`featsep cache`: the cache a run config's [model] and [data] sections describe, so that
+    `data.cache = OUT` in the same config then matches it. options: build_cache's own
+    (shard_tokens, dtype, resume, progress, max_shards)."""
+    return build_cache(
+        lm if lm is not None else model.name, model.hook, data.dataset, tokens, out_dir,
+        context_length=data.context_length, batch_size=model.batch_size, normalize=data.normalize,
+        text_column=data.text_column, split=data.split, seed=data.seed,
+        norm_estimate_batches=data.norm_estimate_batches, exclude_special_tokens=data.exclude_special_tokens,
+        device=model.device, model_dtype=model.dtype, **options,
+    )

@@ -100,6 +100,14 @@ def estimate_normalization_factor(acts: Sequence[Tensor] | Tensor) -> float:
     return math.sqrt(d / mean_sq)
 
 
+def first_chunks_factor(chunks: Iterator, n: int, acts=lambda chunk: chunk.acts) -> tuple[float, list]:
+    """The normalisation factor from the first `n` chunks of a source, and those chunks (the
+    caller still uses them: the stream feeds its buffer, the cache its first shard). `acts`
+    reads the activations of one item (the cache's items carry their first context too)."""
+    first = list(islice(chunks, n))
+    return estimate_normalization_factor([acts(c) for c in first]), first
+
+
 class LiveSource:
     """Chunks harvested on the fly from text; position = contexts consumed (per epoch).
 

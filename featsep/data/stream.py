@@ -18,7 +18,6 @@ re-pack the text up to the recorded context but never re-run the LM for it.
 
 from __future__ import annotations
 
-from itertools import islice
 from typing import Iterator, Optional
 
 import numpy as np
@@ -26,75 +25,15 @@ import torch
 from torch import Tensor
 
 from featsep.data.buffer import MixingBuffer
+from featsep.data.cache import ActivationCache
+from featsep.data.config import DataConfig
 from featsep.data.errors import DataError
-from featsep.data.harvest import ActivationChunk, LiveSource, estimate_normalization_factor
+from featsep.data.harvest import ActivationChunk, LiveSource, estimate_normalization_factor, first_chunks_factor
+from featsep.data.sources import ArraySource
+from featsep.lm.config import ModelConfig
 
 STATE_VERSION = 1
-READ_CHUNK_ROWS = 512  # rows per read from a cache shard / tensor (shuffled in blocks of this size)
-
-
-class ArraySource:
-    """Chunks from row arrays already in hand: cache shards (memory-mapped) or tensors.
-
-    Order: with shuffle, an epoch visits fixed-size row blocks in a permutation seeded by
-    (seed, epoch), and the mixing buffer mixes rows across blocks; without, rows in order.
-    Position = (epoch, blocks done in this epoch): exact and tiny.
-    """
-
-    kind = "array"
-
-    def __init__(self, shards, d_in: int, shuffle: bool, seed: int = 42, repeat: bool = True,
-                 block_rows: int = READ_CHUNK_ROWS):
-        # shards: list of (acts [n, d], index [n, 3]), tensors or row-sliceable arrays (memmaps)
-        self.shards, self.d_in, self.shuffle, self.seed = shards, d_in, shuffle, seed
-        self.repeat, self.block_rows = repeat, block_rows
-        self.blocks = [
-            (s, start) for s, (acts, _) in enumerate(shards) for start in range(0, len(acts), block_rows)
-        ]
-        if not self.blocks:
-            raise DataError("the activation source holds no rows; build the cache/tensor with some tokens")
-        self.epoch = 0
-        self.blocks_done = 0
-
-    def describe(self) -> dict:
-        return {"rows": sum(len(a) for a, _ in self.shards), "blocks": len(self.blocks)}
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "blocks_done": self.blocks_done, "n_blocks": len(self.blocks)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["n_blocks"]) != len(self.blocks):
-            raise DataError(
-                f"stream state was saved over {state['n_blocks']} blocks but this source has "
-                f"{len(self.blocks)}; resume on the same cache/tensor with the same settings"
-            )
-        self.epoch, self.blocks_done = int(state["epoch"]), int(state["blocks_done"])
-
-    def _order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(len(self.blocks)))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks)).tolist()
-
-    def _read(self, block: int) -> ActivationChunk:
-        shard, start = self.blocks[block]
-        acts, index = self.shards[shard]
-        stop = min(start + self.block_rows, len(acts))
-        a, i = acts[start:stop], index[start:stop]
-        a = a if isinstance(a, Tensor) else torch.from_numpy(np.array(a, dtype=np.float32))
-        i = i if isinstance(i, Tensor) else torch.from_numpy(np.array(i, dtype=np.int64))
-        return ActivationChunk(a.float(), i.long())
-
-    def chunks(self) -> Iterator[ActivationChunk]:
-        while True:
-            order = self._order()
-            while self.blocks_done < len(order):
-                block = order[self.blocks_done]
-                self.blocks_done += 1
-                yield self._read(block)
-            if not self.repeat:
-                return
-            self.epoch += 1
-            self.blocks_done = 0
+_DATA = DataConfig()  # the one place stream defaults come from
 
 
 class ActivationStream:
@@ -104,13 +43,13 @@ class ActivationStream:
         self,
         source,
         batch_size: int = 4096,
-        shuffle_buffer: int = 32,
-        context_length: int = 128,
-        sequence_mode: bool = False,
-        seed: int = 42,
+        shuffle_buffer: int = _DATA.shuffle_buffer,
+        context_length: int = _DATA.context_length,
+        sequence_mode: bool = _DATA.sequence_mode,
+        seed: int = _DATA.seed,
         normalize: bool = False,
         normalization_factor: Optional[float] = None,
-        norm_estimate_batches: int = 8,
+        norm_estimate_batches: int = _DATA.norm_estimate_batches,
         prescaled: bool = False,
     ):
         """shuffle_buffer: contexts the mixing buffer holds (x context_length rows; at least
@@ -146,17 +85,17 @@ class ActivationStream:
         hook: str,
         *,
         batch_size: int = 4096,
-        context_length: int = 128,
-        lm_batch_size: int = 8,
-        text_column: str = "text",
-        split: str = "train",
-        seed: int = 42,
-        shuffle_buffer: int = 32,
-        sequence_mode: bool = False,
-        normalize: bool = True,
+        context_length: int = _DATA.context_length,
+        lm_batch_size: int = ModelConfig().batch_size,
+        text_column: str = _DATA.text_column,
+        split: str = _DATA.split,
+        seed: int = _DATA.seed,
+        shuffle_buffer: int = _DATA.shuffle_buffer,
+        sequence_mode: bool = _DATA.sequence_mode,
+        normalize: bool = _DATA.normalize,
         normalization_factor: Optional[float] = None,
-        norm_estimate_batches: int = 8,
-        exclude_special_tokens: bool = True,
+        norm_estimate_batches: int = _DATA.norm_estimate_batches,
+        exclude_special_tokens: bool = _DATA.exclude_special_tokens,
         repeat: bool = True,
         progress: bool = False,
     ) -> "ActivationStream":
@@ -166,12 +105,14 @@ class ActivationStream:
 
             lm = load_lm(lm)
         source = LiveSource(
-            lm, dataset, hook, context_length, lm_batch_size, text_column, split, seed,
-            exclude_special_tokens, repeat, progress,
+            lm, dataset, hook, context_length=context_length, lm_batch_size=lm_batch_size,
+            text_column=text_column, split=split, seed=seed, exclude_special_tokens=exclude_special_tokens,
+            repeat=repeat, progress=progress,
         )
         return cls(
-            source, batch_size, shuffle_buffer, context_length, sequence_mode, seed, normalize,
-            normalization_factor, norm_estimate_batches,
+            source, batch_size=batch_size, shuffle_buffer=shuffle_buffer, context_length=context_length,
+            sequence_mode=sequence_mode, seed=seed, normalize=normalize,
+            normalization_factor=normalization_factor, norm_estimate_batches=norm_estimate_batches,
         )
 
     @classmethod
@@ -180,20 +121,19 @@ class ActivationStream:
         path,
         *,
         batch_size: int = 4096,
-        shuffle_buffer: int = 32,
-        sequence_mode: bool = False,
-        seed: int = 42,
+        shuffle_buffer: int = _DATA.shuffle_buffer,
+        sequence_mode: bool = _DATA.sequence_mode,
+        seed: int = _DATA.seed,
         repeat: bool = True,
         verify: bool = True,
     ) -> "ActivationStream":
         """Read an activation cache (see featsep.data.cache); rows come as they were stored."""
-        from featsep.data.cache import ActivationCache
-
         cache = path if isinstance(path, ActivationCache) else ActivationCache(path, verify=verify)
         shuffle = not (sequence_mode or shuffle_buffer == 0)
         source = cache.source(shuffle=shuffle, seed=seed, repeat=repeat)
         return cls(
-            source, batch_size, shuffle_buffer, cache.context_length, sequence_mode, seed,
+            source, batch_size=batch_size, shuffle_buffer=shuffle_buffer, context_length=cache.context_length,
+            sequence_mode=sequence_mode, seed=seed,
             normalize=False, normalization_factor=cache.normalization_factor, prescaled=True,
         )
 
@@ -203,9 +143,9 @@ class ActivationStream:
         acts: Tensor,
         *,
         batch_size: int = 4096,
-        shuffle_buffer: int = 32,
-        sequence_mode: bool = False,
-        seed: int = 42,
+        shuffle_buffer: int = _DATA.shuffle_buffer,
+        sequence_mode: bool = _DATA.sequence_mode,
+        seed: int = _DATA.seed,
         repeat: bool = True,
         normalize: bool = False,
         normalization_factor: Optional[float] = None,
@@ -226,7 +166,8 @@ class ActivationStream:
         shuffle = not (sequence_mode or shuffle_buffer == 0)
         source = ArraySource([(acts, index)], acts.shape[1], shuffle=shuffle, seed=seed, repeat=repeat)
         stream = cls(
-            source, batch_size, shuffle_buffer, 128, sequence_mode, seed, normalize, normalization_factor,
+            source, batch_size=batch_size, shuffle_buffer=shuffle_buffer, sequence_mode=sequence_mode,
+            seed=seed, normalize=normalize, normalization_factor=normalization_factor,
         )
         if normalize and normalization_factor is None:
             stream.normalization_factor = estimate_normalization_factor(acts)
@@ -236,8 +177,7 @@ class ActivationStream:
     def _start(self) -> Iterator[ActivationChunk]:
         chunks = self.source.chunks()
         if self.normalize and self.normalization_factor is None:
-            first = list(islice(chunks, self.norm_estimate_batches))
-            self.normalization_factor = estimate_normalization_factor([c.acts for c in first])
+            self.normalization_factor, first = first_chunks_factor(chunks, self.norm_estimate_batches)
             self.buffer.add(first, self._scale)
         return chunks
 
@@ -319,17 +259,11 @@ class ActivationStream:
         )
 
 
-def stream_from_config(cfg, lm=None, batch_size: Optional[int] = None) -> ActivationStream:
-    """The stream a run config asks for: its data.cache when set, else live from model + dataset.
+def stream_from_config(model: ModelConfig, data: DataConfig, batch_size: int, lm=None) -> ActivationStream:
+    """The stream the [model] and [data] sections ask for: data.cache when set, else live.
 
-    cfg: a featsep.config RunConfig (or anything with .model, .data and .train sections).
-    lm: an already loaded LanguageModel to reuse (default: load cfg.model.name).
-    """
-    data, model = cfg.data, cfg.model
-    batch_size = batch_size or cfg.train.batch_size
+    lm: an already loaded LanguageModel to reuse (default: load model.name)."""
     if data.cache:
-        from featsep.data.cache import ActivationCache
-
         cache = ActivationCache(data.cache)
         for key, wanted in (("hook", model.hook), ("model", model.name), ("context_length", data.context_length)):
             if cache.manifest[key] != wanted:
@@ -351,4 +285,3 @@ def stream_from_config(cfg, lm=None, batch_size: Optional[int] = None) -> Activa
         shuffle_buffer=data.shuffle_buffer, sequence_mode=data.sequence_mode, normalize=data.normalize,
         norm_estimate_batches=data.norm_estimate_batches, exclude_special_tokens=data.exclude_special_tokens,
     )
-

@@ -14,13 +14,12 @@ from typing import Any, Optional, Sequence, Union
 
 from featsep.evals.activations import EvalContext, check_sae_fits, default_cache_dir
 from featsep.evals.registry import EvalSpec, available_evals, get_eval
+from featsep.evals.settings import resolve_settings
 from featsep.evals.schema import eval_output, final_info_section, write_result
 from featsep.train.run_dir import update_final_info
 
 log = logging.getLogger(__name__)
 
-# Settings keys that configure the runner rather than one eval (usable in `--set`).
-RUNNER_KEYS = ("hook", "cache_dir", "device", "dtype")
 DEFAULT_MODEL = "gemma-3-270m"
 RESULTS_DIR = "eval_results"
 
@@ -68,44 +67,6 @@ def resolve_targets(sae_or_path) -> list[Target]:
     if not items:
         raise ValueError("no SAE to evaluate: pass an SAE, an SAE dir, a run dir, or a list of them")
     return [_resolve_one(item, i) for i, item in enumerate(items)]
-
-
-def split_settings(evals: Sequence[str], settings: Optional[dict]) -> tuple[dict[str, dict], dict[str, Any]]:
-    """Per-eval settings and runner settings from {"core": {...}, "seed": 1, "hook": ...}.
-
-    A key that is not an eval name applies to every selected eval that has such a setting."""
-    per_eval: dict[str, dict] = {name: {} for name in evals}
-    runner: dict[str, Any] = {}
-    known = set(available_evals())
-    for key, value in (settings or {}).items():
-        if key in RUNNER_KEYS:
-            runner[key] = value
-        elif key in known:
-            if key not in per_eval:
-                raise ValueError(f"settings for eval {key!r}, which is not selected (evals: {', '.join(evals)})")
-            if not isinstance(value, dict):
-                raise ValueError(f"settings[{key!r}] must be a dict of that eval's settings, got {value!r}")
-            per_eval[key].update(value)
-        else:
-            takers = [n for n in evals if key in get_eval(n).settings_class.model_fields]
-            if not takers:
-                raise ValueError(
-                    f"unknown setting {key!r}: no selected eval ({', '.join(evals)}) has it; prefix it with the "
-                    f"eval name (e.g. core.{key}=...) or see the settings classes in featsep.evals"
-                )
-            for n in takers:
-                per_eval[n].setdefault(key, value)
-    return per_eval, runner
-
-
-def _build_settings(spec: EvalSpec, values: dict):
-    from pydantic import ValidationError
-
-    try:
-        return spec.settings_class(**values)
-    except ValidationError as e:
-        lines = "; ".join(f"{spec.name}.{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
-        raise ValueError(f"bad settings for eval {spec.name!r}: {lines}") from None
 
 
 def _load_model(model, targets: list[Target], device: str, dtype: str):
@@ -156,11 +117,10 @@ def evaluate(
     if not evals:
         raise ValueError(f"no eval selected; choose from: {', '.join(available_evals())}")
     specs = [get_eval(name) for name in evals]
-    per_eval, runner = split_settings(evals, settings)
+    eval_settings, runner = resolve_settings(evals, settings)
     hook = runner.get("hook", hook)
     cache_dir = runner.get("cache_dir", cache_dir)
     cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
-    eval_settings = {spec.name: _build_settings(spec, per_eval[spec.name]) for spec in specs}
     targets = resolve_targets(sae_or_path)
     lm = _load_model(model, targets, runner.get("device", device), runner.get("dtype", dtype))
 

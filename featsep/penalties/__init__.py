@@ -8,7 +8,7 @@ competition), temporal (co-activation stability). Each has mode="specified" / "r
 where the idea and its reference code differ; reference.py holds the dense n x n oracles.
 """
 
-from featsep.penalties.base import Penalty, PenaltyConfigBase, make_penalty, penalties, register
+from featsep.penalties.base import Penalty, PenaltyConfigBase, get_penalty, make_penalty, penalties, register
 from featsep.penalties import momentum, orthogonality, temporal  # noqa: F401  (registration)
 
-__all__ = ["make_penalty", "penalties", "Penalty", "PenaltyConfigBase", "register"]
+__all__ = ["make_penalty", "penalties", "get_penalty", "Penalty", "PenaltyConfigBase", "register"]

@@ -152,6 +152,10 @@ def penalties() -> list[str]:
     return _REGISTRY.names()
 
 
+def get_penalty(name: str) -> type[Penalty]:
+    return _REGISTRY.get(name)
+
+
 def make_penalty(name: str, d_sae: int, **params: Any) -> Penalty:
     """Build a registered penalty, e.g. make_penalty("momentum", d_sae=8192, beta=0.95)."""
     return _REGISTRY.build(name, d_sae=d_sae, **params)

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from featsep.penalties.base import Penalty
 from featsep.sae.base import SAE, SAEOutput
+from featsep.settings import format_errors
 from featsep.train import checkpoint as ckpt
 from featsep.train import run_dir as rd
 from featsep.train.artifacts import write_config, write_final
+from featsep.train.config import TrainConfig
 from featsep.train.logger import ExternalLoggers, MetricsSink, scalar_stats
 from featsep.train.schedule import WarmupDecay, make_scheduler
 
@@ -420,22 +423,14 @@ def train(
     steps: Optional[int] = None,
     *,
     penalties: PenaltiesArg = None,
+    config: Optional[TrainConfig] = None,
     lr: Union[None, float, Sequence[Optional[float]]] = None,
     out_dir: Union[None, str, Path] = None,
     names: Optional[Sequence[str]] = None,
-    checkpoint_every: int = 500,
-    log_every: int = 10,
-    lr_warmup_steps: int = 0,
-    lr_decay_fraction: float = 0.2,
-    adam_betas: tuple[float, float] = (0.9, 0.999),
-    seed: int = 42,
-    device: Union[None, str, torch.device] = None,
-    autocast_bf16: bool = True,
     resume: bool = False,
     progress: bool = True,
-    wandb: bool = False,
-    tensorboard: bool = False,
     run_config: Optional[dict] = None,
+    **settings: Any,
 ) -> list[SAE]:
     """Train SAEs on a stream of activation batches; returns the trained SAEs (same objects).
 
@@ -445,25 +440,26 @@ def train(
     steps: number of steps; None trains until the batches end (an LR decay then needs len()).
     penalties: None; a list aligned with saes (each a Penalty, a list of them, or None); or a
         dict {sae index or name: Penalty or list}. Each SAE needs its own penalty objects.
-    lr: None (each SAE's default_lr()), a float, or one value per SAE.
+    config: a TrainConfig (the [train] section); `settings` are its fields as keywords
+        (checkpoint_every=, log_every=, lr_warmup_steps=, lr_decay_fraction=, adam_betas=,
+        seed=, device=, autocast_bf16=, wandb=, tensorboard=), applied on top of it.
+        lr_warmup_steps, lr_decay_fraction: linear warm-up; linear decay to 0 over that final
+        fraction of the steps. device "auto": where the first SAE is; bf16 autocast only on CUDA.
+    lr: None (config.lr, else each SAE's default_lr()), a float, or one value per SAE.
     out_dir: None writes nothing. One SAE: out_dir is its run dir; several: out_dir/<name>.
         A run dir gets config.json, checkpoints/ (the last 2), metrics.jsonl, sae/ and
         final_info.json.
-    lr_warmup_steps, lr_decay_fraction: linear warm-up; linear decay to 0 over that final
-        fraction of the steps.
-    device: where to train (None: where the first SAE is). bf16 autocast only on CUDA.
     resume: continue from the latest checkpoint in out_dir (a fresh start if there is none);
         on CPU the result equals an uninterrupted run exactly.
     run_config: the caller's whole run description, stored in config.json for resume.
     Raises NonFiniteLossError on a NaN/Inf loss (the last checkpoint stays as it was).
     """
+    cfg = _train_config(config, settings)
     saes = _as_sae_list(saes)
     names = _names(names, len(saes))
     penalty_lists = _assign_penalties(penalties, names)
-    total = _total_steps(batches, steps, lr_decay_fraction)
-    lrs = _lrs(lr, saes)
-    if checkpoint_every <= 0 or log_every <= 0:
-        raise ValueError("checkpoint_every and log_every must be positive step counts")
+    total = _total_steps(batches, steps, cfg.lr_decay_fraction)
+    lrs = _lrs(cfg.lr if lr is None else lr, saes)
     dirs = rd.run_dirs(out_dir, names)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -472,24 +468,24 @@ def train(
             if d is not None and rd.holds_training(d):
                 raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
                                       "or choose another out_dir")
-    dev = torch.device(device) if device is not None else saes[0].W_dec.device
-    schedule = WarmupDecay(lr_warmup_steps, total, lr_decay_fraction)
+    dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
+    schedule = WarmupDecay(cfg.lr_warmup_steps, total, cfg.lr_decay_fraction)
     members = [
-        _build_member(i, name, sae, plist, d, lr_i, adam_betas, schedule, dev)
+        _build_member(i, name, sae, plist, d, lr_i, cfg.adam_betas, schedule, dev)
         for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
     ]
-    args = dict(
-        steps=total, checkpoint_every=checkpoint_every, log_every=log_every, lr_warmup_steps=lr_warmup_steps,
-        lr_decay_fraction=lr_decay_fraction, adam_betas=list(adam_betas), seed=seed, device=str(dev),
-        autocast_bf16=autocast_bf16, names=names, out_dir=None if out_dir is None else str(out_dir),
-    )
+    # what config.json and final_info record: the settings as resolved for this run
+    args = {
+        **cfg.model_dump(mode="json", exclude={"tokens", "batch_size", "lr"}),
+        "steps": total, "device": str(dev), "names": names, "out_dir": None if out_dir is None else str(out_dir),
+    }
     run = _Run(members, batches, total, args)
     start = ckpt.latest_common_step(run.run_dirs) if resume else None
-    sink = MetricsSink(names, dirs, ExternalLoggers(wandb, tensorboard, names, dirs, run_config, resume=start is not None),
+    sink = MetricsSink(names, dirs, ExternalLoggers(cfg.wandb, cfg.tensorboard, names, dirs, run_config, resume=start is not None),
                        total, start or 0, progress)
     try:
         if start is None:
-            ckpt.seed_everything(seed)
+            ckpt.seed_everything(cfg.seed)
             for m in members:
                 if m.run_dir is not None:
                     _start_run_dir(m, args, run_config)
@@ -509,6 +505,19 @@ def train(
     finally:
         sink.close()
     return saes
+
+
+def _train_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> TrainConfig:
+    """`config` with keyword `settings` on top; a misspelt keyword names the valid ones."""
+    unknown = sorted(set(settings) - set(TrainConfig.model_fields))
+    if unknown:
+        raise TypeError(f"train() got unknown setting(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(sorted(TrainConfig.model_fields))}")
+    base = (config or TrainConfig()).model_dump()
+    try:
+        return TrainConfig.model_validate({**base, **settings})
+    except ValidationError as e:
+        raise ValueError("bad training settings: " + "; ".join(line.strip() for line in format_errors(e))) from None
 
 
 def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run_dir: Optional[Path], lr: float,

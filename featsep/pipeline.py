@@ -10,22 +10,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
-from featsep.config import (
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    PenaltyConfig,
-    RunConfig,
-    SAEConfig,
-    TrainConfig,
-    apply_overrides,
-    validate,
-)
+from featsep.config import ConfigError, PenaltySection, RunConfig, SAESection, apply_overrides, validate
+from featsep.data.config import DataConfig
+from featsep.evals.settings import EvalConfig
+from featsep.lm.config import ModelConfig
 from featsep.train import run_dir as rd
+from featsep.train.config import TrainConfig
 
 
 @dataclass
@@ -35,8 +27,8 @@ class RunSpec:
     name: str
     label: str
     method: str
-    sae: SAEConfig
-    penalties: list[PenaltyConfig] = field(default_factory=list)
+    sae: SAESection  # type: ignore[valid-type]
+    penalties: list[PenaltySection] = field(default_factory=list)  # type: ignore[valid-type]
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,17 +67,13 @@ def sae_metadata(model: ModelConfig, data: DataConfig, stream) -> dict[str, Any]
 def build_sae(spec: RunSpec, d_in: int, metadata: dict[str, Any], device: str):
     from featsep.sae import make_sae
 
-    params = dict(spec.sae.model_extra or {})
-    clash = sorted(set(params) & set(metadata))
-    if clash:
-        raise ConfigError(f"run {spec.name}: sae.{clash[0]} is set from the model/data sections; remove it")
-    return make_sae(spec.sae.architecture, d_in=d_in, d_sae=spec.sae.d_sae, device=device, **metadata, **params)
+    return make_sae(spec.sae.architecture, d_in=d_in, device=device, **metadata, **spec.sae.params())
 
 
 def build_penalties(spec: RunSpec, d_sae: int) -> list:
     from featsep.penalties import make_penalty
 
-    return [make_penalty(p.name, d_sae=d_sae, **(p.model_extra or {})) for p in spec.penalties]
+    return [make_penalty(p.name, d_sae=d_sae, **p.params()) for p in spec.penalties]
 
 
 def _check_sequence_mode(specs: list[RunSpec], data: DataConfig) -> None:
@@ -121,8 +109,7 @@ def train_specs(
 
     device = str(resolve_device(train.device))
     _check_sequence_mode(specs, data)
-    view = SimpleNamespace(model=model, data=data, train=train)
-    stream = stream_from_config(view, lm=lm, batch_size=train.batch_size)
+    stream = stream_from_config(model, data, train.batch_size, lm=lm)
     steps = train.tokens // train.batch_size
     if steps < 1:
         raise ConfigError(
@@ -143,25 +130,8 @@ def train_specs(
     else:
         target, names = out_dir, [s.name for s in specs]
     train_saes(
-        saes,
-        stream,
-        steps,
-        penalties=penalties,
-        lr=train.lr,
-        out_dir=target,
-        names=names,
-        checkpoint_every=train.checkpoint_every,
-        log_every=train.log_every,
-        lr_warmup_steps=train.lr_warmup_steps,
-        lr_decay_fraction=train.lr_decay_fraction,
-        adam_betas=tuple(train.adam_betas),
-        seed=train.seed,
-        device=device,
-        autocast_bf16=train.autocast_bf16,
-        resume=resume,
-        wandb=train.wandb,
-        tensorboard=train.tensorboard,
-        run_config=shared_config,
+        saes, stream, steps, penalties=penalties, config=train.model_copy(update={"device": device}),
+        out_dir=target, names=names, resume=resume, run_config=shared_config,
     )
     minutes = (time.time() - started) / 60
     print(
@@ -182,14 +152,8 @@ def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig
             todo.setdefault(missing, []).append(run_dir)
     for evals, dirs in todo.items():
         settings = json.loads(json.dumps(eval_cfg.settings))  # a private copy
-        evaluate(
-            [str(d) for d in dirs],
-            evals=list(evals),
-            model=lm if lm is not None else model.name,
-            settings=settings,
-            device=model.device,
-            dtype=model.dtype,
-        )
+        evaluate([str(d) for d in dirs], evals=list(evals), model=lm if lm is not None else model.name,
+                 settings=settings, device=model.device, dtype=model.dtype)
 
 
 def _has_eval(run_dir: Path, eval_name: str) -> bool:

@@ -1,0 +1,30 @@
+"""The `[data]` section: text (or a cache of activations) and how it becomes a stream of
+activation batches. The stream, the harvester and `featsep cache` read their defaults here."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from featsep.settings import Strict
+
+
+class DataConfig(Strict):
+    """Text (or a cache of activations) and how it becomes a stream of activation batches."""
+
+    dataset: str = "bbc-news"
+    text_column: str = "text"
+    split: str = "train"
+    context_length: int = Field(128, gt=1)
+    cache: Optional[str] = Field(None, description="activation cache dir; when set, train reads it")
+    shuffle_buffer: int = Field(
+        256, ge=0, description="contexts mixed by the shuffling buffer (0: keep sequences in order)"
+    )
+    sequence_mode: bool = Field(
+        False, description="keep whole contexts in order (temporal penalties need this)"
+    )
+    normalize: bool = Field(True, description="scale activations so that mean ||x||^2 = d")
+    norm_estimate_batches: int = Field(8, gt=0)
+    exclude_special_tokens: bool = True
+    seed: int = 42

@@ -1,0 +1,28 @@
+"""The `[train]` section: the training budget and the trainer's settings, defined once.
+
+`featsep.train(...)` takes one (`config=`) or the same fields as keyword arguments; the
+pipeline reads `tokens` and `batch_size` to size the activation stream."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from featsep.settings import Strict
+
+
+class TrainConfig(Strict):
+    tokens: int = Field(2_000_000, gt=0, description="activations to train on (pipeline)")
+    batch_size: int = Field(4096, gt=0, description="activations per SAE step (pipeline)")
+    lr: Optional[float] = Field(None, gt=0, description="None: the architecture's default rule")
+    lr_warmup_steps: int = Field(0, ge=0)
+    lr_decay_fraction: float = Field(0.2, ge=0, le=1, description="final fraction of steps with linear decay to 0")
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
+    log_every: int = Field(10, gt=0, description="steps between metrics rows")
+    seed: int = 42
+    device: str = Field("auto", description="auto: where the SAEs are (the pipeline puts them on cuda if available)")
+    autocast_bf16: bool = Field(True, description="bf16 autocast for the SAE on GPU (never on CPU)")
+    wandb: bool = False
+    tensorboard: bool = False
