@@ -23,3 +23,93 @@ def test_bad_overrides_name_the_cause(override, message):
     data = {"train": {"lr": 1e-3}, "penalties": [{"name": "a"}, {"name": "b"}], "tags": ["x"]}
     with pytest.raises(ConfigError, match=message):
         apply_overrides(data, [override])
+
+
+# --- the typed run configuration ---------------------------------------------------------------
+from typer.testing import CliRunner  # noqa: E402
+
+from featsep.config import RunConfig, SweepConfig, validate  # noqa: E402
+
+
+@pytest.mark.parametrize("data, where, valid", [
+    ({"penalties": [{"name": "momentum", "betaa": 0.9}]}, "penalties.0.betaa", "beta, mode, name, normalize, tau, weight"),
+    ({"sae": {"architecture": "topk", "kk": 8}}, "sae.kk", "aux_coefficient, aux_k"),
+    ({"sae": {"architecture": "jumprelu", "k": 8}}, "sae.k", "bandwidth"),
+    ({"train": {"lrr": 1e-3}}, "train.lrr", "lr, lr_decay_fraction"),
+    ({"data": {"shuffle_bufer": 3}}, "data.shuffle_bufer", "shuffle_buffer"),
+    ({"sae": {"hook_name": "blocks.1"}}, "sae.hook_name", "architecture"),  # filled from [model]
+])
+def test_misspelt_key_names_the_field_and_the_valid_ones(data, where, valid):
+    with pytest.raises(ConfigError) as e:
+        validate(RunConfig, data)
+    assert f"{where}: unknown field" in str(e.value) and valid in str(e.value)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"sae": {"architecture": "topkk"}}, "unknown SAE architecture; choose one of: batchtopk, jumprelu"),
+    ({"penalties": [{"weight": 1}]}, "unknown Penalty name; choose one of: momentum, orthogonality, temporal"),
+    ({"sae": {"k": 64, "d_sae": 32}}, "k=64 exceeds d_sae=32"),  # the architecture's own cross-field check
+    ({"penalties": [{"name": "momentum", "beta": 1.5}]}, "penalties.0.beta: Input should be less than 1"),
+    ({"eval": {"evals": ["cor"]}}, "unknown eval 'cor'"),
+    ({"eval": {"evals": ["core"], "settings": {"core": {"sed": 1}}}}, r"core.sed: unknown setting \(valid: .*seed"),
+    ({"eval": {"evals": ["core"], "settings": {"absorption": {"seed": 1}}}}, "absorption.*not selected"),
+])
+def test_bad_values_are_refused_when_the_file_is_read(data, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(RunConfig, data)
+
+
+def test_sections_are_typed_with_defaults_defined_once():
+    from featsep.data.config import DataConfig
+    from featsep.data.stream import ActivationStream
+
+    cfg = validate(RunConfig, {"sae": {"architecture": "batchtopk", "k": 8}, "penalties": [{"name": "temporal"}]})
+    assert cfg.sae.architecture == "batchtopk" and cfg.sae.k == 8 and cfg.sae.d_sae == 4096
+    assert cfg.sae.params()["threshold_lr"] == 0.01  # the architecture's own default
+    assert cfg.penalties[0].window_size == 1000 and "d_sae" not in cfg.penalties[0].params()
+    assert RunConfig().sae.architecture == "topk"
+    # the stream's library defaults are the [data] section's
+    import inspect
+
+    defaults = inspect.signature(ActivationStream.from_lm).parameters
+    for name in ("shuffle_buffer", "context_length", "seed", "normalize", "norm_estimate_batches"):
+        assert defaults[name].default == getattr(DataConfig(), name), name
+
+
+def test_every_sweep_grid_point_is_checked_when_the_file_is_read():
+    base = {"name": "m", "sae": {"architecture": "topk", "d_sae": 8}}
+    ok = validate(SweepConfig, {"methods": [{**base, "grid": {"sae.k": [1, 2]}}]})  # k 32 > 8 alone: fine
+    assert [p.sae.k for _, p in ok.methods[0].combinations()] == [1, 2]
+    with pytest.raises(ConfigError, match=r"grid point \{'sae.k': 9\}: sae: k=9 exceeds d_sae=8"):
+        validate(SweepConfig, {"methods": [{**base, "grid": {"sae.k": [1, 9]}}]})
+    with pytest.raises(ConfigError, match="sae.kk: unknown field"):
+        validate(SweepConfig, {"methods": [{**base, "grid": {"sae.kk": [1]}}]})
+
+
+def test_train_keywords_are_checked_against_the_train_section():
+    import torch
+
+    from featsep import make_sae, train
+
+    sae = make_sae("topk", d_in=4, d_sae=8, k=2)
+    with pytest.raises(TypeError, match="unknown setting.*checkpont_every.*valid: .*checkpoint_every"):
+        train([sae], [torch.randn(8, 4)], steps=1, checkpont_every=5)
+
+
+def test_eval_settings_fail_before_any_model_loads_or_trains(tmp_path, monkeypatch):
+    """A misspelt eval setting used to surface after training had finished."""
+    from featsep.cli import app
+    import featsep.lm.loading as loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config was validated")
+
+    monkeypatch.setattr(loading, "load_lm", no_model)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", "examples/offline-default.toml", "--set", f"out_dir={out}",
+        "--set", 'eval.evals=["core"]', "--set", "eval.settings.core.n_eval_reconstruction_batchs=2",
+    ])
+    assert result.exit_code == 2, result.output
+    assert "core.n_eval_reconstruction_batchs: unknown setting" in result.output
+    assert not out.exists()
