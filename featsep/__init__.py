@@ -6,7 +6,7 @@ Public API (stable; see README):
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from featsep.version import __version__
 
 __all__ = ["make_sae", "save_sae", "load_sae", "make_penalty", "train", "evaluate", "__version__"]
 
