@@ -288,27 +288,9 @@ def _choice_tokens(lm, items: list[tuple[str, list[str]]]) -> tuple[list[list[in
     return prefixes, conts
 
 
-class _LayerHook:
-    """Replace the hooked layer's output with fn(acts, bos_at_0) while the block runs (no hook
-    when fn is None)."""
-
-    def __init__(self, lm, hook: Optional[str], fn, bos_at_0: bool):
-        self.lm, self.hook, self.fn, self.bos_at_0, self.handle = lm, hook, fn, bos_at_0, None
-
-    def __enter__(self):
-        if self.fn is not None:
-            from featsep.lm.model import _first, _replace_first
-
-            def replace(_module, _args, output):
-                acts = _first(output)
-                return _replace_first(output, self.fn(acts, bos_at_0=self.bos_at_0).to(device=acts.device, dtype=acts.dtype))
-
-            self.handle = self.lm.layers[self.lm.hook_layer(self.hook)].register_forward_hook(replace)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
+def _at_bos(fn, bos_at_0: bool):
+    """fn(acts, bos_at_0) as the one-argument hook function lm.hooked takes (None stays None)."""
+    return None if fn is None else functools.partial(fn, bos_at_0=bos_at_0)
 
 
 @torch.no_grad()
@@ -330,15 +312,15 @@ def choice_scores(lm, items: list[tuple[str, list[str]]], batch_size: int, hook:
     device = lm.device
     for idx in tqdm(batches, desc=desc, disable=not verbose):
         prefix = torch.tensor([prefixes[q] for q in idx], device=device)
-        with _LayerHook(lm, hook, fn, bos_at_0=True):
-            out = lm.model(input_ids=prefix, use_cache=True)
+        with lm.hooked(hook, _at_bos(fn, True)) as model:
+            out = model(input_ids=prefix, use_cache=True)
         last = out.logits[:, -1].float().log_softmax(-1).repeat_interleave(n_choices, 0)  # predicts each choice's 1st token
         cache = out.past_key_values
         cache.batch_repeat_interleave(n_choices)
         ids, mask = _pad(lm, [conts[q][k] for q in idx for k in range(n_choices)])
         attention = torch.cat([torch.ones(ids.shape[0], prefix.shape[1], dtype=torch.long), mask], 1).to(device)
-        with _LayerHook(lm, hook, fn, bos_at_0=False):
-            logits = lm.model(input_ids=ids.to(device), attention_mask=attention, past_key_values=cache, use_cache=True).logits
+        with lm.hooked(hook, _at_bos(fn, False)) as model:
+            logits = model(input_ids=ids.to(device), attention_mask=attention, past_key_values=cache, use_cache=True).logits
         logprobs = torch.cat([last[:, None], logits[:, :-1].float().log_softmax(-1)], 1)  # position t predicts token t
         picked = logprobs.gather(-1, ids.to(device)[..., None]).squeeze(-1).double().cpu() * mask
         scores[idx] = picked.sum(1).view(len(idx), n_choices)
