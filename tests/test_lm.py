@@ -25,6 +25,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+import featsep.hub as hub
 import featsep.lm.loading as loading
 from featsep.lm import LanguageModel, format_models_table, list_models, load_lm, parse_hook
 from featsep.lm.model import with_hidden_states
@@ -326,12 +327,12 @@ def test_bad_names_fail_fast_and_clearly(monkeypatch):
         load_lm("./no/such/model.gguf")
     with pytest.raises(ValueError, match="dtype 'f8'.*auto, float32"):
         load_lm("gemma-3-270m", dtype="f8")
-    monkeypatch.setattr(loading, "_hub_offline", lambda: False)
-    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     started = time.perf_counter()
     with pytest.raises(RuntimeError, match="cannot be reached.*'gemma-3-270m'"):
         load_lm("featsep-test/definitely-not-a-model")
-    monkeypatch.setattr(loading, "_hub_offline", lambda: True)
+    monkeypatch.setattr(hub, "offline", lambda: True)
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE.*'gemma-3-270m'"):
         load_lm("featsep-test/definitely-not-a-model")
     assert time.perf_counter() - started < 10
