@@ -153,7 +153,7 @@ def test_choice_scores_cached_prefix_match_full_rows():
 def test_resolved_offline_and_saebench_defaults():
     from types import SimpleNamespace
 
-    from featsep.evals.activations import EvalContext
+    from featsep.evals.common.context import EvalContext
 
     cpu_lm = SimpleNamespace(device=torch.device("cpu"), hook_layer=lambda hook: 0)
     ctx = EvalContext(cpu_lm, "blocks.0.hook_resid_post")
@@ -346,7 +346,7 @@ def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
 
 def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch):
     import featsep.evals.unlearning as unlearning
-    from featsep.evals.activations import EvalContext
+    from featsep.evals.common.context import EvalContext
     from tests.test_evals import HOOK, WORDS, make_lm
 
     lm = make_lm()

@@ -48,7 +48,7 @@ knowledge from an instruction-tuned model while sparing others?
    (with ~100 retain questions: not a single one may flip).
 
 Question sets by name: "wmdp-bio" (cais/wmdp), an MMLU subject ("high_school_geography",
-cais/mmlu), "trivia:<list>" (offline, featsep.evals.offline_sets), or a local .jsonl/.csv/
+cais/mmlu), "trivia:<list>" (offline, featsep.data.offline), or a local .jsonl/.csv/
 .parquet file with question, choices (4) and answer (index) columns. Corpora: "offline:trivia"
 (the forget lists' Q/A as text), "wikitext" (wikitext-2-raw-v1 test), or any
 featsep.data.text_source spec (bbc-news, a file, an HF dataset; WMDP's gated
@@ -74,7 +74,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featsep.evals.activations import EvalContext, encode, not_special, sae_scale
+from featsep.evals.common.context import EvalContext, encode, not_special, sae_scale
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
 PRE_WMDP_BIO = "The following are multiple choice questions (with answers) about biology.\n"
@@ -184,19 +184,16 @@ def load_question_set(name: str, s: UnlearningSettings) -> tuple[list[dict], str
     from pathlib import Path
 
     if name.startswith("trivia:"):
-        from featsep.evals.offline_sets import trivia_questions
+        from featsep.data.offline import trivia_questions
 
         topic = name.split(":", 1)[1]
         subject = TRIVIA_SUBJECTS.get(topic, topic)
         return trivia_questions(topic, seed=s.seed, wheel=s.trivia_wheel), PRE_QUESTION_FORMAT.format(subject=subject)
     path = Path(name).expanduser()
     if path.is_file():
-        from featsep.evals.probing_data import read_table
+        from featsep.data.tables import read_table
 
-        df = read_table(path)
-        missing = [c for c in ("question", "choices", "answer") if c not in df.columns]
-        if missing:
-            raise ValueError(f"{path}: question file lacks column(s) {missing}; it needs question, choices (4 strings), answer (0-3)")
+        df = read_table(path, ("question", "choices", "answer"), fix="a question file needs question, choices (4 strings), answer (0-3)")
         rows = df.to_dict("records")
         return rows, PRE_QUESTION_FORMAT.format(subject=path.stem.replace("_", " "))
     try:
@@ -420,7 +417,7 @@ def kept_questions(ctx: EvalContext, name: str, s: UnlearningSettings) -> dict[s
 def corpus_texts(spec: str, s: UnlearningSettings) -> Iterable[str]:
     """The corpus's texts, lazily where the source streams (corpus_rows reads only what it needs)."""
     if spec == OFFLINE_TRIVIA_CORPUS:
-        from featsep.evals.offline_sets import trivia_corpus
+        from featsep.data.offline import trivia_corpus
 
         topics = [q.split(":", 1)[1] for q in s.forget_questions if q.startswith("trivia:")]
         if not topics:
