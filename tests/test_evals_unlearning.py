@@ -369,3 +369,17 @@ def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch):
     monkeypatch.setattr(unlearning, "corpus_texts", lambda spec, s: iter([]))
     with pytest.raises(ValueError, match="holds no text"):
         unlearning.corpus_rows(ctx, "empty", s)
+
+
+def test_hub_sets_without_a_network_fail_at_once_naming_the_offline_sets(monkeypatch):
+    pytest.importorskip("datasets")
+    from featsep import hub
+    from featsep.evals.unlearning import corpus_texts, load_question_set
+
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    s = UnlearningSettings()
+    for load in (lambda: load_question_set("wmdp-bio", s), lambda: load_question_set("college_biology", s),
+                 lambda: corpus_texts("wikitext", s)):
+        with pytest.raises(ValueError, match=r"hub cannot be reached .*trivia:<list>.*unlearning.forget_questions"):
+            load()

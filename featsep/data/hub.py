@@ -19,18 +19,16 @@ from featsep.data.tables import read_table
 LOCAL_COPY_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 
 
-def load_dataset(path: str, section: str, **kwargs):
-    """`datasets.load_dataset(path, **kwargs)`, failing fast and naming `{section}.local_copies`."""
+def load_dataset(path: str, section: str, fix: Optional[str] = None, **kwargs):
+    """`datasets.load_dataset(path, **kwargs)`, failing fast; errors end with `fix`, by default
+    "give a local copy ({section}.local_copies)"."""
+    fix = fix or f"give a local copy ({section}.local_copies)"
     try:
         import datasets
     except ImportError:
-        raise DataError(
-            f"{path} needs the `datasets` package: pip install datasets (or featsep[hub]); or give a local copy "
-            f"({section}.local_copies)"
-        ) from None
+        raise DataError(f"{path} needs the `datasets` package: pip install datasets (or featsep[hub]); or {fix}") from None
     if not hub.offline() and not hub.reachable():
-        raise DataError(f"{path}: the Hugging Face hub cannot be reached (no network?); give a local copy "
-                        f"({section}.local_copies)")
+        raise DataError(f"{path}: the Hugging Face hub cannot be reached (no network?); {fix}")
     return datasets.load_dataset(path, **kwargs)
 
 

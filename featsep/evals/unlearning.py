@@ -74,6 +74,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+import featsep.data.hub as hub_data
 from featsep.evals.common.context import EvalContext, encode, not_special, sae_scale
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
@@ -85,6 +86,9 @@ OFFLINE_FORGET = ["trivia:worldcapitals"]
 OFFLINE_RETAIN = ["trivia:elements", "trivia:usstateabbreviations"]
 OFFLINE_TRIVIA_CORPUS = "offline:trivia"
 # readable subjects for the pre-question line ("... about world capitals.")
+SECTION = "unlearning"
+HUB_FIX = "use the offline sets (trivia:<list>, offline:trivia) or local files (unlearning.forget_questions / retain_questions / forget_corpus / retain_corpus)"
+
 TRIVIA_SUBJECTS = {
     "worldcapitals": "world capitals", "uscapitals": "US state capitals", "elements": "chemical elements",
     "usstateabbreviations": "US state abbreviations", "greekmyth": "Greek mythology", "general": "general knowledge",
@@ -196,14 +200,12 @@ def load_question_set(name: str, s: UnlearningSettings) -> tuple[list[dict], str
         df = read_table(path, ("question", "choices", "answer"), fix="a question file needs question, choices (4 strings), answer (0-3)")
         rows = df.to_dict("records")
         return rows, PRE_QUESTION_FORMAT.format(subject=path.stem.replace("_", " "))
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(f"question set {name!r} needs the `datasets` package (pip install datasets), or use a local file") from None
     if name.startswith("wmdp-"):
-        ds, pre = datasets.load_dataset("cais/wmdp", name, split="test"), PRE_WMDP_BIO if name == "wmdp-bio" else PRE_QUESTION_FORMAT.format(subject=name[5:])
+        ds = hub_data.load_dataset("cais/wmdp", SECTION, HUB_FIX, name=name, split="test")
+        pre = PRE_WMDP_BIO if name == "wmdp-bio" else PRE_QUESTION_FORMAT.format(subject=name[5:])
     else:
-        ds, pre = datasets.load_dataset("cais/mmlu", name, split="test"), PRE_QUESTION_FORMAT.format(subject=name.replace("_", " "))
+        ds = hub_data.load_dataset("cais/mmlu", SECTION, HUB_FIX, name=name, split="test")
+        pre = PRE_QUESTION_FORMAT.format(subject=name.replace("_", " "))
     return [{"question": r["question"], "choices": list(r["choices"]), "answer": int(r["answer"])} for r in ds], pre
 
 
@@ -424,9 +426,8 @@ def corpus_texts(spec: str, s: UnlearningSettings) -> Iterable[str]:
             raise ValueError("unlearning.forget_corpus='offline:trivia' needs trivia:<list> forget_questions; name a corpus instead")
         return trivia_corpus(topics, s.trivia_wheel)
     if spec == "wikitext":
-        import datasets
-
-        return [t for t in datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"] if len(t) > 50]
+        wikitext = hub_data.load_dataset("wikitext", SECTION, HUB_FIX, name="wikitext-2-raw-v1", split="test")
+        return [t for t in wikitext["text"] if len(t) > 50]
     from featsep.data import text_source
 
     return itertools.islice(text_source(spec, text_column=s.text_column, seed=s.seed), 200_000)
