@@ -25,7 +25,7 @@ from featsep.evals.absorption import (
     run_absorption,
     token_text,
 )
-from featsep.evals.activations import EvalContext
+from featsep.evals.common.context import EvalContext
 from featsep.lm import LanguageModel
 from featsep.sae import make_sae
 

@@ -27,7 +27,7 @@ from featsep.data import (
     pack_tokens_reference,
     text_source,
 )
-from featsep.data import text as text_module
+from featsep import hub
 from featsep.lm import LanguageModel
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
@@ -155,10 +155,10 @@ def test_local_file_sources(tmp_path):
 
 def test_text_source_errors(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
-    with pytest.raises(DataError, match=r"no text column 'text'.*content"):
+    with pytest.raises(DataError, match=r"no column\(s\) 'text' \(columns: content\); pass text_column"):
         list(text_source(str(tmp_path / "a.jsonl")))
     (tmp_path / "b.csv").write_text("content\nx\n")
-    with pytest.raises(DataError, match="no text column"):
+    with pytest.raises(DataError, match=r"b.csv: no column\(s\) 'text' \(columns: content\)"):
         list(text_source(str(tmp_path / "b.csv")))
     (tmp_path / "empty.jsonl").write_text(json.dumps({"text": "  "}) + "\n")
     with pytest.raises(DataError, match="empty corpus"):
@@ -176,7 +176,8 @@ def test_text_source_errors(tmp_path):
 
 
 def test_hf_dataset_offline_fails_fast_naming_bbc(monkeypatch):
-    monkeypatch.setattr(text_module, "hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     with pytest.raises(DataError, match="bbc-news"):
         text_source("Skylion007/openwebtext")
 
@@ -200,11 +201,11 @@ def test_hf_dataset_streams_through_datasets(monkeypatch):
         calls.update(name=name, split=split, streaming=streaming)
         return FakeStream()
 
-    monkeypatch.setattr(text_module, "hub_reachable", lambda timeout=5.0: True)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     assert list(text_source("monology/pile-uncopyrighted", seed=7)) == ["hello", "world"]
     assert calls == {"name": "monology/pile-uncopyrighted", "split": "train", "streaming": True, "shuffle": 7}
-    with pytest.raises(DataError, match="no text column 'body'"):
+    with pytest.raises(DataError, match="no column\\(s\\) 'body'"):
         text_source("monology/pile-uncopyrighted", text_column="body")
 
 

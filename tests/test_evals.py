@@ -25,7 +25,7 @@ from featsep.evals.absorption import (
     split_features,
     word_end_position,
 )
-from featsep.evals.activations import EvalContext, encode_decode
+from featsep.evals.common.context import EvalContext, encode_decode
 from featsep.evals.core import (
     CoreSettings,
     SparsityVarianceAccumulator,
@@ -36,9 +36,10 @@ from featsep.evals.core import (
     per_token_ce,
     per_token_kl,
 )
-from featsep.evals.probes import top_k_dims
-from featsep.evals.probing_data import load_probing_dataset, man_to_text
-from featsep.evals.sparse_probing import balanced_indices, kept_positions, segment_mean, SparseProbingSettings
+from featsep.evals.common.probes import top_k_dims
+from featsep.data.probing import load_probing_dataset, man_to_text
+from featsep.evals.common.pooling import balanced_indices, kept_positions, segment_mean
+from featsep.evals.sparse_probing import SparseProbingSettings
 from featsep.lm import LanguageModel
 from featsep.sae import SAE, SAEConfigBase, make_sae, save_sae
 
@@ -326,7 +327,7 @@ def test_local_files_and_their_errors(tmp_path):
     ds = load_probing_dataset(str(csv), n_train=6, n_test=3, seed=0)
     assert ds.classes == ["a", "b"] and all(len(ds.train[c]) == 6 and len(ds.test[c]) == 3 for c in ds.classes)
     assert not set(ds.train["a"]) & set(ds.test["a"])
-    with pytest.raises(ValueError, match="column\\(s\\) 'category' missing"):
+    with pytest.raises(ValueError, match="no column\\(s\\) 'category'"):
         load_probing_dataset(str(csv), 6, 3, label_column="category")
     empty = tmp_path / "e.jsonl"
     empty.write_text("")

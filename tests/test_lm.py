@@ -25,9 +25,10 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+import featsep.hub as hub
 import featsep.lm.loading as loading
 from featsep.lm import LanguageModel, format_models_table, list_models, load_lm, parse_hook
-from featsep.lm.model import _replace_first
+from featsep.lm.model import with_hidden_states
 
 VOCAB = 64
 N_LAYERS = 4
@@ -194,11 +195,37 @@ def test_run_with_hook_rejects_wrong_shape(tiny, batch):
     lm.run_with_hook(ids, mask, "blocks.0.hook_resid_post", lambda x: x)  # the failed hook is gone
 
 
-def test_replace_first_keeps_the_rest_of_a_tuple_output():
+def test_hooked_forward_with_kv_cache_equals_one_full_forward(tiny, batch):
+    """A prefix run with use_cache, then the rest on top of its past_key_values, all under one
+    hook: logits and the activations fn saw equal those of one hooked full forward."""
+    lm, _ = tiny
+    ids = batch[0][:1]  # the full-length row: no padding
+    hook, cut = "blocks.1.hook_resid_post", 6
+    hooks_before = len(lm.layers[1]._forward_hooks)
+    seen: list[torch.Tensor] = []
+
+    def fn(x):
+        seen.append(x.clone())
+        return 0.5 * x + 0.1
+
+    with lm.hooked(hook, fn) as model, torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits
+        prefix = model(input_ids=ids[:, :cut], use_cache=True)
+        rest = model(input_ids=ids[:, cut:], past_key_values=prefix.past_key_values, use_cache=True).logits
+    assert len(lm.layers[1]._forward_hooks) == hooks_before
+    torch.testing.assert_close(torch.cat([prefix.logits, rest], 1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(seen[1:], 1), seen[0], rtol=1e-5, atol=1e-5)
+    assert (full - lm.logits(ids)).abs().max() > 1e-3  # the hook changed the logits
+    torch.testing.assert_close(lm.run_with_hook(ids, None, hook, lambda x: 0.5 * x + 0.1), full, rtol=0, atol=1e-6)
+    with lm.hooked(hook, None) as model, torch.no_grad():  # no fn: the clean model
+        torch.testing.assert_close(model(input_ids=ids, use_cache=False).logits, lm.logits(ids), rtol=0, atol=0)
+
+
+def test_with_hidden_states_keeps_the_rest_of_a_tuple_output():
     new = torch.ones(2)
     rest = ("cache", None)
-    assert _replace_first((torch.zeros(2), *rest), new) == (new, *rest)
-    assert _replace_first(torch.zeros(2), new) is new
+    assert with_hidden_states((torch.zeros(2), *rest), new) == (new, *rest)
+    assert with_hidden_states(torch.zeros(2), new) is new
 
 
 def test_parse_hook():
@@ -300,12 +327,12 @@ def test_bad_names_fail_fast_and_clearly(monkeypatch):
         load_lm("./no/such/model.gguf")
     with pytest.raises(ValueError, match="dtype 'f8'.*auto, float32"):
         load_lm("gemma-3-270m", dtype="f8")
-    monkeypatch.setattr(loading, "_hub_offline", lambda: False)
-    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     started = time.perf_counter()
     with pytest.raises(RuntimeError, match="cannot be reached.*'gemma-3-270m'"):
         load_lm("featsep-test/definitely-not-a-model")
-    monkeypatch.setattr(loading, "_hub_offline", lambda: True)
+    monkeypatch.setattr(hub, "offline", lambda: True)
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE.*'gemma-3-270m'"):
         load_lm("featsep-test/definitely-not-a-model")
     assert time.perf_counter() - started < 10

@@ -1,9 +1,9 @@
 """SAEBench's eight sparse-probing datasets, loaded from fake hub data in the hub's real shape.
 
-`probing_data._load_hub` (featsep's only call of `datasets.load_dataset`) is replaced by a fake
+`featsep.data.hub.load_dataset` (featsep's only call of `datasets.load_dataset`) is replaced by a fake
 that serves small `datasets.Dataset`s with the hub's column names and features (int64 ids,
 ClassLabel, Translation, streamed rows), so the loaders run their hub code paths offline.
-The expected values follow SAEBench's dataset_utils.py (sae-bench 0.6.0), see probing_data.py.
+The expected values follow SAEBench's dataset_utils.py (sae-bench 0.6.0), see featsep/data/probing.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pytest
 pd = pytest.importorskip("pandas")
 datasets = pytest.importorskip("datasets")
 
-from featsep.evals import probing_data as pdata  # noqa: E402
-from featsep.evals.probing_data import load_probing_dataset  # noqa: E402
+import featsep.data.hub as hub_data  # noqa: E402
+from featsep.data import probing as pdata  # noqa: E402
+from featsep.data.probing import load_probing_dataset  # noqa: E402
 
 V = datasets.Value
 
@@ -27,7 +28,8 @@ class FakeHub:
     def __init__(self, tables, script_repos=()):
         self.tables, self.script_repos, self.calls = tables, set(script_repos), []
 
-    def __call__(self, path, **kw):
+    def __call__(self, path, section, **kw):
+        assert section == "sparse_probing"  # hub errors name the asking eval's settings
         self.calls.append((path, kw))
         if path in self.script_repos:  # what datasets>=4 says for a hub repo with a loading script
             raise RuntimeError("Dataset scripts are no longer supported, but found x.py")
@@ -39,7 +41,7 @@ class FakeHub:
 
 def _hub(monkeypatch, tables, **kw) -> FakeHub:
     fake = FakeHub(tables, **kw)
-    monkeypatch.setattr(pdata, "_load_hub", fake)
+    monkeypatch.setattr(hub_data, "load_dataset", fake)
     return fake
 
 
@@ -204,7 +206,7 @@ def test_github_length_filter_header_cut_and_saebench_shuffle(monkeypatch):
     table = _github_table()
     hub = _hub(monkeypatch, {("hf://datasets/codeparrot/github-code/data/train-*.parquet", None, "train"): table},
                script_repos={"codeparrot/github-code"})
-    monkeypatch.setattr(pdata, "_datasets_major", lambda: 4)
+    monkeypatch.setattr(hub_data, "datasets_major", lambda: 4)
     ds = load_probing_dataset("codeparrot/github-code", n_train=3, n_test=2, seed=42)
     assert ds.classes == ["C", "Python", "HTML", "Java", "PHP"]
     assert hub.calls[-1][0] == "parquet" and hub.calls[-1][1]["streaming"] is True
@@ -222,7 +224,7 @@ def test_github_length_filter_header_cut_and_saebench_shuffle(monkeypatch):
 def test_github_uses_the_loading_script_before_datasets_4(monkeypatch):
     table = _github_table()
     hub = _hub(monkeypatch, {("codeparrot/github-code", None, "train"): table})
-    monkeypatch.setattr(pdata, "_datasets_major", lambda: 3)
+    monkeypatch.setattr(hub_data, "datasets_major", lambda: 3)
     load_probing_dataset("codeparrot/github-code", n_train=2, n_test=1, seed=0)
     path, kw = hub.calls[0]
     assert path == "codeparrot/github-code" and kw["streaming"] and kw["trust_remote_code"]

@@ -19,7 +19,7 @@ from featsep.data.harvest import (
 )
 from featsep.data.packing import pack_token_lists, pack_tokens, pack_tokens_reference, tokenize_documents
 from featsep.data.stream import ActivationStream, ArraySource, stream_from_config
-from featsep.data.text import BUILTIN_CORPORA, FILE_READERS, load_bbc_news, text_source
+from featsep.data.text import BUILTIN_CORPORA, TEXT_FILE_SUFFIXES, load_bbc_news, text_source
 
 __all__ = [
     "ActivationCache",
@@ -29,8 +29,8 @@ __all__ = [
     "BUILTIN_CORPORA",
     "CacheError",
     "DataError",
-    "FILE_READERS",
     "LiveSource",
+    "TEXT_FILE_SUFFIXES",
     "build_cache",
     "estimate_normalization_factor",
     "harvest_batch",

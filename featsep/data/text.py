@@ -2,7 +2,7 @@
 
 `text_source(spec)` resolves a spec in this order:
   1. a built-in offline corpus name (`BUILTIN_CORPORA`, e.g. "bbc-news");
-  2. an existing local file or directory (readers chosen by suffix in `FILE_READERS`);
+  2. an existing local file or directory (`TEXT_FILE_SUFFIXES`, read by featsep.data.tables);
   3. a Hugging Face dataset name, streamed with `datasets.load_dataset(..., streaming=True)`.
 
 What a document is, per source (packing puts a BOS token between documents):
@@ -18,18 +18,14 @@ Local files keep their order; HF streams are shuffled (shards + buffer) with `se
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import random
-import socket
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
-from urllib.parse import urlparse
 
+from featsep import hub
 from featsep.data.errors import DataError
+from featsep.data.tables import iter_column, require_columns
 
 BBC_NEWS = "bbc-news"
 HF_SHUFFLE_BUFFER = 10_000
@@ -78,95 +74,30 @@ BUILTIN_CORPORA: dict[str, Callable[[int], Iterator[str]]] = {BBC_NEWS: _bbc_new
 
 # ----------------------------------------------------------------------------- local files
 
-
-def _missing_column(path: Path, text_column: str, available) -> DataError:
-    return DataError(
-        f"{path} has no text column {text_column!r} (columns: {sorted(available)}); "
-        f"pass text_column=<one of them> (config: data.text_column)"
-    )
-
-
-def _read_txt(path: Path, text_column: str) -> Iterator[str]:
-    yield path.read_text(encoding="utf-8", errors="replace")
-
-
-def _read_jsonl(path: Path, text_column: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no} is not valid JSON ({e}); fix or remove that line") from None
-            if not isinstance(obj, dict) or text_column not in obj:
-                raise _missing_column(path, text_column, obj.keys() if isinstance(obj, dict) else [])
-            yield str(obj[text_column])
-
-
-def _read_csv(path: Path, text_column: str) -> Iterator[str]:
-    csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or text_column not in reader.fieldnames:
-            raise _missing_column(path, text_column, reader.fieldnames or [])
-        for row in reader:
-            yield row[text_column] or ""
-
-
-def _read_parquet(path: Path, text_column: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    if text_column not in pf.schema_arrow.names:
-        raise _missing_column(path, text_column, pf.schema_arrow.names)
-    for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
-        for value in batch.column(0).to_pylist():
-            yield value or ""
-
-
-FILE_READERS: dict[str, Callable[[Path, str], Iterator[str]]] = {
-    ".txt": _read_txt,
-    ".jsonl": _read_jsonl,
-    ".csv": _read_csv,
-    ".parquet": _read_parquet,
-}
+# Corpus formats (featsep.data.tables reads them); a directory walk takes these files only.
+TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
+TEXT_COLUMN_FIX = "pass text_column=<one of them> (config: data.text_column)"
 
 
 def _local_texts(path: Path, text_column: str) -> Iterator[str]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_READERS)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_FILE_SUFFIXES)
         if not files:
             raise DataError(
-                f"directory {path} holds no readable text files ({', '.join(FILE_READERS)}); "
+                f"directory {path} holds no readable text files ({', '.join(TEXT_FILE_SUFFIXES)}); "
                 "point data.dataset at a file or a directory of them"
             )
     else:
-        if path.suffix.lower() not in FILE_READERS:
+        if path.suffix.lower() not in TEXT_FILE_SUFFIXES:
             raise DataError(
                 f"cannot read {path}: unsupported file type {path.suffix!r}; "
-                f"use one of {', '.join(FILE_READERS)}"
+                f"use one of {', '.join(TEXT_FILE_SUFFIXES)}"
             )
         files = [path]
-    return (text for f in files for text in FILE_READERS[f.suffix.lower()](f, text_column))
+    return (text for f in files for text in iter_column(f, text_column, TEXT_COLUMN_FIX))
 
 
 # ----------------------------------------------------------------------------- Hugging Face hub
-
-
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """One quick TCP connect, so an offline machine fails in seconds, not after datasets' retries."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return True  # the user wants the local HF cache; let datasets read it
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # a proxy decides; a direct probe would say nothing
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _hf_texts(name: str, text_column: str, split: str, seed: int) -> Iterator[str]:
@@ -177,7 +108,7 @@ def _hf_texts(name: str, text_column: str, split: str, seed: int) -> Iterator[st
             f"streaming the Hugging Face dataset {name!r} needs the datasets package: "
             "pip install datasets (or featsep[hub]); offline, use --dataset bbc-news"
         ) from None
-    if not hub_reachable():
+    if not hub.offline() and not hub.reachable():  # offline on purpose: datasets reads its local cache
         raise DataError(
             f"cannot reach the Hugging Face hub to stream dataset {name!r} (no network?). "
             f"Use the built-in offline corpus (--dataset {BBC_NEWS}) or a local file/directory "
@@ -192,19 +123,12 @@ def _hf_texts(name: str, text_column: str, split: str, seed: int) -> Iterator[st
         ) from None
     columns = getattr(ds, "column_names", None)
     if columns is not None and text_column not in columns:
-        raise DataError(
-            f"dataset {name!r} has no text column {text_column!r} (columns: {columns}); "
-            "pass text_column=<one of them> (config: data.text_column)"
-        )
+        require_columns(f"dataset {name!r}", [text_column], columns, TEXT_COLUMN_FIX)
     ds = ds.shuffle(seed=seed, buffer_size=HF_SHUFFLE_BUFFER)
 
     def generate() -> Iterator[str]:
         for example in ds:
-            if text_column not in example:
-                raise DataError(
-                    f"dataset {name!r} has no text column {text_column!r} (columns: {sorted(example)}); "
-                    "pass text_column=<one of them>"
-                )
+            require_columns(f"dataset {name!r}", [text_column], sorted(example), TEXT_COLUMN_FIX)
             yield example[text_column] or ""
 
     return generate()
@@ -214,7 +138,7 @@ def _hf_texts(name: str, text_column: str, split: str, seed: int) -> Iterator[st
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in FILE_READERS
+    return spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in TEXT_FILE_SUFFIXES
 
 
 def _resolve(spec: str, text_column: str, split: str, seed: int) -> Iterator[str]:

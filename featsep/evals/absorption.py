@@ -52,8 +52,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featsep.evals.activations import EvalContext, encode, sae_scale
-from featsep.evals.probes import f1_score, train_multilabel_probe
+from featsep.evals.common.context import EvalContext, encode, sae_scale
+from featsep.evals.common.probes import f1_score, train_multilabel_probe
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

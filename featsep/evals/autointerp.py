@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featsep.evals.activations import EvalContext, encode, not_special
+from featsep.evals.common.context import EvalContext, encode, not_special
 from featsep.evals.judges import Example, Judge, LexicalJudge, make_judge, score_detection
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
@@ -113,7 +113,7 @@ def gather_windows(x: Tensor, positions: Tensor, buffer: int) -> Tensor:
 
 
 def token_data(ctx: EvalContext, s: AutointerpSettings) -> Tensor:
-    from featsep.evals.core import token_rows
+    from featsep.evals.common.tokens import token_rows
 
     n_rows = math.ceil(s.total_tokens / s.context_size)
     return token_rows(ctx, s, n_rows)

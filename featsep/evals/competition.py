@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featsep.evals.activations import EvalContext, encode, not_special
+from featsep.evals.common.context import EvalContext, encode, not_special
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 from featsep.penalties.base import to_sparse_codes
 from featsep.penalties.pairs import coactive_pairs, gather_or, merge_add, merge_sorted, split_keys
@@ -269,7 +269,7 @@ def _n_tokens(ctx: EvalContext, s: CompetitionSettings) -> int:
 def held_out_activations(ctx: EvalContext, s: CompetitionSettings, n_tokens: int) -> dict[str, Tensor]:
     """{"first", "second"}: activations [T, d] at non-special positions of disjoint halves of the
     token rows, each shuffled with the seed (cached: every SAE of the group reuses them)."""
-    from featsep.evals.core import token_rows
+    from featsep.evals.common.tokens import token_rows
 
     n_rows = math.ceil(n_tokens / max(s.context_size - 1, 1)) + 1
 

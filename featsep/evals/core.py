@@ -12,7 +12,6 @@ n_eval_sparsity_variance_batches batches the sparsity/variance metrics. Special 
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Optional
 
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featsep.evals.activations import EvalContext, encode_decode, not_special
+from featsep.evals.common.context import EvalContext, encode_decode, not_special
+from featsep.evals.common.tokens import token_rows
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
 METRIC_CONVENTIONS = {
@@ -66,35 +66,6 @@ def auto_budget(lm) -> tuple[int, int]:
         return 200, 2000
     n_params = sum(p.numel() for p in lm.model.parameters())
     return (10, 1) if n_params < 50_000_000 else (2, 8)
-
-
-# ---- tokens --------------------------------------------------------------------------------------
-
-
-def token_rows(ctx: EvalContext, s: CoreSettings, n_rows: int) -> Tensor:
-    """[n_rows, context_size] packed token rows (cached: tokenising is slow for big corpora)."""
-    from featsep.data import pack_tokens, text_source
-
-    def compute():
-        texts = text_source(s.dataset, text_column=s.text_column, split=s.split, seed=s.seed)
-        rows = list(
-            itertools.islice(pack_tokens(texts, ctx.lm.tokenizer, s.context_size, ctx.lm.bos_token_id), n_rows)
-        )
-        if not rows:
-            raise ValueError(
-                f"dataset {s.dataset!r} gave no complete {s.context_size}-token row; use a bigger corpus "
-                "or a smaller core.context_size"
-            )
-        return torch.stack(rows)
-
-    key = {k: getattr(s, k) for k in ("dataset", "text_column", "split", "context_size", "seed")}
-    rows = ctx.cached("core_tokens", {**key, "n_rows": n_rows}, compute)
-    if rows.shape[0] < n_rows:
-        raise ValueError(
-            f"dataset {s.dataset!r} holds only {rows.shape[0]} rows of {s.context_size} tokens, "
-            f"{n_rows} needed; lower core.n_eval_reconstruction_batches / n_eval_sparsity_variance_batches"
-        )
-    return rows
 
 
 # ---- downstream loss (KL, CE) --------------------------------------------------------------------

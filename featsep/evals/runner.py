@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from featsep.evals.activations import EvalContext, check_sae_fits, default_cache_dir
+from featsep.evals.common.context import EvalContext, check_sae_fits, default_cache_dir
 from featsep.evals.registry import EvalSpec, available_evals, get_eval
 from featsep.evals.settings import resolve_settings
 from featsep.evals.schema import eval_output, final_info_section, write_result

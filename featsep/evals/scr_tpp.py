@@ -5,7 +5,7 @@ probe, remove the top N (N in n_values) from the activations and re-test probes:
 
 SCR (spurious correlation removal). Data with two binary attributes (bias_in_bios: profession
 pair x gender; Amazon: category pair x rating 1/5; offline: BBC topic pair x byline gender, see
-featsep.evals.offline_sets). Three probes: `class` (attribute 1, balanced over attribute 2),
+featsep.data.offline). Three probes: `class` (attribute 1, balanced over attribute 2),
 `spurious` (attribute 2, balanced over attribute 1) and `biased` (trained where the two are
 perfectly confounded). dir1 removes the spurious probe's latents and scores the biased probe on
 class data; dir2 removes the class probe's latents and scores it on spurious data:
@@ -42,11 +42,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from featsep.evals.activations import EvalContext, encode, sae_scale
-from featsep.evals.probes import LinearProbe, train_binary_probe
-from featsep.evals.probing_data import AMAZON_CATEGORIES, BIOS_PROFESSIONS, LOADERS_VERSION, _require_columns, _split_frames
+from featsep.evals.common.context import EvalContext, encode, sae_scale
+from featsep.evals.common.probes import LinearProbe, train_binary_probe
+import featsep.data.hub as hub_data
+from featsep.data.probing import AMAZON_CATEGORIES, BIOS_PROFESSIONS, LOADERS_VERSION
+from featsep.data.tables import require_columns
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
-from featsep.evals.sparse_probing import balanced_indices, kept_positions, sae_pooled, segment_mean
+from featsep.evals.common.pooling import balanced_indices, dataset_activations, kept_positions, sae_pooled, segment_mean
 
 FINAL_INFO_KEY = "scr and tpp evaluations results"
 # SCR and TPP write one final_info section (the reference runs' key), merged by eval name
@@ -86,7 +88,7 @@ def _ids(names: list[str]) -> dict[str, int]:
 
 
 def _scr_datasets() -> dict[str, ScrDatasetSpec]:
-    from featsep.evals.offline_sets import BYLINE_DATASET, BYLINE_GENDER_COLUMN, BYLINE_TOPIC_COLUMN
+    from featsep.data.offline import BYLINE_DATASET, BYLINE_GENDER_COLUMN, BYLINE_TOPIC_COLUMN
 
     return {
         # SAEBench dataset_info: gender male=0 female=1; professions by index in BIOS_PROFESSIONS
@@ -102,7 +104,7 @@ def _scr_datasets() -> dict[str, ScrDatasetSpec]:
             _ids(AMAZON_CATEGORIES), "canrager/amazon_reviews_mcauley_1and5",
         ),
         # pairs (A, B): biased cells (A, male) and (B, female); these four are the ones whose
-        # biased probe reads both attributes on gemma-3-270m (see featsep.evals.offline_sets).
+        # biased probe reads both attributes on gemma-3-270m (see featsep.data.offline).
         # Its biased cells hold ~600-800 texts: SAEBench's 4000 would not fit, so it keeps the
         # CPU sizes on any device.
         BYLINE_DATASET: ScrDatasetSpec(
@@ -137,7 +139,7 @@ class ScrSettings(_ProbeSettings):
 
 class TppSettings(_ProbeSettings):
     datasets: list[str] = ["bbc-news"]  # SAEBench's: LabHC/bias_in_bios_class_set1, canrager/amazon_reviews_mcauley_1and5
-    text_column: str = "text"  # for local labelled files (see featsep.evals.probing_data)
+    text_column: str = "text"  # for local labelled files (see featsep.data.probing)
     label_column: str = "label"
 
 
@@ -220,23 +222,23 @@ def scr_spec(name: str) -> ScrDatasetSpec:
 
 def scr_frames(name: str, s: _ProbeSettings):
     """(spec, train DataFrame, test DataFrame) of a two-attribute dataset. Hub datasets are read
-    as sparse probing reads them (featsep.evals.probing_data): from the hub, or from a local copy
+    as sparse probing reads them (featsep.data.probing): from the hub, or from a local copy
     in the hub's format (a folder with train.* / test.*, or one file: its `split` column picks the
     rows of each split; without one, 20% of the rows drawn with the seed are the test split)."""
-    from featsep.evals.offline_sets import BYLINE_DATASET, bbc_byline_frame
+    from featsep.data.offline import BYLINE_DATASET, bbc_byline_frame
 
     spec = scr_spec(name)
     if name == BYLINE_DATASET:
         train, test = bbc_byline_frame(seed=s.seed)
     else:
         local = s.local_copies.get(name) or s.local_copies.get(spec.hub_name)
-        train, test, shared = _split_frames(spec.hub_name, {spec.hub_name: local} if local is not None else {}, "scr")
+        train, test, shared = hub_data.split_frames(spec.hub_name, {spec.hub_name: local} if local is not None else {}, "scr")
         if shared:
             test = train.sample(frac=0.2, random_state=s.seed)
             train = train.drop(test.index)
     for df in (train, test):
-        _require_columns(df, [spec.text_column, spec.column1, spec.column2], name,
-                         fix=f"a local copy of {name} needs the columns of {spec.hub_name}")
+        require_columns(name, [spec.text_column, spec.column1, spec.column2], df.columns,
+                        f"a local copy of {name} needs the columns of {spec.hub_name}")
     return spec, train, test
 
 
@@ -525,8 +527,6 @@ def tpp_ablations(sae, classes: list[str], pooled: dict, codes: dict, sets: dict
 
 
 def _tpp_dataset(ctx: EvalContext, name: str, s: TppSettings, n_train: int, n_test: int):
-    from featsep.evals.sparse_probing import dataset_activations
-
     acts = dataset_activations(ctx, name, s, n_train, n_test)  # same cache keys as sparse_probing
     classes = acts["classes"]
     if len(classes) < 2:

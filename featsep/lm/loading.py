@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -19,9 +18,10 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import urlparse
 
 import torch
+
+from featsep import hub
 
 from .model import LanguageModel
 
@@ -265,28 +265,6 @@ def _gguf_cache_name(path: Path) -> str:
     return f"gguf-{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check of the hub endpoint, so no network fails in seconds, not after retries."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if proxy:  # connect to the proxy instead; it decides whether the hub is reachable
-        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _from_hub(repo_id: str, device: torch.device, dtype: torch.dtype):
     try:  # already in the local HF cache: no network needed
         return _from_dir(repo_id, device, dtype, local_files_only=True)
@@ -297,9 +275,9 @@ def _from_hub(repo_id: str, device: torch.device, dtype: torch.dtype):
         f"use an offline model instead (model name {OFFLINE_DEFAULT!r}, or any of: {offline_names}), "
         "a local model directory or a .gguf file"
     )
-    if _hub_offline():
+    if hub.offline():
         raise RuntimeError(f"model {repo_id!r} is not in the local HF cache and HF_HUB_OFFLINE is set; {hint}")
-    if not _hub_reachable():
+    if not hub.reachable():
         raise RuntimeError(f"model {repo_id!r} is not in the local HF cache and the HF hub cannot be reached; {hint}")
     return _from_dir(repo_id, device, dtype)
 

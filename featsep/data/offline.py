@@ -51,6 +51,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from featsep.data.text import load_bbc_news
+
 BYLINE_DATASET = "bbc-news-byline"
 BYLINE_TOPIC_COLUMN = "topic"
 BYLINE_GENDER_COLUMN = "byline_gender"
@@ -129,8 +131,6 @@ def byline_text(excerpt: str, gender: str, rng: random.Random) -> str:
 @lru_cache(maxsize=4)
 def _byline_frames(seed: int, max_words: int, chunks_per_article: int, test_fraction: float):
     import pandas as pd
-
-    from featsep.data import load_bbc_news
 
     rng = random.Random(seed)
     rows = {"train": [], "test": []}

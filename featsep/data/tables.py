@@ -1,0 +1,126 @@
+"""Local tables: one reader for .txt / .jsonl / .json / .csv / .parquet, used for training text
+and for labelled eval tables alike, with one missing-column error.
+
+Two ways to read the same formats: `read_table` (a pandas DataFrame, dtypes inferred as pandas
+does: labelled sets rely on that, e.g. integer class ids) and `iter_column` (one column as
+strings, streamed: training corpora can be larger than memory). A .txt file has no column
+names: `iter_column` yields the whole file whatever column is asked; `read_table` gives one row
+in a `text` column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from featsep.data.errors import DataError
+
+TABLE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv", ".parquet")
+TXT_COLUMN = "text"
+
+
+class MissingColumnError(DataError):
+    """A table lacks a column the caller needs; the message lists the columns it has."""
+
+
+def require_columns(source, columns: Iterable[str], available: Iterable, fix: str) -> None:
+    """Raise MissingColumnError naming every column of `columns` not in `available`, and the fix."""
+    available = [str(c) for c in available]
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise MissingColumnError(
+            f"{source}: no column(s) {', '.join(map(repr, missing))} (columns: {', '.join(available)}); {fix}"
+        )
+
+
+def suffix_of(path: Path) -> str:
+    """The table format of `path`; DataError for one this module cannot read."""
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"cannot read {path}: unsupported file type {suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
+    return suffix
+
+
+def read_table(path: Path, columns: Iterable[str] = (), fix: str = "name the right columns"):
+    """The whole table as a pandas DataFrame; `columns` must be present (else MissingColumnError)."""
+    import pandas as pd
+
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix == ".txt":
+        df = pd.DataFrame({TXT_COLUMN: [path.read_text(encoding="utf-8", errors="replace")]})
+    elif suffix == ".csv":
+        df = pd.read_csv(path)
+    elif suffix in (".jsonl", ".json"):
+        df = pd.read_json(path, lines=suffix == ".jsonl")
+    else:
+        df = pd.read_parquet(path)
+    require_columns(path, columns, df.columns, fix)
+    return df
+
+
+def iter_column(path: Path, column: str, fix: str = "name the right column") -> Iterator[str]:
+    """The values of one column as strings (missing values as ""), streamed row by row.
+
+    Checks the column before the first value where the format allows (csv header, parquet
+    schema); .jsonl checks each line, .json reads the whole file."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix == ".txt":
+        return iter([path.read_text(encoding="utf-8", errors="replace")])
+    if suffix == ".csv":
+        return _csv_column(path, column, fix)
+    if suffix == ".parquet":
+        return _parquet_column(path, column, fix)
+    if suffix == ".json":
+        df = read_table(path, [column], fix)
+        return iter(["" if v is None else str(v) for v in df[column].tolist()])
+    return _jsonl_column(path, column, fix)
+
+
+def _csv_column(path: Path, column: str, fix: str) -> Iterator[str]:
+    csv.field_size_limit(sys.maxsize)
+    f = path.open(encoding="utf-8", newline="")
+    reader = csv.DictReader(f)
+    try:
+        require_columns(path, [column], reader.fieldnames or [], fix)
+    except MissingColumnError:
+        f.close()
+        raise
+
+    def rows() -> Iterator[str]:
+        with f:
+            for row in reader:
+                yield row[column] or ""
+
+    return rows()
+
+
+def _parquet_column(path: Path, column: str, fix: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    require_columns(path, [column], pf.schema_arrow.names, fix)
+
+    def rows() -> Iterator[str]:
+        for batch in pf.iter_batches(columns=[column], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                yield value or ""
+
+    return rows()
+
+
+def _jsonl_column(path: Path, column: str, fix: str) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line_no} is not valid JSON ({e}); fix or remove that line") from None
+            require_columns(path, [column], obj.keys() if isinstance(obj, dict) else [], fix)
+            yield str(obj[column])
