@@ -181,7 +181,7 @@ def run_eval_cli(
 
     settings: "key=value" strings (values parsed as TOML): "core.dataset=bbc-news",
     "seed=1" (every eval that has it), "hook=blocks.8.hook_resid_post", "cache_dir=/tmp/c"."""
-    from featsep.config import apply_overrides
+    from featsep.settings import apply_overrides
 
     nested = apply_overrides({}, settings or [])
     results = evaluate(target, evals=evals, model=model, out_dir=out_dir, settings=nested)
