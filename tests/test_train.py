@@ -13,7 +13,7 @@ from pydantic import Field
 from featsep.penalties.base import Penalty, PenaltyConfigBase
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, register
 from featsep.train import NonFiniteLossError, WarmupDecay, read_final_info, read_metrics, train, update_final_info
-from featsep.train.checkpoint import checkpoint_steps, load_checkpoint
+from featsep.train.checkpoint import load_checkpoint
 
 D_IN, D_SAE, BATCH = 8, 16, 32
 
@@ -243,7 +243,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, stateful_data):
     with pytest.raises(KeyboardInterrupt):
         train([tiny(noise=0.01)], killed_after(fresh_batches(), 13), penalties=[ema()], out_dir=tmp_path / "cut",
               **run_kw())
-    assert sorted(checkpoint_steps(tmp_path / "cut")) == [5, 10]
+    assert sorted(RunDir(tmp_path / "cut").checkpoint_steps()) == [5, 10]
     torch.manual_seed(999)  # the resumed process starts with other RNG states and another init
     resumed = tiny(seed=123, noise=0.01)
     train([resumed], fresh_batches(), penalties=[ema()], out_dir=tmp_path / "cut", resume=True, **run_kw())
@@ -251,7 +251,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, stateful_data):
     assert_same_weights(full, resumed)
     strip = lambda rows: [{k: v for k, v in r.items() if "tokens_per_s" not in k} for r in rows]  # noqa: E731 (timings)
     assert strip(read_metrics(tmp_path / "cut")) == strip(read_metrics(tmp_path / "full"))
-    assert sorted(checkpoint_steps(tmp_path / "cut")) == [20, 23]  # the last two are kept
+    assert sorted(RunDir(tmp_path / "cut").checkpoint_steps()) == [20, 23]  # the last two are kept
 
 
 def test_resume_with_real_topk(tmp_path):
@@ -295,7 +295,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
     assert (e.sae_name, e.step, e.term) == ("first", 12, "mse")
     assert "'first'" in str(e) and "step 12" in str(e) and "'mse'" in str(e)
     for name in ("first", "second"):
-        assert sorted(checkpoint_steps(tmp_path / name)) == [5, 10]
+        assert sorted(RunDir(tmp_path / name).checkpoint_steps()) == [5, 10]
         state = load_checkpoint(tmp_path / name, 10)
         assert all(torch.isfinite(v).all() for v in state["sae"].values())
         assert not (tmp_path / name / "sae").exists() and not (tmp_path / name / "final_info.json").exists()
@@ -360,7 +360,7 @@ def test_run_dir_layout_final_info_and_metrics(tmp_path):
             "ema/calls"} <= set(rows[-1])
     param_bytes = sum(p.numel() * p.element_size() for p in sae.parameters())
     assert rows[-1]["state_memory_bytes"] >= 3 * param_bytes  # weights + two Adam moments
-    assert sorted(checkpoint_steps(tmp_path)) == [7]  # the end of training always checkpoints
+    assert sorted(RunDir(tmp_path).checkpoint_steps()) == [7]  # the end of training always checkpoints
 
     info = read_final_info(tmp_path)
     section = info["training results for layer 3"]

@@ -25,7 +25,7 @@ from featsep.config import (
     apply_overrides,
     validate,
 )
-from featsep.train import run_dir as rd
+from featsep.rundir import RunDir
 
 
 @dataclass
@@ -41,15 +41,12 @@ class RunSpec:
 
 
 def is_trained(run_dir: Path) -> bool:
-    """A finished run has its final SAE and the training section of final_info.json."""
+    """A finished run has its final SAE and the training section of final_info.json (a
+    corrupted final_info.json counts as unfinished)."""
     from featsep.sae.io import CFG_FILENAME
 
-    if not (Path(run_dir) / rd.SAE_DIR / CFG_FILENAME).is_file():
-        return False
-    try:
-        return any(k.startswith(rd.TRAINING_RESULTS_PREFIX) for k in rd.read_final_info(run_dir))
-    except ValueError:  # a corrupted final_info.json: not finished
-        return False
+    run = RunDir(run_dir)
+    return (run.sae_dir / CFG_FILENAME).is_file() and run.has_training()
 
 
 def sae_metadata(model: ModelConfig, data: DataConfig, stream) -> dict[str, Any]:
@@ -134,7 +131,7 @@ def train_specs(
     meta = sae_metadata(model, data, stream)
     saes = [build_sae(s, stream.d_in, meta, device) for s in specs]
     penalties = [build_penalties(s, s.sae.d_sae) for s in specs]
-    resume = any(rd.has_checkpoints(d) for d in run_dirs)
+    resume = any(RunDir(d).has_checkpoints() for d in run_dirs)
     if resume:
         print(f"resuming {len(specs)} run(s) from their last checkpoint")
     started = time.time()
@@ -193,8 +190,7 @@ def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig
 
 
 def _has_eval(run_dir: Path, eval_name: str) -> bool:
-    results = Path(run_dir) / "eval_results"
-    return results.is_dir() and any(results.glob(f"*{eval_name}*.json"))
+    return RunDir(run_dir).has_eval(eval_name)
 
 
 def run_from_config(cfg: RunConfig) -> Path:
