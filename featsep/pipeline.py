@@ -16,7 +16,7 @@ from featsep.config import ConfigError, PenaltySection, RunConfig, SAESection, a
 from featsep.data.config import DataConfig
 from featsep.evals.settings import EvalConfig
 from featsep.lm.config import ModelConfig
-from featsep.train import run_dir as rd
+from featsep.rundir import RunDir
 from featsep.train.config import TrainConfig
 
 
@@ -33,15 +33,12 @@ class RunSpec:
 
 
 def is_trained(run_dir: Path) -> bool:
-    """A finished run has its final SAE and the training section of final_info.json."""
+    """A finished run has its final SAE and the training section of final_info.json (a
+    corrupted final_info.json counts as unfinished)."""
     from featsep.sae.io import CFG_FILENAME
 
-    if not (Path(run_dir) / rd.SAE_DIR / CFG_FILENAME).is_file():
-        return False
-    try:
-        return any(k.startswith(rd.TRAINING_RESULTS_PREFIX) for k in rd.read_final_info(run_dir))
-    except ValueError:  # a corrupted final_info.json: not finished
-        return False
+    run = RunDir(run_dir)
+    return (run.sae_dir / CFG_FILENAME).is_file() and run.has_training()
 
 
 def sae_metadata(model: ModelConfig, data: DataConfig, stream) -> dict[str, Any]:
@@ -121,7 +118,7 @@ def train_specs(
     meta = sae_metadata(model, data, stream)
     saes = [build_sae(s, stream.d_in, meta, device) for s in specs]
     penalties = [build_penalties(s, s.sae.d_sae) for s in specs]
-    resume = any(rd.has_checkpoints(d) for d in run_dirs)
+    resume = any(RunDir(d).has_checkpoints() for d in run_dirs)
     if resume:
         print(f"resuming {len(specs)} run(s) from their last checkpoint")
     started = time.time()
@@ -157,8 +154,7 @@ def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig
 
 
 def _has_eval(run_dir: Path, eval_name: str) -> bool:
-    results = Path(run_dir) / "eval_results"
-    return results.is_dir() and any(results.glob(f"*{eval_name}*.json"))
+    return RunDir(run_dir).has_eval(eval_name)
 
 
 def run_from_config(cfg: RunConfig) -> Path:
@@ -191,17 +187,17 @@ def run_from_config(cfg: RunConfig) -> Path:
 def resume_from_dir(run_dir: Path, overrides: Optional[list[str]] = None) -> Path:
     """`featsep train --resume RUN_DIR`: rebuild the run from its config.json and continue."""
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.is_file():
+    record = RunDir(run_dir).read_config()
+    if record is None:
         raise FileNotFoundError(
             f"{run_dir} has no config.json, so it is not a featsep run dir (or it was killed before "
             "its first write); start it again with `featsep train CONFIG`"
         )
-    saved = json.loads(cfg_file.read_text()).get("run_config")
+    saved = record.run_config
     if not saved or "sae" not in saved:
         raise ConfigError(
             f"{run_dir} belongs to a sweep (or has no run config); resume it with `featsep sweep CONFIG`"
         )
     saved["out_dir"] = str(run_dir)
-    cfg = validate(RunConfig, apply_overrides(saved, overrides or []), source=str(cfg_file))
+    cfg = validate(RunConfig, apply_overrides(saved, overrides or []), source=str(RunDir(run_dir).config_file))
     return run_from_config(cfg)

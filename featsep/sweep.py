@@ -9,12 +9,11 @@ out_dir/sweep.json for `featsep report`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from featsep.config import ConfigError, SweepConfig
-from featsep.io import write_json_atomic
 from featsep.pipeline import RunSpec, evaluate_runs, is_trained, train_specs
+from featsep.rundir import read_sweep_manifest, write_sweep_manifest
 
 
 def _short(dotted: str) -> str:
@@ -66,9 +65,8 @@ def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = expand_sweep(cfg)
-    old = out / "sweep.json"
-    if old.exists():
-        previous = json.loads(old.read_text())
+    previous = read_sweep_manifest(out)
+    if previous is not None:
         prev_runs = [(r["run"], r["label"]) for r in previous.get("runs", [])]
         now_runs = [(s.name, s.label) for s in specs]
         if prev_runs and prev_runs[: len(now_runs)] != now_runs[: len(prev_runs)]:
@@ -76,7 +74,7 @@ def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
                 f"{out} holds a different sweep (its runs differ from this config's); "
                 "use another out_dir or delete the old one"
             )
-    write_json_atomic(out / "sweep.json", sweep_manifest(cfg, specs))
+    write_sweep_manifest(out, sweep_manifest(cfg, specs))
 
     todo = [s for s in specs if not is_trained(out / s.name)]
     done = len(specs) - len(todo)

@@ -337,15 +337,14 @@ def test_scr_and_tpp_end_to_end(tmp_path):
 
 def test_scr_and_tpp_share_one_final_info_section(tmp_path):
     from featsep.evals.registry import get_eval
-    from featsep.train import read_final_info
-    from featsep.train.run_dir import update_final_info
+    from featsep.rundir import RunDir
 
     for name, metrics in (("scr", {"scr_metrics": {"scr_metric_threshold_2": 0.1}}),
                           ("tpp", {"tpp_metrics": {"tpp_threshold_2_total_metric": 0.2}})):
         spec = get_eval(name)
         section = {"eval_type_id": name, "eval_result_metrics": metrics}
-        update_final_info(tmp_path, spec.final_info_key, section, merge=spec.merge_section)
-    info = read_final_info(tmp_path)["scr and tpp evaluations results"]
+        RunDir(tmp_path).update_final_info(spec.final_info_key, section, merge=spec.merge_section)
+    info = RunDir(tmp_path).read_final_info()["scr and tpp evaluations results"]
     assert info["eval_result_metrics"]["scr_metrics"]["scr_metric_threshold_2"] == 0.1
     assert info["eval_result_metrics"]["tpp_metrics"]["tpp_threshold_2_total_metric"] == 0.2
     assert set(info["per_eval"]) == {"scr", "tpp"}

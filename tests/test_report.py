@@ -1,8 +1,8 @@
 """featsep.report on a small fake sweep: files, HTML structure, numbers, matched-L0 maths.
 
-The fake sweep has 3 methods x 3 L0 levels in the reference runs' layout (final_info.json
-sections, eval_results/*.json, metrics.jsonl with penalty stats), with some sections left
-out on purpose, a corrupt log line, and both SCR/TPP layouts.
+The fake sweep has 3 methods x 3 L0 levels written through featsep.rundir (training and eval
+sections, one result file per eval, a training log with penalty stats), with some results left
+out on purpose, a corrupt log line, and a run without its training wall time.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ pytest.importorskip("matplotlib")
 from featsep.report import build_report, collect, main_findings  # noqa: E402
 from featsep.report.figures import FIGURES  # noqa: E402
 from featsep.report.frontier import frontier, interpolate, matched_grid  # noqa: E402
+from featsep.rundir import RunDir, TrainingResults, write_eval_result, write_sweep_manifest  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID_TAGS = {"meta", "img", "br", "hr", "link", "input"}
@@ -34,7 +35,8 @@ METHODS = {
                                    (90, 0.985, 0.85, 0.035, 0.73)]),
 }
 ABSENT_ABSORPTION = "run_8"  # no absorption anywhere, no metrics.jsonl
-EVAL_RESULTS_ONLY = "run_7"  # no final_info.json: sections come from eval_results/*.json
+EVAL_RESULTS_ONLY = "run_7"  # eval result files only: no training section, no final_info sections
+NO_WALL_TIME = "run_5"  # a training section without wall_time_s
 
 
 def _core(l0, ce, ev):
@@ -87,67 +89,60 @@ def _competition(l0):
 def _history(penalty, l0, steps=6):
     rows = []
     for s in range(steps):
-        row = {"step": s * 10, "tokens": s * 10 * 4096, "loss": 2.0 / (s + 1), "mse": 1.5 / (s + 1), "l0": l0 * 1.0,
-               "fvu": 0.5 / (s + 1), "dead_fraction": 0.01 * s, "lr": 3e-4, "tokens_per_s": 50000.0 + 1000 * s,
-               "peak_memory_bytes": 300 * 2**20 + s}
+        row = {"step": s * 10, "tokens": s * 10 * 4096, "loss": 2.0 / (s + 1), "loss/mse": 1.5 / (s + 1),
+               "l0": l0 * 1.0, "fvu": 0.5 / (s + 1), "dead_fraction": 0.01 * s, "lr": 3e-4,
+               "tokens_per_s": 50000.0 + 1000 * s, "state_memory_bytes": 300 * 2**20 + s}
         if penalty == "momentum":
-            row.update({"momentum": 0.1 * s, "momentum/share_over_tau": 0.05 * s, "momentum/mean": 0.2 + 0.01 * s})
+            row.update({"loss/momentum": 0.1 * s, "momentum/share_over_tau": 0.05 * s, "momentum/mean": 0.2 + 0.01 * s})
         if penalty == "temporal":
-            row.update({"temporal": 0.2, "temporal/tracked_pairs": 1000 * (s + 1),
+            row.update({"loss/temporal": 0.2, "temporal/tracked_pairs": 1000 * (s + 1),
                         "temporal/memory_bytes": 24000 * (s + 1), "temporal/mean_abs_dev": 0.1 / (s + 1)})
         rows.append(row)
     return rows
 
 
 def make_fake_sweep(root: Path) -> Path:
-    """3 methods x 3 L0 levels; returns the sweep dir."""
+    """3 methods x 3 L0 levels, written through featsep.rundir's writers; returns the sweep dir."""
     runs = []
     i = 0
     for method, (penalty, points) in METHODS.items():
         for l0, ce, ev, absorption, top1 in points:
             run = f"run_{i}"
-            d = root / run
-            d.mkdir(parents=True)
+            rd = RunDir(root / run)
             runs.append({"run": run, "label": f"{method} L0~{l0}", "method": "topk", "architecture": "topk",
                          "penalty": penalty, "params": {"k": l0}})
-            config = {"run_config": {"model": {"name": "fake-lm", "hook": "blocks.3.hook_resid_post"},
-                                     "sae": {"architecture": "topk", "d_sae": 512, "k": l0},
-                                     "penalties": [{"name": penalty, "weight": 0.1}] if penalty else [],
-                                     "train": {"tokens": 20480, "batch_size": 4096}}}
-            (d / "config.json").write_text(json.dumps(config))
-            sections = {
-                "training results for layer 3": {"config": {"architecture": "topk"},
-                                                 "final_info": {"training_steps": 50, "final_loss": 0.25 + i / 100,
-                                                                "layer": 3, "dict_size": 512}},
-                "core evaluation results": _core(l0, ce, ev),
-                "absorption evaluation results": _absorption(absorption),
-                "sparse probing evaluation results": _probing(top1),
-                "unlearning evaluation results": {"eval_result_metrics": {"unlearning": {"unlearning_score": 0.01 * i}}},
-            }
-            if i % 2 == 0:  # the reference's combined layout, SCR metrics only
-                sections["scr and tpp evaluations results"] = _scr(0.1 + i / 100)
-            else:  # separate scr and tpp blobs under the combined key
-                sections["scr and tpp evaluations results"] = {"scr": _scr(0.1 + i / 100), "tpp": _tpp(0.02 * i)}
+            rd.write_config({"run_config": {"model": {"name": "fake-lm", "hook": "blocks.3.hook_resid_post"},
+                                            "sae": {"architecture": "topk", "d_sae": 512, "k": l0},
+                                            "train": {"tokens": 20480, "batch_size": 4096}},
+                             "penalties": [{"name": penalty, "weight": 0.1}] if penalty else []})
+            evals = {"core": _core(l0, ce, ev), "absorption": _absorption(absorption),
+                     "sparse_probing": _probing(top1), "scr": _scr(0.1 + i / 100),
+                     "unlearning": {"eval_type_id": "unlearning",
+                                    "eval_result_metrics": {"unlearning": {"unlearning_score": 0.01 * i}}}}
+            if i % 2 == 1:
+                evals["tpp"] = _tpp(0.02 * i)
             if penalty == "momentum":
-                sections["competition evaluation results"] = _competition(l0)
+                evals["competition"] = _competition(l0)
             if run == ABSENT_ABSORPTION:
-                del sections["absorption evaluation results"]
-            if run == EVAL_RESULTS_ONLY:
-                (d / "eval_results" / "core").mkdir(parents=True)
-                (d / "eval_results" / "core" / "fake_sae_eval_results.json").write_text(
-                    json.dumps(sections["core evaluation results"]))
-                (d / "eval_results" / "absorption_eval_results.json").write_text(
-                    json.dumps(sections["absorption evaluation results"]))
+                del evals["absorption"]
+            if run == EVAL_RESULTS_ONLY:  # result files without their final_info sections
+                for name in ("core", "absorption"):
+                    write_eval_result(rd.eval_results_dir, name, evals[name])
             else:
-                (d / "final_info.json").write_text(json.dumps(sections))
+                rd.write_training({"architecture": "topk"}, TrainingResults(
+                    training_steps=50, final_loss=0.25 + i / 100, layer=3, dict_size=512, learning_rate=3e-4,
+                    architecture="topk", training_tokens=20480,
+                    wall_time_s=None if run == NO_WALL_TIME else 100.0 + i))
+                for name, result in evals.items():
+                    rd.write_eval(name, result, f"{name} evaluation results")
             if run != ABSENT_ABSORPTION:
-                lines = [json.dumps(r) for r in _history(penalty, l0)]
+                for row in _history(penalty, l0):
+                    rd.append_metrics(row)
                 if run == "run_2":
-                    lines.append('{"step": 60, "loss": 0.1')  # killed mid-write
-                (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+                    with open(rd.metrics_file, "a") as f:
+                        f.write('{"step": 60, "loss": 0.1\n')  # killed mid-write
             i += 1
-    (root / "sweep.json").write_text(json.dumps({"name": "fake sweep", "runs": runs,
-                                                 "labels": {"run_0": "TopK k=16 (baseline)"}}))
+    write_sweep_manifest(root, {"name": "fake sweep", "runs": runs, "labels": {"run_0": "TopK k=16 (baseline)"}})
     return root
 
 
@@ -330,11 +325,24 @@ def test_findings_say_when_l0_ranges_do_not_overlap(built):
 def test_missing_sections_are_noted(built):
     root, page, parser = built
     text = " ".join(parser.text)
-    assert "(run_8): no Feature absorption, TPP results" in text  # run_8 also has the SCR-only layout
+    assert "(run_8): no Feature absorption, TPP results" in text  # run_8 (even) has SCR but no TPP
     assert "(run_8): no training log (metrics.jsonl)" in text
     assert "metrics.jsonl: 1 unreadable line(s) skipped" in text
     rec7 = next(r for r in collect(root).records if r.run == EVAL_RESULTS_ONLY)
     assert rec7.metrics["core.l0"] == 30 and "absorption" in rec7.sections  # from eval_results/
+
+
+def test_wall_time_is_the_training_field_and_missing_stays_missing(built):
+    """cost.wall_time_s is the training section's wall_time_s, never estimated from the log: a
+    run whose section lacks it (run_5) or that has no section (run_7) shows it as missing."""
+    root, _, parser = built
+    records = {r.run: r for r in collect(root).records}
+    assert records["run_0"].metrics["cost.wall_time_s"] == 100.0 and records["run_4"].metrics["cost.wall_time_s"] == 104.0
+    assert "cost.wall_time_s" not in records[NO_WALL_TIME].metrics and records[NO_WALL_TIME].history
+    assert "cost.wall_time_s" not in records[EVAL_RESULTS_ONLY].metrics
+    cost = {r[0]: r[1:] for r in parser.tables["all-cost"]}
+    assert cost["wall_time_s"][0] == "100" and cost["wall_time_s"][5] == "–" and cost["wall_time_s"][7] == "–"
+    assert cost["state_memory_bytes"][0] == str(300 * 2**20 + 5) and cost["state_memory_bytes"][8] == "–"  # no log
 
 
 def test_absent_inputs_skip_figures_with_a_note(tmp_path):

@@ -1,48 +1,56 @@
-"""featsep.report.collect and findings on hand-made run dirs: layouts the sweep test does not cover."""
+"""featsep.report.collect and findings on hand-made run dirs: cases the sweep test does not cover."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from featsep.report import collect, main_findings
 from featsep.report.collect import RunRecord, flatten_eval_metrics
+from featsep.rundir import EvalRecord, RunDir, TrainingResults, write_sweep_manifest
 
 
-def _write(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+def _eval(type_id: str, metrics: dict) -> dict:
+    return {"eval_type_id": type_id, "eval_result_metrics": metrics}
 
 
-def test_combined_scr_tpp_blob_and_nested_penalty_stats(tmp_path):
-    run = tmp_path / "a"
-    _write(run / "final_info.json", {"scr and tpp evaluations results": {"eval_result_metrics": {
-        "scr_metrics": {"scr_metric_threshold_20": 0.25}, "tpp_metrics": {"tpp_threshold_20_total_metric": 0.5}}}})
-    _write(run / "metrics.jsonl", json.dumps({"step": 1, "momentum": {"share_over_tau": 0.5, "mean": 2.0}}) + "\n")
+def test_sections_come_from_each_eval_s_own_file_never_from_key_names(tmp_path):
+    """SCR and TPP are read from their own files (not the merged final_info section); a
+    final_info key or a file whose name merely contains an eval's name is not that eval."""
+    rd = RunDir(tmp_path / "a")
+    rd.write_eval("scr", _eval("scr", {"scr_metrics": {"scr_metric_threshold_20": 0.25}}), "scr and tpp")
+    rd.write_eval("tpp", _eval("tpp", {"tpp_metrics": {"tpp_threshold_20_total_metric": 0.5}}), "scr and tpp")
+    rd.update_final_info("core evaluation results (old copy)", _eval("core", {"sparsity": {"l0": 99.0}}))
+    rd.write_eval("core_something", _eval("core", {"sparsity": {"l0": 7.0}}), "core_something results")
+    rd.append_metrics({"step": 1, "momentum/share_over_tau": 0.5})
     rec = collect(tmp_path).records[0]
     assert rec.metrics["scr.scr_metric_threshold_20"] == 0.25 and rec.metrics["tpp.tpp_threshold_20_total_metric"] == 0.5
-    assert rec.history[0]["momentum/share_over_tau"] == 0.5  # nested stats flattened with a prefix
+    assert "core" not in rec.sections and "core.l0" not in rec.metrics and rec.l0 is None
+    assert rec.metrics["core_something.l0"] == 7.0  # its own name, not core's
+    assert rec.history == [{"step": 1, "momentum/share_over_tau": 0.5}]
 
 
-def test_eval_results_files_fill_missing_sections_and_labels_precedence(tmp_path):
-    run = tmp_path / "sweep" / "run_0"
-    _write(run / "final_info.json", {"core evaluation results": {"eval_result_metrics": {"sparsity": {"l0": 12.0}}}})
-    _write(run / "eval_results" / "x_eval_results.json",
-           {"eval_type_id": "unlearning", "eval_result_metrics": {"unlearning": {"unlearning_score": 0.125}}})
-    _write(run / "eval_results" / "y.json",  # a duplicate core file must not override final_info
-           {"eval_type_id": "core", "eval_result_metrics": {"sparsity": {"l0": 99.0}}})
-    _write(run / "config.json", {"run_config": {"sae": {"architecture": "relu", "d_sae": 64},
-                                                "penalties": [{"name": "temporal", "weight": 0.1}]}})
-    _write(tmp_path / "sweep" / "sweep.json", {"labels": {"run_0": "from sweep"}})
+def test_training_section_and_config_give_method_metrics_and_labels(tmp_path):
+    rd = RunDir(tmp_path / "sweep" / "run_0")
+    rd.write_training({"dict_class": "ReLU"}, TrainingResults(
+        training_steps=10, final_loss=0.5, layer=3, dict_size=64, learning_rate=1e-3, architecture="relu_l1",
+        training_tokens=640, l0=12.0, wall_time_s=2.5, penalty_stats={"temporal": {"calls": 10}}))
+    rd.write_config({"run_config": {"sae": {"d_sae": 64}}, "penalties": [{"name": "temporal", "weight": 0.1}]})
     rec = collect(tmp_path / "sweep").records[0]
-    assert rec.metrics["unlearning.unlearning_score"] == 0.125 and rec.l0 == 12.0
-    assert rec.method == "relu+temporal" and rec.label == "from sweep"
+    assert rec.method == "relu_l1+temporal"  # the training section's architecture, the config's penalties
+    assert rec.config == {"sae.d_sae": 64, "temporal.weight": 0.1, "penalties": "temporal"}
+    assert rec.metrics == {
+        "train.training_steps": 10, "train.final_loss": 0.5, "train.layer": 3, "train.dict_size": 64,
+        "train.learning_rate": 1e-3, "train.training_tokens": 640, "train.l0": 12.0, "cost.wall_time_s": 2.5}
+    assert "cost.tokens_per_s" not in rec.metrics  # no log: missing, not estimated
+
+    write_sweep_manifest(tmp_path / "sweep", {"labels": {"run_0": "from sweep"}})
+    assert collect(tmp_path / "sweep").records[0].label == "from sweep"
     assert collect(tmp_path / "sweep", labels={"run_0": "given"}).records[0].label == "given"
 
 
 def test_flatten_keeps_colliding_leaves_apart():
-    flat = flatten_eval_metrics({"eval_result_metrics": {"a": {"x": 1, "y": float("nan")}, "b": {"x": 2}}})
-    assert flat == {"a.x": 1.0, "b.x": 2.0}  # NaN dropped, colliding leaf names qualified
+    record = EvalRecord.model_validate(_eval("x", {"a": {"x": 1, "y": float("nan")}, "b": {"x": 2}}))
+    assert flatten_eval_metrics(record) == {"a.x": 1.0, "b.x": 2.0}  # NaN dropped, colliding leaf names qualified
 
 
 def _rec(run, method, l0, ce):
@@ -58,12 +66,19 @@ def test_findings_report_a_winner_that_changes_with_l0():
 def test_malformed_files_never_crash_the_report(tmp_path):
     from featsep.report import build_report
 
-    run = tmp_path / "run_x"
-    _write(run / "final_info.json", "[1, 2")  # truncated JSON
-    _write(run / "metrics.jsonl", '[1, 2]\n"text"\n{"step": 0, "loss": "nan?", "l0": 3}\n')
-    _write(run / "eval_results" / "bad.json", {"eval_type_id": "core", "eval_result_metrics": ["not", "a", "dict"]})
-    _write(run / "config.json", {"run_config": "not a dict"})
+    rd = RunDir(tmp_path / "run_x")
+    rd.path.mkdir()
+    rd.final_info_file.write_text("[1, 2")  # truncated JSON
+    rd.metrics_file.write_text('[1, 2]\n"text"\n{"step": 0, "loss": "nan?", "l0": 3}\n')
+    rd.eval_results_dir.mkdir()
+    rd.eval_result_path("core").write_text('{"eval_type_id": "core", "eval_result_metrics": ["not", "a", "dict"]}')
+    rd.config_file.write_text('{"run_config": "not a dict"}')
     page = build_report(tmp_path)
     html = page.read_text()
     assert "final_info.json: unreadable" in html and "skipped: no run has" in html
-    assert collect(tmp_path).records[0].l0 == 3
+    rec = collect(tmp_path).records[0]
+    assert rec.l0 == 3 and rec.history == [{"step": 0, "loss": "nan?", "l0": 3}]
+    assert "train.final_loss" not in rec.metrics  # a string is not a number
+    assert any(n.startswith("core results: unreadable") for n in rec.notes)
+    assert any(n.startswith("config.json: unreadable") for n in rec.notes)
+    assert "metrics.jsonl: 2 unreadable line(s) skipped" in rec.notes

@@ -12,8 +12,9 @@ from pydantic import Field
 
 from featsep.penalties.base import Penalty, PenaltyConfigBase
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, register
-from featsep.train import NonFiniteLossError, WarmupDecay, read_final_info, read_metrics, train, update_final_info
-from featsep.train.checkpoint import checkpoint_steps, load_checkpoint
+from featsep.rundir import RunDir
+from featsep.train import NonFiniteLossError, WarmupDecay, train
+from featsep.train.checkpoint import load_checkpoint
 
 D_IN, D_SAE, BATCH = 8, 16, 32
 
@@ -149,7 +150,7 @@ def test_loss_is_coefficient_weighted_sum_and_one_step_matches_manual_adam(tmp_p
     for a, b in zip(sae.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
-    (row,) = read_metrics(tmp_path)
+    (row,) = RunDir(tmp_path).read_metrics()
     assert row["step"] == 1 and row["tokens"] == BATCH
     assert math.isclose(row["loss"], row["loss/mse"] + 0.05 * row["loss/l1"] + 0.3 * row["loss/ema"], rel_tol=1e-6)
     assert math.isclose(row["loss"], float(loss.detach()), rel_tol=1e-6)
@@ -181,7 +182,7 @@ def test_sae_metrics_are_preferred_when_reported(tmp_path):
 
     train([Reporting(TinyConfig(d_in=D_IN, d_sae=D_SAE))], make_batches(2), out_dir=tmp_path, log_every=1,
           lr_decay_fraction=0, **QUIET)
-    row = read_metrics(tmp_path)[-1]
+    row = RunDir(tmp_path).read_metrics()[-1]
     assert (row["l0"], row["fvu"], row["dead_fraction"]) == (123.0, 0.5, 0.25)
 
 
@@ -203,7 +204,7 @@ def test_warmup_decay_values():
 def test_logged_lr_follows_schedule(tmp_path):
     train([tiny()], make_batches(10), lr=0.1, lr_warmup_steps=2, lr_decay_fraction=0.3, out_dir=tmp_path,
           log_every=1, progress=False)
-    lrs = [r["lr"] for r in read_metrics(tmp_path)]
+    lrs = [r["lr"] for r in RunDir(tmp_path).read_metrics()]
     expected = [0.1 * WarmupDecay(2, 10, 0.3)(i) for i in range(10)]
     assert lrs == pytest.approx(expected, abs=1e-12)
     assert lrs[-1] == pytest.approx(0.1 / 3)
@@ -243,15 +244,15 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, stateful_data):
     with pytest.raises(KeyboardInterrupt):
         train([tiny(noise=0.01)], killed_after(fresh_batches(), 13), penalties=[ema()], out_dir=tmp_path / "cut",
               **run_kw())
-    assert sorted(checkpoint_steps(tmp_path / "cut")) == [5, 10]
+    assert sorted(RunDir(tmp_path / "cut").checkpoint_steps()) == [5, 10]
     torch.manual_seed(999)  # the resumed process starts with other RNG states and another init
     resumed = tiny(seed=123, noise=0.01)
     train([resumed], fresh_batches(), penalties=[ema()], out_dir=tmp_path / "cut", resume=True, **run_kw())
 
     assert_same_weights(full, resumed)
     strip = lambda rows: [{k: v for k, v in r.items() if "tokens_per_s" not in k} for r in rows]  # noqa: E731 (timings)
-    assert strip(read_metrics(tmp_path / "cut")) == strip(read_metrics(tmp_path / "full"))
-    assert sorted(checkpoint_steps(tmp_path / "cut")) == [20, 23]  # the last two are kept
+    assert strip(RunDir(tmp_path / "cut").read_metrics()) == strip(RunDir(tmp_path / "full").read_metrics())
+    assert sorted(RunDir(tmp_path / "cut").checkpoint_steps()) == [20, 23]  # the last two are kept
 
 
 def test_resume_with_real_topk(tmp_path):
@@ -271,10 +272,10 @@ def test_resume_with_real_topk(tmp_path):
 
 def test_resume_of_finished_run_changes_nothing(tmp_path):
     first = train([tiny()], make_batches(6), out_dir=tmp_path, **run_kw(steps=6))[0]
-    info = read_final_info(tmp_path)
+    info = RunDir(tmp_path).read_final_info()
     again = train([tiny(seed=4)], make_batches(6), out_dir=tmp_path, resume=True, **run_kw(steps=6))[0]
     assert_same_weights(first, again)
-    assert read_final_info(tmp_path) == info
+    assert RunDir(tmp_path).read_final_info() == info
 
 
 def test_existing_run_dir_needs_resume(tmp_path):
@@ -295,7 +296,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
     assert (e.sae_name, e.step, e.term) == ("first", 12, "mse")
     assert "'first'" in str(e) and "step 12" in str(e) and "'mse'" in str(e)
     for name in ("first", "second"):
-        assert sorted(checkpoint_steps(tmp_path / name)) == [5, 10]
+        assert sorted(RunDir(tmp_path / name).checkpoint_steps()) == [5, 10]
         state = load_checkpoint(tmp_path / name, 10)
         assert all(torch.isfinite(v).all() for v in state["sae"].values())
         assert not (tmp_path / name / "sae").exists() and not (tmp_path / name / "final_info.json").exists()
@@ -332,7 +333,7 @@ def test_each_sae_trained_together_equals_trained_alone(tmp_path):
                       progress=False, log_every=3, checkpoint_every=4)[0]
         assert_same_weights(together[i], alone)
         strip = lambda rows: [{k: v for k, v in r.items() if "tokens_per_s" not in k} for r in rows]  # noqa: E731 (timings)
-        assert strip(read_metrics(tmp_path / name)) == strip(read_metrics(tmp_path / "alone" / name))
+        assert strip(RunDir(tmp_path / name).read_metrics()) == strip(RunDir(tmp_path / "alone" / name).read_metrics())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "alone", "b", "c"]
     # default lr comes from the SAE
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
@@ -353,16 +354,16 @@ def test_run_dir_layout_final_info_and_metrics(tmp_path):
     assert cfg["sae"]["d_sae"] == D_SAE and cfg["penalties"][0]["name"] == "ema"
     assert cfg["train"]["steps"] == 7 and cfg["train"]["lr"] == 1e-2
 
-    rows = read_metrics(tmp_path)
+    rows = RunDir(tmp_path).read_metrics()
     assert [r["step"] for r in rows] == [3, 6, 7]  # every log_every steps, and the last
     assert [r["tokens"] for r in rows] == [3 * BATCH, 6 * BATCH, 7 * BATCH]
     assert {"loss", "loss/mse", "loss/l1", "loss/ema", "l0", "fvu", "dead_fraction", "lr", "tokens_per_s", "sae_tokens_per_s",
             "ema/calls"} <= set(rows[-1])
     param_bytes = sum(p.numel() * p.element_size() for p in sae.parameters())
     assert rows[-1]["state_memory_bytes"] >= 3 * param_bytes  # weights + two Adam moments
-    assert sorted(checkpoint_steps(tmp_path)) == [7]  # the end of training always checkpoints
+    assert sorted(RunDir(tmp_path).checkpoint_steps()) == [7]  # the end of training always checkpoints
 
-    info = read_final_info(tmp_path)
+    info = RunDir(tmp_path).read_final_info()
     section = info["training results for layer 3"]
     final = section["final_info"]
     assert final["training_steps"] == 7 and final["layer"] == 3 and final["dict_size"] == D_SAE
@@ -371,8 +372,8 @@ def test_run_dir_layout_final_info_and_metrics(tmp_path):
     assert section["config"]["dict_size"] == D_SAE and section["config"]["activation_dim"] == D_IN
     assert_same_weights(sae, load_sae(tmp_path / "sae"))
 
-    update_final_info(tmp_path, "core evaluation results", {"metrics": {"l0": 4.0}})
-    info2 = read_final_info(tmp_path)
+    RunDir(tmp_path).update_final_info("core evaluation results", {"metrics": {"l0": 4.0}})
+    info2 = RunDir(tmp_path).read_final_info()
     assert info2["training results for layer 3"] == section
     assert info2["core evaluation results"] == {"metrics": {"l0": 4.0}}
     assert not list(tmp_path.glob(".*.tmp"))
@@ -386,7 +387,7 @@ def test_final_info_keeps_each_penalty_s_full_stats(tmp_path):
     momentum = make_penalty("momentum", d_sae=D_SAE)
     temporal = make_penalty("temporal", d_sae=D_SAE, window_size=BATCH)
     train([tiny()], make_batches(4), penalties=[[momentum, temporal]], out_dir=tmp_path, **QUIET)
-    stats = read_final_info(tmp_path)["training results for layer 3"]["final_info"]["penalty_stats"]
+    stats = RunDir(tmp_path).read_final_info()["training results for layer 3"]["final_info"]["penalty_stats"]
     assert set(stats) == {"momentum", "temporal"}
     assert stats["momentum"] == momentum.stats()
     assert sum(stats["momentum"]["momentum_histogram"]["counts"]) == D_SAE
@@ -461,9 +462,6 @@ def test_top_level_featsep_train():
         before = sae.W_dec.detach().clone()
         out = featsep.train([sae], make_batches(n_batches), lr_decay_fraction=0, progress=False)
         assert out[0] is sae and not torch.equal(before, sae.W_dec)  # it really trained
-    import featsep.train as train_pkg
-
-    assert train_pkg.update_final_info is update_final_info
 
 
 class KilledStream:
@@ -526,5 +524,5 @@ def test_resume_with_real_penalties(tmp_path, penalty):
     resumed = train(models(1), batches, penalties=pens(), out_dir=tmp_path / "cut", resume=True, **kw)
     for a, b in zip(full, resumed):
         assert_same_weights(a, b)
-    row = read_metrics(tmp_path / "full" / "sae_0")[-1]
+    row = RunDir(tmp_path / "full" / "sae_0").read_metrics()[-1]
     assert f"loss/{penalty}" in row and row[f"{penalty}/steps"] == 16.0

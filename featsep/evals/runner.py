@@ -14,50 +14,50 @@ from typing import Any, Optional, Sequence, Union
 
 from featsep.evals.common.context import EvalContext, check_sae_fits, default_cache_dir
 from featsep.evals.registry import EvalSpec, available_evals, get_eval
+from featsep.evals.schema import eval_output
 from featsep.evals.settings import resolve_settings
-from featsep.evals.schema import eval_output, final_info_section, write_result
-from featsep.train.run_dir import update_final_info
+from featsep.rundir import RunDir, write_eval_result
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
-RESULTS_DIR = "eval_results"
 
 
 @dataclass
 class Target:
     sae: Any
     name: str
-    run_dir: Optional[Path] = None  # results also go to run_dir/eval_results and final_info.json
+    run_dir: Optional[RunDir] = None  # results also go to its eval results and final_info sections
 
 
 def _resolve_one(item, index: int) -> Target:
     from featsep.sae import SAE, load_sae
-    from featsep.train.run_dir import SAE_DIR
+    from featsep.sae.io import CFG_FILENAME
 
     if isinstance(item, SAE) or hasattr(item, "encode") and hasattr(item, "cfg"):
         return Target(item, f"sae_{index}")
     path = Path(item).expanduser()
-    if (path / "cfg.json").exists():
+    run = RunDir(path)
+    if (path / CFG_FILENAME).exists():
         return Target(load_sae(path), path.name)
-    if (path / SAE_DIR / "cfg.json").exists():
-        return Target(load_sae(path / SAE_DIR), path.name, run_dir=path)
+    if (run.sae_dir / CFG_FILENAME).exists():
+        return Target(load_sae(run.sae_dir), path.name, run_dir=run)
     raise ValueError(
-        f"{str(path)!r} is neither an SAE directory (cfg.json + sae_weights.safetensors) nor a run directory "
-        f"(holding {SAE_DIR}/); pass one of those, or an SAE object"
+        f"{str(path)!r} is neither an SAE directory ({CFG_FILENAME} + sae_weights.safetensors) nor a run directory "
+        f"(holding {run.sae_dir.name}/); pass one of those, or an SAE object"
     )
 
 
 def _run_dirs_below(item) -> list[Path]:
     """The run dirs directly inside a sweep dir (a folder of run dirs), else []."""
-    from featsep.train.run_dir import SAE_DIR
+    from featsep.sae.io import CFG_FILENAME
 
     if not isinstance(item, (str, Path)):
         return []
     path = Path(item).expanduser()
-    if not path.is_dir() or (path / "cfg.json").exists() or (path / SAE_DIR).is_dir():
+    if not path.is_dir() or (path / CFG_FILENAME).exists() or RunDir(path).sae_dir.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if (p / SAE_DIR / "cfg.json").exists())
+    return sorted(p for p in path.iterdir() if (RunDir(p).sae_dir / CFG_FILENAME).exists())
 
 
 def resolve_targets(sae_or_path) -> list[Target]:
@@ -104,7 +104,7 @@ def evaluate(
     """Run `evals` (e.g. ["core", "sparse_probing", "absorption"]) on SAEs.
 
     sae_or_path: an SAE, an SAE dir, a run dir (its sae/ is evaluated; results go to
-    RUN_DIR/eval_results/ and RUN_DIR/final_info.json), or a list of these.
+    the run dir's eval results and final_info sections, see featsep.rundir), or a list of these.
     model: a LanguageModel or a name for featsep.lm.load_lm (default: the SAE's model_name,
     else gemma-3-270m). out_dir: where result files go for SAEs that are not run dirs (one
     SAE: out_dir/<eval>_eval_results.json; several: out_dir/<name>/...).
@@ -155,19 +155,15 @@ def evaluate(
 
 
 def _write(target: Target, results: dict[str, dict], out_dir, n_targets: int) -> None:
-    if target.run_dir is not None:
-        folder = Path(out_dir) if out_dir is not None and n_targets == 1 else target.run_dir / RESULTS_DIR
-    elif out_dir is not None:
-        folder = Path(out_dir) if n_targets == 1 else Path(out_dir) / target.name
-    else:
-        return
+    """A run dir gets its result files (in out_dir instead when it is the only target) and its
+    final_info sections; a bare SAE gets files in out_dir only."""
     for name, result in results.items():
-        path = write_result(folder, name, result)
         if target.run_dir is not None:
             spec = get_eval(name)
-            update_final_info(
-                target.run_dir, spec.final_info_key, final_info_section(result, path), merge=spec.merge_section
-            )
+            folder = Path(out_dir) if out_dir is not None and n_targets == 1 else None
+            target.run_dir.write_eval(name, result, spec.final_info_key, merge=spec.merge_section, folder=folder)
+        elif out_dir is not None:
+            write_eval_result(Path(out_dir) if n_targets == 1 else Path(out_dir) / target.name, name, result)
 
 
 def run_eval_cli(

@@ -1,7 +1,8 @@
-"""SAEBench's output JSON (evals/base_eval_output.py), written atomically.
+"""SAEBench's output JSON (evals/base_eval_output.py).
 
-One file per eval and SAE; the layout of the dict is SAEBench's, so SAEBench's own plotting
-code and the reference runs' scripts read our files unchanged.
+One file per eval and SAE (featsep.rundir writes and reads them); the layout of the dict is
+SAEBench's, so SAEBench's own plotting code and the reference runs' scripts read our files
+unchanged.
 """
 
 from __future__ import annotations
@@ -9,17 +10,14 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from pathlib import Path
 from typing import Any
-
-from featsep.io import write_json_atomic
 
 # The SAEBench commit whose formulas these evals reproduce (see saebench-spec.md).
 SAEBENCH_COMMIT = "8042bb38"
 
 
 def featsep_version() -> str:
-    from featsep import __version__
+    from featsep.version import __version__
 
     return __version__
 
@@ -62,21 +60,3 @@ def eval_output(
             "sae_cfg_dict": sae_cfg,
         }
     )
-
-
-def result_path(out_dir: str | Path, eval_name: str) -> Path:
-    return Path(out_dir) / f"{eval_name}_eval_results.json"
-
-
-def write_result(out_dir: str | Path, eval_name: str, result: dict[str, Any]) -> Path:
-    path = result_path(out_dir, eval_name)
-    write_json_atomic(path, result)
-    return path
-
-
-def final_info_section(result: dict[str, Any], results_file: Path | None) -> dict[str, Any]:
-    """What final_info.json keeps: everything but the (possibly per-latent, large) details."""
-    section = {k: v for k, v in result.items() if k not in ("eval_result_details", "sae_cfg_dict")}
-    if results_file is not None:
-        section["results_file"] = str(results_file)
-    return section

@@ -7,15 +7,11 @@ of an HF forward, whose last entry has the final norm applied.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from torch import nn
 
-# The hook kinds we can serve; each maps to "the output of decoder layer L".
-HOOK_KINDS = ("hook_resid_post",)
-_HOOK_PATTERN = re.compile(r"^blocks\.(\d+)\.([A-Za-z_]+)$")
-
+from featsep.hooknames import HOOK_KINDS, parse_hook  # noqa: F401  (part of lm's API)
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
@@ -34,23 +30,6 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "gpt2": ArchitectureSpec("transformer", "h"),
     "gpt_neox": ArchitectureSpec("gpt_neox", "layers"),
 }
-
-
-def parse_hook(hook: str) -> int:
-    """Layer index of a hook name such as `blocks.8.hook_resid_post` (range not checked)."""
-    match = _HOOK_PATTERN.match(hook.strip()) if isinstance(hook, str) else None
-    if match is None:
-        raise ValueError(
-            f"hook {hook!r} is not a hook name; use the form blocks.L.hook_resid_post "
-            "(e.g. blocks.8.hook_resid_post, the residual stream after decoder layer 8)"
-        )
-    layer, kind = int(match.group(1)), match.group(2)
-    if kind not in HOOK_KINDS:
-        raise ValueError(
-            f"hook kind {kind!r} in {hook!r} is not supported; valid kinds: {', '.join(HOOK_KINDS)} "
-            f"(e.g. blocks.{layer}.hook_resid_post)"
-        )
-    return layer
 
 
 def architecture_spec(model_type: str) -> ArchitectureSpec:

@@ -1,61 +1,66 @@
 """Read a sweep directory (or one run, or a folder of runs) into tidy per-run records.
 
-Everything downstream (figures, tables, findings) reads `RunRecord`s only, so the many
-layouts a run directory can have (final_info.json sections, eval_results/*.json, a
-metrics.jsonl log, config.json) are absorbed here. Nothing in a run is required: what is
-missing becomes a note, never an exception.
+Everything downstream (figures, tables, findings) reads `RunRecord`s only. The files are read
+through featsep.rundir's typed records, so a value is either the field its writer defined or
+missing: nothing is guessed from key names. What is missing or unreadable becomes a note,
+never an exception.
 
 Metric keys are "<section>.<name>", e.g. "core.ce_loss_score",
 "absorption.mean_absorption_fraction_score", "scr.scr_metric_threshold_20",
-"train.final_loss", "cost.tokens_per_s". Names inside a section are SAEBench's leaf names
-(eval_result_metrics.<category>.<name>); when two categories share a leaf name the key
-becomes "<section>.<category>.<name>".
+"train.final_loss", "cost.tokens_per_s". A section is an eval's name (its result file's);
+names inside it are SAEBench's leaf names (eval_result_metrics.<category>.<name>); when two
+categories share a leaf name the key becomes "<section>.<category>.<name>".
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-RUN_MARKERS = ("final_info.json", "metrics.jsonl")
+from featsep.rundir import (
+    CONFIG_FILE,
+    FINAL_INFO_FILE,
+    METRICS_FILE,
+    SWEEP_FILE,
+    ConfigRecord,
+    EvalRecord,
+    RunDir,
+    TrainingResults,
+    read_sweep_manifest,
+)
+
 REPORT_DIRNAME = "report"
 
 
 @dataclass(frozen=True)
 class Section:
-    """One evaluation as it appears in final_info.json keys and eval_results files."""
+    """One eval as the report titles it; `name` is the eval's (and its result file's) name."""
 
     name: str
     title: str
-    key_patterns: tuple[str, ...]  # substrings of final_info.json keys (lower case)
-    eval_type_ids: tuple[str, ...]  # SAEBench eval_type_id values (and eval_results/ sub-dirs)
 
 
-# Order matters for key matching: the first section whose pattern occurs in a key wins.
 SECTIONS: tuple[Section, ...] = (
-    Section("core", "Core (reconstruction, sparsity)", ("core",), ("core",)),
-    Section("absorption", "Feature absorption", ("absorption",), ("absorption_first_letter", "absorption")),
-    Section("sparse_probing", "Sparse probing", ("sparse probing", "sparse_probing"), ("sparse_probing",)),
-    Section("scr", "SCR", ("scr evaluation", "scr results"), ("scr",)),
-    Section("tpp", "TPP", ("tpp evaluation", "tpp results"), ("tpp",)),
-    Section("unlearning", "Unlearning", ("unlearning",), ("unlearning",)),
-    Section("autointerp", "Autointerp", ("autointerp",), ("autointerp",)),
-    Section("ravel", "RAVEL", ("ravel",), ("ravel",)),
-    Section("competition", "Competition (feature separation)", ("competition",), ("competition",)),
+    Section("core", "Core (reconstruction, sparsity)"),
+    Section("absorption", "Feature absorption"),
+    Section("sparse_probing", "Sparse probing"),
+    Section("scr", "SCR"),
+    Section("tpp", "TPP"),
+    Section("unlearning", "Unlearning"),
+    Section("autointerp", "Autointerp"),
+    Section("competition", "Competition (feature separation)"),
 )
 SECTION_BY_NAME = {s.name: s for s in SECTIONS}
 # Sections every run is expected to have; a missing one is noted in the report.
 EXPECTED_SECTIONS = ("core", "absorption", "sparse_probing", "scr", "tpp", "unlearning")
 
-# Keys of a metrics.jsonl row that are bookkeeping, not curves.
-_HISTORY_SUMMARY_KEYS = ("loss", "mse", "l0", "fvu", "dead_fraction", "lr")
-_WALL_TIME_KEYS = ("wall_time_s", "elapsed_s", "time_s", "elapsed", "wall_time", "train_time_s")
-_PEAK_MEMORY_KEYS = ("peak_memory_bytes", "peak_mem_bytes", "max_memory_allocated")
-_SKIP_TOP_LEVEL = {"eval_config", "sae_cfg_dict", "datetime_epoch_millis", "eval_id", "eval_type_id"}
+# metrics.jsonl fields (the trainer's names) whose last value is the run's final one
+_HISTORY_SUMMARY_KEYS = ("loss", "l0", "fvu", "dead_fraction", "lr")
+# the training section's numbers that are costs rather than results
+_TRAINING_COST_FIELDS = {"wall_time_s": "cost.wall_time_s"}
 
 
 @dataclass
@@ -101,56 +106,8 @@ def _number(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _read_json(path: Path, notes: list[str]) -> Optional[Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        notes.append(f"{path.name}: unreadable ({type(e).__name__}: {e}); ignored")
-        return None
-
-
-def read_history(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a truncated or corrupt line (a run killed mid-write) is skipped."""
-    rows: list[dict[str, Any]] = []
-    if not path.is_file():
-        return rows
-    bad = 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(_flatten_row(row))
-    if bad:
-        notes.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
-    return rows
-
-
-def _flatten_row(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested penalty stats ({"momentum": {"mean": ..}}) become "momentum/mean"."""
-    flat: dict[str, Any] = {}
-    for key, value in row.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten_row(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
-
-
-def flatten_eval_metrics(blob: Any) -> dict[str, float]:
-    """SAEBench eval JSON -> {leaf name: value} from eval_result_metrics (any depth)."""
-    if not isinstance(blob, dict):
-        return {}
-    source = blob.get("eval_result_metrics")
-    if not isinstance(source, dict):  # tolerate a bare metrics dict
-        source = {k: v for k, v in blob.items() if k not in _SKIP_TOP_LEVEL and not k.startswith("eval_result")}
+def flatten_eval_metrics(record: EvalRecord) -> dict[str, float]:
+    """An eval's eval_result_metrics -> {leaf name: value} (any depth)."""
     leaves: list[tuple[tuple[str, ...], float]] = []
 
     def walk(node: dict, path: tuple[str, ...]) -> None:
@@ -160,89 +117,36 @@ def flatten_eval_metrics(blob: Any) -> dict[str, float]:
             elif (num := _number(value)) is not None:
                 leaves.append((path + (str(key),), num))
 
-    walk(source, ())
+    walk(record.eval_result_metrics, ())
     counts: dict[str, int] = {}
     for path, _ in leaves:
         counts[path[-1]] = counts.get(path[-1], 0) + 1
     return {(path[-1] if counts[path[-1]] == 1 else ".".join(path)): v for path, v in leaves}
 
 
-def _section_for_key(key: str) -> list[str]:
-    """final_info.json key -> section names (the reference's combined SCR/TPP key gives two)."""
-    low = key.lower()
-    if "scr" in low and "tpp" in low:
-        return ["scr", "tpp"]
-    for section in SECTIONS:
-        if any(p in low for p in section.key_patterns):
-            return [section.name]
-    if re.search(r"\bscr\b", low):
-        return ["scr"]
-    if re.search(r"\btpp\b", low):
-        return ["tpp"]
-    return []
-
-
-def _pick_subsection(blob: Any, name: str) -> Optional[dict]:
-    """From a combined SCR+TPP blob, the part for `name` ("scr" or "tpp")."""
-    if not isinstance(blob, dict):
-        return None
-    if isinstance(blob.get(name), dict):  # {"scr": {...}, "tpp": {...}}
-        return blob[name]
-    metrics = blob.get("eval_result_metrics")
-    if isinstance(metrics, dict):
-        if f"{name}_metrics" in metrics:
-            part = dict(blob)
-            part["eval_result_metrics"] = {f"{name}_metrics": metrics[f"{name}_metrics"]}
-            return part
-        if any(str(k).startswith(name) for k in metrics):  # flat metrics with scr_/tpp_ names
-            part = dict(blob)
-            part["eval_result_metrics"] = {k: v for k, v in metrics.items() if str(k).startswith(name)}
-            return part
-    if blob.get("eval_type_id") == name:
-        return blob
-    return None
-
-
-def _section_of_eval_file(path: Path, blob: Any) -> Optional[str]:
-    type_id = str(blob.get("eval_type_id", "")).lower() if isinstance(blob, dict) else ""
-    candidates = [type_id, path.parent.name.lower(), path.stem.lower()]
-    for cand in candidates:
-        for section in SECTIONS:
-            if cand and (cand in section.eval_type_ids or cand == section.name):
-                return section.name
-    for section in SECTIONS:  # file names such as "core_eval_results.json"
-        if any(t in path.stem.lower() for t in section.eval_type_ids):
-            return section.name
-    return None
-
-
-def _summarise_config(cfg: Any) -> dict[str, Any]:
-    """The few config fields the report shows and uses to name a method (any layout)."""
-    if not isinstance(cfg, dict):
-        return {}
-    run_cfg = cfg.get("run_config") if isinstance(cfg.get("run_config"), dict) else cfg
+def _summarise_config(cfg: ConfigRecord) -> dict[str, Any]:
+    """The few config fields the report shows and uses to name a method: the run config's
+    model and sae sections (a sweep's runs have no sae section there), the penalties, and the
+    run config's training budget."""
+    run_cfg = cfg.run_config or {}
     out: dict[str, Any] = {}
     model = run_cfg.get("model")
     if isinstance(model, dict):
         out["model"] = model.get("name")
         out["hook"] = model.get("hook")
-    sae = run_cfg.get("sae") if isinstance(run_cfg.get("sae"), dict) else cfg.get("sae_cfg")
+    sae = run_cfg.get("sae")
     if isinstance(sae, dict):
         for key, value in sae.items():
             if isinstance(value, (str, int, float, bool)) or value is None:
                 out[f"sae.{key}"] = value
-    penalties = run_cfg.get("penalties", cfg.get("penalties"))
-    if isinstance(penalties, list):
-        names = []
-        for pen in penalties:
-            if isinstance(pen, dict) and pen.get("name"):
-                names.append(str(pen["name"]))
-                for key, value in pen.items():
-                    if key != "name" and isinstance(value, (str, int, float, bool)):
-                        out[f"{pen['name']}.{key}"] = value
-            elif isinstance(pen, str):
-                names.append(pen)
-        out["penalties"] = "+".join(names)
+    names = []
+    for pen in cfg.penalties:
+        if pen.get("name"):
+            names.append(str(pen["name"]))
+            for key, value in pen.items():
+                if key != "name" and isinstance(value, (str, int, float, bool)):
+                    out[f"{pen['name']}.{key}"] = value
+    out["penalties"] = "+".join(names)
     train = run_cfg.get("train")
     if isinstance(train, dict):
         for key in ("tokens", "batch_size", "lr", "seed"):
@@ -251,12 +155,12 @@ def _summarise_config(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _method_name(entry: dict[str, Any], config: dict[str, Any], training_cfg: dict[str, Any]) -> str:
+def _method_name(entry: dict[str, Any], config: dict[str, Any], training: Optional[TrainingResults]) -> str:
     """sweep.json's method (+ penalty when not already in it), else architecture+penalties."""
     method = entry.get("method") or entry.get("architecture")
     penalty = entry.get("penalty")
     if not method:
-        method = config.get("sae.architecture") or training_cfg.get("architecture") or "unknown"
+        method = config.get("sae.architecture") or (training.architecture if training else None) or "unknown"
         penalty = penalty or config.get("penalties") or None
     method = str(method)
     if penalty and str(penalty) not in method:
@@ -294,21 +198,18 @@ def _history_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     speeds = [v for row in history if (v := _number(row.get(speed_key))) is not None]
     if speeds:
         out["cost.tokens_per_s"] = sum(speeds) / len(speeds)
-    for key in _WALL_TIME_KEYS:
-        times = [v for row in history if (v := _number(row.get(key))) is not None]
-        if times:
-            out["cost.wall_time_s"] = max(times)
-            break
-    if "cost.wall_time_s" not in out and "train.tokens" in out and speeds:
-        out["cost.wall_time_s"] = out["train.tokens"] / out["cost.tokens_per_s"]
-    for key in _PEAK_MEMORY_KEYS:
-        mems = [v for row in history if (v := _number(row.get(key))) is not None]
-        if mems:
-            out["cost.peak_memory_bytes"] = max(mems)
-            break
     states = [v for row in history if (v := _number(row.get("state_memory_bytes"))) is not None]
     if states:
         out["cost.state_memory_bytes"] = max(states)
+    return out
+
+
+def _training_metrics(results: TrainingResults) -> dict[str, float]:
+    """The training section's numeric fields as "train.<field>" (costs as "cost.<name>")."""
+    out: dict[str, float] = {}
+    for name in TrainingResults.model_fields:
+        if (num := _number(getattr(results, name))) is not None:
+            out[_TRAINING_COST_FIELDS.get(name, f"train.{name}")] = num
     return out
 
 
@@ -325,69 +226,61 @@ def penalty_stat_keys(history: list[dict[str, Any]]) -> list[str]:
 def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional[str] = None) -> RunRecord:
     """Read one run directory; never raises for missing or malformed files."""
     entry = entry or {}
+    rd = RunDir(path)
     notes: list[str] = []
-    config = _summarise_config(_read_json(path / "config.json", notes))
-    history = read_history(path / "metrics.jsonl", notes)
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
     found: list[str] = []
-    training_cfg: dict[str, Any] = {}
 
-    def add_section(name: str, blob: Any) -> None:
-        if name in found or not isinstance(blob, dict):
-            return
-        flat = flatten_eval_metrics(blob)
-        if not flat and not blob.get("eval_result_details"):
-            return
+    config: dict[str, Any] = {}
+    try:
+        cfg = rd.read_config()
+        config = _summarise_config(cfg) if cfg is not None else {}
+    except ValueError as e:
+        notes.append(f"{CONFIG_FILE}: unreadable ({e}); ignored")
+
+    log = rd.read_metrics_log()
+    if log.skipped:
+        notes.append(f"{METRICS_FILE}: {log.skipped} unreadable line(s) skipped")
+
+    training: Optional[TrainingResults] = None
+    try:
+        section = rd.read_training()
+        training = section.final_info if section is not None else None
+    except ValueError as e:
+        notes.append(f"{FINAL_INFO_FILE}: unreadable ({e}); ignored")
+    if training is not None:
+        metrics.update(_training_metrics(training))
+    elif not rd.final_info_file.exists():
+        notes.append(f"no {FINAL_INFO_FILE}")
+
+    for name in rd.eval_names():
+        try:
+            record = rd.read_eval(name)
+        except ValueError as e:
+            notes.append(f"{name} results: unreadable ({e}); ignored")
+            continue
+        flat = flatten_eval_metrics(record)
+        if not flat and not record.eval_result_details:
+            continue
         found.append(name)
         metrics.update({f"{name}.{k}": v for k, v in flat.items()})
-        extra = {k: blob[k] for k in ("eval_result_details", "eval_result_unstructured") if blob.get(k)}
+        extra = {k: getattr(record, k) for k in ("eval_result_details", "eval_result_unstructured") if getattr(record, k)}
         if extra:
             details[name] = extra
 
-    final_info = _read_json(path / "final_info.json", notes)
-    if isinstance(final_info, dict):
-        for key, blob in final_info.items():
-            if "training" in key.lower() and isinstance(blob, dict):
-                info = blob.get("final_info", blob)
-                training_cfg = blob.get("config", {}) if isinstance(blob.get("config"), dict) else {}
-                for k, v in (info.items() if isinstance(info, dict) else ()):
-                    if (num := _number(v)) is not None:
-                        metrics[f"train.{k}"] = num
-                continue
-            names = _section_for_key(key)
-            for name in names:
-                add_section(name, _pick_subsection(blob, name) if len(names) > 1 else blob)
-    elif not (path / "final_info.json").exists():
-        notes.append("no final_info.json")
-
-    eval_dir = path / "eval_results"
-    if eval_dir.is_dir():
-        for file in sorted(eval_dir.rglob("*.json")):
-            blob = _read_json(file, notes)
-            name = _section_of_eval_file(file, blob)
-            if name is None and isinstance(blob, dict) and ("scr" in file.stem or "tpp" in file.stem):
-                for sub in ("scr", "tpp"):
-                    add_section(sub, _pick_subsection(blob, sub))
-            elif name is not None:
-                add_section(name, blob)
-
-    for key, value in _history_metrics(history).items():
+    for key, value in _history_metrics(log.rows).items():
         metrics.setdefault(key, value)
-    for key in _PEAK_MEMORY_KEYS + _WALL_TIME_KEYS:  # also accept them in final_info's training block
-        if (num := metrics.get(f"train.{key}")) is not None:
-            target = "cost.peak_memory_bytes" if key in _PEAK_MEMORY_KEYS else "cost.wall_time_s"
-            metrics.setdefault(target, num)
 
     missing = [s for s in EXPECTED_SECTIONS if s not in found]
     if missing:
         notes.append("no " + ", ".join(SECTION_BY_NAME[s].title for s in missing) + " results")
-    if not history:
-        notes.append("no training log (metrics.jsonl)")
-    method = _method_name(entry, config, training_cfg)
+    if not log.rows:
+        notes.append(f"no training log ({METRICS_FILE})")
+    method = _method_name(entry, config, training)
     label = label or entry.get("label") or _default_label(run, method, config, metrics)
     return RunRecord(run=run, label=str(label), method=method, path=path, metrics=metrics,
-                     history=history, config=config, details=details, sections=found, notes=notes)
+                     history=log.rows, config=config, details=details, sections=found, notes=notes)
 
 
 def _natural_key(text: str) -> list:
@@ -396,7 +289,7 @@ def _natural_key(text: str) -> list:
 
 def _find_run_dirs(root: Path, max_depth: int = 3) -> list[Path]:
     """Directories holding a run marker, searched breadth-first (the report dir excluded)."""
-    if any((root / m).is_file() for m in RUN_MARKERS):
+    if RunDir(root).holds_results():
         return [root]
     found: list[Path] = []
     level = [root]
@@ -406,7 +299,7 @@ def _find_run_dirs(root: Path, max_depth: int = 3) -> list[Path]:
             for child in sorted(directory.iterdir(), key=lambda p: _natural_key(p.name)):
                 if not child.is_dir() or child.name.startswith(".") or child.name == REPORT_DIRNAME:
                     continue
-                if any((child / m).is_file() for m in RUN_MARKERS):
+                if RunDir(child).holds_results():
                     found.append(child)
                 else:
                     nxt.append(child)
@@ -417,15 +310,18 @@ def _find_run_dirs(root: Path, max_depth: int = 3) -> list[Path]:
 def collect(path: str | Path, labels: Optional[dict[str, str]] = None) -> Sweep:
     """Read a sweep dir, a single run dir or a dir of run dirs into a `Sweep`.
 
-    Labels come from `labels` (run name -> label), then sweep.json's "labels" and its
+    Labels come from `labels` (run name -> label), then the sweep manifest's "labels" and its
     per-run "label", then a default built from the method and k (or L0).
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"report input {str(root)!r} is not a directory; pass a sweep or run directory")
     notes: list[str] = []
-    sweep_meta = _read_json(root / "sweep.json", notes)
-    sweep_meta = sweep_meta if isinstance(sweep_meta, dict) else {}
+    try:
+        sweep_meta = read_sweep_manifest(root) or {}
+    except ValueError as e:
+        notes.append(f"{SWEEP_FILE}: unreadable ({e}); ignored")
+        sweep_meta = {}
     entries = {str(e.get("run")): e for e in sweep_meta.get("runs", []) if isinstance(e, dict) and e.get("run")}
     all_labels = {**(sweep_meta.get("labels") or {}), **(labels or {})}
 
@@ -441,9 +337,9 @@ def collect(path: str | Path, labels: Optional[dict[str, str]] = None) -> Sweep:
         records.append(load_run(run_dir, run, entry, label))
     for run in entries:
         if not any(r.run == run for r in records):
-            notes.append(f"sweep.json lists {run!r} but no such run directory holds results")
+            notes.append(f"{SWEEP_FILE} lists {run!r} but no such run directory holds results")
     if not records:
-        notes.append(f"no run directories (with {' or '.join(RUN_MARKERS)}) found under {root}")
+        notes.append(f"no run directories (with {FINAL_INFO_FILE} or {METRICS_FILE}) found under {root}")
     name = str(sweep_meta.get("name") or root.resolve().name)
     return Sweep(name=name, root=root, records=records, notes=notes)
 

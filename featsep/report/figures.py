@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from featsep.report.collect import RunRecord, iter_details, methods_of, penalty_stat_keys
 from featsep.report.metrics import metric, probing_top_k_key, scr_key, tpp_key
+from featsep.rundir import METRICS_FILE
 
 RC = {
     "font.size": 13,
@@ -355,16 +356,14 @@ def draw_competition_eval(records, style):
 
 
 def draw_cost(records, style):
-    """Throughput, wall time and peak memory: mean per method (bars) and each run (markers)."""
+    """Throughput, wall time and state memory: mean per method (bars) and each run (markers)."""
     def largest(key):
         return max((r.metrics[key] for r in records if key in r.metrics), default=0.0)
 
     seconds = largest("cost.wall_time_s")
     time_unit = (1.0, "seconds") if seconds < 120 else (60.0, "minutes") if seconds < 7200 else (3600.0, "hours")
-    memory_unit = (MIB, "MiB") if largest("cost.peak_memory_bytes") < 4096 * MIB else (1024 * MIB, "GiB")
     panels = [("cost.tokens_per_s", 1.0, "tokens / s", "Throughput"),
               ("cost.wall_time_s", *time_unit, "Wall time"),
-              ("cost.peak_memory_bytes", *memory_unit, "Peak memory"),
               ("cost.state_memory_bytes", MIB, "MiB", "Training state (params + Adam + penalty)")]
     panels = [p for p in panels if any(p[0] in r.metrics for r in records)]
     if not panels:
@@ -405,16 +404,16 @@ FIGURES: tuple[FigureSpec, ...] = (
                "Absorption, reconstruction, sparsity and probing for every run, with the labels mapping.",
                "any of the core, absorption or sparse probing results", draw_run_bars),
     FigureSpec("penalty_stats", "Penalties over training",
-               "Penalty statistics logged in metrics.jsonl (momentum share over tau, tracked pairs and memory, "
-               "stability |c - cavg|, ...).", "penalty statistics (\"<penalty>/<stat>\") in metrics.jsonl",
+               f"Penalty statistics logged in {METRICS_FILE} (momentum share over tau, tracked pairs and memory, "
+               "stability |c - cavg|, ...).", f"penalty statistics (\"<penalty>/<stat>\") in {METRICS_FILE}",
                draw_penalty_stats),
     FigureSpec("competition_eval", "Competition evaluation",
                "Summary metrics of the competition eval per run, and the per-latent distribution when given.",
                "competition eval results", draw_competition_eval),
     FigureSpec("training_curves", "Training curves", "Loss, L0, FVU and dead fraction against training tokens.",
-               "metrics.jsonl training logs", draw_training_curves),
-    FigureSpec("cost", "Time and memory", "Throughput, wall time and peak memory per method.",
-               "tokens_per_s / wall time / peak memory in metrics.jsonl", draw_cost),
+               f"{METRICS_FILE} training logs", draw_training_curves),
+    FigureSpec("cost", "Time and memory", "Throughput, wall time and training-state memory per method.",
+               f"tokens_per_s / state_memory_bytes in {METRICS_FILE}, or the training's wall time", draw_cost),
 )
 
 

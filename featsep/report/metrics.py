@@ -51,7 +51,6 @@ METRICS: dict[str, Metric] = _catalogue(
     Metric("train.final_dead_fraction", "dead fraction", "Dead latents (fraction)", False),
     Metric("cost.tokens_per_s", "tokens/s", "Throughput (tokens / s)", True),
     Metric("cost.wall_time_s", "wall time", "Wall time (s)", False),
-    Metric("cost.peak_memory_bytes", "peak memory (bytes)", "Peak memory (bytes)", False),
     Metric("cost.state_memory_bytes", "training state (bytes)",
            "Training state: parameters + Adam + penalty state (bytes)", False),
 )

@@ -58,7 +58,7 @@ def _key_columns(records: list[RunRecord]) -> list[str]:
         "absorption.mean_absorption_fraction_score", "absorption.mean_full_absorption_score",
         "sparse_probing.sae_top_1_test_accuracy", probing_top_k_key(records),
         scr_key(records), tpp_key(records), "unlearning.unlearning_score",
-        "train.final_dead_fraction", "cost.tokens_per_s", "cost.peak_memory_bytes",
+        "train.final_dead_fraction", "cost.tokens_per_s",
     ]
     return [k for k in keys if k and any(k in r.metrics for r in records)]
 

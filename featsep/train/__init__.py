@@ -4,11 +4,10 @@ checkpoints that resume exactly, and run directories that hold every result.
     saes = featsep.train([sae], batches, steps=1000, penalties=[pen], out_dir="runs/x")
 """
 
-from featsep.train.run_dir import read_final_info, read_metrics, update_final_info
 from featsep.train.schedule import WarmupDecay
 from featsep.train.trainer import NonFiniteLossError, train
 
-__all__ = ["train", "NonFiniteLossError", "update_final_info", "read_final_info", "read_metrics", "WarmupDecay"]
+__all__ = ["train", "NonFiniteLossError", "WarmupDecay"]
 
 
 def _make_package_callable() -> None:

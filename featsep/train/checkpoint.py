@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import random
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,10 +17,9 @@ import numpy as np
 import torch
 
 from featsep.io import write_bytes_atomic
-from featsep.train.run_dir import CHECKPOINT_DIR
+from featsep.rundir import RunDir
 
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -49,24 +47,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
-    """{step: path} of the complete checkpoints in run_dir (temp files are never listed)."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return {}
-    found = {}
-    for path in folder.iterdir():
-        match = _NAME.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return found
-
-
 def latest_common_step(run_dirs: list[Path]) -> Optional[int]:
     """The latest step checkpointed in every run dir, or None."""
     common = None
     for run_dir in run_dirs:
-        steps = set(checkpoint_steps(run_dir))
+        steps = set(RunDir(run_dir).checkpoint_steps())
         common = steps if common is None else common & steps
     return max(common) if common else None
 
@@ -75,22 +60,22 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     """Write atomically, then delete all but the newest `keep` checkpoints."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, "step": step, **state}, buffer)
-    path = Path(run_dir) / CHECKPOINT_DIR / f"step_{step:09d}.pt"
+    path = RunDir(run_dir).checkpoint_path(step)
     write_bytes_atomic(path, buffer.getvalue())
-    for old_step, old_path in sorted(checkpoint_steps(run_dir).items())[:-keep]:
+    for old_step, old_path in sorted(RunDir(run_dir).checkpoint_steps().items())[:-keep]:
         old_path.unlink(missing_ok=True)
     return path
 
 
 def clear_checkpoints(run_dir: Path) -> None:
-    for path in checkpoint_steps(run_dir).values():
+    for path in RunDir(run_dir).checkpoint_steps().values():
         path.unlink(missing_ok=True)
 
 
 def load_checkpoint(run_dir: Path, step: int) -> dict[str, Any]:
-    path = checkpoint_steps(run_dir).get(step)
+    path = RunDir(run_dir).checkpoint_steps().get(step)
     if path is None:
-        raise FileNotFoundError(f"no checkpoint for step {step} in {Path(run_dir) / CHECKPOINT_DIR}")
+        raise FileNotFoundError(f"no checkpoint for step {step} in {RunDir(run_dir).checkpoint_dir}")
     try:
         # our own files; they hold numpy/python RNG states and the data stream's state
         state = torch.load(path, map_location="cpu", weights_only=False)

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-from featsep.train.run_dir import append_metrics
+from featsep.rundir import RunDir
 
 
 def scalar_stats(prefix: str, stats: dict[str, Any]) -> dict[str, float]:
@@ -50,7 +50,7 @@ class ExternalLoggers:
                                    "`pip install tensorboard` or turn it off (train.tensorboard=false)") from None
             if any(d is None for d in run_dirs):
                 raise ValueError("TensorBoard logging writes into the run directory; pass out_dir=...")
-            self.writers = {name: SummaryWriter(log_dir=str(d / "tensorboard")) for name, d in zip(names, run_dirs)}
+            self.writers = {name: SummaryWriter(log_dir=str(RunDir(d).tensorboard_dir)) for name, d in zip(names, run_dirs)}
 
     def log(self, name: str, row: dict[str, Any]) -> None:
         step = int(row["step"])
@@ -81,7 +81,7 @@ class MetricsSink:
 
     def log(self, index: int, row: dict[str, Any]) -> None:
         if self.run_dirs[index] is not None:
-            append_metrics(self.run_dirs[index], row)
+            RunDir(self.run_dirs[index]).append_metrics(row)
         self.external.log(self.names[index], row)
         if index == 0:  # the bar shows the first SAE; metrics.jsonl has them all
             self.bar.set_postfix(

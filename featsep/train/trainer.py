@@ -22,7 +22,7 @@ from featsep.penalties.base import Penalty
 from featsep.sae.base import SAE, SAEOutput
 from featsep.settings import format_errors
 from featsep.train import checkpoint as ckpt
-from featsep.train import run_dir as rd
+from featsep import rundir as rd
 from featsep.train.artifacts import write_config, write_final
 from featsep.train.config import TrainConfig
 from featsep.train.logger import ExternalLoggers, MetricsSink, scalar_stats
@@ -39,7 +39,7 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, sae_name: str, step: int, term: str, run_dir: Optional[Path]):
         self.sae_name, self.step, self.term, self.run_dir = sae_name, step, term, run_dir
-        where = f"; the last good checkpoint is in {run_dir / rd.CHECKPOINT_DIR}" if run_dir else ""
+        where = f"; the last good checkpoint is in {rd.RunDir(run_dir).checkpoint_dir}" if run_dir else ""
         super().__init__(
             f"SAE {sae_name!r}: loss term {term!r} is not finite at step {step}{where}. "
             "Lower the learning rate or the term's coefficient, check the activations for "
@@ -353,7 +353,7 @@ class _Run:
             for pen, pen_state in zip(m.penalties, state["penalties"]):
                 pen.load_state_dict(pen_state)
                 pen.to(self.device)
-            rd.truncate_metrics(m.run_dir, step)
+            rd.RunDir(m.run_dir).truncate_metrics(step)
             shared = state
         self.step = self.checkpointed_step = step
         self.tokens = shared["tokens"]
@@ -465,7 +465,7 @@ def train(
         raise ValueError("resume=True needs the out_dir of the run to continue")
     if not resume:
         for d in dirs:
-            if d is not None and rd.holds_training(d):
+            if d is not None and rd.RunDir(d).holds_training():
                 raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
                                       "or choose another out_dir")
     dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
@@ -537,7 +537,7 @@ def _member_args(m: _Member, args: dict[str, Any]) -> dict[str, Any]:
 def _start_run_dir(m: _Member, args: dict[str, Any], run_config: Optional[dict]) -> None:
     """A fresh start: clear what a run killed before its first common checkpoint left, write config.json."""
     ckpt.clear_checkpoints(m.run_dir)
-    rd.truncate_metrics(m.run_dir, 0)
+    rd.RunDir(m.run_dir).truncate_metrics(0)
     write_config(m.run_dir, m.sae, m.penalties, _member_args(m, args), run_config)
 
 
@@ -545,7 +545,7 @@ def _finish(m: _Member, args: dict[str, Any], run: _Run, sink: MetricsSink) -> N
     """Final artifacts and the one-line summary of one SAE."""
     row = m.last.get("row")
     if row is None and m.run_dir is not None:  # a resumed run that had already finished
-        logged = rd.read_metrics(m.run_dir)
+        logged = rd.RunDir(m.run_dir).read_metrics()
         row = logged[-1] if logged else None
     row = row or {}
     if m.run_dir is not None:
