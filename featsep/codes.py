@@ -105,7 +105,7 @@ class Codes:
         """These codes with every selected entry counted as firing, zero values included (the
         reference code's one-hot-of-the-TopK-indices masks). Dense codes list only non-zeros,
         so for them this is the same codes."""
-        if self._values is None:
+        if self._values is None or self._selected is self._active:
             return self
         out = copy.copy(self)
         out._active = self._selected
