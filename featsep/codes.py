@@ -48,12 +48,12 @@ class Codes:
 
     def __init__(self, d_sae: int, *, dense: Optional[Tensor] = None, values: Optional[Tensor] = None,
                  indices: Optional[Tensor] = None, selected: Optional[Tensor] = None,
-                 active: Optional[Tensor] = None, context_ids: Optional[Tensor] = None,
-                 position_ids: Optional[Tensor] = None):
+                 active: Optional[Tensor] = None):
         self.d_sae = d_sae
         self._dense, self._values, self._indices = dense, values, indices
         self._selected, self._active = selected, active
-        self.context_ids, self.position_ids = context_ids, position_ids
+        self.context_ids: Optional[Tensor] = None  # set by with_positions
+        self.position_ids: Optional[Tensor] = None
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
