@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from featsep.penalties import Penalty, make_penalty, penalties
-from featsep.penalties.base import to_sparse_codes
+from featsep.codes import Codes
 from featsep.penalties.reference import MomentumDense, orthogonality_dense
 
 N, B, K = 24, 12, 4
@@ -54,8 +54,12 @@ def test_registry_defaults_and_errors():
         make_penalty("momentum", d_sae=N, mode="reference", normalize="pair")
     with pytest.raises(ValueError, match="d_sae=24"):
         make_penalty("momentum", d_sae=N)(torch.rand(3, N + 1))
+    with pytest.raises(ValueError, match="d_sae=24"):
+        make_penalty("temporal", d_sae=N)(Codes.from_topk(torch.rand(3, 4), torch.zeros(3, 4, dtype=torch.long), N + 1))
+    with pytest.raises(TypeError, match="temporal penalty: codes must be a floating-point tensor"):
+        make_penalty("temporal", d_sae=N)(torch.zeros(3, N, dtype=torch.long))
     with pytest.raises(ValueError, match="same shape"):
-        make_penalty("temporal", d_sae=N)(torch.rand(3, 4), indices=torch.zeros(3, 5, dtype=torch.long))
+        Codes.from_topk(torch.rand(3, 4), torch.zeros(3, 5, dtype=torch.long), N)
 
 
 @pytest.mark.parametrize("mode", ["reference", "specified"])
@@ -70,7 +74,7 @@ def test_momentum_equals_dense_reference(mode, form):
         if form == "dense":
             loss, g = grad_of(lambda x: pen(x)["momentum"], F)
         else:
-            loss, g = grad_of(lambda v: pen(v, indices=indices)["momentum"], values)
+            loss, g = grad_of(lambda v: pen(Codes.from_topk(v, indices, N))["momentum"], values)
         ref_loss, ref_g = grad_of(ref.step, F)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(pen.momentum, ref.m, rtol=1e-12, atol=1e-12)
@@ -94,7 +98,7 @@ def test_momentum_reference_is_methods_md_literally():
     w = torch.where(m > tau, 2.0, 1.0).to(DT)
     expected = (w * G.sum(1)).sum()
     pen = make_penalty("momentum", d_sae=N, mode="reference", beta=beta, tau=tau)
-    torch.testing.assert_close(pen(values, indices=indices)["momentum"], expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(pen(Codes.from_topk(values, indices, N))["momentum"], expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(pen.momentum, m)
 
 
@@ -133,13 +137,14 @@ def test_momentum_state_roundtrip_stats_and_independence():
     other = make_penalty("momentum", d_sae=N, tau=0.2)
     for step in range(3):
         values, indices = topk_batch(step)
-        a(values, indices=indices)
-        other(values * 0 + 1, indices=indices)  # a second SAE's codes: its own state
+        a(Codes.from_topk(values, indices, N))
+        other(Codes.from_topk(values * 0 + 1, indices, N))  # a second SAE's codes: its own state
     b.load_state_dict(a.state_dict())
     assert b.steps == 3
     for step in range(3, 6):
         values, indices = topk_batch(step)
-        torch.testing.assert_close(a(values, indices=indices), b(values, indices=indices), rtol=0, atol=0)
+        codes = Codes.from_topk(values, indices, N)
+        torch.testing.assert_close(a(codes), b(codes), rtol=0, atol=0)
     torch.testing.assert_close(a.momentum, b.momentum, rtol=0, atol=0)
     assert not torch.equal(a.momentum, other.momentum)
     stats = a.stats()
@@ -157,7 +162,7 @@ def test_orthogonality_equals_dense_reference(normalize):
         A = (F != 0).to(DT)
         ref_loss, ref_g = grad_of(lambda x: orthogonality_dense(x, A, normalize), F)
         loss_d, g_d = grad_of(lambda x: pen(x)["orthogonality"], F)
-        loss_k, g_k = grad_of(lambda v: pen(v, indices=indices)["orthogonality"], values)
+        loss_k, g_k = grad_of(lambda v: pen(Codes.from_topk(v, indices, N))["orthogonality"], values)
         torch.testing.assert_close(loss_d, ref_loss, rtol=1e-12, atol=0)
         torch.testing.assert_close(loss_k, ref_loss, rtol=1e-12, atol=0)
         nz = values != 0  # gradients are exact where codes fire; zeros get none
@@ -179,6 +184,6 @@ def test_orthogonality_signed_codes():
 
 def test_dense_codes_become_their_nonzeros():
     values, indices = topk_batch(0)
-    sc = to_sparse_codes(dense(values, indices), None, N)
+    sc = Codes.from_dense(dense(values, indices))
     torch.testing.assert_close(sc.dense(), dense(values, indices))
     assert sc.indices.shape[1] == K and int(sc.active.sum()) == int((values != 0).sum())

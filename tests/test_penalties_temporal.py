@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from featsep.penalties import make_penalty
-from featsep.penalties.base import to_sparse_codes
+from featsep.codes import Codes
 from featsep.penalties.pairs import (coactive_pairs, diagonal_gram, merge_add, merge_sorted, merge_sorted_add, pair_loss,
                                      split_keys)
 from featsep.penalties.reference import TemporalDense
@@ -33,13 +33,13 @@ def run_against_reference(mode, window_size, batch_sizes, form="topk", freq_divi
     off = 1 - torch.eye(N, dtype=DT)
     for step, b in enumerate(batch_sizes):
         values, indices = (make_batch or topk_batch)(step, b=b)
-        sc = to_sparse_codes(values, indices, N, zero_values_fire=mode == "reference")
-        F, A = sc.dense(), sc.active_dense()
+        sc = Codes.from_topk(values, indices, N)
+        F, A = sc.dense(), (sc.with_selected_firing() if mode == "reference" else sc).active_dense()
         if form == "dense":  # dense codes: firing means non-zero, in both modes
             A = (F != 0).to(DT)
         ref_loss, ref_g = grad_of(lambda x: ref.step(x, A), F)
         if form == "topk":
-            loss, g = grad_of(lambda v: pen(v, indices=indices)["temporal"], values)
+            loss, g = grad_of(lambda v: pen(Codes.from_topk(v, indices, N))["temporal"], values)
             ref_g = ref_g.gather(1, indices)
             if mode == "specified":  # exact where codes fire (the reference counts every index)
                 g, ref_g = g[values != 0], ref_g[values != 0]
@@ -86,7 +86,8 @@ def test_dense_codes_equal_topk_form_and_dense_backend(mode):
     assert dense_state.backend_name == "dense"
     for step in range(4):
         values, indices = topk_batch(step)
-        torch.testing.assert_close(sparse(values, indices=indices), dense_state(values, indices=indices),
+        codes = Codes.from_topk(values, indices, N)
+        torch.testing.assert_close(sparse(codes), dense_state(codes),
                                    rtol=1e-12, atol=1e-18)
 
 
@@ -111,7 +112,7 @@ def test_reference_transcribed_from_methods_md():
         W = cur * (1 + stab)
         F = dense(values, indices)
         D = F.T @ F / B
-        torch.testing.assert_close(pen(values, indices=indices)["temporal"], (W * D ** 2).mean(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(pen(Codes.from_topk(values, indices, N))["temporal"], (W * D ** 2).mean(), rtol=1e-12, atol=0)
     assert pen.stats()["mean_abs_dev"] == 0.0  # the defect: cur == avg, no stability term
 
 
@@ -121,7 +122,7 @@ def test_specified_stability_is_active_where_reference_is_zero():
     for mode in ("reference", "specified"):
         pen = make_penalty("temporal", d_sae=N, mode=mode, window_size=B // 2, state="sparse")
         for step in range(4):
-            pen(*topk_batch(step)[:1], indices=topk_batch(step)[1])
+            pen(Codes.from_topk(*topk_batch(step), N))
         stats[mode] = pen.stats()
     assert stats["reference"]["mean_abs_dev"] == 0.0 and stats["reference"]["mean_stability"] == 0.0
     assert stats["specified"]["mean_abs_dev"] > 0.0 and stats["specified"]["mean_stability"] > 0.0
@@ -134,11 +135,12 @@ def test_state_dict_round_trip_continues_identically(mode, state):
     make = lambda: make_penalty("temporal", d_sae=N, mode=mode, window_size=17, state=state)  # noqa: E731
     a, b = make(), make()
     for step in range(3):
-        a(*topk_batch(step)[:1], indices=topk_batch(step)[1])
+        a(Codes.from_topk(*topk_batch(step), N))
     b.load_state_dict({k: v.clone() for k, v in a.state_dict().items()})
     for step in range(3, 6):
         values, indices = topk_batch(step)
-        torch.testing.assert_close(a(values, indices=indices), b(values, indices=indices), rtol=0, atol=0)
+        codes = Codes.from_topk(values, indices, N)
+        torch.testing.assert_close(a(codes), b(codes), rtol=0, atol=0)
     assert a.stats()["windows_closed"] == b.stats()["windows_closed"] > 0
     other = make_penalty("temporal", d_sae=N, state="dense" if state == "sparse" else "sparse")
     with pytest.raises(ValueError, match="state="):
@@ -149,8 +151,8 @@ def test_pruning_and_cap_bound_the_store():
     exact = make_penalty("temporal", d_sae=N, window_size=B, state="sparse", prune_below=0.0)
     capped = make_penalty("temporal", d_sae=N, window_size=B, state="sparse", max_pairs=20)
     values, indices = topk_batch(0)
-    exact(values, indices=indices)
-    capped(values, indices=indices)
+    exact(Codes.from_topk(values, indices, N))
+    capped(Codes.from_topk(values, indices, N))
     # after one window the cap keeps the 20 largest averages, at their exact values
     kept = capped.backend.avg_keys
     assert kept.numel() == 20 < exact.stats()["tracked_pairs"]
@@ -160,8 +162,8 @@ def test_pruning_and_cap_bound_the_store():
     assert full[i * N + j].min() >= torch.sort(full, descending=True).values[2 * 20 - 1]  # (i,j) and (j,i)
     for step in range(1, 6):
         values, indices = topk_batch(step)
-        exact(values, indices=indices)
-        capped(values, indices=indices)
+        exact(Codes.from_topk(values, indices, N))
+        capped(Codes.from_topk(values, indices, N))
         assert capped.stats()["tracked_pairs"] <= 20
     assert exact.stats()["state_bytes"] > capped.stats()["state_bytes"] > 0
 
@@ -171,8 +173,8 @@ def test_prune_below_drops_only_small_averages():
     pruned = make_penalty("temporal", d_sae=N, window_size=B, state="sparse", prune_below=2e-4)
     for step in range(3):
         values, indices = topk_batch(step)
-        pen(values, indices=indices)
-        pruned(values, indices=indices)
+        pen(Codes.from_topk(values, indices, N))
+        pruned(Codes.from_topk(values, indices, N))
     pruned.backend._keep(pruned.backend._stored_avg_now())
     full = sparse_avg_matrix(pen)
     assert pruned.stats()["tracked_pairs"] == int((full.triu(1) > 2e-4).sum()) < pen.stats()["tracked_pairs"]
@@ -190,9 +192,9 @@ def test_prune_inside_the_step_equals_a_separate_prune_pass(monkeypatch):
     exact = make_penalty("temporal", d_sae=N, window_size=5, freq_divisor=10.0, state="sparse", prune_below=0.0)
     for step in range(6):
         values, indices = topk_batch(step)
-        exact(values, indices=indices)
-        a = fused(values, indices=indices)["temporal"]
-        b = separate(values, indices=indices)["temporal"]
+        exact(Codes.from_topk(values, indices, N))
+        a = fused(Codes.from_topk(values, indices, N))["temporal"]
+        b = separate(Codes.from_topk(values, indices, N))["temporal"]
         separate.backend._keep(separate.backend._stored_avg_now())
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         for name in ("avg_keys", "avg_vals", "avg_freq", "avg_stamp", "window_keys", "window_counts"):
@@ -237,7 +239,7 @@ def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
     Checked on both consumers: the streamed chunks of pair_loss and coactive_pairs."""
     n, b, k = 40, 30, 7
     values, indices = topk_batch(5, n=n, b=b, k=k)
-    codes = to_sparse_codes(values, indices, n)
+    codes = Codes.from_topk(values, indices, n)
     bounds, rows = [4, 5, 19], [slice(0, 4), slice(4, 5), slice(5, 19), slice(19, b)]
     keys, counts, gram = brute_force_pairs(values, codes.active, indices, n)
     for pairs in (coactive_pairs(codes, 1 << 30), coactive_pairs(codes, chunk_elements)):
@@ -254,7 +256,7 @@ def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
 
     for chunk in (1 << 30, chunk_elements):
         v = values.clone().requires_grad_()
-        sc = to_sparse_codes(v, indices, n)
+        sc = Codes.from_topk(v, indices, n)
         seen.clear()
         (pair_loss(sc, weigh, chunk, boundaries=bounds) + diagonal_gram(sc).sum()).backward()
         assert torch.equal(torch.cat([c.keys for c in seen]), keys)
@@ -281,7 +283,7 @@ def test_chunked_pairs_equal_one_shot_and_brute_force(chunk_elements):
 def test_pairs_with_no_firing_pairs():
     values = torch.zeros(3, 4, dtype=DT, requires_grad=True)
     indices = torch.arange(12).view(3, 4)
-    codes = to_sparse_codes(values, indices, 16)
+    codes = Codes.from_topk(values, indices, 16)
     assert coactive_pairs(codes, 5).keys.numel() == 0
     calls = []
     loss = pair_loss(codes, lambda chunk: calls.append(chunk), 5, boundaries=[1])

@@ -108,7 +108,7 @@ def test_tokens_since_fired_bookkeeping():
     sae = featsep.make_sae("topk", d_in=D, d_sae=N, k=K, dead_tokens_threshold=2 * B)
     x = data()
     out = sae.training_forward(x, 0, 1)
-    fired = out.fired(N)
+    fired = out.codes.fired()
     assert torch.equal(sae.tokens_since_fired, torch.where(fired, 0, B))
     sae.training_forward(x, 1, 2)
     assert torch.equal(sae.dead_mask(), ~fired)  # same batch -> same latents fire
@@ -227,9 +227,9 @@ def test_batchtopk_selects_exactly_k_times_batch_and_threshold_matches_inference
     sae = featsep.make_sae("batchtopk", d_in=D, d_sae=N, k=K, threshold_lr=0.25)
     x = data()
     out = sae.training_forward(x, 0, 1)
-    codes = out.dense_codes(N)
-    assert int((codes != 0).sum()) == K * B
-    assert (out.top_values != 0).sum(-1).max() > K  # per-token counts vary
+    codes = out.codes.dense()
+    assert int((codes != 0).sum()) == K * B == int(out.codes.selected.sum())  # the rest is padding
+    assert out.codes.active.sum(-1).max() > K  # per-token counts vary
     pre = sae.pre_activations(x).detach()
     flat = pre.relu().flatten()
     ref = torch.zeros_like(flat).scatter(0, flat.topk(K * B).indices, flat.topk(K * B).values).view(B, N)
@@ -241,7 +241,7 @@ def test_batchtopk_selects_exactly_k_times_batch_and_threshold_matches_inference
     assert torch.equal(inferred != 0, (codes != 0) & (codes > m1))
     # later batches move it by an exponential moving average
     x2 = data(seed=1)
-    codes2 = sae.training_forward(x2, 1, 2).dense_codes(N)
+    codes2 = sae.training_forward(x2, 1, 2).codes.dense()
     m2 = codes2[codes2 > 0].min()
     torch.testing.assert_close(sae.threshold, 0.75 * m1 + 0.25 * m2)
 
@@ -257,7 +257,7 @@ def test_jumprelu_straight_through_gradients_equal_the_formula():
     x = data().double() * 0.3
     w = torch.randn(B, N, dtype=torch.float64)
     out = sae.training_forward(x, 0, 1)
-    loss = (out.codes * w).sum() + c * out.terms["l0"]
+    loss = (out.codes.dense() * w).sum() + c * out.terms["l0"]
     loss.backward()
     z = sae.pre_activations(x).detach()
     th = sae.log_threshold.exp().detach()
@@ -268,9 +268,9 @@ def test_jumprelu_straight_through_gradients_equal_the_formula():
     # z gets the exact gradient of z * H(z - theta): through W_enc
     d_z = (z > th).double() * w
     torch.testing.assert_close(sae.b_enc.grad, d_z.sum(0))
-    assert torch.equal(out.codes.detach(), z * (z > th))
+    assert torch.equal(out.codes.dense().detach(), z * (z > th))
     torch.testing.assert_close(out.terms["l0"], (z > th).double().sum(-1).mean())
-    assert torch.equal(sae.encode(x).detach(), out.codes.detach())
+    assert torch.equal(sae.encode(x).detach(), out.codes.dense().detach())
 
 
 # --- matryoshka --------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def test_matryoshka_prefix_losses():
     assert featsep.make_sae("matryoshka", d_in=D, d_sae=64, k=2).cfg.prefix_sizes == [4, 16, 64]
     x = data()
     out = sae.training_forward(x, 0, 1)
-    codes = out.dense_codes(N).detach()
+    codes = out.codes.dense().detach()
     total = 0.0
     for w in (8, 32):
         rec = codes[:, :w] @ sae.W_dec[:w] + sae.b_dec

@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import Field
 
+from featsep.codes import Codes
 from featsep.penalties.base import Penalty, PenaltyConfigBase
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, register
 from featsep.rundir import RunDir
@@ -23,7 +24,7 @@ D_IN, D_SAE, BATCH = 8, 16, 32
 class TinyConfig(SAEConfigBase):
     l1_coefficient: float = 0.05
     noise: float = 0.0  # >0: the forward draws from the global RNG (tests RNG checkpointing)
-    topk_form: bool = False  # return codes as (top_values, top_indices) with codes=None
+    topk_form: bool = False  # return the codes in TopK form only (the k largest per row)
     k: int = 4
 
 
@@ -54,11 +55,11 @@ class TinySAE(SAE):
             x_hat=self.decode(codes),
             terms={"mse": (self.decode(codes) - x).pow(2).sum(-1).mean(), "l1": codes.sum(-1).mean()},
             coefficients={"l1": self.cfg.l1_coefficient},
-            codes=codes,
+            codes=Codes.from_dense(codes),
         )
         if self.cfg.topk_form:
             values, indices = codes.topk(self.cfg.k, dim=-1)
-            out.codes, out.top_values, out.top_indices = None, values, indices
+            out.codes = Codes.from_topk(values, indices, self.cfg.d_sae)
             out.x_hat = self.decode(torch.zeros_like(codes).scatter(1, indices, values))
             out.terms["mse"] = (out.x_hat - x).pow(2).sum(-1).mean()
         return out
@@ -88,12 +89,11 @@ class EmaPenalty(Penalty):
         super().__init__(cfg)
         self.ema = torch.zeros(cfg.d_sae)
         self.calls = 0
-        self.saw_indices: Optional[bool] = None
+        self.saw_topk: Optional[bool] = None
 
-    def __call__(self, codes, indices=None):
-        self.saw_indices = indices is not None
-        if indices is not None:
-            codes = torch.zeros(codes.shape[0], self.cfg.d_sae).scatter(1, indices, codes)
+    def __call__(self, codes):
+        self.saw_topk = codes.has_topk
+        codes = codes.dense()
         rate = (codes.detach() > 0).float().mean(0)
         self.ema = self.cfg.beta * self.ema + (1 - self.cfg.beta) * rate
         self.calls += 1
@@ -166,11 +166,11 @@ def test_loss_is_coefficient_weighted_sum_and_one_step_matches_manual_adam(tmp_p
     assert row["ema/calls"] == 1.0 and "ema/mean_ema" in row and "ema/histogram" not in row
 
 
-def test_topk_form_reaches_penalty_with_indices():
+def test_topk_form_reaches_penalty_as_topk_codes():
     pen = ema()
     sae = tiny(topk_form=True)
     train([sae], make_batches(3), penalties={0: pen}, lr_decay_fraction=0, **QUIET)
-    assert pen.saw_indices is True and pen.calls == 3
+    assert pen.saw_topk is True and pen.calls == 3
 
 
 def test_sae_metrics_are_preferred_when_reported(tmp_path):
@@ -311,8 +311,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
 
 def test_inf_from_a_penalty_names_the_penalty_term():
     class Exploding(EmaPenalty):
-        def __call__(self, codes, indices=None):
-            return {"ema": super().__call__(codes, indices)["ema"] * float("inf")}
+        def __call__(self, codes):
+            return {"ema": super().__call__(codes)["ema"] * float("inf")}
 
     with pytest.raises(NonFiniteLossError, match="'ema'"):
         train([tiny()], make_batches(3), penalties=[Exploding(EmaConfig(d_sae=D_SAE))], lr_decay_fraction=0, **QUIET)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from featsep.evals.common.context import EvalContext, encode, not_special
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
-from featsep.penalties.base import to_sparse_codes
+from featsep.codes import Codes
 from featsep.penalties.pairs import coactive_pairs, gather_or, merge_add, merge_sorted, split_keys
 
 NORM_EPS = 1e-6  # the reference's column-norm epsilon (penalties.reference.MOMENTUM_EPS)
@@ -79,7 +79,7 @@ def pair_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Over rows of x [B, n] (sparse in practice): for every pair i < j non-zero together in some
     row, (sorted keys i * n + j, sum_b x_bi x_bj, number of rows where both are non-zero).
     Uses the penalties' chunked pair enumeration (O(B k^2) time, memory bounded per chunk)."""
-    pairs = coactive_pairs(to_sparse_codes(x.detach(), None, x.shape[1]))
+    pairs = coactive_pairs(Codes.from_dense(x.detach()))
     return pairs.keys.long(), pairs.gram * x.shape[0], pairs.counts.long()
 
 

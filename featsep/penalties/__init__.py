@@ -1,7 +1,7 @@
 """Feature-separation penalties: small stateful objects returning named loss terms.
 
     pen = make_penalty("momentum", d_sae=8192)             # every parameter has a default
-    terms = pen(codes)  or  pen(values, indices=idx)       # dense [B, n] or TopK [B, k]
+    terms = pen(codes)         # a featsep.codes.Codes (TopK form / dense) or dense [B, n]
 
 Registered: orthogonality (co-activation-weighted baseline), momentum (per-latent momentum
 competition), temporal (co-activation stability). Each has mode="specified" / "reference"

@@ -4,8 +4,7 @@ A penalty is one file in featsep/penalties/ with its parameters (a pydantic conf
 implementation, registered with `@register("name")`. It is a small stateful object:
 
     pen = make_penalty("momentum", d_sae=8192, beta=0.95)
-    terms = pen(codes)                      # dense codes [B, d_sae]
-    terms = pen(values, indices=idx)        # TopK form: values/indices [B, k]
+    terms = pen(codes)      # a featsep.codes.Codes (what SAEs return), or dense codes [B, d_sae]
     loss = sum(pen.coefficients()[k] * v for k, v in terms.items())
 
 Calling it returns named, unweighted scalar loss terms (differentiable w.r.t. the codes) and
@@ -17,13 +16,13 @@ many-SAEs-per-batch mode simply builds one penalty per SAE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from featsep.codes import Codes
 from featsep.registry import Registry
 
 # How a summed pair penalty is normalised: "latent" divides by n, "pair" by n (n - 1),
@@ -42,76 +41,26 @@ class PenaltyConfigBase(BaseModel):
     weight: float = 0.1
 
 
-@dataclass
-class SparseCodes:
-    """A batch of codes as (values, indices) [B, k]: the TopK form, or the non-zeros of dense
-    codes. `active` marks the entries that count as firing (co-activation statistics)."""
-
-    values: Tensor
-    indices: Tensor  # int64
-    active: Tensor  # bool
-    d_sae: int
-
-    @property
-    def batch_size(self) -> int:
-        return self.values.shape[0]
-
-    def dense(self) -> Tensor:
-        """Dense [B, d_sae] codes (differentiable w.r.t. values)."""
-        out = self.values.new_zeros(self.batch_size, self.d_sae)
-        return out.scatter(1, self.indices, self.values)
-
-    def active_dense(self) -> Tensor:
-        """Float 0/1 mask [B, d_sae] of the firing entries."""
-        out = self.values.new_zeros(self.batch_size, self.d_sae)
-        return out.scatter(1, self.indices, self.active.to(self.values.dtype).detach())
+def as_codes(codes: Union[Codes, Tensor], d_sae: int, who: str) -> Codes:
+    """The Codes a penalty works on: the SAE's Codes, or dense [B, d_sae] codes wrapped (the
+    plain-tensor call of the public API). One clear error for each wrong input."""
+    if not isinstance(codes, Codes):
+        try:
+            codes = Codes.from_dense(codes)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{who}: {e}") from None
+    if codes.d_sae != d_sae:
+        raise ValueError(f"{who}: the codes have {codes.d_sae} latents but the penalty was built with "
+                         f"d_sae={d_sae}; build it with the SAE's d_sae")
+    return codes
 
 
-def check_codes(codes: Tensor, indices: Optional[Tensor], d_sae: int, who: str) -> None:
-    """One clear error for each way a caller can hand a penalty the wrong codes."""
-    if not torch.is_tensor(codes) or not codes.is_floating_point():
-        raise TypeError(f"{who}: codes must be a floating-point tensor, got {type(codes).__name__} "
-                        f"{getattr(codes, 'dtype', '')}; pass the SAE's latent activations")
-    if codes.dim() != 2:
-        raise ValueError(f"{who}: codes must be 2-D [batch, d_sae] (or [batch, k] with indices), "
-                         f"got shape {tuple(codes.shape)}; flatten leading dimensions first")
-    if indices is None:
-        if codes.shape[1] != d_sae:
-            raise ValueError(f"{who}: dense codes have {codes.shape[1]} latents but the penalty was "
-                             f"built with d_sae={d_sae}; build it with the SAE's d_sae, or pass "
-                             f"TopK values with indices=")
-        return
-    if indices.shape != codes.shape:
-        raise ValueError(f"{who}: TopK values {tuple(codes.shape)} and indices {tuple(indices.shape)} "
-                         f"must have the same shape [batch, k]")
-    if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"{who}: indices must be an integer tensor, got {indices.dtype}")
-    if indices.device != codes.device:
-        raise ValueError(f"{who}: values are on {codes.device} but indices on {indices.device}")
-
-
-def to_sparse_codes(codes: Tensor, indices: Optional[Tensor], d_sae: int,
-                    zero_values_fire: bool = False) -> SparseCodes:
-    """The TopK form of either calling convention. Dense codes keep their non-zeros (k = the
-    largest row L0, padded with inactive zeros). With `zero_values_fire` every listed TopK index
-    counts as firing even when its value is 0 (the reference's one-hot-of-indices masks)."""
-    if indices is None:
-        k = int((codes != 0).sum(dim=1).max()) if codes.numel() else 0
-        idx = torch.topk(codes.detach().abs(), k, dim=1).indices if k else \
-            torch.zeros(codes.shape[0], 0, dtype=torch.long, device=codes.device)
-        values = codes.gather(1, idx)
-        return SparseCodes(values, idx, values.detach() != 0, d_sae)
-    idx = indices.long()
-    active = torch.ones_like(idx, dtype=torch.bool) if zero_values_fire else codes.detach() != 0
-    return SparseCodes(codes, idx, active, d_sae)
-
-
-def state_dtype(codes: Tensor) -> torch.dtype:
+def state_dtype(codes: Codes) -> torch.dtype:
     """Tracked statistics are kept in at least float32 (never bf16/fp16 under autocast)."""
     return torch.promote_types(codes.dtype, torch.float32)
 
 
-def check_device(state: Optional[Tensor], codes: Tensor, who: str) -> None:
+def check_device(state: Optional[Tensor], codes: Codes, who: str) -> None:
     if state is not None and state.device != codes.device:
         raise ValueError(f"{who}: penalty state is on {state.device} but the codes are on "
                          f"{codes.device}; call penalty.to({str(codes.device)!r}) first")
@@ -124,7 +73,7 @@ class Penalty:
     def __init__(self, cfg: PenaltyConfigBase):
         self.cfg = cfg
 
-    def __call__(self, codes: Tensor, indices: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def __call__(self, codes: Union[Codes, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def coefficients(self) -> dict[str, float]:

@@ -24,14 +24,15 @@ identity (|N^T N| != N^T N): they use the dense formula (O(n^2) memory, referenc
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from featsep.penalties.base import (Normalize, Penalty, PenaltyConfigBase, check_codes, check_device,
-                                    register, scale_divisor, state_dtype)
+from featsep.codes import Codes
+from featsep.penalties.base import (Normalize, Penalty, PenaltyConfigBase, as_codes, check_device, register,
+                                    scale_divisor, state_dtype)
 from featsep.penalties.reference import MOMENTUM_EPS, MomentumDense
 
 HISTOGRAM_BINS = 20
@@ -60,20 +61,23 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
 
 
-def normalised_rowsums(codes: Tensor, indices: Optional[Tensor], n: int):
+def normalised_rowsums(codes: Codes):
     """For nonnegative codes: rowsum(G) [n], diag(G) [n], and w -> sum_i w_i rowsum_i(G),
-    all without forming G."""
-    if indices is None:
-        N = codes / (codes.norm(dim=0) + MOMENTUM_EPS)
+    all without forming G. Uses the TopK form when the codes hold it (O(B k)), else the dense
+    one (O(B n)); padded TopK entries have value 0 and add nothing."""
+    n = codes.d_sae
+    if not codes.has_topk:
+        F = codes.dense()
+        N = F / (F.norm(dim=0) + MOMENTUM_EPS)
         ones_dot = N.sum(1)
         return N.T @ ones_dot, (N * N).sum(0), lambda w: ((N @ w) * ones_dot).sum()
-    idx = indices.long()
+    values, idx = codes.values, codes.indices
     flat = idx.reshape(-1)
-    colnorm = _safe_sqrt(codes.new_zeros(n).index_add(0, flat, (codes * codes).reshape(-1)))
-    N = codes / (colnorm[idx] + MOMENTUM_EPS)
+    colnorm = _safe_sqrt(values.new_zeros(n).index_add(0, flat, (values * values).reshape(-1)))
+    N = values / (colnorm[idx] + MOMENTUM_EPS)
     ones_dot = N.sum(1)
-    rowsum = codes.new_zeros(n).index_add(0, flat, (N * ones_dot[:, None]).reshape(-1))
-    diag = codes.new_zeros(n).index_add(0, flat, (N * N).reshape(-1))
+    rowsum = values.new_zeros(n).index_add(0, flat, (N * ones_dot[:, None]).reshape(-1))
+    diag = values.new_zeros(n).index_add(0, flat, (N * N).reshape(-1))
     return rowsum, diag, lambda w: ((N * w[idx]).sum(1) * ones_dot).sum()
 
 
@@ -91,20 +95,21 @@ class MomentumPenalty(Penalty):
     def _weights(self, m: Tensor) -> Tensor:
         return torch.where(m > self.cfg.tau, 2.0, 1.0).to(m.dtype)
 
-    def __call__(self, codes: Tensor, indices: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def __call__(self, codes: Union[Codes, Tensor]) -> dict[str, Tensor]:
         cfg, n = self.cfg, self.cfg.d_sae
-        check_codes(codes, indices, n, "momentum penalty")
+        codes = as_codes(codes, n, "momentum penalty")
         check_device(self.momentum, codes, "momentum penalty")
         if self.momentum is None:
             self.momentum = torch.zeros(n, dtype=state_dtype(codes), device=codes.device)
-        if bool((codes.detach() < 0).any()):
-            loss = self._signed(codes, indices)
+        held = codes.values if codes.has_topk else codes.dense()
+        if bool((held.detach() < 0).any()):
+            loss = self._signed(codes.dense())
         else:
-            rowsum, diag, weighted_rowsum = normalised_rowsums(codes, indices, n)
+            rowsum, diag, weighted_rowsum = normalised_rowsums(codes)
             competition = (rowsum - 1 if cfg.mode == "reference" else rowsum - diag).detach()
             with torch.no_grad():
                 self.momentum = cfg.beta * self.momentum + (1 - cfg.beta) * competition.to(self.momentum.dtype)
-            w = self._weights(self.momentum).to(codes.dtype)
+            w = self._weights(self.momentum).to(held.dtype)
             if cfg.mode == "reference":
                 loss = weighted_rowsum(w)
             else:
@@ -114,8 +119,7 @@ class MomentumPenalty(Penalty):
         self._last_loss = loss.detach()  # read in stats(): no host sync per step
         return {self.name: loss}
 
-    def _signed(self, codes: Tensor, indices: Optional[Tensor]) -> Tensor:
-        F = codes if indices is None else codes.new_zeros(codes.shape[0], self.cfg.d_sae).scatter(1, indices.long(), codes)
+    def _signed(self, F: Tensor) -> Tensor:
         dense = MomentumDense(self.cfg.d_sae, self.cfg.beta, self.cfg.tau, self.cfg.mode, self.cfg.normalize or "latent")
         dense.m = self.momentum
         self._last_competition, loss = dense.competition_and_loss(F, self._weights)

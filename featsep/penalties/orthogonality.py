@@ -14,13 +14,13 @@ JumpReLU pass no gradient there anyway). Dense oracle: reference.orthogonality_d
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Union
 
 from pydantic import Field
 from torch import Tensor
 
-from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, check_codes, register,
-                                    scale_divisor, to_sparse_codes)
+from featsep.codes import Codes
+from featsep.penalties.base import Normalize, host_values, Penalty, PenaltyConfigBase, as_codes, register, scale_divisor
 from featsep.penalties.pairs import DEFAULT_CHUNK_ELEMENTS, PairChunk, pair_loss
 
 
@@ -39,11 +39,10 @@ class OrthogonalityPenalty(Penalty):
         self.steps = 0
         self._last: dict[str, float] = {}
 
-    def __call__(self, codes: Tensor, indices: Optional[Tensor] = None) -> dict[str, Tensor]:
+    def __call__(self, codes: Union[Codes, Tensor]) -> dict[str, Tensor]:
         cfg = self.cfg
-        check_codes(codes, indices, cfg.d_sae, "orthogonality penalty")
-        sparse = to_sparse_codes(codes, indices, cfg.d_sae)
-        divisor, batch = scale_divisor(cfg.normalize, cfg.d_sae), max(sparse.batch_size, 1)
+        codes = as_codes(codes, cfg.d_sae, "orthogonality penalty")
+        divisor, batch = scale_divisor(cfg.normalize, cfg.d_sae), max(codes.batch_size, 1)
         sums = {"pairs": 0, "rate": 0.0}
 
         def weigh(chunk: PairChunk) -> tuple[Tensor, Tensor]:
@@ -53,7 +52,7 @@ class OrthogonalityPenalty(Penalty):
             # each unordered pair stands for (i, j) and (j, i)
             return 2 * (rate * chunk.gram.abs()).sum() / divisor, 2 * rate * chunk.gram.sign() / divisor
 
-        loss = pair_loss(sparse, weigh, cfg.chunk_elements)
+        loss = pair_loss(codes, weigh, cfg.chunk_elements)
         self.steps += 1
         self._last = {"loss": loss.detach(), "coactive_pairs": sums["pairs"],  # tensors: no sync
                       "mean_coactivation": sums["rate"] / max(sums["pairs"], 1)}

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from featsep.penalties.base import SparseCodes
+from featsep.codes import Codes
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
 INT32_MAX = 2**31 - 1
@@ -110,7 +110,7 @@ class _Layout:
         return self.repeat(self.anchor[r.a0:r.a1], r), self.partners(r)
 
 
-def _layout(codes: SparseCodes) -> _Layout:
+def _layout(codes: Codes) -> _Layout:
     n, k = codes.d_sae, codes.indices.shape[1]
     _, order = (codes.indices + n * (~codes.active).long()).sort(dim=1)
     idx = codes.indices.gather(1, order).reshape(-1)
@@ -177,7 +177,7 @@ class PairChunk:
 class _Chunker:
     """The batch's co-active pairs, one anchor range at a time (see the module docstring)."""
 
-    def __init__(self, codes: SparseCodes, chunk_elements: int, boundaries: Sequence[int] = ()):
+    def __init__(self, codes: Codes, chunk_elements: int, boundaries: Sequence[int] = ()):
         self.n, (self.bsz, self.k) = codes.d_sae, codes.indices.shape
         device = codes.indices.device
         cuts = sorted({0, self.bsz, *[b for b in boundaries if 0 < b < self.bsz]})
@@ -234,7 +234,7 @@ class BatchPairs:
     gram: Tensor
 
 
-def coactive_pairs(codes: SparseCodes, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> BatchPairs:
+def coactive_pairs(codes: Codes, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> BatchPairs:
     """Which pairs fire together in the batch, in how many samples, and their D entries, all at
     once (for analyses: the competition eval): O(B k^2) time, O(pairs + chunk_elements) memory.
     Only `codes.active` entries count. The penalties stream the same chunks through pair_loss
@@ -259,7 +259,7 @@ class _PairLoss(torch.autograd.Function):
     pairs regenerated from the layout."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, codes: SparseCodes, weigh: Weigh, chunk_elements: int, boundaries):
+    def forward(ctx, values: Tensor, codes: Codes, weigh: Weigh, chunk_elements: int, boundaries):
         chunker = _Chunker(codes, chunk_elements, boundaries)
         total = values.new_zeros(())
         coef = values.new_empty(chunker.layout.total if chunker.layout is not None else 0)
@@ -292,7 +292,7 @@ class _PairLoss(torch.autograd.Function):
         return grad / max(bsz, 1), None, None, None, None
 
 
-def pair_loss(codes: SparseCodes, weigh: Weigh, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+def pair_loss(codes: Codes, weigh: Weigh, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
               boundaries: Sequence[int] = ()) -> Tensor:
     """A loss summed over the batch's co-active pairs, streamed chunk by chunk: weigh(chunk)
     sees each chunk once, in key order (so it may also update pair state kept in key order), and
@@ -302,7 +302,7 @@ def pair_loss(codes: SparseCodes, weigh: Weigh, chunk_elements: int = DEFAULT_CH
     return _PairLoss.apply(codes.values, codes, weigh, chunk_elements, tuple(boundaries))
 
 
-def diagonal_gram(codes: SparseCodes) -> Tensor:
+def diagonal_gram(codes: Codes) -> Tensor:
     """D_ii = sum_b v_bi^2 / B, [n], differentiable w.r.t. codes.values."""
     v = codes.values
     return v.new_zeros(codes.d_sae).index_add(0, codes.indices.reshape(-1), (v * v).reshape(-1)) / max(codes.batch_size, 1)

@@ -5,7 +5,8 @@ co-activation counts A^T A over samples; when it closes its rate C = counts / sa
 history avg. Weights W = cur * (1 + |cur - avg| / max(cur, avg)) weigh the pairs of D.
 
 mode="reference" (the reference code exactly, defect included):
-    A = one-hot of the TopK indices (dense codes: F != 0)
+    A = one-hot of the selected TopK indices, zero values included (dense codes: F != 0;
+        BatchTopK's padding is not selected, see featsep.codes)
     window += A^T A; count += B
     if count >= window_size: C = window / count; a_i = min(alpha_base, C_ii / freq_divisor)
         (one rate per row i); avg = (1 - a) avg + a C; window = 0; count = 0
@@ -54,14 +55,15 @@ batch 4096: 5.1 s vs 5.4 s a step, benchmarks/penalties.py), at twice the dense 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, SparseCodes, check_codes,
-                                    check_device, register, scale_divisor, state_dtype, to_sparse_codes)
+from featsep.codes import Codes
+from featsep.penalties.base import (Normalize, host_values, Penalty, PenaltyConfigBase, as_codes, check_device, register,
+                                    scale_divisor, state_dtype)
 from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, PairChunk, diagonal_gram, gather_or, lookup,
                                      merge_sorted, merge_sorted_add, pair_loss, split_keys, tensor_bytes)
 from featsep.penalties.reference import STABILITY_EPS, TemporalDense, off_diagonal
@@ -174,10 +176,10 @@ class _SparseState:
         self.last: dict[str, float] = {}
 
     # --- state -------------------------------------------------------------------------------
-    def _init(self, codes: SparseCodes) -> None:
+    def _init(self, codes: Codes) -> None:
         if self.window_keys is not None:
             return
-        dev, dt, n = codes.values.device, state_dtype(codes.values), self.n
+        dev, dt, n = codes.device, state_dtype(codes), self.n
         empty = torch.zeros(0, dtype=torch.long, device=dev)
         self.window_keys, self.window_counts = empty, empty.clone()
         self.window_diag = torch.zeros(n, dtype=torch.long, device=dev)
@@ -219,9 +221,9 @@ class _SparseState:
         return tensor_bytes(*(getattr(self, name, None) for name in self.TENSORS))
 
     # --- one step ------------------------------------------------------------------------------
-    def step(self, codes: SparseCodes) -> Tensor:
+    def step(self, codes: Codes) -> Tensor:
         self._init(codes)
-        check_device(self.window_keys, codes.values, "temporal penalty")
+        check_device(self.window_keys, codes, "temporal penalty")
         return self._step_reference(codes) if self.reference else self._step_specified(codes)
 
     def _stores(self) -> _Rebuild:
@@ -270,7 +272,7 @@ class _SparseState:
         """The history of every stored pair at the current window index."""
         return self._decay(self.avg_vals, self.avg_freq, self.avg_stamp, self.windows_closed)
 
-    def _step_specified(self, codes: SparseCodes) -> Tensor:
+    def _step_specified(self, codes: Codes) -> Tensor:
         cfg, B = self.cfg, codes.batch_size
         ends, closes, start, filled = [], [], 0, self.count
         while start < B:  # split the batch where windows close
@@ -348,7 +350,7 @@ class _SparseState:
         return keys, vals, freq, stamp
 
     # reference ---------------------------------------------------------------------------------
-    def _step_reference(self, codes: SparseCodes) -> Tensor:
+    def _step_reference(self, codes: Codes) -> Tensor:
         cfg, n, B = self.cfg, self.n, codes.batch_size
         seen = self.count + B
         window_diag = self.window_diag + torch.bincount(codes.indices[codes.active], minlength=n)
@@ -406,7 +408,7 @@ class _SparseState:
     def _store_doubled(self) -> bool:
         return self.avg_keys.numel() >= max(2 * self.pairs_after_prune, MIN_PAIRS_BEFORE_PRUNE)
 
-    def _doubles_this_step(self, codes: SparseCodes) -> bool:
+    def _doubles_this_step(self, codes: Codes) -> bool:
         """Whether the store will have doubled by the end of this step, predicted from the last
         step's growth (before any: the batch's entry pairs, a bound): the specified mode prunes
         inside the step, before the final size is known, and must not lag a step behind (at
@@ -449,8 +451,8 @@ class _DenseState:
                                   cfg.normalize or "latent")
         self.last: dict[str, float] = {}
 
-    def step(self, codes: SparseCodes) -> Tensor:
-        check_device(self.impl.window, codes.values, "temporal penalty")
+    def step(self, codes: Codes) -> Tensor:
+        check_device(self.impl.window, codes, "temporal penalty")
         A = codes.active_dense()
         loss = self.impl.step(codes.dense(), A)
         with torch.no_grad():
@@ -504,10 +506,11 @@ class TemporalPenalty(Penalty):
         self.backend = _STATE_BACKENDS[backend](cfg)
         self.steps = 0
 
-    def __call__(self, codes: Tensor, indices: Optional[Tensor] = None) -> dict[str, Tensor]:
-        check_codes(codes, indices, self.cfg.d_sae, "temporal penalty")
-        sparse = to_sparse_codes(codes, indices, self.cfg.d_sae, zero_values_fire=self.cfg.mode == "reference")
-        loss = self.backend.step(sparse)
+    def __call__(self, codes: Union[Codes, Tensor]) -> dict[str, Tensor]:
+        codes = as_codes(codes, self.cfg.d_sae, "temporal penalty")
+        if self.cfg.mode == "reference":  # the reference's one-hot masks: every selected index fires
+            codes = codes.with_selected_firing()
+        loss = self.backend.step(codes)
         self.steps += 1
         return {self.name: loss}
 

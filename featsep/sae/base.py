@@ -24,8 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from featsep.codes import Codes
 from featsep.registry import Registry
-from featsep.sae.sparse import scatter_codes
 
 
 class SAEConfigBase(BaseModel):
@@ -72,37 +72,16 @@ class SAEOutput:
 
     terms: named, unweighted scalar loss terms (only loss terms); coefficients: the weight of
     each term at this step (a missing name means 1.0). The trainer minimises
-    sum(coef * term) and logs each term. metrics: detached diagnostics (l0, fvu,
-    dead_fraction, ...) for logging only.
-    Latent activations come dense (`codes` [B, d_sae]) or, for TopK-like SAEs on the sparse
-    path, as `top_values`/`top_indices` [B, k] with `codes` None. In the TopK form an entry
-    whose value is 0 is inactive (BatchTopK pads rows with such entries).
+    sum(coef * term) and logs each term. codes: the latent activations, in the form the SAE
+    computed them (featsep.codes.Codes: TopK form, dense, or both), which the trainer hands to
+    the penalties. metrics: detached diagnostics (l0, fvu, dead_fraction, ...) for logging only.
     """
 
     x_hat: Tensor
     terms: dict[str, Tensor]
+    codes: Codes
     coefficients: dict[str, float] = field(default_factory=dict)
-    codes: Optional[Tensor] = None
-    top_values: Optional[Tensor] = None
-    top_indices: Optional[Tensor] = None
     metrics: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
-
-    def dense_codes(self, d_sae: int) -> Tensor:
-        """Codes as a dense [B, d_sae] tensor (scatters the TopK form when needed)."""
-        if self.codes is not None:
-            return self.codes
-        assert self.top_values is not None and self.top_indices is not None
-        return scatter_codes(self.top_values, self.top_indices, d_sae)
-
-    def fired(self, d_sae: int) -> Tensor:
-        """Bool [d_sae]: which latents were non-zero anywhere in the batch."""
-        if self.top_indices is not None:
-            # counts, not boolean indexing: no host sync, and padded (index, 0.0) entries add 0
-            nz = (self.top_values != 0).flatten().float()
-            counts = nz.new_zeros(d_sae).index_add_(0, self.top_indices.flatten(), nz)
-            return counts > 0
-        assert self.codes is not None
-        return (self.codes != 0).any(dim=0)
 
 
 def mse_loss(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -273,7 +252,7 @@ class SAE(nn.Module):
         diagnostics (`l0` is the mean number of active latents per token)."""
         out.terms = {"mse": mse_loss(x, out.x_hat), **out.terms}
         if self.training:
-            self.record_firing(out.fired(self.cfg.d_sae), x.shape[0])
+            self.record_firing(out.codes.fired(), x.shape[0])
         with torch.no_grad():
             xf = x.float()
             total_var = (xf - xf.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)

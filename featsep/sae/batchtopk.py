@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from featsep.codes import Codes
 from featsep.sae.base import register
 from featsep.sae.topk import TopKConfig, TopKSAE
 
@@ -23,8 +24,8 @@ class BatchTopKConfig(TopKConfig):
 
 @register("batchtopk")
 class BatchTopKSAE(TopKSAE):
-    """Training codes come in TopK form padded to the busiest row: [B, k_max] with value 0 in
-    the padding (an inactive entry pointing at latent 0)."""
+    """Training codes come in TopK form padded to the busiest row: [B, k_max], the padding
+    being unselected (latent 0, value 0.0) entries (see featsep.codes)."""
 
     config_class = BatchTopKConfig
     saelens_architecture = "jumprelu"
@@ -39,7 +40,7 @@ class BatchTopKSAE(TopKSAE):
         pre = self.pre_activations(x)
         return pre.relu() * (pre > self.threshold)
 
-    def select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+    def select(self, pre: Tensor) -> Codes:
         batch, n = pre.shape
         flat_values, flat_idx = pre.relu().flatten().topk(min(self.cfg.k * batch, batch * n), sorted=False)
         rows, cols = flat_idx // n, flat_idx % n
@@ -54,7 +55,8 @@ class BatchTopKSAE(TopKSAE):
         k_max = int(counts.max()) if rows.numel() else 1
         values = flat_values.new_zeros(batch, k_max).index_put((rows, slot), flat_values)
         indices = cols.new_zeros(batch, k_max).index_put((rows, slot), cols)
-        return values, indices
+        selected = torch.arange(k_max, device=pre.device) < counts[:, None]
+        return Codes.from_topk(values, indices, n, selected)
 
     @torch.no_grad()
     def update_threshold(self, selected: Tensor) -> None:

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from featsep.codes import Codes
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, register
 
 
@@ -99,7 +100,7 @@ class JumpReLUSAE(SAE):
             x_hat=self.decode(codes),
             terms={"l0": l0},
             coefficients={"l0": linear_warmup(self.cfg.l0_coefficient, step, self.cfg.l0_warmup_steps)},
-            codes=codes,
+            codes=Codes.from_dense(codes),
         )
         return self.finish_output(x, out, l0.detach())
 

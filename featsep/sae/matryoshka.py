@@ -16,6 +16,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from featsep.codes import Codes
 from featsep.sae.base import mse_loss, register
 from featsep.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 
@@ -50,9 +51,10 @@ class MatryoshkaSAE(BatchTopKSAE):
     cfg: MatryoshkaConfig
 
     def extra_terms(
-        self, x: Tensor, x_hat: Tensor, pre: Tensor, values: Tensor, indices: Tensor, metrics: dict[str, Tensor]
+        self, x: Tensor, x_hat: Tensor, pre: Tensor, codes: Codes, metrics: dict[str, Tensor]
     ) -> dict[str, Tensor]:
-        terms = super().extra_terms(x, x_hat, pre, values, indices, metrics)
+        terms = super().extra_terms(x, x_hat, pre, codes, metrics)
+        values, indices = codes.values, codes.indices
         inner = x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
         for width in self.cfg.prefix_sizes[:-1]:
             prefix_values = values * (indices < width).to(values.dtype)

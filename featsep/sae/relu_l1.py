@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from featsep.codes import Codes
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, register
 
 
@@ -45,7 +46,7 @@ class ReLUL1SAE(SAE):
             x_hat=self.decode(codes),
             terms={"l1": weighted.sum(dim=-1).mean()},
             coefficients={"l1": self.l1_coefficient_at(step)},
-            codes=codes,
+            codes=Codes.from_dense(codes),
         )
         return self.finish_output(x, out, (codes != 0).sum(dim=-1).float().mean())
 

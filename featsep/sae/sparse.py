@@ -11,6 +11,8 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
+from featsep.codes import scatter_dense
+
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor] = None) -> Tensor:
     """sum_j values[b, j] * W_dec[indices[b, j]] (+ b_dec): O(B k d) time and memory.
@@ -24,15 +26,9 @@ def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optiona
     return out if b_dec is None else out + b_dec
 
 
-def scatter_codes(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
-    """Dense codes [B, d_sae] from the TopK form; scatter_add so padded (index, 0.0) entries
-    never overwrite a real value."""
-    return values.new_zeros(values.shape[0], d_sae).scatter_add(1, indices, values)
-
-
 def dense_decode_reference(
     values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor] = None
 ) -> Tensor:
     """The naive definition: scatter into dense codes [B, d_sae], then codes @ W_dec."""
-    out = scatter_codes(values, indices, W_dec.shape[0]).to(W_dec.dtype) @ W_dec
+    out = scatter_dense(values, indices, W_dec.shape[0]).to(W_dec.dtype) @ W_dec
     return out if b_dec is None else out + b_dec

@@ -13,8 +13,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from featsep.codes import Codes
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, mse_loss, register
-from featsep.sae.sparse import dense_decode_reference, scatter_codes, sparse_decode
+from featsep.sae.sparse import dense_decode_reference, sparse_decode
 
 # "auto" decodes sparsely once the dictionary is this many times larger than k: below it a
 # dense matmul on a small [B, d_sae] is as cheap and simpler.
@@ -60,35 +61,30 @@ class TopKSAE(SAE):
         return torch.zeros_like(pre).scatter(-1, indices, values.relu())
 
     # --- training --------------------------------------------------------------------------
-    def select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
-        """Training-time selection: (values, indices) [B, k'] of the active latents."""
+    def select(self, pre: Tensor) -> Codes:
+        """Training-time selection: the active latents' (values, indices) [B, k']."""
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return values.relu(), indices
+        return Codes.from_topk(values.relu(), indices, self.cfg.d_sae)
 
     def training_forward(self, x: Tensor, step: int, total_steps: int) -> SAEOutput:
         pre = self.pre_activations(x)
-        values, indices = self.select(pre)
-        codes = None
+        codes = self.select(pre)
         if self.sparse:
-            x_hat = self.decode_top(values, indices)
-        else:  # the dense codes are built once, for the decode and for the penalties
-            codes = scatter_codes(values, indices, self.cfg.d_sae)
-            x_hat = self.decode(codes)
+            x_hat = self.decode_top(codes.values, codes.indices)
+        else:  # the dense codes are built once (kept in `codes`), for the decode and any penalty
+            x_hat = self.decode(codes.dense())
         metrics: dict[str, Tensor] = {}
         out = SAEOutput(
             x_hat=x_hat,
-            terms=self.extra_terms(x, x_hat, pre, values, indices, metrics),
+            terms=self.extra_terms(x, x_hat, pre, codes, metrics),
             coefficients={"auxk": self.cfg.aux_coefficient},
             codes=codes,
-            top_values=values,
-            top_indices=indices,
             metrics=metrics,
         )
-        l0 = (values != 0).sum(dim=-1).float().mean()
-        return self.finish_output(x, out, l0)
+        return self.finish_output(x, out, codes.l0())
 
     def extra_terms(
-        self, x: Tensor, x_hat: Tensor, pre: Tensor, values: Tensor, indices: Tensor, metrics: dict[str, Tensor]
+        self, x: Tensor, x_hat: Tensor, pre: Tensor, codes: Codes, metrics: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         """Loss terms besides "mse" (subclasses add theirs, and diagnostics to `metrics`)."""
         return {"auxk": self.auxk_loss(x, x_hat, pre)}

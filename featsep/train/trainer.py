@@ -176,9 +176,7 @@ def _check_batch(x: Any, d_in: int, index: int) -> Tensor:
 
 # --- one step ------------------------------------------------------------------------------------
 def _penalty_terms(pen: Penalty, out: SAEOutput) -> dict[str, Tensor]:
-    if out.codes is not None:
-        return pen(out.codes)
-    return pen(out.top_values, indices=out.top_indices)
+    return pen(out.codes)
 
 
 def _fallback_metrics(x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
@@ -186,8 +184,7 @@ def _fallback_metrics(x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
     found: dict[str, Tensor] = {}
     with torch.no_grad():
         if "l0" not in out.metrics:
-            active = out.codes if out.codes is not None else out.top_values
-            found["l0"] = (active != 0).float().sum(dim=-1).mean()
+            found["l0"] = out.codes.l0()
         if "fvu" not in out.metrics:
             xf = x.float()
             residual = (xf - out.x_hat.float()).pow(2).sum()
@@ -195,12 +192,17 @@ def _fallback_metrics(x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
     return found
 
 
-def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast: contextlib.AbstractContextManager) -> None:
-    """Forward, loss, checks, backward and update of one SAE on batch x (0-based step)."""
+def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast: contextlib.AbstractContextManager,
+                index: Optional[Tensor] = None) -> None:
+    """Forward, loss, checks, backward and update of one SAE on batch x (0-based step). index:
+    the batch's [B, >= 2] (context id, position, ...) rows when the data says where each row
+    came from (ActivationStream.last_index); the penalties see them on the codes."""
     sae, opt = m.sae, m.optimizer
     x = x.to(dtype=m.dtype)
     with autocast:
         out = sae.training_forward(x, step, total or UNKNOWN_TOTAL_STEPS)
+        if index is not None:
+            out.codes = out.codes.with_positions(index[:, 0], index[:, 1])
         terms = dict(out.terms)
         coefficients = dict(out.coefficients)
         for pen in m.penalties:
@@ -226,7 +228,7 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
         "metrics": {**out.metrics, **_fallback_metrics(x, out)},
     }
     if "dead_fraction" not in out.metrics:
-        m.fired |= out.fired(sae.cfg.d_sae)
+        m.fired |= out.codes.fired()
     opt.step()
     sae.after_optimizer_step(step, x, opt)
     m.scheduler.step()
@@ -392,9 +394,10 @@ class _Run:
             if fresh and self.step == 0:
                 for m in self.members:
                     m.sae.init_from_data(x.to(dtype=m.dtype))
+            index = getattr(it, "last_index", None)  # an ActivationStream's (context, position, token) rows
             for m in self.members:
                 with _busy_timer(m, self.device):
-                    _train_step(m, x, self.step, self.total, self.autocast())
+                    _train_step(m, x, self.step, self.total, self.autocast(), index)
             self.step += 1
             self.tokens += x.shape[0]
             window_tokens += x.shape[0]
