@@ -42,24 +42,24 @@ DENSE_VARIANTS = {"momentum-dense", "temporal-dense"}
 def _penalty(variant: str, n: int):
     """A callable (values, indices) -> loss for the variant, or None for plain TopK."""
     from featsep.penalties import make_penalty
+    from featsep.codes import Codes
     from featsep.penalties.reference import MomentumDense, TemporalDense
 
     if variant == "topk":
         return None
     if variant == "pairs-floor":
-        from featsep.penalties.base import to_sparse_codes
         from featsep.penalties.pairs import coactive_pairs
 
         def floor(v, i):
-            coactive_pairs(to_sparse_codes(v.detach(), i, n))
+            coactive_pairs(Codes.from_topk(v.detach(), i, n))
             return v.new_zeros(())
         return floor, None
     if variant == "temporal-reference":
         pen = make_penalty("temporal", d_sae=n, mode="reference", state="sparse")
-        return lambda v, i: pen(v, indices=i)["temporal"] * 0.1, pen
+        return lambda v, i: pen(Codes.from_topk(v, i, n))["temporal"] * 0.1, pen
     if variant in ("momentum", "temporal", "orthogonality"):
         pen = make_penalty(variant, d_sae=n, **({"state": "sparse"} if variant == "temporal" else {}))
-        return lambda v, i: pen(v, indices=i)[variant] * pen.cfg.weight, pen
+        return lambda v, i: pen(Codes.from_topk(v, i, n))[variant] * pen.cfg.weight, pen
 
     def dense(v, i):
         return torch.zeros(v.shape[0], n, dtype=v.dtype, device=v.device).scatter(1, i, v)
@@ -101,7 +101,7 @@ def _measure(variant: str, n: int, k: int, batch: int, d: int, steps: int, devic
         def forward(step):
             out = sae.training_forward(x, step, steps + 1)
             loss = sum(out.coefficients.get(name, 1.0) * term for name, term in out.terms.items())
-            return loss, out.top_values, out.top_indices
+            return loss, out.codes.values, out.codes.indices
 
     opt = torch.optim.Adam(params, lr=1e-4)
     made = _penalty(variant, n)

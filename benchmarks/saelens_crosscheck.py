@@ -128,7 +128,7 @@ def train_saes(lm, tmp: str):
 def run_featsep(lm, saes, rows, exclude_special=True):
     """featsep's registered `core` eval, its token source pinned to `rows`."""
     from featsep.evals import core
-    from featsep.evals.activations import EvalContext
+    from featsep.evals.common.context import EvalContext
 
     core.token_rows = lambda ctx, s, n: rows[:n]  # the only thing swapped: the corpus
     s = core.CoreSettings(context_size=CTX, batch_size_prompts=BATCH, lm_batch_size=BATCH,
