@@ -1,7 +1,9 @@
-"""A name -> class registry whose classes carry a pydantic config (SAE architectures, penalties).
+"""Registries by name: SAE architectures, penalties, evals and datasets all use this one.
 
-One implementation of "register by name, build from keyword parameters, explain bad
-parameters in one line", shared so every registry answers errors the same way.
+One implementation of "register by name, look up with one clear error, build from keyword
+parameters, explain bad parameters in one line", so every registry answers the same way.
+Class entries carry a pydantic `config_class`; other entries (an eval's spec, a dataset) are
+added as objects with `add`.
 """
 
 from __future__ import annotations
@@ -14,23 +16,30 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, name_attribute: str, noun: str | None = None):
+    def __init__(self, kind: str, name_attribute: str = "name", noun: str | None = None):
         self.kind = kind  # e.g. "SAE architecture", used in messages
         self.noun = noun or kind  # e.g. "SAE" in "bad parameters for SAE 'topk'"
         self.name_attribute = name_attribute  # class attribute that receives the registered name
         self._classes: dict[str, type[T]] = {}
 
+    def add(self, name: str, entry: Any) -> Any:
+        """Register `entry` under `name` (the same entry again is a no-op: modules may reload)."""
+        if name in self._classes and self._classes[name] is not entry:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self._classes[name] = entry
+        return entry
+
     def register(self, name: str):
         """Class decorator: make `cls` buildable as `name`."""
 
         def deco(cls: type[T]) -> type[T]:
-            if name in self._classes and self._classes[name] is not cls:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
             setattr(cls, self.name_attribute, name)
-            self._classes[name] = cls
-            return cls
+            return self.add(name, cls)
 
         return deco
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
 
     def names(self) -> list[str]:
         return sorted(self._classes)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from featsep.registry import Registry
+
 # Modules that register the built-in evals when imported.
 BUILTIN_EVAL_MODULES = (
     "featsep.evals.core",
@@ -52,7 +54,7 @@ class EvalSpec:
     merge_section: Optional[Callable[[Optional[dict], dict], dict]] = None
 
 
-_EVALS: dict[str, EvalSpec] = {}
+_EVALS: Registry[EvalSpec] = Registry("eval")
 
 
 def register_eval(
@@ -66,9 +68,9 @@ def register_eval(
     """Decorator for an eval's run function."""
 
     def deco(run: Callable[..., list[EvalResult]]):
-        if name in _EVALS and _EVALS[name].run is not run:
-            raise ValueError(f"eval {name!r} registered twice")
-        _EVALS[name] = EvalSpec(name, eval_type_id, final_info_key, settings, run, merge_section)
+        if name in _EVALS and _EVALS.get(name).run is run:
+            return run  # the module was imported again
+        _EVALS.add(name, EvalSpec(name, eval_type_id, final_info_key, settings, run, merge_section))
         return run
 
     return deco
@@ -81,11 +83,9 @@ def _load_builtins() -> None:
 
 def available_evals() -> list[str]:
     _load_builtins()
-    return sorted(_EVALS)
+    return _EVALS.names()
 
 
 def get_eval(name: str) -> EvalSpec:
     _load_builtins()
-    if name not in _EVALS:
-        raise ValueError(f"unknown eval {name!r}; choose from: {', '.join(sorted(_EVALS))}")
-    return _EVALS[name]
+    return _EVALS.get(name)
