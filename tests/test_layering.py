@@ -125,3 +125,10 @@ def test_the_checks_see_real_violations(tmp_path):
     src.write_text("def f():\n    from featsep.evals import evaluate\n    from .base import _hidden\n")
     found = _imports("featsep.sae.mod", src)
     assert ("featsep.evals", ["evaluate"], 2) in found and ("featsep.sae.base", ["_hidden"], 3) in found
+
+
+def test_docs_place_every_unit():
+    """docs/architecture.md is the map: every unit in the table above appears in it."""
+    text = (ROOT.parent / "docs" / "architecture.md").read_text()
+    for unit in FOUNDATION | set(ALLOWED):
+        assert f"`{unit}`" in text, f"docs/architecture.md does not place unit {unit!r}"
