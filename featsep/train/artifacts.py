@@ -10,6 +10,7 @@ from featsep.hooknames import parse_hook
 from featsep.penalties.base import Penalty
 from featsep.rundir import RunDir, TrainingResults
 from featsep.sae.base import SAE
+from featsep.train.config import MemberTraining
 from featsep.version import __version__
 
 # names a sparsity coefficient goes by among the SAE loss terms (first found wins)
@@ -20,16 +21,16 @@ def penalty_config(pen: Penalty) -> dict[str, Any]:
     return {"name": pen.name, **pen.cfg.model_dump()}
 
 
-def write_config(run_dir: Path, sae: SAE, penalties: list[Penalty], train_args: dict[str, Any],
+def write_config(run_dir: Path, sae: SAE, penalties: list[Penalty], train: MemberTraining,
                  run_config: Optional[dict]) -> None:
     """config.json: everything needed to rebuild and resume the run (`run_config` is the
-    caller's whole RunConfig; `train` the resolved trainer arguments for this SAE)."""
+    caller's whole RunConfig; `train` how this SAE is trained, as resolved)."""
     RunDir(run_dir).write_config({
         "featsep_version": __version__,
         "run_config": run_config,
         "sae": sae.to_cfg_dict(),
         "penalties": [penalty_config(p) for p in penalties],
-        "train": train_args,
+        "train": train.model_dump(mode="json"),
     })
 
 
@@ -57,24 +58,24 @@ def logged_wall_time_s(rows: list[dict[str, Any]]) -> Optional[float]:
     return total if rows else None
 
 
-def trainer_config(sae: SAE, penalties: list[Penalty], train_args: dict[str, Any]) -> dict[str, Any]:
+def trainer_config(sae: SAE, penalties: list[Penalty], train: MemberTraining) -> dict[str, Any]:
     """The "config" block of final_info.json, in the reference runs' key names."""
     cfg = sae.cfg
     out = {
         "trainer_class": "featsep.train",
         "dict_class": sae.architecture,
-        "lr": train_args["lr"],
-        "steps": train_args["steps"],
-        "seed": train_args["seed"],
+        "lr": train.lr,
+        "steps": train.steps,
+        "seed": train.seed,
         "activation_dim": cfg.d_in,
         "dict_size": cfg.d_sae,
-        "device": train_args["device"],
+        "device": train.device,
         "layer": hook_layer(cfg),
         "lm_name": cfg.model_name,
         "submodule_name": cfg.hook_name,
-        "wandb_name": train_args["name"],
-        "warmup_steps": train_args["lr_warmup_steps"],
-        "lr_decay_fraction": train_args["lr_decay_fraction"],
+        "wandb_name": train.name,
+        "warmup_steps": train.lr_warmup_steps,
+        "lr_decay_fraction": train.lr_decay_fraction,
         "penalties": [penalty_config(p) for p in penalties],
     }
     if hasattr(cfg, "k"):
@@ -82,7 +83,7 @@ def trainer_config(sae: SAE, penalties: list[Penalty], train_args: dict[str, Any
     return out
 
 
-def write_final(run_dir: Path, sae: SAE, penalties: list[Penalty], train_args: dict[str, Any],
+def write_final(run_dir: Path, sae: SAE, penalties: list[Penalty], train: MemberTraining,
                 steps: int, tokens: int, last_row: dict[str, Any]) -> None:
     """Save the weights to sae/ and set the "training results for layer L" section."""
     from featsep.sae import save_sae
@@ -95,7 +96,7 @@ def write_final(run_dir: Path, sae: SAE, penalties: list[Penalty], train_args: d
         final_loss=last_row.get("loss"),
         layer=hook_layer(sae.cfg),
         dict_size=sae.cfg.d_sae,
-        learning_rate=train_args["lr"],
+        learning_rate=train.lr,
         sparsity_penalty=next((coefficients[t] for t in _SPARSITY_TERMS if t in coefficients), None),
         architecture=sae.architecture,
         training_tokens=tokens,
@@ -109,4 +110,4 @@ def write_final(run_dir: Path, sae: SAE, penalties: list[Penalty], train_args: d
         penalty_stats={pen.name: pen.stats() for pen in penalties} if penalties else None,
         wall_time_s=logged_wall_time_s(rd.read_metrics()),
     )
-    rd.write_training(trainer_config(sae, penalties, train_args), results)
+    rd.write_training(trainer_config(sae, penalties, train), results)

@@ -26,3 +26,25 @@ class TrainConfig(Strict):
     autocast_bf16: bool = Field(True, description="bf16 autocast for the SAE on GPU (never on CPU)")
     wandb: bool = False
     tensorboard: bool = False
+
+
+class MemberTraining(Strict):
+    """How one SAE of a run was trained, as resolved: what config.json's "train" block and
+    final_info's "config" block record (the [train] settings plus what the run decided)."""
+
+    name: str
+    index: int
+    names: list[str]
+    lr: float
+    steps: Optional[int] = Field(description="None: until the batches ended")
+    device: str
+    out_dir: Optional[str] = None
+    lr_warmup_steps: int
+    lr_decay_fraction: float
+    adam_betas: tuple[float, float]
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    autocast_bf16: bool
+    wandb: bool
+    tensorboard: bool

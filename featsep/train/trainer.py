@@ -24,7 +24,7 @@ from featsep.settings import format_errors
 from featsep.train import checkpoint as ckpt
 from featsep import rundir as rd
 from featsep.train.artifacts import write_config, write_final
-from featsep.train.config import TrainConfig
+from featsep.train.config import MemberTraining, TrainConfig
 from featsep.train.logger import ExternalLoggers, MetricsSink, scalar_stats
 from featsep.train.schedule import WarmupDecay, make_scheduler
 
@@ -302,17 +302,17 @@ def _log_row(m: _Member, step: int, tokens: int, window_tokens: int, window_s: f
 class _Run:
     """State of a training run between steps: the members, the data position, the clock."""
 
-    def __init__(self, members: list[_Member], batches: Iterable, total: Optional[int], args: dict[str, Any]):
+    def __init__(self, members: list[_Member], batches: Iterable, total: Optional[int], cfg: TrainConfig):
         self.members = members
         self.batches = batches
         self.total = total
-        self.args = args
+        self.cfg = cfg
         self.stateful_data = hasattr(batches, "state_dict") and hasattr(batches, "load_state_dict")
         self.step = 0
         self.tokens = 0
         self.checkpointed_step = -1
         self.device = members[0].sae.W_dec.device
-        use_bf16 = args["autocast_bf16"] and self.device.type == "cuda"
+        use_bf16 = cfg.autocast_bf16 and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
     @property
@@ -380,7 +380,6 @@ class _Run:
 
     # the loop
     def loop(self, it: Iterator, sink: MetricsSink, fresh: bool) -> None:
-        args = self.args
         d_in = self.members[0].sae.cfg.d_in
         window_start, window_tokens = time.perf_counter(), 0
         while self.total is None or self.step < self.total:
@@ -402,11 +401,11 @@ class _Run:
             self.tokens += x.shape[0]
             window_tokens += x.shape[0]
             sink.advance()
-            if self.step % args["log_every"] == 0 or self.step == self.total:
+            if self.step % self.cfg.log_every == 0 or self.step == self.total:
                 now = time.perf_counter()
                 self.log(sink, window_tokens, now - window_start)
                 window_start, window_tokens = now, 0
-            if self.step % args["checkpoint_every"] == 0:
+            if self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoints()
         last = self.members[0].last
         if "terms" in last and last.get("logged_step") != self.step:
@@ -478,11 +477,10 @@ def train(
         for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
     ]
     # what config.json and final_info record: the settings as resolved for this run
-    args = {
-        **cfg.model_dump(mode="json", exclude={"tokens", "batch_size", "lr"}),
-        "steps": total, "device": str(dev), "names": names, "out_dir": None if out_dir is None else str(out_dir),
-    }
-    run = _Run(members, batches, total, args)
+    # what config.json and final_info record for each SAE: the settings as resolved for this run
+    resolved = {**cfg.model_dump(exclude={"tokens", "batch_size", "lr"}), "steps": total, "device": str(dev),
+                "names": names, "out_dir": None if out_dir is None else str(out_dir)}
+    run = _Run(members, batches, total, cfg)
     start = ckpt.latest_common_step(run.run_dirs) if resume else None
     sink = MetricsSink(names, dirs, ExternalLoggers(cfg.wandb, cfg.tensorboard, names, dirs, run_config, resume=start is not None),
                        total, start or 0, progress)
@@ -491,7 +489,7 @@ def train(
             ckpt.seed_everything(cfg.seed)
             for m in members:
                 if m.run_dir is not None:
-                    _start_run_dir(m, args, run_config)
+                    _start_run_dir(m, resolved, run_config)
             shared = None
         else:
             shared = run.restore(start)
@@ -504,7 +502,7 @@ def train(
         if run.checkpointed_step != run.step:
             run.save_checkpoints()
         for m in members:
-            _finish(m, args, run, sink)
+            _finish(m, resolved, run, sink)
     finally:
         sink.close()
     return saes
@@ -533,18 +531,18 @@ def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run
     return _Member(index, name, sae, penalties, run_dir, lr, optimizer, make_scheduler(optimizer, schedule), fired)
 
 
-def _member_args(m: _Member, args: dict[str, Any]) -> dict[str, Any]:
-    return {**args, "name": m.name, "index": m.index, "lr": m.lr}
+def _member_training(m: _Member, resolved: dict[str, Any]) -> MemberTraining:
+    return MemberTraining(**resolved, name=m.name, index=m.index, lr=m.lr)
 
 
-def _start_run_dir(m: _Member, args: dict[str, Any], run_config: Optional[dict]) -> None:
+def _start_run_dir(m: _Member, resolved: dict[str, Any], run_config: Optional[dict]) -> None:
     """A fresh start: clear what a run killed before its first common checkpoint left, write config.json."""
     ckpt.clear_checkpoints(m.run_dir)
     rd.RunDir(m.run_dir).truncate_metrics(0)
-    write_config(m.run_dir, m.sae, m.penalties, _member_args(m, args), run_config)
+    write_config(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run_config)
 
 
-def _finish(m: _Member, args: dict[str, Any], run: _Run, sink: MetricsSink) -> None:
+def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) -> None:
     """Final artifacts and the one-line summary of one SAE."""
     row = m.last.get("row")
     if row is None and m.run_dir is not None:  # a resumed run that had already finished
@@ -552,7 +550,7 @@ def _finish(m: _Member, args: dict[str, Any], run: _Run, sink: MetricsSink) -> N
         row = logged[-1] if logged else None
     row = row or {}
     if m.run_dir is not None:
-        write_final(m.run_dir, m.sae, m.penalties, _member_args(m, args), run.step, run.tokens, row)
+        write_final(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run.step, run.tokens, row)
     where = f" -> {m.run_dir}" if m.run_dir is not None else ""
     sink.write(f"{m.name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
                f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
