@@ -34,21 +34,20 @@ Where we differ from SAEBench (on purpose, recorded in the result):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from featsep.data.probing import LOADERS_VERSION
+from featsep.data.scr import SAEBENCH_SIZES, SCR_CPU_SIZES, ScrDatasetSpec, scr_frames, scr_spec
 from featsep.evals.common.context import EvalContext, encode, sae_scale
-from featsep.evals.common.probes import LinearProbe, train_binary_probe
-import featsep.data.hub as hub_data
-from featsep.data.probing import AMAZON_CATEGORIES, BIOS_PROFESSIONS, LOADERS_VERSION
-from featsep.data.tables import require_columns
-from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 from featsep.evals.common.pooling import balanced_indices, dataset_activations, kept_positions, sae_pooled, segment_mean
+from featsep.evals.common.probes import LinearProbe, train_binary_probe
+from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
 FINAL_INFO_KEY = "scr and tpp evaluations results"
 # SCR and TPP write one final_info section (the reference runs' key), merged by eval name
@@ -57,62 +56,12 @@ _SHARED_SECTION = dict(
     merge_section=lambda existing, section: merge_scr_tpp_section(existing, section),
 )
 N_VALUES = [2, 5, 10, 20, 50, 100, 500]
-SAEBENCH_SIZES = (4000, 1000)  # train / test set sizes
-SCR_CPU_SIZES = (400, 100)
 MIN_DENOMINATOR = 0.001
 
 # Probe keys of one SCR pair run (SAEBench's "professor / nurse", "male / female",
 # "male_professor / female_nurse").
 CLASS, SPURIOUS, BIASED = "class", "spurious", "biased"
 SCR_PROBES = (CLASS, SPURIOUS, BIASED)
-
-
-@dataclass(frozen=True)
-class ScrDatasetSpec:
-    """How one two-attribute dataset looks: columns, the attribute-2 values (pos, neg), the
-    attribute-1 pairs SAEBench uses, and how names map to stored column-1 values."""
-
-    text_column: str
-    column1: str
-    column2: str
-    column2_values: tuple  # (positive, negative), e.g. (male, female) as stored
-    pairs: tuple[tuple[str, str], ...]
-    column1_ids: dict[str, Any] = field(default_factory=dict)  # name -> stored value (when ints)
-    hub_name: Optional[str] = None
-    # default (train, test) set sizes on an accelerator: SAEBench's, unless the data's cells hold fewer texts
-    gpu_sizes: tuple[int, int] = SAEBENCH_SIZES
-
-
-def _ids(names: list[str]) -> dict[str, int]:
-    return {name: i for i, name in enumerate(names)}
-
-
-def _scr_datasets() -> dict[str, ScrDatasetSpec]:
-    from featsep.data.offline import BYLINE_DATASET, BYLINE_GENDER_COLUMN, BYLINE_TOPIC_COLUMN
-
-    return {
-        # SAEBench dataset_info: gender male=0 female=1; professions by index in BIOS_PROFESSIONS
-        "LabHC/bias_in_bios_class_set1": ScrDatasetSpec(
-            "hard_text", "profession", "gender", (0, 1),
-            (("professor", "nurse"), ("architect", "journalist"), ("surgeon", "psychologist"), ("attorney", "teacher")),
-            _ids(BIOS_PROFESSIONS), "LabHC/bias_in_bios",
-        ),
-        "canrager/amazon_reviews_mcauley_1and5": ScrDatasetSpec(
-            "text", "category", "rating", (1.0, 5.0),
-            (("Books", "CDs_and_Vinyl"), ("Software", "Electronics"), ("Pet_Supplies", "Office_Products"),
-             ("Industrial_and_Scientific", "Toys_and_Games")),
-            _ids(AMAZON_CATEGORIES), "canrager/amazon_reviews_mcauley_1and5",
-        ),
-        # pairs (A, B): biased cells (A, male) and (B, female); these four are the ones whose
-        # biased probe reads both attributes on gemma-3-270m (see featsep.data.offline).
-        # Its biased cells hold ~600-800 texts: SAEBench's 4000 would not fit, so it keeps the
-        # CPU sizes on any device.
-        BYLINE_DATASET: ScrDatasetSpec(
-            "text", BYLINE_TOPIC_COLUMN, BYLINE_GENDER_COLUMN, ("male", "female"),
-            (("sports", "business"), ("politics", "tech"), ("entertainment", "business"), ("entertainment", "politics")),
-            gpu_sizes=SCR_CPU_SIZES,
-        ),
-    }
 
 
 class _ProbeSettings(EvalSettings):
@@ -211,35 +160,6 @@ def check_linear_decoder(sae) -> None:
 
 
 # ---- SCR data ------------------------------------------------------------------------------------
-
-
-def scr_spec(name: str) -> ScrDatasetSpec:
-    specs = _scr_datasets()
-    if name not in specs:
-        raise ValueError(f"unknown SCR dataset {name!r}; choose from: {', '.join(specs)} (local copies via scr.local_copies)")
-    return specs[name]
-
-
-def scr_frames(name: str, s: _ProbeSettings):
-    """(spec, train DataFrame, test DataFrame) of a two-attribute dataset. Hub datasets are read
-    as sparse probing reads them (featsep.data.probing): from the hub, or from a local copy
-    in the hub's format (a folder with train.* / test.*, or one file: its `split` column picks the
-    rows of each split; without one, 20% of the rows drawn with the seed are the test split)."""
-    from featsep.data.offline import BYLINE_DATASET, bbc_byline_frame
-
-    spec = scr_spec(name)
-    if name == BYLINE_DATASET:
-        train, test = bbc_byline_frame(seed=s.seed)
-    else:
-        local = s.local_copies.get(name) or s.local_copies.get(spec.hub_name)
-        train, test, shared = hub_data.split_frames(spec.hub_name, {spec.hub_name: local} if local is not None else {}, "scr")
-        if shared:
-            test = train.sample(frac=0.2, random_state=s.seed)
-            train = train.drop(test.index)
-    for df in (train, test):
-        require_columns(name, [spec.text_column, spec.column1, spec.column2], df.columns,
-                        f"a local copy of {name} needs the columns of {spec.hub_name}")
-    return spec, train, test
 
 
 def _column1_value(spec: ScrDatasetSpec, df, name: str):
@@ -461,7 +381,7 @@ def run_scr(saes: list, ctx: EvalContext, s: ScrSettings) -> list[EvalResult]:
     per_sae: list[list[dict]] = [[] for _ in saes]
     clean_all: dict[str, dict] = {}
     for name in s.datasets:
-        spec, train_df, test_df = scr_frames(name, s)
+        spec, train_df, test_df = scr_frames(name, s.seed, s.local_copies)
         for pair in _pairs(name, s, ctx, spec):
             run = f"{name}_scr_{pair[0]}_{pair[1]}"
             splits, pooled, sets, probes = _scr_pair_context(ctx, name, pair, spec, train_df, test_df, s, sizes[name])
