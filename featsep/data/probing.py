@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 import featsep.data.hub as hub_data
-from featsep.data.registry import BBC_NEWS, DATASETS, PROBING, HubSetParams, LabelledFileParams
+from featsep.data.registry import BBC_NEWS, DATASETS, PROBING, HubSetParams, LabelledFileParams, validate_params
 from featsep.data.tables import read_table, require_columns
 from featsep.data.text import load_bbc_news
 
@@ -499,7 +499,8 @@ def load_probing_dataset(
     if entry is not None and not entry.needs_hub:
         ds = DATASETS.load(name, PROBING)(n_train, n_test, seed, entry.parse())
     elif path.is_file():
-        ds = local_file(n_train, n_test, seed, LabelledFileParams(path=path, text_column=text_column, label_column=label_column))
+        params = validate_params(LabelledFileParams, name, dict(path=path, text_column=text_column, label_column=label_column))
+        ds = local_file(n_train, n_test, seed, params)
     elif entry is not None:
         ds = DATASETS.load(name, PROBING)(n_train, n_test, seed, entry.parse(local_copies=local_copies or {}))
     else:

@@ -91,17 +91,22 @@ class DatasetEntry:
         return name in self.members if self.members else name == self.name
 
     def parse(self, **params: Any) -> Optional[DatasetParams]:
-        """The parameters validated by the entry's model (one line per problem); None without one."""
+        """The parameters validated by the entry's model; None for an entry without parameters."""
         if self.params is None:
             if params:
                 raise DataError(f"dataset {self.name!r} takes no parameters (got {', '.join(sorted(params))})")
             return None
-        try:
-            return self.params(**params)
-        except ValidationError as e:
-            bad = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
-            allowed = ", ".join(sorted(self.params.model_fields))
-            raise DataError(f"bad parameters for dataset {self.name!r}: {bad} (accepted: {allowed})") from None
+        return validate_params(self.params, self.name, params)
+
+
+def validate_params(model: type[DatasetParams], name: str, params: dict[str, Any]) -> DatasetParams:
+    """`model(**params)`, or one DataError line naming every bad field and the accepted ones."""
+    try:
+        return model(**params)
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
+        allowed = ", ".join(sorted(model.model_fields))
+        raise DataError(f"bad parameters for dataset {name!r}: {bad} (accepted: {allowed})") from None
 
 
 @dataclass

@@ -39,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from pydantic import field_validator
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -84,6 +85,13 @@ class ScrSettings(_ProbeSettings):
     datasets: list[str] = ["bbc-news-byline"]  # SAEBench's: LabHC/bias_in_bios_class_set1, canrager/amazon_reviews_mcauley_1and5
     pairs: dict[str, list[tuple[str, str]]] = {}  # dataset -> attribute-1 pairs; missing: SAEBench's (built-in's) pairs
     pairs_per_dataset: Optional[int] = None  # None: all on a GPU, 2 on CPU
+
+    @field_validator("datasets")
+    @classmethod
+    def _registered(cls, names: list[str]) -> list[str]:
+        for name in names:
+            scr_spec(name)  # an unknown name: the registry's one error, listing the SCR sets
+        return names
 
 
 class TppSettings(_ProbeSettings):
