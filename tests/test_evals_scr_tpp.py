@@ -10,26 +10,28 @@ import pandas as pd
 import pytest
 import torch
 
-from featsep.evals.scr_tpp import (
+from featsep.evals.common.probes import LinearProbe
+from featsep.evals.scr_tpp.common import (
     BIASED,
     CLASS,
     SPURIOUS,
-    LinearProbe,
-    ScrSettings,
     ablate_positions,
     ablated_pooled,
     check_linear_decoder,
     merge_scr_tpp_section,
     node_effects,
+    top_n_latents,
+    train_probe,
+)
+from featsep.evals.scr_tpp.scr import (
+    ScrSettings,
+    _scr_accuracies,
     scr_pair_metrics,
     scr_pair_results,
     scr_score,
     spurious_corr_data,
-    top_n_latents,
-    tpp_metrics,
-    train_probe,
-    _scr_accuracies,
 )
+from featsep.evals.scr_tpp.tpp import tpp_metrics
 from featsep.data.scr import SCR_SPECS, scr_frames
 from featsep.sae import SAEConfigBase, make_sae
 
@@ -357,7 +359,7 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
     from types import SimpleNamespace
 
     from featsep.evals.common.context import EvalContext
-    from featsep.evals.scr_tpp import config_with_sizes, scr_set_sizes
+    from featsep.evals.scr_tpp.scr import config_with_sizes, scr_set_sizes
 
     bios, byline = "LabHC/bias_in_bios_class_set1", "bbc-news-byline"
     def ctx_on(device):  # only the device matters for set sizes
