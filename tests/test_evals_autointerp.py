@@ -19,7 +19,7 @@ from featsep.evals.autointerp import (
     interpret_latent,
     k_largest_windows,
 )
-from featsep.evals.judges import (
+from featsep.evals.autointerp.judges import (
     Example,
     JudgeError,
     LexicalJudge,

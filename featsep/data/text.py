@@ -1,12 +1,14 @@
 """Text sources: the offline BBC corpus, local files, and Hugging Face datasets by name.
 
 `text_source(spec)` resolves a spec in this order:
-  1. a built-in offline corpus name (`BUILTIN_CORPORA`, e.g. "bbc-news");
+  1. a registered text corpus (featsep.data.registry, kind TEXT: "bbc-news", "wikitext",
+     "offline:trivia"), with its parameters as keyword arguments where it takes any;
   2. an existing local file or directory (`TEXT_FILE_SUFFIXES`, read by featsep.data.tables);
   3. a Hugging Face dataset name, streamed with `datasets.load_dataset(..., streaming=True)`.
 
 What a document is, per source (packing puts a BOS token between documents):
   - bbc-news: one article (order shuffled with `seed`; on disk they are sorted by topic);
+  - wikitext: one line of wikitext-2-raw-v1's test split longer than 50 characters;
   - .txt: the whole file is one document (a directory of .txt files = one document per file;
     for a corpus in one big file use .jsonl, one document per line);
   - .jsonl: one JSON object per line, document = obj[text_column];
@@ -21,13 +23,14 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Iterator
 
+import featsep.data.hub as hub_data
 from featsep import hub
 from featsep.data.errors import DataError
+from featsep.data.registry import BBC_NEWS, DATASETS, TEXT, HubTextParams
 from featsep.data.tables import iter_column, require_columns
 
-BBC_NEWS = "bbc-news"
 HF_SHUFFLE_BUFFER = 10_000
 
 
@@ -63,13 +66,21 @@ def load_bbc_news() -> list[tuple[str, str]]:
     return list(_bbc_articles())
 
 
-def _bbc_news_texts(seed: int) -> Iterator[str]:
+@DATASETS.loader(BBC_NEWS, TEXT)
+def bbc_news_texts(seed: int, params: None) -> Iterator[str]:
     texts = [text for text, _ in _bbc_articles()]
     random.Random(seed).shuffle(texts)
     return iter(texts)
 
 
-BUILTIN_CORPORA: dict[str, Callable[[int], Iterator[str]]] = {BBC_NEWS: _bbc_news_texts}
+WIKITEXT_MIN_CHARS = 50  # SAEBench's unlearning keeps wikitext lines longer than this
+
+
+@DATASETS.loader("wikitext", TEXT)
+def wikitext_texts(seed: int, params: HubTextParams) -> Iterator[str]:
+    """Read at once (a small split), so no network fails here, not at the first document."""
+    ds = hub_data.load_dataset("wikitext", params.section, params.fix, name="wikitext-2-raw-v1", split="test")
+    return iter([t for t in ds["text"] if len(t) > WIKITEXT_MIN_CHARS])
 
 
 # ----------------------------------------------------------------------------- local files
@@ -141,28 +152,29 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in TEXT_FILE_SUFFIXES
 
 
-def _resolve(spec: str, text_column: str, split: str, seed: int) -> Iterator[str]:
-    if spec in BUILTIN_CORPORA:
-        return BUILTIN_CORPORA[spec](seed)
+def _resolve(spec: str, text_column: str, split: str, seed: int, params: dict[str, Any]) -> Iterator[str]:
+    entry = DATASETS.get(spec, TEXT)
+    if entry is not None:
+        return DATASETS.load(spec, TEXT)(seed, entry.parse(**params))
+    if params:
+        raise DataError(f"dataset {spec!r} takes no parameters (got {', '.join(sorted(params))}); only registered corpora do")
     path = Path(spec).expanduser()
     if path.exists():
         return _local_texts(path, text_column)
     if _looks_like_path(spec):
         raise DataError(f"no such file or directory: {spec!r}; check the path (data.dataset)")
     if "/" not in spec:
-        raise DataError(
-            f"unknown dataset {spec!r}: not a built-in corpus ({', '.join(BUILTIN_CORPORA)}), not an "
-            "existing file or directory, and not a Hugging Face name (owner/name, e.g. "
-            "Skylion007/openwebtext)"
-        )
+        raise DATASETS.unknown(spec, TEXT)
     return _hf_texts(spec, text_column, split, seed)
 
 
-def text_source(spec: str, text_column: str = "text", split: str = "train", seed: int = 42) -> Iterator[str]:
-    """Documents (strings) from `spec`; raises DataError when the corpus yields no text at all."""
+def text_source(spec: str, text_column: str = "text", split: str = "train", seed: int = 42, **params: Any) -> Iterator[str]:
+    """Documents (strings) from `spec`; raises DataError when the corpus yields no text at all.
+
+    `params`: a registered corpus's parameters (e.g. offline:trivia's topics), validated by its model."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"dataset spec must be a non-empty string, got {spec!r} (e.g. '{BBC_NEWS}')")
-    texts = _resolve(spec.strip(), text_column, split, seed)  # eager: bad specs fail here
+    texts = _resolve(spec.strip(), text_column, split, seed, params)  # eager: bad specs fail here
 
     def generate() -> Iterator[str]:
         n_nonempty = 0

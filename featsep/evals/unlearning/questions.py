@@ -11,11 +11,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-import featsep.data.hub as hub_data
+from featsep.data.questions import question_set
 from featsep.evals.common.context import EvalContext
-from featsep.evals.unlearning.settings import (
-    ANSWER_LETTERS, HUB_FIX, PRE_QUESTION_FORMAT, PRE_WMDP_BIO, SECTION, TRIVIA_SUBJECTS, UnlearningSettings,
-)
+from featsep.evals.unlearning.settings import ANSWER_LETTERS, HUB_FIX, PRE_QUESTION_FORMAT, SECTION, UnlearningSettings
 
 # ---- questions -----------------------------------------------------------------------------------
 
@@ -29,28 +27,8 @@ def filter_permutation_list(n: int) -> list[tuple[int, ...]]:
 
 def load_question_set(name: str, s: UnlearningSettings) -> tuple[list[dict], str]:
     """(questions [{question, choices, answer}], pre-question line) of one set (see module doc)."""
-    from pathlib import Path
-
-    if name.startswith("trivia:"):
-        from featsep.data.offline import trivia_questions
-
-        topic = name.split(":", 1)[1]
-        subject = TRIVIA_SUBJECTS.get(topic, topic)
-        return trivia_questions(topic, seed=s.seed, wheel=s.trivia_wheel), PRE_QUESTION_FORMAT.format(subject=subject)
-    path = Path(name).expanduser()
-    if path.is_file():
-        from featsep.data.tables import read_table
-
-        df = read_table(path, ("question", "choices", "answer"), fix="a question file needs question, choices (4 strings), answer (0-3)")
-        rows = df.to_dict("records")
-        return rows, PRE_QUESTION_FORMAT.format(subject=path.stem.replace("_", " "))
-    if name.startswith("wmdp-"):
-        ds = hub_data.load_dataset("cais/wmdp", SECTION, HUB_FIX, name=name, split="test")
-        pre = PRE_WMDP_BIO if name == "wmdp-bio" else PRE_QUESTION_FORMAT.format(subject=name[5:])
-    else:
-        ds = hub_data.load_dataset("cais/mmlu", SECTION, HUB_FIX, name=name, split="test")
-        pre = PRE_QUESTION_FORMAT.format(subject=name.replace("_", " "))
-    return [{"question": r["question"], "choices": list(r["choices"]), "answer": int(r["answer"])} for r in ds], pre
+    questions, subject = question_set(name, seed=s.seed, wheel=s.trivia_wheel, section=SECTION, fix=HUB_FIX)
+    return questions, PRE_QUESTION_FORMAT.format(subject=subject)
 
 
 def _chat(lm, body: str) -> Optional[str]:

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+from featsep.data.registry import OFFLINE_TRIVIA_CORPUS
 from featsep.evals.registry import EvalSettings
 
-PRE_WMDP_BIO = "The following are multiple choice questions (with answers) about biology.\n"
 PRE_QUESTION_FORMAT = "The following are multiple choice questions (with answers) about {subject}.\n"
 ANSWER_LETTERS = ("A", "B", "C", "D")
 SAEBENCH_RETAIN_SUBJECTS = ["high_school_us_history", "college_computer_science", "high_school_geography", "human_aging"]
 OFFLINE_FORGET = ["trivia:worldcapitals"]
 OFFLINE_RETAIN = ["trivia:elements", "trivia:usstateabbreviations"]
-OFFLINE_TRIVIA_CORPUS = "offline:trivia"
-# readable subjects for the pre-question line ("... about world capitals.")
 SECTION = "unlearning"
 HUB_FIX = "use the offline sets (trivia:<list>, offline:trivia) or local files (unlearning.forget_questions / retain_questions / forget_corpus / retain_corpus)"
-
-TRIVIA_SUBJECTS = {
-    "worldcapitals": "world capitals", "uscapitals": "US state capitals", "elements": "chemical elements",
-    "usstateabbreviations": "US state abbreviations", "greekmyth": "Greek mythology", "general": "general knowledge",
-    "artandliterature": "art and literature", "worldcup": "the football World Cup", "harrypotter": "Harry Potter",
-    "starwars": "Star Wars", "lotr": "The Lord of the Rings", "gameofthrones": "Game of Thrones",
-}
 
 AnswerScoring = Literal["letter", "choice_logprob"]
 MultiplierUnits = Literal["sae", "raw", "latent_mean"]

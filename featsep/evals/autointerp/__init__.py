@@ -14,7 +14,7 @@ token exceeds it. Generation sees n_top_ex_for_generation top + n_iw_sampled_ex_
 weighted windows (active tokens marked); scoring shows the other top + weighted windows and the
 random ones, shuffled, and the judge says which fire. Score = fraction classified correctly;
 autointerp_score = mean over latents, autointerp_std_dev their sample standard deviation.
-Judge: featsep.evals.judges (an OpenAI-compatible server, or the offline lexical judge).
+Judge: featsep.evals.autointerp.judges (an OpenAI-compatible server, or the offline lexical judge).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featsep.evals.common.context import EvalContext, encode, not_special
-from featsep.evals.judges import Example, Judge, LexicalJudge, make_judge, score_detection
+from featsep.evals.autointerp.judges import Example, Judge, LexicalJudge, make_judge, score_detection
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
 
 
