@@ -66,6 +66,16 @@ def architectures() -> None:
 
 
 @app.command()
+def datasets() -> None:
+    """List the registered datasets: their kinds, whether they need the hub, what they hold."""
+    from featsep.data import datasets as registered
+
+    for entry in registered():
+        hub = "hub" if entry.needs_hub else "offline"
+        typer.echo(f"{entry.name:45s} {','.join(entry.kinds):20s} {hub:8s} {entry.description}")
+
+
+@app.command()
 def cache(
     config: Optional[Path] = typer.Argument(None, help="a run or sweep config (TOML): its [model] and [data] sections say what to cache"),
     out: Path = typer.Option(..., help="output directory (then set data.cache = OUT in the run config)"),

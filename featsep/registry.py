@@ -38,6 +38,10 @@ class Registry(Generic[T]):
 
         return deco
 
+    def entries(self) -> list[Any]:
+        """The registered entries, in registration order."""
+        return list(self._classes.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._classes
 

@@ -113,3 +113,14 @@ def test_eval_settings_fail_before_any_model_loads_or_trains(tmp_path, monkeypat
     assert result.exit_code == 2, result.output
     assert "core.n_eval_reconstruction_batchs: unknown setting" in result.output
     assert not out.exists()
+
+
+def test_datasets_command_lists_the_registry():
+    from featsep.cli import app
+    from featsep.data import datasets
+
+    result = CliRunner().invoke(app, ["datasets"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == len(datasets()) and lines[0].startswith("bbc-news")
+    assert any(line.startswith("bbc-news-byline") and "offline" in line for line in lines)

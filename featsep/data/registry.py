@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from featsep.data.errors import DataError
+from featsep.registry import Registry
 
 TEXT, PROBING, SCR, QUESTIONS = "text corpus", "probing set", "SCR pair set", "question set"
 KINDS = (TEXT, PROBING, SCR, QUESTIONS)
@@ -111,16 +112,23 @@ def validate_params(model: type[DatasetParams], name: str, params: dict[str, Any
 
 @dataclass
 class DatasetRegistry:
-    entries: dict[str, DatasetEntry] = field(default_factory=dict)
+    """featsep's one Registry holds the entries; this adds what datasets need on top: kinds,
+    families (a prefix or a list of member names) and loaders attached by the loading modules."""
+
+    table: Registry[DatasetEntry] = field(default_factory=lambda: Registry("dataset"))
     loaders: dict[tuple[str, str], Callable] = field(default_factory=dict)
 
+    @property
+    def entries(self) -> dict[str, DatasetEntry]:
+        return {e.name: e for e in self.table.entries()}
+
     def add(self, entry: DatasetEntry) -> None:
-        if entry.name in self.entries:
-            raise ValueError(f"dataset {entry.name!r} registered twice")
         unknown = set(entry.kinds) - set(KINDS)
         if unknown or not entry.kinds:
             raise ValueError(f"dataset {entry.name!r}: kinds must be among {KINDS}, got {entry.kinds}")
-        self.entries[entry.name] = entry
+        if entry.name in self.table:
+            raise ValueError(f"dataset {entry.name!r} registered twice")
+        self.table.add(entry.name, entry)
 
     def loader(self, name: str, kind: str):
         """Decorator: `fn` loads `name` as `kind` (the entry must be declared with that kind)."""
@@ -139,7 +147,7 @@ class DatasetRegistry:
     def of_kind(self, kind: str) -> list[DatasetEntry]:
         if kind not in KINDS:
             raise ValueError(f"unknown dataset kind {kind!r}; choose one of: {', '.join(KINDS)}")
-        return [e for e in self.entries.values() if kind in e.kinds]
+        return [e for e in self.table.entries() if kind in e.kinds]
 
     def get(self, name: str, kind: str) -> Optional[DatasetEntry]:
         """The entry of `kind` that `name` names, or None."""
@@ -221,4 +229,4 @@ for _entry in (
 
 def datasets(kind: Optional[str] = None) -> list[DatasetEntry]:
     """The registered datasets (of one kind), in catalogue order: for docs and the CLI."""
-    return list(DATASETS.entries.values()) if kind is None else DATASETS.of_kind(kind)
+    return DATASETS.table.entries() if kind is None else DATASETS.of_kind(kind)
