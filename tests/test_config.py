@@ -53,10 +53,23 @@ def test_misspelt_key_names_the_field_and_the_valid_ones(data, where, valid):
     ({"eval": {"evals": ["cor"]}}, "unknown eval 'cor'"),
     ({"eval": {"evals": ["core"], "settings": {"core": {"sed": 1}}}}, r"core.sed: unknown setting \(valid: .*seed"),
     ({"eval": {"evals": ["core"], "settings": {"absorption": {"seed": 1}}}}, "absorption.*not selected"),
+    ({"eval": {"evals": ["sparse_probing"], "settings": {"sparse_probing": {"datasets": ["bbc-newz"]}}}},
+     "sparse_probing.datasets: unknown probing dataset 'bbc-newz': registered probing sets are bbc-news"),
+    ({"eval": {"evals": ["scr"], "settings": {"scr": {"datasets": ["bbc-newz"]}}}}, "scr.datasets: .*unknown"),
 ])
 def test_bad_values_are_refused_when_the_file_is_read(data, message):
     with pytest.raises(ConfigError, match=message):
         validate(RunConfig, data)
+
+
+def test_one_local_probing_file_is_a_list(tmp_path):
+    table = tmp_path / "labelled.jsonl"
+    table.write_text('{"text": "a", "label": "x"}\n')
+    cfg = validate(RunConfig, {"eval": {"evals": ["sparse_probing"], "settings": {"sparse_probing": {"datasets": str(table)}}}})
+    from featsep.evals.settings import resolve_settings
+
+    settings, _ = resolve_settings(cfg.eval.evals, cfg.eval.settings)
+    assert settings["sparse_probing"].datasets == [str(table)]
 
 
 def test_sections_are_typed_with_defaults_defined_once():

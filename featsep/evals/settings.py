@@ -57,7 +57,7 @@ def build_settings(name: str, values: dict) -> EvalSettings:
                 valid = ", ".join(sorted(spec.settings_class.model_fields))
                 lines.append(f"{where}: unknown setting (valid: {valid})")
             else:
-                lines.append(f"{where}: {er['msg']}")
+                lines.append(f"{where}: {er['msg'].removeprefix('Value error, ')}")
         raise ValueError(f"bad settings for eval {spec.name!r}: {'; '.join(lines)}") from None
 
 

@@ -12,12 +12,15 @@ positions, same mean. Model activations are cached per dataset, so many SAEs sha
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
+from pydantic import field_validator
 from torch import Tensor
 
 from featsep.data.probing import LOADERS_VERSION
+from featsep.data.registry import DATASETS, PROBING
 from featsep.evals.common.context import EvalContext
 from featsep.evals.common.pooling import balanced_indices, dataset_activations, gather, sae_pooled, segment_mean
 from featsep.evals.common.probes import top_k_accuracy, train_binary_probe
@@ -52,6 +55,19 @@ class SparseProbingSettings(EvalSettings):
     label_column: str = "label"
     local_copies: dict[str, str] = {}  # HF name -> local copy in the hub's format
     seed: int = 42
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value  # `--set sparse_probing.datasets=a.jsonl`
+
+    @field_validator("datasets")
+    @classmethod
+    def _registered_or_local(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if DATASETS.get(name, PROBING) is None and not Path(name).expanduser().is_file():
+                raise DATASETS.unknown(name, PROBING)  # when the config is read, not after training
+        return names
 
 
 def _set_sizes(ctx: EvalContext, s: SparseProbingSettings) -> tuple[int, int]:
