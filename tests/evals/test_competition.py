@@ -131,7 +131,7 @@ def test_decoder_cosines_in_chunks():
 def test_competition_end_to_end(tmp_path):
     from featsep.evals import evaluate
     from featsep.sae import make_sae
-    from tests.test_evals import HOOK, make_lm
+    from tests.evals.test_core import HOOK, make_lm
 
     lm = make_lm()
     sae = make_sae("topk", d_in=lm.d_model, d_sae=64, k=4, hook_name=HOOK)

@@ -157,7 +157,7 @@ def test_autointerp_end_to_end(tmp_path):
     import featsep.evals.autointerp  # noqa: F401  (registers the eval)
     from featsep.evals import evaluate
     from featsep.sae import make_sae
-    from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
+    from tests.evals.test_core import HOOK, TOPIC_WORDS, WORDS, make_lm
     import random
 
     lm = make_lm()

@@ -289,7 +289,7 @@ def test_merge_scr_tpp_section():
 
 def _bios_copy(folder, n_per_cell: int):
     """A local copy of LabHC/bias_in_bios in the hub's shape (train.csv / test.csv)."""
-    from tests.test_evals import TOPIC_WORDS, WORDS
+    from tests.evals.test_core import TOPIC_WORDS, WORDS
 
     spec = _scr_datasets()["LabHC/bias_in_bios_class_set1"]
     professions = ["professor", "nurse", "accountant", "architect", "attorney", "dentist", "filmmaker"]
@@ -310,7 +310,7 @@ def _bios_copy(folder, n_per_cell: int):
 def test_scr_and_tpp_end_to_end(tmp_path):
     import featsep.evals.scr_tpp  # noqa: F401  (registers scr and tpp)
     from featsep.evals import evaluate
-    from tests.test_evals import HOOK, make_lm
+    from tests.evals.test_core import HOOK, make_lm
 
     lm = make_lm()
     copy = _bios_copy(tmp_path / "bios", n_per_cell=12)

@@ -9,7 +9,7 @@ from featsep.penalties.pairs import (coactive_pairs, diagonal_gram, merge_add, m
                                      split_keys)
 from featsep.penalties.reference import TemporalDense
 
-from tests.test_penalties import B, DT, N, dense, grad_of, topk_batch
+from tests.penalties.test_momentum import B, DT, N, dense, grad_of, topk_batch
 
 
 def sparse_avg_matrix(pen) -> torch.Tensor:

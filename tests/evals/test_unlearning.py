@@ -121,7 +121,7 @@ def test_continuation_logprobs_by_hand():
 def test_choice_scores_cached_prefix_match_full_rows():
     import functools
 
-    from tests.test_evals import HOOK, TOPIC_WORDS, make_lm
+    from tests.evals.test_core import HOOK, TOPIC_WORDS, make_lm
 
     lm = make_lm()
     x = TOPIC_WORDS["x"]
@@ -265,7 +265,7 @@ def test_prompt_uses_chat_template_when_present():
 
 def test_base_model_is_refused():
     from featsep.evals.unlearning import check_instruct
-    from tests.test_evals import make_lm
+    from tests.evals.test_core import make_lm
 
     lm = make_lm()
     with pytest.raises(ValueError, match="instruction-tuned"):
@@ -286,7 +286,7 @@ def _question_file(path, words, n, seed):
 def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
     from featsep.evals import evaluate  # the eval registered itself when imported above
     from featsep.evals.unlearning.questions import QuestionSet
-    from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
+    from tests.evals.test_core import HOOK, TOPIC_WORDS, WORDS, make_lm
 
     hooked = []  # the hooked passes the sweep runs: one per set and distinct clamp
     accuracy = QuestionSet.accuracy
@@ -344,7 +344,7 @@ def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
 def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch):
     import featsep.evals.unlearning.latents as unlearning
     from featsep.evals.common.context import EvalContext
-    from tests.test_evals import HOOK, WORDS, make_lm
+    from tests.evals.test_core import HOOK, WORDS, make_lm
 
     lm = make_lm()
     ctx = EvalContext(lm, HOOK, cache_dir=None, verbose=False)
