@@ -1,65 +1,12 @@
-"""Registry, momentum and orthogonality penalties against their dense n x n references."""
+"""featsep.penalties.momentum against its dense n x n reference and the methods text."""
 
 import pytest
 import torch
 
-from featsep.penalties import Penalty, make_penalty, penalties
+from featsep.penalties import make_penalty
 from featsep.codes import Codes
-from featsep.penalties.reference import MomentumDense, orthogonality_dense
-
-N, B, K = 24, 12, 4
-DT = torch.float64
-
-
-def topk_batch(seed: int, n: int = N, b: int = B, k: int = K):
-    """TopK values/indices with dead latents (the last 4 never fire), a tie, a zero row and a
-    zero value inside the top-k."""
-    g = torch.Generator().manual_seed(seed)
-    pre = torch.randn(b, n, generator=g, dtype=DT)
-    pre[:, -4:] = -10.0
-    values, indices = torch.topk(pre, k, dim=1)
-    values = torch.relu(values)
-    values[0, 1] = values[0, 0]  # tie
-    values[1] = 0.0  # zero row
-    values[2, -1] = 0.0  # zero inside the top-k
-    return values, indices
-
-
-def dense(values, indices, n=N):
-    return torch.zeros(values.shape[0], n, dtype=values.dtype).scatter(1, indices, values)
-
-
-def grad_of(fn, x):
-    x = x.detach().clone().requires_grad_()
-    loss = fn(x)
-    (g,) = torch.autograd.grad(loss, x)
-    return loss.detach(), g
-
-
-def test_registry_defaults_and_errors():
-    assert penalties() == ["momentum", "orthogonality", "temporal"]
-    for name in penalties():
-        pen = make_penalty(name, d_sae=N)
-        assert isinstance(pen, Penalty) and pen.name == name
-        assert set(pen.coefficients()) == {name}
-    assert make_penalty("momentum", d_sae=N).cfg.model_dump(include={"beta", "tau", "weight"}) == \
-        {"beta": 0.95, "tau": 0.4, "weight": 0.3}
-    t = make_penalty("temporal", d_sae=N).cfg
-    assert (t.window_size, t.alpha_base, t.freq_divisor, t.weight) == (1000, 0.1, 1000.0, 0.1)
-    with pytest.raises(ValueError, match="unknown penalty 'nope'"):
-        make_penalty("nope", d_sae=N)
-    with pytest.raises(ValueError, match="bad parameters for penalty 'momentum'.*beta"):
-        make_penalty("momentum", d_sae=N, beta=2.0)
-    with pytest.raises(ValueError, match="normalize only applies"):
-        make_penalty("momentum", d_sae=N, mode="reference", normalize="pair")
-    with pytest.raises(ValueError, match="d_sae=24"):
-        make_penalty("momentum", d_sae=N)(torch.rand(3, N + 1))
-    with pytest.raises(ValueError, match="d_sae=24"):
-        make_penalty("temporal", d_sae=N)(Codes.from_topk(torch.rand(3, 4), torch.zeros(3, 4, dtype=torch.long), N + 1))
-    with pytest.raises(TypeError, match="temporal penalty: codes must be a floating-point tensor"):
-        make_penalty("temporal", d_sae=N)(torch.zeros(3, N, dtype=torch.long))
-    with pytest.raises(ValueError, match="same shape"):
-        Codes.from_topk(torch.rand(3, 4), torch.zeros(3, 5, dtype=torch.long), N)
+from featsep.penalties.reference import MomentumDense
+from tests.penalties.helpers import B, DT, N, dense, grad_of, topk_batch
 
 
 @pytest.mark.parametrize("mode", ["reference", "specified"])
@@ -151,39 +98,3 @@ def test_momentum_state_roundtrip_stats_and_independence():
     assert sum(stats["momentum_histogram"]["counts"]) == N
     assert stats["share_over_tau"] == pytest.approx(float((a.momentum > 0.2).double().mean()))
     assert stats["top_competing_latents"][0] == int(a.momentum.argmax())
-
-
-@pytest.mark.parametrize("normalize", ["latent", "pair", "none"])
-def test_orthogonality_equals_dense_reference(normalize):
-    pen = make_penalty("orthogonality", d_sae=N, normalize=normalize, chunk_elements=7)  # many chunks
-    for step in range(2):
-        values, indices = topk_batch(step)
-        F = dense(values, indices)
-        A = (F != 0).to(DT)
-        ref_loss, ref_g = grad_of(lambda x: orthogonality_dense(x, A, normalize), F)
-        loss_d, g_d = grad_of(lambda x: pen(x)["orthogonality"], F)
-        loss_k, g_k = grad_of(lambda v: pen(Codes.from_topk(v, indices, N))["orthogonality"], values)
-        torch.testing.assert_close(loss_d, ref_loss, rtol=1e-12, atol=0)
-        torch.testing.assert_close(loss_k, ref_loss, rtol=1e-12, atol=0)
-        nz = values != 0  # gradients are exact where codes fire; zeros get none
-        torch.testing.assert_close(g_k[nz], ref_g.gather(1, indices)[nz], rtol=1e-10, atol=1e-15)
-        assert torch.all(g_k[~nz] == 0)
-        torch.testing.assert_close(g_d[F != 0], ref_g[F != 0], rtol=1e-10, atol=1e-15)
-    assert pen.stats()["coactive_pairs"] > 0
-
-
-def test_orthogonality_signed_codes():
-    g = torch.Generator().manual_seed(2)
-    F = torch.randn(B, N, generator=g, dtype=DT) * (torch.rand(B, N, generator=g, dtype=DT) < 0.3)
-    A = (F != 0).to(DT)
-    ref_loss, ref_g = grad_of(lambda x: orthogonality_dense(x, A), F)
-    loss, grad = grad_of(lambda x: make_penalty("orthogonality", d_sae=N)(x)["orthogonality"], F)
-    torch.testing.assert_close(loss, ref_loss)
-    torch.testing.assert_close(grad[F != 0], ref_g[F != 0])
-
-
-def test_dense_codes_become_their_nonzeros():
-    values, indices = topk_batch(0)
-    sc = Codes.from_dense(dense(values, indices))
-    torch.testing.assert_close(sc.dense(), dense(values, indices))
-    assert sc.indices.shape[1] == K and int(sc.active.sum()) == int((values != 0).sum())
