@@ -3,51 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from featsep.config import ConfigError, RunConfig, SweepConfig, load_config, validate
 from featsep.sweep import expand_sweep, run_sweep
 from featsep.pipeline import is_trained, resume_from_dir, run_from_config
-
-N_WORDS = 50
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny Llama + word-level tokenizer saved like a hub checkpoint (load_lm reads dirs)."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{f"w{i}": i + 4 for i in range(N_WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
-    )
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=2, eos_token_id=1, pad_token_id=0,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    hf_tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    lines = []
-    for _ in range(200):
-        words = " ".join(f"w{rng.randrange(N_WORDS)}" for _ in range(rng.randint(5, 60)))
-        lines.append(json.dumps({"text": words}))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _shared(model_dir, corpus, out_dir) -> dict:
@@ -74,8 +36,8 @@ def _sweep_cfg(model_dir, corpus, out_dir) -> SweepConfig:
     return validate(SweepConfig, data)
 
 
-def test_expand_sweep_grid_order_labels_and_overrides(tiny_model_dir, corpus, tmp_path):
-    specs = expand_sweep(_sweep_cfg(tiny_model_dir, corpus, tmp_path))
+def test_expand_sweep_grid_order_labels_and_overrides(tiny_llama_dir, checkpoint_corpus, tmp_path):
+    specs = expand_sweep(_sweep_cfg(tiny_llama_dir, checkpoint_corpus, tmp_path))
     assert [s.name for s in specs] == ["run_0", "run_1", "run_2", "run_3"]
     assert [s.sae.k for s in specs[:3]] == [2, 4, 4]
     assert specs[0].label == "topk (k=2)" and specs[3].label == "relu_l1"
@@ -114,9 +76,9 @@ def test_duplicate_method_names_are_rejected():
         expand_sweep(validate(SweepConfig, {"methods": [m, m]}))
 
 
-def test_sweep_trains_every_run_once_and_skips_finished_runs(tiny_model_dir, corpus, tmp_path, capsys):
+def test_sweep_trains_every_run_once_and_skips_finished_runs(tiny_llama_dir, checkpoint_corpus, tmp_path, capsys):
     out = tmp_path / "study"
-    cfg = _sweep_cfg(tiny_model_dir, corpus, out)
+    cfg = _sweep_cfg(tiny_llama_dir, checkpoint_corpus, out)
     run_sweep(cfg, evaluate=False)
     manifest = json.loads((out / "sweep.json").read_text())
     assert [r["run"] for r in manifest["runs"]] == ["run_0", "run_1", "run_2", "run_3"]
@@ -145,10 +107,10 @@ def test_sweep_trains_every_run_once_and_skips_finished_runs(tiny_model_dir, cor
         run_sweep(other, evaluate=False)
 
 
-def test_train_pipeline_resume_equals_uninterrupted(tiny_model_dir, corpus, tmp_path):
+def test_train_pipeline_resume_equals_uninterrupted(tiny_llama_dir, checkpoint_corpus, tmp_path):
     from featsep.sae import load_sae
 
-    base = _shared(tiny_model_dir, corpus, tmp_path / "full")
+    base = _shared(tiny_llama_dir, checkpoint_corpus, tmp_path / "full")
     base["sae"] = {"architecture": "topk", "d_sae": 64, "k": 4}
     full = run_from_config(validate(RunConfig, base))
 

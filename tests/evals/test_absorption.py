@@ -12,7 +12,7 @@ import string
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 import featsep.evals.absorption as absorption
 from featsep.evals.absorption import (
@@ -23,16 +23,20 @@ from featsep.evals.absorption import (
     icl_prompt,
     letter_labels,
     run_absorption,
+    split_features,
     token_text,
+    word_end_position,
 )
+from featsep.evals import evaluate
 from featsep.evals.common.context import EvalContext
 from featsep.lm import LanguageModel
 from featsep.sae import make_sae
+from tests.evals.helpers import WORDS
+from tests.helpers import SPECIALS, tiny_llama
 
 HOOK = "blocks.0.hook_resid_post"
-D = 16
+SP_D = 16
 SP = "\u2581"
-SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 TEMPLATE = ["\n", ":", f"{SP}has", f"{SP}the", f"{SP}first", f"{SP}letter"]
 ANSWERS = [SP + c for c in string.ascii_uppercase]
 JUNK = [f"{SP}x1", "\u00e9t\u00e9", f"{SP}a-b", "42", SP]
@@ -53,7 +57,7 @@ def _word_tokens() -> list[str]:
 WORD_TOKENS = _word_tokens()
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def sp_tokenizer() -> PreTrainedTokenizerFast:
     vocab = SPECIALS + TEMPLATE + ANSWERS + WORD_TOKENS + JUNK
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -68,22 +72,20 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture(scope="module")
-def lm() -> LanguageModel:
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=D, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=128, initializer_range=0.5, pad_token_id=0,
-        eos_token_id=1, bos_token_id=2,
+def sp_lm() -> LanguageModel:
+    tokenizer = sp_tokenizer()
+    model = tiny_llama(
+        vocab_size=len(tokenizer), hidden_size=SP_D, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=128, initializer_range=0.5,
     )
-    return LanguageModel.from_hf(LlamaForCausalLM(config), tokenizer, name="tiny-sp-absorption")
+    return LanguageModel.from_hf(model, tokenizer, name="tiny-sp-absorption")
 
 
 # ---- vocabulary and prompts (vocab.py, prompting.py) ------------------------------------------
 
 
 def test_words_keep_their_leading_space_and_both_variants():
-    tokenizer = make_tokenizer()
+    tokenizer = sp_tokenizer()
     assert tokenizer.convert_tokens_to_string([f"{SP}has"]) == "has"  # the decoder drops it ...
     assert token_text(tokenizer, f"{SP}has") == " has"  # ... SAEBench's convert_tokens_to_string restores it
     assert token_text(tokenizer, "cat") == "cat"
@@ -104,22 +106,22 @@ def test_first_letter_labels_and_icl_prompt_with_leading_spaces():
     assert prompt == "\n dog has the first letter: D\nBird has the first letter: B\n cat has the first letter:"
 
 
-def test_prompt_reads_the_single_word_token(lm):
+def test_prompt_reads_the_single_word_token(sp_lm):
     s = AbsorptionSettings(n_icl_examples=3)
     rng = random.Random(0)
-    words = alpha_words(lm.tokenizer)
-    ps = absorption.build_prompts(lm, words, words, s, rng)
+    words = alpha_words(sp_lm.tokenizer)
+    ps = absorption.build_prompts(sp_lm, words, words, s, rng)
     assert ps.n_dropped == 0 and ps.words == words
     for word, prompt, pos in list(zip(ps.words, ps.prompts, ps.positions))[:40]:
-        ids, _ = lm.tokenize([prompt], max_length=256)
+        ids, _ = sp_lm.tokenize([prompt], max_length=256)
         assert ids.shape[1] - pos == 6  # SAEBench's position -6
-        assert token_text(lm.tokenizer, lm.tokenizer.convert_ids_to_tokens(int(ids[0, pos]))) == word
+        assert token_text(sp_lm.tokenizer, sp_lm.tokenizer.convert_ids_to_tokens(int(ids[0, pos]))) == word
 
 
 # ---- the model side: split and ICL pools (probing.py, feature_absorption.py) --------------------
 
 
-def test_model_side_split_and_icl_pools(lm, monkeypatch):
+def test_model_side_split_and_icl_pools(sp_lm, monkeypatch):
     calls = []
     real = absorption.build_prompts
 
@@ -129,8 +131,8 @@ def test_model_side_split_and_icl_pools(lm, monkeypatch):
 
     monkeypatch.setattr(absorption, "build_prompts", recording)
     s = AbsorptionSettings(max_words=0, n_icl_examples=3, probe_epochs=2)
-    side = absorption._model_side(EvalContext(lm, HOOK, cache_dir=None, verbose=False), s)
-    vocab = alpha_words(lm.tokenizer)
+    side = absorption._model_side(EvalContext(sp_lm, HOOK, cache_dir=None, verbose=False), s)
+    vocab = alpha_words(sp_lm.tokenizer)
     n = len(vocab)
     assert int(n * 0.8) + int(n * 0.2) != n  # the vocabulary tells SAEBench's split from the old one apart
     assert side["n_words"] == n and side["n_train"] == int(n * 0.8) and side["n_test"] == n - int(n * 0.8)
@@ -163,18 +165,18 @@ def test_full_absorption_uses_signed_main_activation():
 
 def test_gate_counts_letters_by_probe_f1_alone(monkeypatch):
     g = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, D, generator=g) * 3
+    centers = torch.randn(3, SP_D, generator=g) * 3
 
     def data(n):
         y = torch.arange(n) % 3
-        return centers[y] + 0.3 * torch.randn(n, D, generator=g), y
+        return centers[y] + 0.3 * torch.randn(n, SP_D, generator=g), y
 
     x_train, y_train = data(90)
     x_test, y_test = data(30)
     fresh = [" apple", " avid", " axe"]  # true positives for "a" only; "b" and "c" have none
     side = {
         "x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-        "probe_weight": torch.zeros(26, D).index_copy(0, torch.tensor([0, 1, 2]), centers),
+        "probe_weight": torch.zeros(26, SP_D).index_copy(0, torch.tensor([0, 1, 2]), centers),
         "probe_f1": [0.9, 0.8, 0.7] + [0.0] * 23,
         "fresh_words": fresh, "x_fresh": centers[[0, 0, 0]] + 0.1,
         "n_words": 120, "n_train": 90, "n_test": 30, "n_dropped_prompts": 0, "positions_from_end": {"6": 90},
@@ -184,7 +186,7 @@ def test_gate_counts_letters_by_probe_f1_alone(monkeypatch):
     class Ctx:
         verbose = False
 
-    sae = make_sae("topk", d_in=D, d_sae=24, k=4, hook_name=HOOK)
+    sae = make_sae("topk", d_in=SP_D, d_sae=24, k=4, hook_name=HOOK)
     s = AbsorptionSettings(min_letters=3, max_k_value=2, k_sparse_probe_num_epochs=3)
     res = run_absorption([sae], Ctx(), s)[0]
     assert [d["first_letter"] for d in res.details] == ["a"]  # means over letters with true positives
@@ -193,3 +195,68 @@ def test_gate_counts_letters_by_probe_f1_alone(monkeypatch):
     s4 = AbsorptionSettings(min_letters=4, max_k_value=2, k_sparse_probe_num_epochs=3)
     res4 = run_absorption([sae], Ctx(), s4)[0]
     assert not res4.unstructured["enough_letters"] and "3 have probe F1 > 0.6" in res4.unstructured["status"]
+
+
+# ---- arithmetic, and end to end on the letters_lm (whose words are whole tokens) ------------------
+
+
+def test_absorption_arithmetic_on_constructed_cases():
+    s = AbsorptionSettings()
+    u = torch.tensor([1.0, 0.0, 0.0])
+    W_dec = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0], [0.05, (1 - 0.05**2) ** 0.5, 0.0]])
+    codes = torch.tensor([
+        [2.0, 0.0, 0.0, 0.0],  # the split feature carries everything: none
+        [0.0, 2.0, 1.0, 0.0],  # split feature silent, latent 1 carries it: full
+        [0.5, 2.0, 0.0, 0.0],  # partial: A = min(T, P - M) = T
+        [0.5, 2.0, 0.0, 0.0],  # partial, P smaller: A = P - M
+        [0.0, 0.0, 0.0, 30.0],  # only a barely aligned latent (cos 0.05 < 0.1): fraction 0 but full
+    ])
+    x = codes @ W_dec
+    x[3, 0] -= 0.5
+    fractions, full = absorption_scores(codes, x, u, W_dec, [0], s)
+    assert fractions == pytest.approx([0.0, 1.0, 1.2 / 1.7, 0.7 / 1.2, 0.0])
+    assert full == [False, True, False, False, True]
+
+
+def test_split_features_rule():
+    feats = [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]
+    assert split_features([0.5, 0.52, 0.6, 0.7], feats, 0.03) == [1]
+    assert split_features([0.5, 0.6, 0.62, 0.9], feats, 0.03) == [1, 2]
+    assert split_features([0.5, 0.6, 0.7, 0.8], feats, 0.03) == [1, 2, 3, 4]
+
+
+def test_vocabulary_and_word_position(letters_lm):
+    words = alpha_words(letters_lm.tokenizer)
+    assert set(WORDS) <= set(words) and ":" not in words and "<bos>" not in words and "x1" not in words
+    s = AbsorptionSettings()
+    word, ex1, ex2 = WORDS[0], WORDS[10], WORDS[20]
+    prompt = icl_prompt(word, [ex1, ex2], s)
+    assert prompt == (f"\n{ex1} has the first letter: {ex1[0].upper()}\n{ex2} has the first letter: "
+                      f"{ex2[0].upper()}\n{word} has the first letter:")
+    pos = word_end_position(letters_lm, prompt, len(prompt) - len(" has the first letter:"))
+    ids, _ = letters_lm.tokenize([prompt], max_length=64)
+    assert letters_lm.tokenizer.convert_ids_to_tokens(int(ids[0, pos])) == word
+    assert ids.shape[1] - pos == 6  # SAEBench's -6 holds for this tokenizer
+
+
+def test_absorption_end_to_end(letters_lm):
+    sae = make_sae("topk", d_in=letters_lm.d_model, d_sae=64, k=8, hook_name=HOOK)
+    base = {"max_words": 120, "n_icl_examples": 3, "probe_epochs": 5, "k_sparse_probe_num_epochs": 5, "max_k_value": 3}
+    out = evaluate(sae, evals=["absorption"], model=letters_lm, settings={"absorption": base}, cache_dir=None, verbose=False)
+    res = out["absorption"]
+    assert res["eval_type_id"] == "absorption_first_letter"
+    u = res["eval_result_unstructured"]
+    # the 20-letter gate counts letters whose probe F1 exceeds 0.6, and the status says which side it fell on
+    assert u["enough_letters"] == (sum(f1 > 0.6 for f1 in u["probe_f1_by_letter"].values()) >= 20)
+    assert u["status"] == "ok" if u["enough_letters"] else "too few letters" in u["status"]
+    assert res["eval_result_unstructured"]["word_position_from_end_counts"] == {"6": 96}
+    loose = {**base, "min_probe_f1": -1.0, "min_letters": 1}
+    res = evaluate(sae, evals=["absorption"], model=letters_lm, settings={"absorption": loose}, cache_dir=None,
+                   verbose=False)["absorption"]
+    assert res["eval_result_details"]
+    u = res["eval_result_unstructured"]  # the gate's other side: every letter passes F1 > -1, one is enough
+    assert u["enough_letters"] and u["status"] == "ok"
+    for d in res["eval_result_details"]:
+        assert 0 <= d["mean_absorption_fraction"] <= 1 and 0 <= d["full_absorption_rate"] <= 1
+        assert 1 <= d["num_split_features"] <= 3
+    assert res["eval_result_metrics"]["mean"]["num_letters"] == len(res["eval_result_details"])

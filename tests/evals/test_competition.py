@@ -128,12 +128,13 @@ def test_decoder_cosines_in_chunks():
     assert decoder_cosines(W, a[:0], b[:0]).shape == (0,)
 
 
-def test_competition_end_to_end(tmp_path):
+def test_competition_end_to_end(tmp_path, letters_lm):
     from featsep.evals import evaluate
     from featsep.sae import make_sae
-    from tests.test_evals import HOOK, make_lm
+    from tests.evals.helpers import HOOK
 
-    lm = make_lm()
+    lm = letters_lm
+    torch.manual_seed(0)  # the SAE below starts from the same weights whatever ran before
     sae = make_sae("topk", d_in=lm.d_model, d_sae=64, k=4, hook_name=HOOK)
     corpus = tmp_path / "corpus.txt"
     words = " ".join(f"x{i % 10} y{(3 * i) % 10}" for i in range(4000))

@@ -153,14 +153,15 @@ def test_openai_judge_against_fake_server(fake_server, monkeypatch):
         bad.explain(gen)
 
 
-def test_autointerp_end_to_end(tmp_path):
+def test_autointerp_end_to_end(tmp_path, letters_lm):
     import featsep.evals.autointerp  # noqa: F401  (registers the eval)
     from featsep.evals import evaluate
     from featsep.sae import make_sae
-    from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
+    from tests.evals.helpers import HOOK, TOPIC_WORDS, WORDS
     import random
 
-    lm = make_lm()
+    lm = letters_lm
+    torch.manual_seed(0)  # the SAE below starts from the same weights whatever ran before
     rng = random.Random(0)
     (tmp_path / "c.txt").write_text(" ".join(rng.choices(TOPIC_WORDS["x"] + WORDS[:30], k=6000)))
     sae = make_sae("topk", d_in=lm.d_model, d_sae=32, k=4, hook_name=HOOK)

@@ -118,12 +118,12 @@ def test_continuation_logprobs_by_hand():
     torch.testing.assert_close(got, torch.stack([want0, want1]).double())
 
 
-def test_choice_scores_cached_prefix_match_full_rows():
+def test_choice_scores_cached_prefix_match_full_rows(letters_lm):
     import functools
 
-    from tests.test_evals import HOOK, TOPIC_WORDS, make_lm
+    from tests.evals.helpers import HOOK, TOPIC_WORDS
 
-    lm = make_lm()
+    lm = letters_lm
     x = TOPIC_WORDS["x"]
     questions = [(f"{x[0]} {x[1]}", [x[2], f"{x[3]} {x[4]}", x[5], x[6]]), (x[7], [x[8], x[9], x[0], f"{x[1]} {x[2]}"]),
                  (f"{x[2]} {x[3]}", [x[1], x[4], f"{x[5]} {x[6]} {x[7]}", x[9]])]  # prefixes 1 and 3 share a length
@@ -263,11 +263,10 @@ def test_prompt_uses_chat_template_when_present():
     assert question_prompt(LM(), "Pre.\n", "Q?", ["a", "b", "c", "d"]).endswith("D. d\nAnswer: (")
 
 
-def test_base_model_is_refused():
+def test_base_model_is_refused(letters_lm):
     from featsep.evals.unlearning import check_instruct
-    from tests.test_evals import make_lm
 
-    lm = make_lm()
+    lm = letters_lm
     with pytest.raises(ValueError, match="instruction-tuned"):
         check_instruct(lm, UnlearningSettings())
     check_instruct(lm, UnlearningSettings(require_instruct=False))
@@ -283,10 +282,10 @@ def _question_file(path, words, n, seed):
 
 
 @pytest.mark.parametrize("scoring", ["letter", "choice_logprob"])
-def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
+def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch, letters_lm):
     from featsep.evals import evaluate  # the eval registered itself when imported above
     from featsep.evals.unlearning.questions import QuestionSet
-    from tests.test_evals import HOOK, TOPIC_WORDS, WORDS, make_lm
+    from tests.evals.helpers import HOOK, TOPIC_WORDS, WORDS
 
     hooked = []  # the hooked passes the sweep runs: one per set and distinct clamp
     accuracy = QuestionSet.accuracy
@@ -296,7 +295,8 @@ def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
         return accuracy(self, lm, batch_size, hook, fn)
     monkeypatch.setattr(QuestionSet, "accuracy", counting)
 
-    lm = make_lm()
+    lm = letters_lm
+    torch.manual_seed(0)  # the SAE below starts from the same weights whatever ran before
     forget_q = _question_file(tmp_path / "forget.jsonl", TOPIC_WORDS["x"], 24, 0)
     retain_q = _question_file(tmp_path / "retain.jsonl", TOPIC_WORDS["y"], 24, 1)
     (tmp_path / "forget.txt").write_text(" ".join(random.Random(2).choices(TOPIC_WORDS["x"] + WORDS[:20], k=3000)))
@@ -341,12 +341,13 @@ def test_unlearning_end_to_end(tmp_path, scoring, monkeypatch):
             assert by[t, 50.0]["clamp_value_mean"] == pytest.approx(50.0 * by[t, 1.0]["clamp_value_mean"], rel=1e-5)
 
 
-def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch):
+def test_corpus_rows_eos_joined_bos_led_and_lazy(monkeypatch, letters_lm):
     import featsep.evals.unlearning.latents as unlearning
     from featsep.evals.common.context import EvalContext
-    from tests.test_evals import HOOK, WORDS, make_lm
+    from tests.evals.helpers import HOOK, WORDS
 
-    lm = make_lm()
+    lm = letters_lm
+    torch.manual_seed(0)  # the SAE below starts from the same weights whatever ran before
     ctx = EvalContext(lm, HOOK, cache_dir=None, verbose=False)
     s = UnlearningSettings(sparsity_rows=3, sparsity_context=8)
     read = []

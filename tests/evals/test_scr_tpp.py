@@ -291,7 +291,7 @@ def test_merge_scr_tpp_section():
 
 def _bios_copy(folder, n_per_cell: int):
     """A local copy of LabHC/bias_in_bios in the hub's shape (train.csv / test.csv)."""
-    from tests.test_evals import TOPIC_WORDS, WORDS
+    from tests.evals.helpers import TOPIC_WORDS, WORDS
 
     spec = SCR_SPECS["LabHC/bias_in_bios_class_set1"]
     professions = ["professor", "nurse", "accountant", "architect", "attorney", "dentist", "filmmaker"]
@@ -309,12 +309,13 @@ def _bios_copy(folder, n_per_cell: int):
     return folder
 
 
-def test_scr_and_tpp_end_to_end(tmp_path):
+def test_scr_and_tpp_end_to_end(tmp_path, letters_lm):
     import featsep.evals.scr_tpp  # noqa: F401  (registers scr and tpp)
     from featsep.evals import evaluate
-    from tests.test_evals import HOOK, make_lm
+    from tests.evals.helpers import HOOK
 
-    lm = make_lm()
+    lm = letters_lm
+    torch.manual_seed(0)  # the SAE below starts from the same weights whatever ran before
     copy = _bios_copy(tmp_path / "bios", n_per_cell=12)
     sae = make_sae("topk", d_in=lm.d_model, d_sae=64, k=8, hook_name=HOOK)
     common = {"train_set_size": 16, "test_set_size": 16, "n_values": [2, 5], "probe_epochs": 3,

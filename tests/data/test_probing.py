@@ -291,3 +291,48 @@ def test_europarl_local_copies_folder_and_single_file(tmp_path):
     assert all(t.startswith("en from en-fr") for t in ds.train["en"] + ds.test["en"])
     assert all(t.startswith("fr from fr-it") for t in ds.train["fr"] + ds.test["fr"])
     assert [len(ds.train[c]) + len(ds.test[c]) for c in ds.classes] == [5] * 5
+
+
+def test_local_files_and_their_errors(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("text,label\n" + "".join(f"t{i} words here,{'ab'[i % 2]}\n" for i in range(20)))
+    ds = load_probing_dataset(str(csv), n_train=6, n_test=3, seed=0)
+    assert ds.classes == ["a", "b"] and all(len(ds.train[c]) == 6 and len(ds.test[c]) == 3 for c in ds.classes)
+    assert not set(ds.train["a"]) & set(ds.test["a"])
+    with pytest.raises(ValueError, match="no column\\(s\\) 'category'"):
+        load_probing_dataset(str(csv), 6, 3, label_column="category")
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no rows|empty"):
+        load_probing_dataset(str(empty), 6, 3)
+    with pytest.raises(ValueError, match="unknown probing dataset"):
+        load_probing_dataset("no-such-dataset", 6, 3)
+
+
+def test_saebench_hub_loaders_read_local_copies(tmp_path):
+    import pandas as pd
+
+    rows = [{"hard_text": f"bio {p} {g} {i}", "profession": p, "gender": g}
+            for p in (0, 1, 2, 6, 9, 13) for g in (0, 1) for i in range(6)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame(rows).to_parquet(tmp_path / "test.parquet")
+    ds = load_probing_dataset("LabHC/bias_in_bios_class_set1", n_train=4, n_test=2, seed=0,
+                              local_copies={"LabHC/bias_in_bios": str(tmp_path)})
+    assert ds.classes == ["0", "1", "2", "6", "9"]  # SAEBench's class set 1
+    for cls in ds.classes:
+        genders = [int(t.split()[2]) for t in ds.train[cls]]
+        assert len(genders) == 4 and sum(genders) == 2  # balanced by gender
+    news = tmp_path / "news"
+    news.mkdir()
+    for split in ("train", "test"):
+        pd.DataFrame([{"text": f"news {c} {i}", "label": c} for c in range(4) for i in range(5)]).to_json(
+            news / f"{split}.jsonl", orient="records", lines=True)
+    ds = load_probing_dataset("fancyzhx/ag_news", 3, 2, local_copies={"fancyzhx/ag_news": str(news)})
+    assert ds.classes == ["0", "1", "2", "3"] and len(ds.test["3"]) == 2
+
+
+def test_man_page_markup_is_stripped():
+    from featsep.data.probing import man_to_text
+
+    src = '.TH LS 1\n.SH NAME\nls \\- list\n.B bold words\n\\fBfett\\fR und \\(aqquote\\(aq\n.\\" comment\n'
+    assert man_to_text(src) == "NAME ls list bold words fett und quote"

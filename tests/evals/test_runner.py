@@ -1,0 +1,76 @@
+"""featsep.evals.runner: evaluate() on run and sweep directories, its errors, and the run-eval command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from featsep.evals import available_evals, evaluate
+from featsep.sae import make_sae, save_sae
+from tests.evals.helpers import D, HOOK
+
+
+def test_core_end_to_end_on_a_run_dir_writes_saebench_json_and_final_info(letters_lm, letters_corpus, tmp_path):
+    run = tmp_path / "run"
+    save_sae(make_sae("topk", d_in=D, d_sae=64, k=4, hook_name=HOOK, model_name="tiny"), run / "sae")
+    settings = {"core": {"dataset": letters_corpus, "context_size": 16, "batch_size_prompts": 4,
+                         "n_eval_reconstruction_batches": 2, "n_eval_sparsity_variance_batches": 2}}
+    out = evaluate(str(run), evals=["core"], model=letters_lm, settings=settings, cache_dir=tmp_path / "cache", verbose=False)
+    result = json.loads((run / "eval_results" / "core_eval_results.json").read_text())
+    for key in ("eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics",
+                "eval_result_details", "eval_result_unstructured", "sae_bench_commit_hash", "sae_lens_id",
+                "sae_lens_release_id", "sae_lens_version", "sae_cfg_dict"):
+        assert key in result
+    metrics = result["eval_result_metrics"]
+    assert metrics["sparsity"]["l0"] <= 4
+    assert metrics["token_stats"]["total_tokens_eval_reconstruction"] == 2 * 4 * 16
+    assert len(result["eval_result_details"]) == 64
+    assert "explained_variance_saebench" in result["eval_result_unstructured"]["metric_conventions"]
+    info = json.loads((run / "final_info.json").read_text())
+    assert info["core evaluation results"]["eval_result_metrics"] == metrics
+    # a second call reads the model-side work from the disk cache and agrees
+    again = evaluate(str(run), evals=["core"], model=letters_lm, settings=settings, cache_dir=tmp_path / "cache", verbose=False)
+    assert again["core"]["eval_result_metrics"] == out["core"]["eval_result_metrics"]
+    assert any((tmp_path / "cache").glob("core_reference-*.pt"))
+
+
+def test_bad_input_gives_one_clear_error(letters_lm, tmp_path):
+    wrong_width = make_sae("topk", d_in=D + 1, d_sae=16, k=2, hook_name=HOOK)
+    with pytest.raises(ValueError, match="d_in=33 does not match"):
+        evaluate(wrong_width, evals=["core"], model=letters_lm, cache_dir=None)
+    deep = make_sae("topk", d_in=D, d_sae=16, k=2, hook_name="blocks.9.hook_resid_post")
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate(deep, evals=["core"], model=letters_lm, cache_dir=None)
+    sae = make_sae("topk", d_in=D, d_sae=16, k=2, hook_name=HOOK)
+    with pytest.raises(ValueError, match="unknown eval 'cor'"):
+        evaluate(sae, evals=["cor"], model=letters_lm)
+    with pytest.raises(ValueError, match="unknown setting 'n_batches'"):
+        evaluate(sae, evals=["core"], model=letters_lm, settings={"n_batches": 3})
+    with pytest.raises(ValueError, match="neither an SAE directory"):
+        evaluate(str(tmp_path), evals=["core"], model=letters_lm)
+    assert {"core", "sparse_probing", "absorption"} <= set(available_evals())
+
+
+def test_sweep_dir_expands_to_its_run_dirs(tmp_path):
+    from featsep.evals.runner import resolve_targets
+
+    for name in ("b", "a"):
+        save_sae(make_sae("topk", d_in=D, d_sae=16, k=2, hook_name=HOOK), tmp_path / "sweep" / name / "sae")
+    (tmp_path / "sweep" / "report").mkdir()
+    targets = resolve_targets(str(tmp_path / "sweep"))
+    assert [t.name for t in targets] == ["a", "b"] and all(t.run_dir is not None for t in targets)
+
+
+def test_run_eval_cli_parses_set_overrides(letters_lm, letters_corpus, tmp_path, capsys):
+    from featsep.evals import run_eval_cli
+
+    run = tmp_path / "run"
+    save_sae(make_sae("topk", d_in=D, d_sae=32, k=4, hook_name=HOOK), run / "sae")
+    overrides = [f"core.dataset={json.dumps(letters_corpus)}", "core.context_size=16", "core.batch_size_prompts=2",
+                 "core.n_eval_reconstruction_batches=1", "core.n_eval_sparsity_variance_batches=1",
+                 "seed=3", f"cache_dir={json.dumps(str(tmp_path / 'c'))}"]
+    out = run_eval_cli(str(run), ["core"], overrides, model=letters_lm)
+    assert out["core"]["eval_config"]["seed"] == 3 and out["core"]["eval_config"]["context_size"] == 16
+    assert "model_performance_preservation: ce_loss_score=" in capsys.readouterr().out
+    assert (run / "eval_results" / "core_eval_results.json").exists()

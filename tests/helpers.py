@@ -1,0 +1,33 @@
+"""Builders every folder's tiny models share: a word-level tokenizer and a seeded tiny Llama.
+
+Plain functions rather than fixtures because some tests need a fresh model or a tokenizer variant.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+PAD, EOS, BOS, UNK = 0, 1, 2, 3
+SPECIAL_IDS = dict(pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS)
+
+
+def word_tokenizer(words, *, adds_bos: bool = False, with_pad: bool = True,
+                   padding_side: str = "right") -> PreTrainedTokenizerFast:
+    """Whitespace-split words with ids 4.. after the four specials, so tests can spell ids by hand."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIALS + list(words))}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:  # like Gemma / Llama tokenizers, which prepend BOS themselves
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", BOS)])
+    special = dict(bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    if with_pad:
+        special["pad_token"] = "<pad>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side=padding_side, **special)
+
+
+def tiny_llama(seed: int = 0, **config) -> LlamaForCausalLM:
+    """A randomly initialised Llama; seeding here makes every builder's weights reproducible."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**SPECIAL_IDS, **config}))
