@@ -25,7 +25,13 @@ COVERED_BY = {
     "featsep/data/sources.py": "data/test_stream.py",  # ArraySource feeds ActivationStream.from_tensor
     "featsep/data/hub.py": "data/test_probing.py",  # the probing sets are what the hub helpers load
     "featsep/data/offline.py": "evals/test_scr_tpp.py",  # offline byline and trivia sets, checked by the evals using them
-    "featsep/evals/judges.py": "evals/test_autointerp.py",  # judges exist for autointerp
+    "featsep/evals/autointerp/__init__.py": "evals/test_autointerp.py",  # the eval package, tested as one
+    "featsep/evals/autointerp/judges.py": "evals/test_autointerp.py",  # judges exist for autointerp
+    "featsep/evals/scr_tpp/common.py": "evals/test_scr_tpp.py",  # SCR and TPP share one test file, as one eval family
+    "featsep/evals/scr_tpp/scr.py": "evals/test_scr_tpp.py",
+    "featsep/evals/scr_tpp/tpp.py": "evals/test_scr_tpp.py",
+    "featsep/data/scr.py": "evals/test_scr_tpp.py",  # SCR frames, checked by the eval that reads them
+    "featsep/data/questions.py": "evals/test_unlearning.py",  # question sets, checked by the eval that asks them
     "featsep/evals/registry.py": "evals/test_layering.py",
     "featsep/evals/schema.py": "evals/test_runner.py",  # the SAEBench JSON the runner writes
     "featsep/evals/settings.py": "test_config.py",  # eval settings are checked when the config is read

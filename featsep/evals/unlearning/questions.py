@@ -121,7 +121,7 @@ def choice_scores(lm, items: list[tuple[str, list[str]]], batch_size: int, hook:
     Each prefix runs once (questions with equal prefix lengths batched, up to batch_size, so no
     padding), its key/value cache is repeated per choice and the choices run on top of it:
     the same numbers as one full prefix + choice row per choice (the reference in
-    tests/test_evals_unlearning.py) at about a quarter of the cost. fn(acts, bos_at_0)
+    tests/evals/test_unlearning.py) at about a quarter of the cost. fn(acts, bos_at_0)
     replaces the hook's activations; bos_at_0 is False for the choice tokens."""
     prefixes, conts = _choice_tokens(lm, items)
     n_choices = len(conts[0]) if conts else 0
