@@ -1,14 +1,14 @@
 """featsep: train and judge sparse autoencoders with feature-separation penalties.
 
 Public API (stable; see README):
-    make_sae, save_sae, load_sae, make_penalty, train, evaluate
+    make_sae, save_sae, load_sae, make_penalty, train, evaluate; Codes (what SAEs hand penalties)
 """
 
 from __future__ import annotations
 
 from featsep.version import __version__
 
-__all__ = ["make_sae", "save_sae", "load_sae", "make_penalty", "train", "evaluate", "__version__"]
+__all__ = ["make_sae", "save_sae", "load_sae", "make_penalty", "train", "evaluate", "Codes", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from featsep import sae
 
         return getattr(sae, name)
+    if name == "Codes":
+        from featsep.codes import Codes
+
+        return Codes
     if name == "make_penalty":
         from featsep.penalties import make_penalty
 
