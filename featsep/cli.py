@@ -78,7 +78,7 @@ def datasets() -> None:
 @app.command()
 def cache(
     config: Optional[Path] = typer.Argument(None, help="a run or sweep config (TOML): its [model] and [data] sections say what to cache"),
-    out: Path = typer.Option(..., help="output directory (then set data.cache = OUT in the run config)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default: the config's data.cache, so training then reads it)"),
     tokens: int = typer.Option(200_000, help="activations (tokens) to write"),
     set_: Optional[List[str]] = SetOption,
     model: Optional[str] = typer.Option(None, help="same as --set model.name=..."),
@@ -88,17 +88,20 @@ def cache(
 ) -> None:
     """Harvest activations once into a sharded on-disk cache that training and sweeps reuse."""
     with _user_errors():
-        from featsep.config import RunConfig, SweepConfig, load_config, read_toml
+        from featsep.config import RunConfig, SweepConfig, apply_overrides, read_toml, set_dotted, validate
         from featsep.data.cache import cache_from_config
 
-        shortcuts = [f"{key}={value}" for key, value in
-                     (("model.name", model), ("model.hook", hook), ("data.dataset", dataset)) if value is not None]
-        kind = SweepConfig if config is not None and "methods" in read_toml(config) else RunConfig
-        cfg = load_config(config, shortcuts + (set_ or []), model=kind)
-        if cfg.data.cache:
-            raise ValueError(f"the config reads activations from data.cache={cfg.data.cache!r}; "
-                             "cache from a config that harvests text (remove data.cache)")
-        cache_from_config(cfg.model, cfg.data, tokens, out, resume=resume)
+        tree = read_toml(config) if config is not None else {}
+        for key, value in (("model.name", model), ("model.hook", hook), ("data.dataset", dataset)):
+            if value is not None:  # taken as written (a dataset named 2024-01 stays a string)
+                set_dotted(tree, key, value, f"--{key.split('.')[1]}")
+        apply_overrides(tree, set_ or [])
+        kind = SweepConfig if "methods" in tree else RunConfig
+        cfg = validate(kind, tree, source=str(config) if config else "config")
+        target = out or cfg.data.cache  # the cache the config's training reads: harvest the text it names
+        if target is None:
+            raise ValueError("no output directory: pass --out DIR (or set data.cache in the config)")
+        cache_from_config(cfg.model, cfg.data, tokens, target, resume=resume)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from featsep.settings import (  # noqa: F401  (re-exported: the config API in on
     Strict,
     apply_overrides,
     format_errors,
+    one_line,
     read_toml,
     set_dotted,
     validate,
@@ -62,7 +63,7 @@ def _member(kind: str, tag_field: str, name: str, config_class: type[BaseModel],
         try:
             config_class(**{**filled, **params})
         except ValidationError as e:
-            raise ValueError("; ".join(line.strip().removeprefix("(top level): ") for line in format_errors(e))) from None
+            raise ValueError(one_line(e).replace("(top level): ", "")) from None
         return self
 
     base = type(f"_{kind}Section", (Strict,), {
@@ -171,7 +172,7 @@ class MethodConfig(Strict):
                 point = MethodPoint.model_validate(tree)
             except ValidationError as e:
                 where = f"grid point {dict(zip(keys, combo))}: " if keys else ""
-                raise ValueError(where + "; ".join(line.strip() for line in format_errors(e, MethodPoint))) from None
+                raise ValueError(where + one_line(e, MethodPoint)) from None
             out.append((dict(zip(keys, combo)), point))
         return out
 

@@ -144,7 +144,7 @@ def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig
 
     todo: dict[tuple[str, ...], list[Path]] = {}
     for run_dir in run_dirs:
-        missing = tuple(e for e in eval_cfg.evals if not _has_eval(run_dir, e))
+        missing = missing_evals(run_dir, eval_cfg.evals)
         if missing:
             todo.setdefault(missing, []).append(run_dir)
     for evals, dirs in todo.items():
@@ -153,8 +153,20 @@ def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig
                  settings=settings, device=model.device, dtype=model.dtype)
 
 
-def _has_eval(run_dir: Path, eval_name: str) -> bool:
-    return RunDir(run_dir).has_eval(eval_name)
+def missing_evals(run_dir: Path, evals: list[str]) -> tuple[str, ...]:
+    """The evals a run dir has no result file for (each eval's own file, not a name pattern)."""
+    return tuple(e for e in evals if not RunDir(run_dir).has_eval(e))
+
+
+def as_written(cfg: RunConfig) -> dict[str, Any]:
+    """config.json's run_config: every section in full, the SAE and penalty entries as the user
+    wrote them (their resolved values are config.json's "sae" and "penalties" blocks), so the
+    report labels a run by what was chosen, not by every default."""
+    out = cfg.model_dump(mode="json")
+    out["sae"] = {"architecture": cfg.sae.architecture, "d_sae": cfg.sae.d_sae,
+                  **cfg.sae.model_dump(mode="json", exclude_unset=True)}
+    out["penalties"] = [{"name": p.name, **p.model_dump(mode="json", exclude_unset=True)} for p in cfg.penalties]
+    return out
 
 
 def run_from_config(cfg: RunConfig) -> Path:
@@ -176,7 +188,7 @@ def run_from_config(cfg: RunConfig) -> Path:
             data=cfg.data,
             train=cfg.train,
             out_dir=out,
-            shared_config=cfg.model_dump(mode="json"),
+            shared_config=as_written(cfg),
             single_run=True,
         )
     if cfg.eval.evals:

@@ -12,6 +12,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
+from featsep.settings import one_line
+
 T = TypeVar("T")
 
 
@@ -60,7 +62,7 @@ class Registry(Generic[T]):
         try:
             cfg = config_class(**params)
         except ValidationError as e:
-            bad = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
+            bad = one_line(e)
             allowed = ", ".join(sorted(config_class.model_fields))
             raise ValueError(f"bad parameters for {self.noun} {name!r}: {bad} (accepted: {allowed})") from None
         return cls(cfg)

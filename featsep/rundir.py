@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from featsep.io import write_bytes_atomic, write_json_atomic
+from featsep.settings import one_line
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -178,8 +179,7 @@ def _validated(model: type[BaseModel], blob: Any, where: str) -> Any:
     try:
         return model.model_validate(blob)
     except ValidationError as e:
-        raise ValueError(f"{where} does not hold a {model.__name__}: {e.errors()[0]['msg']} "
-                         f"at {'.'.join(map(str, e.errors()[0]['loc'])) or 'top level'}") from None
+        raise ValueError(f"{where} does not hold a {model.__name__}: {one_line(e)}") from None
 
 
 @contextlib.contextmanager

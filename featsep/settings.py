@@ -138,12 +138,16 @@ def format_errors(e: ValidationError, model: type[BaseModel] | None = None) -> l
         shown, allowed = _walk(model, loc) if model is not None else ([str(x) for x in loc], [])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling" + (
-                f"; valid here: {', '.join(allowed)})" if allowed else "; examples/ shows every section)")
+            msg = "unknown field (check the spelling" + (f"; valid here: {', '.join(allowed)})" if allowed else ")")
         elif err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
         lines.append(f"  {'.'.join(shown) or '(top level)'}: {msg}")
     return lines
+
+
+def one_line(e: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
+    """format_errors joined into one line (`prefix` before each location, e.g. "core.")."""
+    return "; ".join(prefix + line.strip() for line in format_errors(e, model))
 
 
 def validate(model: type[BaseModel], data: dict, source: str = "config"):

@@ -51,8 +51,8 @@ def test_misspelt_key_names_the_field_and_the_valid_ones(data, where, valid):
     ({"sae": {"k": 64, "d_sae": 32}}, "k=64 exceeds d_sae=32"),  # the architecture's own cross-field check
     ({"penalties": [{"name": "momentum", "beta": 1.5}]}, "penalties.0.beta: Input should be less than 1"),
     ({"eval": {"evals": ["cor"]}}, "unknown eval 'cor'"),
-    ({"eval": {"evals": ["core"], "settings": {"core": {"sed": 1}}}}, r"core.sed: unknown setting \(valid: .*seed"),
-    ({"eval": {"evals": ["core"], "settings": {"absorption": {"seed": 1}}}}, "absorption.*not selected"),
+    ({"eval": {"evals": ["core"], "settings": {"core": {"sed": 1}}}}, r"core.sed: unknown field \(check the spelling; valid here: .*seed"),
+    ({"eval": {"evals": [], "settings": {"absorption": {"sed": 1}}}}, "absorption.sed: unknown field"),
     ({"eval": {"evals": ["sparse_probing"], "settings": {"sparse_probing": {"datasets": ["bbc-newz"]}}}},
      "sparse_probing.datasets: unknown probing dataset 'bbc-newz': registered probing sets are bbc-news"),
     ({"eval": {"evals": ["scr"], "settings": {"scr": {"datasets": ["bbc-newz"]}}}}, "scr.datasets: .*unknown"),
@@ -124,16 +124,27 @@ def test_eval_settings_fail_before_any_model_loads_or_trains(tmp_path, monkeypat
         "--set", 'eval.evals=["core"]', "--set", "eval.settings.core.n_eval_reconstruction_batchs=2",
     ])
     assert result.exit_code == 2, result.output
-    assert "core.n_eval_reconstruction_batchs: unknown setting" in result.output
+    assert "core.n_eval_reconstruction_batchs: unknown field" in result.output
     assert not out.exists()
 
 
-def test_datasets_command_lists_the_registry():
-    from featsep.cli import app
-    from featsep.data import datasets
+def test_settings_of_evals_not_selected_are_checked_but_kept():
+    """A config that drops its evals (`--set eval.evals=[]`), or a rerun that only asks for the
+    evals still missing, keeps its other sections: checked, not refused."""
+    from featsep.evals.settings import resolve_settings
 
-    result = CliRunner().invoke(app, ["datasets"])
-    assert result.exit_code == 0
-    lines = result.output.strip().splitlines()
-    assert len(lines) == len(datasets()) and lines[0].startswith("bbc-news")
-    assert any(line.startswith("bbc-news-byline") and "offline" in line for line in lines)
+    cfg = validate(RunConfig, {"eval": {"evals": [], "settings": {"core": {"seed": 3}, "absorption": {"seed": 4}}}})
+    settings, runner = resolve_settings(["absorption"], cfg.eval.settings)
+    assert list(settings) == ["absorption"] and settings["absorption"].seed == 4 and runner == {}
+
+
+def test_train_device_none_or_a_torch_device():
+    import torch
+
+    from featsep import make_sae, train
+    from featsep.train.config import TrainConfig
+
+    assert TrainConfig(device=None).device == "auto" and TrainConfig(device=torch.device("cpu")).device == "cpu"
+    for device in (None, torch.device("cpu")):
+        sae = make_sae("topk", d_in=4, d_sae=8, k=2)
+        train([sae], [torch.randn(8, 4)], steps=1, device=device, lr_decay_fraction=0, progress=False)

@@ -55,7 +55,6 @@ COVERED_BY = {
     "featsep/report/metrics.py": "report/test_collect.py",
     "featsep/report/tables.py": "report/test_build.py",
     "featsep/pipeline.py": "test_sweep.py",  # sweeps run through the pipeline
-    "featsep/cli.py": "evals/test_runner.py",  # run-eval; the other commands are thin wrappers of tested functions
     "featsep/settings.py": "test_config.py",  # typed settings sections are checked where the config is read
     "featsep/data/config.py": "test_config.py",
     "featsep/lm/config.py": "test_config.py",

@@ -152,16 +152,16 @@ def test_checkpoint_steps_list_only_complete_files(tmp_path):
 
 
 def test_has_eval_asks_for_that_eval_s_own_file(tmp_path):
-    """_has_eval used to glob *core*.json, so any file with "core" in its name counted."""
-    from featsep.pipeline import _has_eval
+    """The pipeline used to glob *core*.json, so any file with "core" in its name counted."""
+    from featsep.pipeline import missing_evals
 
     rd = RunDir(tmp_path)
     rd.eval_results_dir.mkdir()
     (rd.eval_results_dir / "core_something.json").write_text("{}")
     write_eval_result(rd.eval_results_dir, "core_extra", _result())
-    assert not _has_eval(tmp_path, "core")
+    assert missing_evals(tmp_path, ["core"]) == ("core",)
     write_eval_result(rd.eval_results_dir, "core", _result())
-    assert _has_eval(tmp_path, "core") and not _has_eval(tmp_path, "absorption")
+    assert missing_evals(tmp_path, ["core", "absorption"]) == ("absorption",)
 
 
 def test_is_trained_needs_the_sae_and_the_training_section(tmp_path):

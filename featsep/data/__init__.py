@@ -5,7 +5,7 @@
     stream = ActivationStream.from_lm(lm, "bbc-news", "blocks.8.hook_resid_post", batch_size=4096)
     build_cache("gemma-3-270m", "blocks.8.hook_resid_post", "bbc-news", 200_000, "cache/g8")
     stream = ActivationStream.from_cache("cache/g8", batch_size=4096)
-    stream = stream_from_config(run_config)                 # what `featsep train` uses
+    stream = stream_from_config(cfg.model, cfg.data, batch_size=4096)  # what `featsep train` uses
     datasets(kind="probing set")                           # the registered datasets (featsep.data.registry)
 """
 

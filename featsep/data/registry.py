@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from featsep.data.errors import DataError
 from featsep.registry import Registry
+from featsep.settings import one_line
 
 TEXT, PROBING, SCR, QUESTIONS = "text corpus", "probing set", "SCR pair set", "question set"
 KINDS = (TEXT, PROBING, SCR, QUESTIONS)
@@ -105,7 +106,7 @@ def validate_params(model: type[DatasetParams], name: str, params: dict[str, Any
     try:
         return model(**params)
     except ValidationError as e:
-        bad = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
+        bad = one_line(e)
         allowed = ", ".join(sorted(model.model_fields))
         raise DataError(f"bad parameters for dataset {name!r}: {bad} (accepted: {allowed})") from None
 

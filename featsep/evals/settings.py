@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 from pydantic import Field, ValidationError, model_validator
 
 from featsep.evals.registry import EvalSettings, available_evals, get_eval
-from featsep.settings import Strict
+from featsep.settings import Strict, one_line
 
 # Settings keys that configure the runner rather than one eval (usable in `--set`).
 RUNNER_KEYS = ("hook", "cache_dir", "device", "dtype")
@@ -19,7 +19,8 @@ RUNNER_KEYS = ("hook", "cache_dir", "device", "dtype")
 def split_settings(evals: Sequence[str], settings: Optional[dict]) -> tuple[dict[str, dict], dict[str, Any]]:
     """Per-eval settings and runner settings from {"core": {...}, "seed": 1, "hook": ...}.
 
-    A key that is not an eval name applies to every selected eval that has such a setting."""
+    A key that is not an eval name applies to every selected eval that has such a setting.
+    Sections for known evals that are not selected are returned too (to be checked)."""
     per_eval: dict[str, dict] = {name: {} for name in evals}
     runner: dict[str, Any] = {}
     known = set(available_evals())
@@ -27,11 +28,11 @@ def split_settings(evals: Sequence[str], settings: Optional[dict]) -> tuple[dict
         if key in RUNNER_KEYS:
             runner[key] = value
         elif key in known:
-            if key not in per_eval:
-                raise ValueError(f"settings for eval {key!r}, which is not selected (evals: {', '.join(evals)})")
             if not isinstance(value, dict):
                 raise ValueError(f"settings[{key!r}] must be a dict of that eval's settings, got {value!r}")
-            per_eval[key].update(value)
+            # a section for an eval not selected now is kept (and still checked): a config can
+            # carry settings for evals it runs another time, or already ran
+            per_eval.setdefault(key, {}).update(value)
         else:
             takers = [n for n in evals if key in get_eval(n).settings_class.model_fields]
             if not takers:
@@ -50,15 +51,8 @@ def build_settings(name: str, values: dict) -> EvalSettings:
     try:
         return spec.settings_class(**values)
     except ValidationError as e:
-        lines = []
-        for er in e.errors():
-            where = f"{spec.name}.{'.'.join(map(str, er['loc']))}"
-            if er["type"] == "extra_forbidden":
-                valid = ", ".join(sorted(spec.settings_class.model_fields))
-                lines.append(f"{where}: unknown setting (valid: {valid})")
-            else:
-                lines.append(f"{where}: {er['msg'].removeprefix('Value error, ')}")
-        raise ValueError(f"bad settings for eval {spec.name!r}: {'; '.join(lines)}") from None
+        raise ValueError(f"bad settings for eval {spec.name!r}: "
+                         f"{one_line(e, spec.settings_class, prefix=spec.name + '.')}") from None
 
 
 def resolve_settings(evals: Sequence[str], settings: Optional[dict]) -> tuple[dict[str, EvalSettings], dict[str, Any]]:
@@ -66,7 +60,8 @@ def resolve_settings(evals: Sequence[str], settings: Optional[dict]) -> tuple[di
     for name in evals:
         get_eval(name)  # an unknown eval name fails here, listing the known ones
     per_eval, runner = split_settings(evals, settings)
-    return {name: build_settings(name, per_eval[name]) for name in evals}, runner
+    built = {name: build_settings(name, values) for name, values in per_eval.items()}
+    return {name: built[name] for name in evals}, runner
 
 
 class EvalConfig(Strict):

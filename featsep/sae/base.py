@@ -83,6 +83,13 @@ class SAEOutput:
     coefficients: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Tensor] = field(default_factory=dict)  # detached scalars
 
+    def __post_init__(self) -> None:
+        if isinstance(self.codes, Tensor):  # dense codes from an SAE written against the old API
+            self.codes = Codes.from_dense(self.codes)
+        elif not isinstance(self.codes, Codes):
+            raise TypeError(f"SAEOutput.codes must be a featsep.codes.Codes (or dense codes [B, d_sae]), "
+                            f"got {type(self.codes).__name__}")
+
 
 def mse_loss(x: Tensor, x_hat: Tensor) -> Tensor:
     """Squared error summed over features, mean over tokens (at least float32, even under

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from featsep.settings import Strict
 
@@ -26,6 +26,12 @@ class TrainConfig(Strict):
     autocast_bf16: bool = Field(True, description="bf16 autocast for the SAE on GPU (never on CPU)")
     wandb: bool = False
     tensorboard: bool = False
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_name(cls, value):
+        """train(device=None) means "auto"; a torch.device is taken by its name."""
+        return "auto" if value is None else str(value) if type(value).__name__ == "device" else value
 
 
 class MemberTraining(Strict):

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from featsep.penalties.base import Penalty
 from featsep.sae.base import SAE, SAEOutput
-from featsep.settings import format_errors
+from featsep.settings import one_line
 from featsep.train import checkpoint as ckpt
 from featsep import rundir as rd
 from featsep.train.artifacts import write_config, write_final
@@ -394,6 +394,8 @@ class _Run:
                 for m in self.members:
                     m.sae.init_from_data(x.to(dtype=m.dtype))
             index = getattr(it, "last_index", None)  # an ActivationStream's (context, position, token) rows
+            if index is not None:  # once per step, not once per SAE
+                index = index.to(self.device, non_blocking=True)
             for m in self.members:
                 with _busy_timer(m, self.device):
                     _train_step(m, x, self.step, self.total, self.autocast(), index)
@@ -476,7 +478,6 @@ def train(
         _build_member(i, name, sae, plist, d, lr_i, cfg.adam_betas, schedule, dev)
         for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
     ]
-    # what config.json and final_info record: the settings as resolved for this run
     # what config.json and final_info record for each SAE: the settings as resolved for this run
     resolved = {**cfg.model_dump(exclude={"tokens", "batch_size", "lr"}), "steps": total, "device": str(dev),
                 "names": names, "out_dir": None if out_dir is None else str(out_dir)}
@@ -518,7 +519,7 @@ def _train_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> Tr
     try:
         return TrainConfig.model_validate({**base, **settings})
     except ValidationError as e:
-        raise ValueError("bad training settings: " + "; ".join(line.strip() for line in format_errors(e))) from None
+        raise ValueError("bad training settings: " + one_line(e, TrainConfig)) from None
 
 
 def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run_dir: Optional[Path], lr: float,

@@ -70,7 +70,7 @@ def test_parameters_are_validated(tmp_path):
         text_source(str(tmp_path), section="data")
     with pytest.raises(DataError, match=r"bad parameters for dataset 'x.csv': text_column: .*accepted: label_column, path, text_column"):
         validate_params(LabelledFileParams, "x.csv", {"path": "x.csv", "text_column": 3})
-    with pytest.raises(DataError, match=r"local_copie: Extra inputs"):
+    with pytest.raises(DataError, match=r"local_copie: unknown field"):
         DATASETS.find("fancyzhx/ag_news", PROBING).parse(local_copie={})
     assert DATASETS.find("fancyzhx/ag_news", PROBING).parse(local_copies={"a": "b"}) == HubSetParams(local_copies={"a": "b"})
 

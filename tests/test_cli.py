@@ -1,0 +1,69 @@
+"""The `featsep` command on the tiny checkpoint: cache from a config, train, resume, datasets."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from featsep.cli import app
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _config(tmp_path, model_dir, corpus, **data) -> str:
+    path = tmp_path / "run.toml"
+    cache = data.pop("cache", None)
+    path.write_text("\n".join([
+        f'out_dir = "{tmp_path / "run"}"',
+        "[model]", f'name = "{model_dir}"', f'hook = "{HOOK}"', "batch_size = 4",
+        "[data]", f'dataset = "{corpus}"', "context_length = 16", "shuffle_buffer = 8", "norm_estimate_batches = 2",
+        *([f'cache = "{cache}"'] if cache else []),
+        "[sae]", 'architecture = "topk"', "d_sae = 64", "k = 4",
+        "[train]", "tokens = 512", "batch_size = 128", "checkpoint_every = 2", "log_every = 1", "lr = 1e-3",
+    ]) + "\n")
+    return str(path)
+
+
+def test_cache_writes_what_the_config_trains_on(tmp_path, tiny_llama_dir, checkpoint_corpus):
+    """`featsep cache CONFIG` fills the config's own data.cache (harvesting the text it names),
+    and `featsep train CONFIG` then reads that cache."""
+    cache = tmp_path / "cache"
+    config = _config(tmp_path, tiny_llama_dir, checkpoint_corpus, cache=cache)
+    done = CliRunner().invoke(app, ["cache", config, "--tokens", "600"])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert (manifest["model"], manifest["hook"], manifest["dataset"], manifest["context_length"], manifest["tokens"]) == (
+        str(tiny_llama_dir), HOOK, str(checkpoint_corpus), 16, 600)
+    done = CliRunner().invoke(app, ["train", config])
+    assert done.exit_code == 0, done.output
+    saved = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())
+    assert saved["dataset_path"] == str(cache) and saved["hook_name"] == HOOK
+
+
+def test_cache_shortcuts_and_missing_out(tmp_path, tiny_llama_dir, checkpoint_corpus):
+    no_out = CliRunner().invoke(app, ["cache", "--model", str(tiny_llama_dir), "--hook", HOOK,
+                                      "--dataset", str(checkpoint_corpus)])
+    assert no_out.exit_code == 2 and "no output directory: pass --out DIR" in no_out.output
+    bad = CliRunner().invoke(app, ["cache", "--out", str(tmp_path / "c"), "--set", "data.context_lenght=16"])
+    assert bad.exit_code == 2 and "data.context_lenght: unknown field" in bad.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_resume_a_finished_run_and_a_dir_that_is_not_a_run(tmp_path, tiny_llama_dir, checkpoint_corpus):
+    config = _config(tmp_path, tiny_llama_dir, checkpoint_corpus)
+    assert CliRunner().invoke(app, ["train", config]).exit_code == 0
+    again = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "run")])
+    assert again.exit_code == 0 and "already trained" in again.output
+    stray = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
+    assert stray.exit_code == 2 and "has no config.json" in stray.output
+
+
+def test_datasets_command_lists_the_registry():
+    from featsep.data import datasets
+
+    result = CliRunner().invoke(app, ["datasets"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == len(datasets()) and lines[0].startswith("bbc-news")
+    assert any(line.startswith("bbc-news-byline") and "offline" in line for line in lines)
