@@ -72,6 +72,7 @@ class MixingBuffer:
             "index": rest.index.clone(),
             "rng": self.generator.get_state(),
             "keep": self.keep,
+            "capacity": self.capacity,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -79,6 +80,13 @@ class MixingBuffer:
             raise DataError(
                 f"stream state holds {tuple(state['acts'].shape[1:])}-d activations but this stream is "
                 f"{self.d_in}-d; resume with the same model and hook"
+            )
+        saved = state.get("capacity", self.capacity)  # states written before it was recorded: trusted
+        if saved != self.capacity:
+            raise DataError(
+                f"stream state was saved with a mixing buffer of {saved} rows but this stream's holds "
+                f"{self.capacity} (shuffle_buffer x context_length, at least 2 x batch_size); resume with "
+                "the same data.shuffle_buffer, data.context_length and train.batch_size"
             )
         self.pool, self.cursor = ActivationChunk(state["acts"], state["index"]), 0
         self.generator.set_state(state["rng"])

@@ -93,6 +93,11 @@ def test_stream_state_rejects_other_settings(word_lm, word_corpus):
     next(a)
     with pytest.raises(DataError, match="batch_size"):
         ActivationStream.from_tensor(torch.randn(300, 5), batch_size=20).load_state_dict(a.state_dict())
+    # the same batch size with another mixing buffer would continue a different shuffle
+    b = ActivationStream.from_tensor(torch.randn(300, 5), batch_size=40, shuffle_buffer=8)
+    next(b)
+    with pytest.raises(DataError, match="mixing buffer of 1024 rows but this stream's holds 32768"):
+        ActivationStream.from_tensor(torch.randn(300, 5), batch_size=40).load_state_dict(b.state_dict())
 
 
 def test_stream_from_config(word_lm, word_corpus, tmp_path):
