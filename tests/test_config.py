@@ -148,3 +148,14 @@ def test_train_device_none_or_a_torch_device():
     for device in (None, torch.device("cpu")):
         sae = make_sae("topk", d_in=4, d_sae=8, k=2)
         train([sae], [torch.randn(8, 4)], steps=1, device=device, lr_decay_fraction=0, progress=False)
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("bbc-newz", "unknown dataset 'bbc-newz': registered text corpora are bbc-news"),
+    ("./missing.jsonl", r"no such file or directory: './missing.jsonl'; check the path \(data.dataset\)"),
+])
+def test_data_dataset_is_checked_when_read_unless_a_cache_is_used(dataset, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(RunConfig, {"data": {"dataset": dataset}})
+    assert validate(RunConfig, {"data": {"dataset": dataset, "cache": "cache/x"}}).data.cache == "cache/x"
+    assert validate(RunConfig, {"data": {"dataset": "owner/name"}}).data.dataset == "owner/name"  # a hub set

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from featsep.settings import Strict
 
@@ -28,3 +28,13 @@ class DataConfig(Strict):
     norm_estimate_batches: int = Field(8, gt=0)
     exclude_special_tokens: bool = True
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _dataset_exists(self) -> "DataConfig":
+        """A misspelt corpus or a missing file fails when the config is read, not after the
+        model has loaded (a cache, when set, is what training reads instead)."""
+        if not self.cache:
+            from featsep.data.text import text_spec_kind
+
+            text_spec_kind(self.dataset.strip())
+        return self

@@ -163,7 +163,8 @@ class DatasetRegistry:
 
     def unknown(self, name: str, kind: str) -> DataError:
         names = ", ".join(e.name for e in self.of_kind(kind))
-        return DataError(f"unknown {UNKNOWN_LABEL[kind]} {name!r}: registered {kind}s are {names}; {ALSO_ACCEPTED[kind]}")
+        plural = "text corpora" if kind == TEXT else f"{kind}s"
+        return DataError(f"unknown {UNKNOWN_LABEL[kind]} {name!r}: registered {plural} are {names}; {ALSO_ACCEPTED[kind]}")
 
     def load(self, name: str, kind: str) -> Callable:
         """The loader of `name` as `kind`."""

@@ -152,19 +152,28 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or Path(spec).suffix.lower() in TEXT_FILE_SUFFIXES
 
 
-def _resolve(spec: str, text_column: str, split: str, seed: int, params: dict[str, Any]) -> Iterator[str]:
-    entry = DATASETS.get(spec, TEXT)
-    if entry is not None:
-        return DATASETS.load(spec, TEXT)(seed, entry.parse(**params))
-    if params:
-        raise DataError(f"dataset {spec!r} takes no parameters (got {', '.join(sorted(params))}); only registered corpora do")
-    path = Path(spec).expanduser()
-    if path.exists():
-        return _local_texts(path, text_column)
+def text_spec_kind(spec: str) -> str:
+    """What a data.dataset value names, without reading it: "registered", "local" or "hub";
+    one DataError for a missing path or an unknown bare name (so a config fails when read)."""
+    if DATASETS.get(spec, TEXT) is not None:
+        return "registered"
+    if Path(spec).expanduser().exists():
+        return "local"
     if _looks_like_path(spec):
         raise DataError(f"no such file or directory: {spec!r}; check the path (data.dataset)")
     if "/" not in spec:
         raise DATASETS.unknown(spec, TEXT)
+    return "hub"
+
+
+def _resolve(spec: str, text_column: str, split: str, seed: int, params: dict[str, Any]) -> Iterator[str]:
+    kind = text_spec_kind(spec)
+    if kind == "registered":
+        return DATASETS.load(spec, TEXT)(seed, DATASETS.get(spec, TEXT).parse(**params))
+    if params:
+        raise DataError(f"dataset {spec!r} takes no parameters (got {', '.join(sorted(params))}); only registered corpora do")
+    if kind == "local":
+        return _local_texts(Path(spec).expanduser(), text_column)
     return _hf_texts(spec, text_column, split, seed)
 
 

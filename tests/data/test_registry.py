@@ -53,8 +53,9 @@ def test_an_unknown_name_gets_one_error_listing_its_kind(kind, call):
     with pytest.raises(DataError) as info:
         call()
     message = str(info.value)
-    assert message.count("unknown") == 1 and f"registered {kind}s are " in message
-    listed = message.split(f"registered {kind}s are ", 1)[1].split("; ", 1)[0].split(", ")
+    plural = "text corpora" if kind == TEXT else f"{kind}s"
+    assert message.count("unknown") == 1 and f"registered {plural} are " in message
+    listed = message.split(f"registered {plural} are ", 1)[1].split("; ", 1)[0].split(", ")
     assert listed == _names(kind)  # that kind's names, no other
     assert "local" in message  # a local path (or copy) is accepted too
 
