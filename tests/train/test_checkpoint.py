@@ -125,3 +125,48 @@ def test_every_resume_state_loads_with_weights_only(tmp_path):
     state = torch.load(RunDir(tmp_path).checkpoint_path(4), map_location="cpu", weights_only=True)
     assert state["format"] == FORMAT_VERSION and state["data_state"]["buffer"]["rng"].dtype == torch.uint8
     assert len(state["penalties"]) == 2 and state["optimizer"]["state"]
+
+
+# --- runs that died early ------------------------------------------------------------------------
+def test_run_killed_before_its_first_checkpoint_restarts_from_step_0(tmp_path, capsys):
+    kw = {**RUN, "checkpoint_every": 100}
+    full = train([topk()], batches(), out_dir=tmp_path / "full", **kw)[0]
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train([topk()], killed_after(batches(), 3), out_dir=cut, **kw)
+    assert RunDir(cut).config_file.is_file() and len(RunDir(cut).read_metrics()) == 3
+    assert not RunDir(cut).has_checkpoints()
+    with pytest.raises(FileExistsError, match="resume=True"):  # a plain start still refuses
+        train([topk()], batches(), out_dir=cut, **kw)
+
+    capsys.readouterr()
+    resumed = train([topk()], batches(), out_dir=cut, resume=True, **{**kw, "progress": True})[0]
+    assert f"no checkpoint in {cut} yet: starting from step 0\n" in capsys.readouterr().out
+    assert same_weights(full, resumed)
+    strip = lambda rows: [{k: v for k, v in r.items() if "tokens_per_s" not in k} for r in rows]  # noqa: E731
+    assert strip(RunDir(cut).read_metrics()) == strip(RunDir(tmp_path / "full").read_metrics())
+
+
+def test_stale_temp_files_of_killed_writes_are_removed_on_resume(tmp_path):
+    full = train([topk()], batches(), out_dir=tmp_path / "full", **RUN)[0]
+    cut = RunDir(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        train([topk()], killed_after(batches(), 6), out_dir=cut.path, **RUN)
+    cut.sae_dir.mkdir()
+    stale = [cut.checkpoint_dir / ".step_000000008.pt.k2x9_a0q.tmp", cut.path / ".metrics.jsonl.0abcdefg.tmp",
+             cut.path / ".final_info.json.zz1y2x3w.tmp", cut.sae_dir / ".sae_weights.safetensors.u7t6s5r4.tmp"]
+    kept = [cut.path / "notes.txt", cut.checkpoint_dir / ".keep", cut.path / "scratch.tmp"]  # not ours
+    for path in stale + kept:
+        path.write_bytes(b"half a write")
+    resumed = train([topk(seed=3)], batches(), out_dir=cut.path, resume=True, **RUN)[0]
+    assert same_weights(full, resumed)
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.read_bytes() == b"half a write" for p in kept)
+
+
+def test_stale_temp_files_are_removed_on_a_fresh_start(tmp_path):
+    tmp = RunDir(tmp_path).checkpoint_dir / ".step_000000004.pt.abcdefgh.tmp"
+    tmp.parent.mkdir(parents=True)
+    tmp.write_bytes(b"")
+    train([topk()], batches(), out_dir=tmp_path, **RUN)
+    assert not tmp.exists() and sorted(RunDir(tmp_path).checkpoint_steps()) == [8, 12]
