@@ -27,9 +27,9 @@ from featsep.rundir import RunDir
 
 FORMAT_VERSION = 2  # 2: loadable with weights_only=True (format 1 pickled numpy's RNG state)
 
-# what weights_only=True accepts and a featsep state dict may hold (checked when saving, so a
-# state that could not be loaded back fails at the first checkpoint, not at the resume)
-# (exact types: numpy scalars subclass float and namedtuples subclass tuple, and both are refused)
+# Leaves weights_only=True loads, besides tensors; checked when saving, so a state that could not
+# be loaded back fails at the first checkpoint, not at the resume. Exact types: numpy scalars
+# subclass float and namedtuples subclass tuple, and weights_only refuses both.
 _PLAIN = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
 
 
