@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+TEMP_SUFFIX = ".tmp"  # temp files are ".<target name>.<random>.tmp" next to their target
+
 
 @contextlib.contextmanager
 def atomic_target(path: str | Path) -> Iterator[Path]:
@@ -16,7 +18,7 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
     np.save); on success it is fsynced and renamed over `path`, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -26,6 +28,19 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files that writes killed midway left in `folder` (not in its subfolders);
+    a kill skips the cleanup above, so nothing else ever removes them. Call it only where no
+    write into `folder` can be in flight. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -96,7 +96,8 @@ def train_specs(
     """Train `specs` together on one activation stream; returns their run dirs.
 
     single_run: out_dir IS the run dir (featsep train); otherwise runs go to out_dir/<name>.
-    Runs with checkpoints resume (all of them from the last step they share)."""
+    Runs with checkpoints resume (all of them from the last step they share); runs killed
+    before their first checkpoint start again from step 0."""
     from featsep.data import stream_from_config
     from featsep.train import train as train_saes
 
@@ -118,8 +119,8 @@ def train_specs(
     meta = sae_metadata(model, data, stream)
     saes = [build_sae(s, stream.d_in, meta, device) for s in specs]
     penalties = [build_penalties(s, s.sae.d_sae) for s in specs]
-    resume = any(RunDir(d).has_checkpoints() for d in run_dirs)
-    if resume:
+    resume = any(RunDir(d).holds_training() for d in run_dirs)
+    if any(RunDir(d).has_checkpoints() for d in run_dirs):
         print(f"resuming {len(specs)} run(s) from their last checkpoint")
     started = time.time()
     if single_run or len(specs) == 1:
@@ -169,8 +170,12 @@ def as_written(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-def run_from_config(cfg: RunConfig) -> Path:
-    """`featsep train CONFIG`: one SAE (plus penalties) trained into cfg.out_dir, then evals."""
+def run_from_config(cfg: RunConfig, resume: bool = False) -> Path:
+    """`featsep train CONFIG`: one SAE (plus penalties) trained into cfg.out_dir, then evals.
+
+    A run dir with checkpoints is continued either way; one that a run left before its first
+    checkpoint is only restarted when asked (resume=True, `featsep train --resume RUN`), since
+    the config given may not be the one that started it."""
     out = Path(cfg.out_dir)
     spec = RunSpec(
         name=out.name or "run",
@@ -181,6 +186,11 @@ def run_from_config(cfg: RunConfig) -> Path:
     )
     if is_trained(out):
         print(f"{out} is already trained; delete it or choose another out_dir to train again")
+    elif not resume and RunDir(out).holds_training() and not RunDir(out).has_checkpoints():
+        raise FileExistsError(
+            f"{out} holds a training run that stopped before its first checkpoint; continue it with "
+            f"`featsep train --resume {out}` (it starts again from step 0), or choose another out_dir"
+        )
     else:
         train_specs(
             [spec],
@@ -212,4 +222,4 @@ def resume_from_dir(run_dir: Path, overrides: Optional[list[str]] = None) -> Pat
         )
     saved["out_dir"] = str(run_dir)
     cfg = validate(RunConfig, apply_overrides(saved, overrides or []), source=str(RunDir(run_dir).config_file))
-    return run_from_config(cfg)
+    return run_from_config(cfg, resume=True)

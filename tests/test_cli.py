@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 from typer.testing import CliRunner
 
 from featsep.cli import app
@@ -57,6 +58,33 @@ def test_resume_a_finished_run_and_a_dir_that_is_not_a_run(tmp_path, tiny_llama_
     assert again.exit_code == 0 and "already trained" in again.output
     stray = CliRunner().invoke(app, ["train", "--resume", str(tmp_path)])
     assert stray.exit_code == 2 and "has no config.json" in stray.output
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_continued_with_resume(tmp_path, tiny_llama_dir,
+                                                                           checkpoint_corpus):
+    """config.json and metrics.jsonl rows but no checkpoint (the kill came early): plain train
+    points at --resume in CLI words, and --resume trains from step 0 to the same weights."""
+    import shutil
+
+    from featsep.rundir import RunDir
+    from featsep.sae import load_sae
+
+    config = _config(tmp_path, tiny_llama_dir, checkpoint_corpus)
+    assert CliRunner().invoke(app, ["train", config]).exit_code == 0
+    run = RunDir(tmp_path / "run")
+    reference = load_sae(run.sae_dir)
+    shutil.rmtree(run.checkpoint_dir), shutil.rmtree(run.sae_dir), run.final_info_file.unlink()
+    assert run.config_file.is_file() and run.read_metrics()
+
+    plain = CliRunner().invoke(app, ["train", config])
+    assert plain.exit_code == 2 and f"`featsep train --resume {run.path}`" in plain.output
+    assert "resume=True" not in plain.output
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run.path)])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"no checkpoint in {run.path} yet: starting from step 0\n" in resumed.output
+    again = load_sae(run.sae_dir)
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        assert torch.equal(getattr(reference, name), getattr(again, name)), name
 
 
 def test_datasets_command_lists_the_registry():

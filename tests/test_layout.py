@@ -44,7 +44,6 @@ COVERED_BY = {
     "featsep/evals/unlearning/questions.py": "evals/test_unlearning.py",
     "featsep/train/__init__.py": "train/test_trainer.py",
     "featsep/train/artifacts.py": "train/test_trainer.py",  # the trainer is the only writer of these
-    "featsep/train/checkpoint.py": "train/test_trainer.py",
     "featsep/train/logger.py": "train/test_trainer.py",
     "featsep/train/schedule.py": "train/test_trainer.py",
     "featsep/report/figures.py": "report/test_build.py",  # figures, tables and pages are checked on one built report

@@ -140,6 +140,31 @@ def test_train_pipeline_resume_equals_uninterrupted(tiny_llama_dir, checkpoint_c
     assert is_trained(full)
 
 
+def test_sweep_killed_before_its_first_checkpoint_starts_again(tiny_llama_dir, checkpoint_corpus, tmp_path, capsys):
+    """Rerunning the sweep continues runs that hold metrics but no checkpoint (they used to be
+    refused as 'already holds a training run') from step 0, to the same weights."""
+    import shutil
+
+    from featsep.rundir import RunDir
+    from featsep.sae import load_sae
+
+    data = _shared(tiny_llama_dir, checkpoint_corpus, tmp_path / "study")
+    data["methods"] = [{"name": "topk", "sae": {"architecture": "topk", "d_sae": 64}, "grid": {"sae.k": [2, 4]}}]
+    cfg = validate(SweepConfig, data)
+    run_sweep(cfg, evaluate=False)
+    runs = [RunDir(tmp_path / "study" / f"run_{i}") for i in range(2)]
+    reference = [load_sae(r.sae_dir) for r in runs]
+    for r in runs:
+        shutil.rmtree(r.checkpoint_dir), shutil.rmtree(r.sae_dir), r.final_info_file.unlink()
+        assert r.read_metrics()
+    capsys.readouterr()
+    run_sweep(cfg, evaluate=False)
+    assert f"no checkpoint in {tmp_path / 'study'} yet: starting from step 0" in capsys.readouterr().out
+    for r, ref in zip(runs, reference):
+        again = load_sae(r.sae_dir)
+        assert all(torch.equal(getattr(ref, n), getattr(again, n)) for n in ("W_enc", "W_dec", "b_enc", "b_dec"))
+
+
 def test_resume_from_dir_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resume_from_dir(tmp_path)

@@ -18,6 +18,7 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from featsep.io import remove_stale_temp_files
 from featsep.penalties.base import Penalty
 from featsep.sae.base import SAE, SAEOutput
 from featsep.settings import one_line
@@ -453,8 +454,9 @@ def train(
     out_dir: None writes nothing. One SAE: out_dir is its run dir; several: out_dir/<name>.
         A run dir gets config.json, checkpoints/ (the last 2), metrics.jsonl, sae/ and
         final_info.json.
-    resume: continue from the latest checkpoint in out_dir (a fresh start if there is none);
-        on CPU the result equals an uninterrupted run exactly.
+    resume: continue from the latest checkpoint in out_dir; a run killed before its first
+        checkpoint starts again from step 0 (saying so). On CPU the result equals an
+        uninterrupted run exactly. Either way, temp files of killed writes are removed.
     run_config: the caller's whole run description, stored in config.json for resume.
     Raises NonFiniteLossError on a NaN/Inf loss (the last checkpoint stays as it was).
     """
@@ -482,10 +484,15 @@ def train(
     resolved = {**cfg.model_dump(exclude={"tokens", "batch_size", "lr"}), "steps": total, "device": str(dev),
                 "names": names, "out_dir": None if out_dir is None else str(out_dir)}
     run = _Run(members, batches, total, cfg)
+    for d in run.run_dirs:
+        _remove_stale_temp_files(d)
     start = ckpt.latest_common_step(run.run_dirs) if resume else None
     sink = MetricsSink(names, dirs, ExternalLoggers(cfg.wandb, cfg.tensorboard, names, dirs, run_config, resume=start is not None),
                        total, start or 0, progress)
     try:
+        if resume and start is None:  # killed before its first checkpoint: nothing to continue from
+            some = any(rd.RunDir(d).has_checkpoints() for d in run.run_dirs)
+            sink.write(f"no checkpoint {'common to every run ' if some else ''}in {out_dir} yet: starting from step 0")
         if start is None:
             ckpt.seed_everything(cfg.seed)
             for m in members:
@@ -534,6 +541,13 @@ def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run
 
 def _member_training(m: _Member, resolved: dict[str, Any]) -> MemberTraining:
     return MemberTraining(**resolved, name=m.name, index=m.index, lr=m.lr)
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files of atomic writes a kill interrupted (the run dir's own, checkpoints/, sae/)."""
+    run = rd.RunDir(run_dir)
+    for folder in (run.path, run.checkpoint_dir, run.sae_dir):
+        remove_stale_temp_files(folder)
 
 
 def _start_run_dir(m: _Member, resolved: dict[str, Any], run_config: Optional[dict]) -> None:
