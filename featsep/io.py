@@ -12,10 +12,17 @@ from typing import Any, Iterator
 TEMP_SUFFIX = ".tmp"  # temp files are ".<target name>.<random>.tmp" next to their target
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_target(path: str | Path) -> Iterator[Path]:
     """Yield a temp path next to `path` for a writer that needs a file name (safetensors,
-    np.save); on success it is fsynced and renamed over `path`, on error removed."""
+    np.save); on success it is fsynced, given the mode a plain open() would (0666 less the
+    user's umask: mkstemp makes 0600) and renamed over `path`; on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -24,6 +31,7 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -23,3 +23,16 @@ def test_successful_write_replaces_and_creates_parents(tmp_path):
         tmp.write_bytes(b"abc")
     assert target.read_bytes() == b"abc"
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_results_get_the_users_umask_not_mkstemps_0600(tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
