@@ -73,6 +73,10 @@ class TrainingSection(BaseModel):
     final_info: TrainingResults
 
 
+NAN_SENTINEL = -1  # what SAEBench writes for a NaN metric (JSON has no NaN)
+MISSING_METRICS_KEY = "missing_metrics"  # eval_result_unstructured: the metrics the sentinel stands for
+
+
 class EvalRecord(BaseModel):
     """One eval's result file, in SAEBench's schema (evals/base_eval_output.py)."""
 
@@ -90,6 +94,23 @@ class EvalRecord(BaseModel):
     sae_lens_release_id: Optional[str] = None
     sae_lens_version: Optional[str] = None
     sae_cfg_dict: dict[str, Any] = {}
+
+    def missing_metrics(self) -> set[str]:
+        """Dotted paths in eval_result_metrics that hold the NaN sentinel, not a value: the list
+        featsep writes beside them; for files without it (SAEBench's own), every leaf equal to
+        the sentinel (SAEBench writes -1 only for NaN)."""
+        listed = self.eval_result_unstructured.get(MISSING_METRICS_KEY) if isinstance(
+            self.eval_result_unstructured, dict) else None
+        if isinstance(listed, list):
+            return {str(p) for p in listed}
+
+        def walk(node: Any, path: tuple[str, ...]) -> list[str]:
+            if isinstance(node, dict):
+                return [p for k, v in node.items() for p in walk(v, path + (str(k),))]
+            is_sentinel = isinstance(node, (int, float)) and not isinstance(node, bool) and node == NAN_SENTINEL
+            return [".".join(path)] if is_sentinel else []
+
+        return set(walk(self.eval_result_metrics, ()))
 
 
 class ConfigRecord(BaseModel):

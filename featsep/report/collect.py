@@ -107,14 +107,16 @@ def _number(value: Any) -> Optional[float]:
 
 
 def flatten_eval_metrics(record: EvalRecord) -> dict[str, float]:
-    """An eval's eval_result_metrics -> {leaf name: value} (any depth)."""
+    """An eval's eval_result_metrics -> {leaf name: value} (any depth). A NaN written as
+    SAEBench's -1 is missing, never a value."""
     leaves: list[tuple[tuple[str, ...], float]] = []
+    missing = record.missing_metrics()
 
     def walk(node: dict, path: tuple[str, ...]) -> None:
         for key, value in node.items():
             if isinstance(value, dict):
                 walk(value, path + (str(key),))
-            elif (num := _number(value)) is not None:
+            elif (num := _number(value)) is not None and ".".join(path + (str(key),)) not in missing:
                 leaves.append((path + (str(key),), num))
 
     walk(record.eval_result_metrics, ())

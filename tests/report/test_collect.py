@@ -82,3 +82,34 @@ def test_malformed_files_never_crash_the_report(tmp_path):
     assert any(n.startswith("core results: unreadable") for n in rec.notes)
     assert any(n.startswith("config.json: unreadable") for n in rec.notes)
     assert "metrics.jsonl: 2 unreadable line(s) skipped" in rec.notes
+
+
+def test_a_nan_written_as_minus_one_is_missing_never_the_lowest_absorption(tmp_path):
+    """SAEBench writes NaN as -1. A method whose absorption came out NaN was once named
+    "lowest mean absorption" for it; the sentinel is now missing, whoever wrote the file."""
+    from featsep.evals.schema import eval_output
+
+    def run(name, method, l0, absorption, saebench_style=False):
+        rd = RunDir(tmp_path / "sweep" / name)
+        rd.write_eval("core", _eval("core", {"sparsity": {"l0": l0}, "model_performance_preservation": {"ce_loss_score": 0.8}}),
+                      "core evaluation results")
+        metrics = {"mean": {"mean_absorption_fraction_score": absorption, "mean_full_absorption_score": 0.3}}
+        result = _eval("absorption_first_letter", {"mean": {"mean_absorption_fraction_score": -1,
+                                                             "mean_full_absorption_score": 0.3}}) \
+            if saebench_style else eval_output("absorption_first_letter", {}, metrics, [], {}, name, {})
+        rd.write_eval("absorption", result, "absorption evaluation results")
+        return name, method
+
+    runs = [run("run_0", "A", 32, 0.2), run("run_1", "B", 32, float("nan")), run("run_2", "C", 32, 0.0, saebench_style=True)]
+    write_sweep_manifest(tmp_path / "sweep", {"runs": [{"run": r, "method": m} for r, m in runs]})
+    written = RunDir(tmp_path / "sweep" / "run_1").read_eval("absorption")
+    assert written.eval_result_metrics["mean"]["mean_absorption_fraction_score"] == -1  # SAEBench's layout kept
+    assert written.eval_result_unstructured["missing_metrics"] == ["mean.mean_absorption_fraction_score"]
+    records = collect(tmp_path / "sweep").records
+    by_method = {r.method: r.metrics for r in records}
+    assert by_method["A"]["absorption.mean_absorption_fraction_score"] == 0.2
+    for method in ("B", "C"):  # featsep's list, and SAEBench's bare -1
+        assert "absorption.mean_absorption_fraction_score" not in by_method[method]
+        assert by_method[method]["absorption.mean_full_absorption_score"] == 0.3
+    text = "\n".join(main_findings(records))
+    assert "B has the lowest" not in text and "C has the lowest" not in text and "-1" not in text
