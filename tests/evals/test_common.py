@@ -49,3 +49,21 @@ def test_pooling_matches_saebench_zero_mask_mean(letters_lm):
     nonzero = acts.sum(-1) != 0
     expected = acts.sum(1) / nonzero.sum(1, keepdim=True)
     assert torch.allclose(pooled, expected, atol=1e-5)
+
+
+def test_cache_keys_follow_the_contents_of_local_files(letters_lm, tmp_path):
+    """Results for a local labelled file used to be keyed on its path: replace the file and a
+    rerun silently returned the old results."""
+    table = tmp_path / "labelled.jsonl"
+    table.write_text('{"text": "a", "label": "x"}\n')
+    calls = []
+
+    def run(ctx):
+        return ctx.cached("probe", {"datasets": [str(table)], "seed": 1}, lambda: calls.append(1) or len(calls))
+
+    first = EvalContext(letters_lm, HOOK, cache_dir=tmp_path / "cache", verbose=False)
+    assert run(first) == 1 and run(first) == 1  # memory
+    assert run(EvalContext(letters_lm, HOOK, cache_dir=tmp_path / "cache", verbose=False)) == 1  # disk
+    table.write_text('{"text": "b", "label": "y"}\n')  # same path, new contents
+    fresh = EvalContext(letters_lm, HOOK, cache_dir=tmp_path / "cache", verbose=False)
+    assert run(fresh) == 2 and run(first) == 2  # recomputed, in a new context and in the old one's memory

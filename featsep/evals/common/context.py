@@ -4,7 +4,9 @@
 returns fn()'s result from memory (same call), else from disk (a later call), else computes
 and stores it. Disk entries are keyed by the model's fingerprint (name, config and a hash of
 a few weights), the hook, the kind of work and its settings, so a different model or
-setting never reads a stale entry.
+setting never reads a stale entry. A setting that names a local file or folder (a labelled
+table, a corpus, a local copy of a hub set) is keyed by its contents too: replace the file and
+the next call recomputes instead of returning the old results.
 
 SAE normalisation lives here only: the SAE sees x * cfg.normalization_factor and its
 reconstruction is divided by the factor (no factor: raw x).
@@ -19,13 +21,50 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from torch import Tensor
 
 from featsep.io import atomic_target
-from torch import Tensor
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when a cached layout changes
+_CONTENT_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (relative names and bytes, in order)."""
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(sub.relative_to(path)).encode() + b"\0" + content_hash(sub).encode())
+        return digest.hexdigest()
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _CONTENT_HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+        _CONTENT_HASHES[memo] = digest.hexdigest()
+    return _CONTENT_HASHES[memo]
+
+
+def with_local_contents(value: Any) -> Any:
+    """`value` with each string that names an existing local file or folder paired with the
+    hash of its contents (dicts and lists walked), for cache keys."""
+    if isinstance(value, dict):
+        return {k: with_local_contents(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [with_local_contents(v) for v in value]
+    if isinstance(value, (str, Path)) and str(value).strip() and len(str(value)) < 4096:
+        path = Path(value).expanduser()
+        try:
+            exists = path.exists()
+        except OSError:  # not a usable path name
+            exists = False
+        if exists:
+            return {"path": str(value), "sha256": content_hash(path)}
+    return value
 
 
 # ---- the SAE side ------------------------------------------------------------------------------
@@ -126,7 +165,8 @@ class EvalContext:
 
     def cache_key(self, kind: str, key: dict[str, Any]) -> str:
         payload = json.dumps(
-            {"format": CACHE_FORMAT, "model": self.fingerprint, "hook": self.hook, "kind": kind, **key},
+            {"format": CACHE_FORMAT, "model": self.fingerprint, "hook": self.hook, "kind": kind,
+             **with_local_contents(key)},
             sort_keys=True,
             default=str,
         )
