@@ -2,7 +2,7 @@
 
 import pytest
 
-from featsep.io import atomic_target, write_json_atomic
+from featsep.io import atomic_target, ensure_writable_dir, write_json_atomic
 
 
 def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path):
@@ -23,3 +23,15 @@ def test_successful_write_replaces_and_creates_parents(tmp_path):
         tmp.write_bytes(b"abc")
     assert target.read_bytes() == b"abc"
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+
+
+def test_ensure_writable_dir_creates_or_refuses_in_one_line(tmp_path):
+    from featsep.io import ensure_writable_dir
+
+    assert ensure_writable_dir(tmp_path / "a" / "b", "out_dir").is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError, match=r"^out_dir .*/f is a file, not a directory; choose another out_dir"):
+        ensure_writable_dir(tmp_path / "f", "out_dir")
+    with pytest.raises(FileExistsError, match=r"^--out-dir .*/f/g cannot be created: a parent of it is a file"):
+        ensure_writable_dir(tmp_path / "f" / "g", "--out-dir")
+    assert (tmp_path / "f").read_text() == "x"
