@@ -26,8 +26,6 @@ def test_successful_write_replaces_and_creates_parents(tmp_path):
 
 
 def test_ensure_writable_dir_creates_or_refuses_in_one_line(tmp_path):
-    from featsep.io import ensure_writable_dir
-
     assert ensure_writable_dir(tmp_path / "a" / "b", "out_dir").is_dir()
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileExistsError, match=r"^out_dir .*/f is a file, not a directory; choose another out_dir"):
