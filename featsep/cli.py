@@ -8,6 +8,7 @@ commands so `featsep --help` is instant. Errors a user can cause are printed as 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -38,12 +39,20 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def _user_errors():
+    """User errors, and a full disk (OSError ENOSPC), as one line and exit code 2."""
     try:
         yield
     except _user_error_types() as e:
         if os.environ.get("FEATSEP_DEBUG"):
             raise
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC or os.environ.get("FEATSEP_DEBUG"):
+            raise
+        where = f" while writing {e.filename}" if e.filename else ""
+        typer.secho(f"error: no space left on device{where}; free space or choose another out_dir",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
 
 

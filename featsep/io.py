@@ -73,3 +73,23 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "model_dump"):
         return o.model_dump(mode="json")
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def ensure_writable_dir(path: str | Path, what: str) -> Path:
+    """Create output directory `path` (with its parents) or say in one line why it cannot be
+    one, so that a long job is refused before it starts rather than at its first write.
+    `what` names the setting in the user's words ("out_dir", "--out-dir")."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{what} {path} is a file, not a directory; choose another {what} (or move the file)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a parent is a file
+        raise FileExistsError(f"{what} {path} cannot be created: a parent of it is a file; "
+                              f"choose another {what}") from None
+    except OSError as e:  # permission denied, read-only file system, ...
+        raise ValueError(f"{what} {path} cannot be created ({e.strerror.lower()}); choose a writable {what}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} is not writable (permission denied); choose a writable {what} "
+                         "or fix its permissions")
+    return path

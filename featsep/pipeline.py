@@ -7,17 +7,25 @@ number of SAEs on one shared activation stream (so a sweep pays for the language
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from featsep.config import ConfigError, PenaltySection, RunConfig, SAESection, apply_overrides, validate
 from featsep.data.config import DataConfig
 from featsep.evals.settings import EvalConfig
+from featsep.io import ensure_writable_dir
 from featsep.lm.config import ModelConfig
 from featsep.rundir import RunDir
 from featsep.train.config import TrainConfig
+
+# What a continued run may change: how it logs and checkpoints, where it computes, how long it
+# trains, what is evaluated. Everything else (the SAE, its penalties, the activations, the
+# optimiser, the seeds) is what its checkpoints were made with, so a change to it is refused.
+RESUME_SAFE = ("train.tokens", "train.log_every", "train.checkpoint_every", "train.device", "train.wandb",
+               "train.tensorboard", "model.device", "eval")
 
 
 @dataclass
@@ -73,6 +81,131 @@ def build_penalties(spec: RunSpec, d_sae: int) -> list:
     return [make_penalty(p.name, d_sae=d_sae, **p.params()) for p in spec.penalties]
 
 
+def run_view(model: ModelConfig, data: DataConfig, train: TrainConfig, eval_cfg: EvalConfig, sae,
+             penalties) -> dict[str, Any]:
+    """One run's settings as a resume compares them (a sweep's run and a single run alike)."""
+    return {
+        "model": model.model_dump(mode="json"), "data": data.model_dump(mode="json"),
+        "sae": sae.model_dump(mode="json"), "penalties": [p.model_dump(mode="json") for p in penalties],
+        "train": train.model_dump(mode="json"), "eval": eval_cfg.model_dump(mode="json"),
+    }
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaves. A list of tables is also a leaf of its entries' names, so an added or
+    removed penalty is named as such before its fields are."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
+        out = {prefix: [x.get("name") for x in tree]}
+        for i, value in enumerate(tree):
+            out.update(_flat(value, f"{prefix}.{i}"))
+        return out
+    return {prefix: tree}
+
+
+def resume_changes(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The safe changes ("train.log_every 10 -> 5") from the run view `saved` to `now`;
+    ConfigError naming the first change the run's checkpoints forbid (see RESUME_SAFE)."""
+    old, new = _flat(saved), _flat(now)
+    unset = object()
+
+    def show(value: Any) -> str:
+        return "(unset)" if value is unset else json.dumps(value)
+
+    changes = []
+    for key in list(new) + [k for k in old if k not in new]:
+        before, after = old.get(key, unset), new.get(key, unset)
+        if before == after:
+            continue
+        if not any(key == safe or key.startswith(safe + ".") for safe in RESUME_SAFE):
+            raise ConfigError(
+                f"{run_dir} was trained with {key} = {show(before)}, not {show(after)}, and its checkpoints "
+                f"depend on it; keep {key} = {show(before)} to continue it, or train into another out_dir"
+            )
+        changes.append(f"{key} {show(before)} -> {show(after)}")
+    return changes
+
+
+def check_continuation(run_dir: Path, now: dict[str, Any],
+                       saved_view: Callable[[dict[str, Any]], dict[str, Any]]) -> list[str]:
+    """Compare a run dir's saved run_config (its view via `saved_view`) with the run view `now`
+    when the dir holds checkpoints or a trained SAE; returns the safe changes (see resume_changes)."""
+    run = RunDir(run_dir)
+    if not (run.has_checkpoints() or is_trained(run_dir)):
+        return []
+    record = run.read_config()
+    if record is None or not record.run_config:
+        return []
+    return resume_changes(run_dir, saved_view(record.run_config), now)
+
+
+def record_changes(run_dirs: list[Path], changes: list[str], run_config: dict[str, Any]) -> None:
+    """Say what a continued run changed and store its new run_config in each config.json."""
+    for line in dict.fromkeys(changes):
+        print(f"resume: {line}")
+    for run_dir in run_dirs:
+        record = RunDir(run_dir).read_config()
+        RunDir(run_dir).write_config({**record.model_dump(), "run_config": run_config})
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def d_in_without_loading(model: ModelConfig, data: DataConfig) -> Optional[int]:
+    """The activation width as the cache's manifest, a local checkpoint's config.json or the
+    built-in models' table give it (None: only loading the model tells)."""
+    from featsep.data.cache import MANIFEST
+    from featsep.lm.loading import OFFLINE_MODELS
+
+    sources = [(Path(model.name) / "config.json", "hidden_size")]
+    if data.cache:
+        sources.insert(0, (Path(data.cache) / MANIFEST, "d_in"))
+    for path, key in sources:
+        try:
+            value = json.loads(path.read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, int):
+            return value
+    offline = OFFLINE_MODELS.get(model.name)
+    return offline.d_model if offline is not None else None
+
+
+def check_free_space(out_dir: Path, specs: list[RunSpec], d_in: int) -> None:
+    """Room for the first checkpoints: each SAE's parameters x 4 bytes x 3 (weights and Adam's
+    two moments), a lower bound that catches a nearly full disk before training starts."""
+    params = sum(2 * d_in * s.sae.d_sae + s.sae.d_sae + d_in for s in specs)
+    need, free = params * 4 * 3, shutil.disk_usage(out_dir).free
+    if free < need:
+        raise ValueError(
+            f"out_dir {out_dir} has {_fmt_bytes(free)} free but the first checkpoint of {len(specs)} SAE(s) needs "
+            f"about {_fmt_bytes(need)} (parameters x 4 bytes x 3 for Adam's moments); free space or choose "
+            "another out_dir"
+        )
+
+
+def check_outputs(out_dir: Path, specs: list[RunSpec], model: ModelConfig, data: DataConfig) -> None:
+    """Before the model loads: out_dir is none of the run's inputs, a writable directory (created
+    here), and has room for the first checkpoints when the activation width is known already."""
+    for what, value in (("data.cache", data.cache), ("data.dataset", data.dataset), ("model.name", model.name)):
+        if value and Path(value).exists() and Path(value).resolve() == Path(out_dir).resolve():
+            raise ConfigError(f"out_dir {out_dir} is the run's input {what}; choose another out_dir, "
+                              "so the run's files never mix with (or overwrite) what it reads")
+    ensure_writable_dir(out_dir, "out_dir")
+    d_in = d_in_without_loading(model, data)
+    if d_in is not None:
+        check_free_space(out_dir, specs, d_in)
+
+
 def _check_sequence_mode(specs: list[RunSpec], data: DataConfig) -> None:
     temporal = [s.name for s in specs if any(p.name == "temporal" for p in s.penalties)]
     if temporal and data.shuffle_buffer and not data.sequence_mode:
@@ -106,13 +239,14 @@ def train_specs(
     from featsep.lm.loading import resolve_device
 
     device = str(resolve_device(train.device))
-    _check_sequence_mode(specs, data)
-    stream = stream_from_config(model, data, train.batch_size, lm=lm)
     steps = train.tokens // train.batch_size
     if steps < 1:
         raise ConfigError(
             f"train.tokens={train.tokens} is less than one batch (train.batch_size={train.batch_size})"
         )
+    _check_sequence_mode(specs, data)
+    stream = stream_from_config(model, data, train.batch_size, lm=lm)
+    check_free_space(out_dir, specs, stream.d_in)  # again: the width is certain now
     # Estimated from the stream's first chunks (the same ones on a resume), so every SAE's
     # cfg.json records the factor its inputs were scaled by.
     stream.ensure_normalization_factor()
@@ -175,7 +309,9 @@ def run_from_config(cfg: RunConfig, resume: bool = False) -> Path:
 
     A run dir with checkpoints is continued either way; one that a run left before its first
     checkpoint is only restarted when asked (resume=True, `featsep train --resume RUN`), since
-    the config given may not be the one that started it."""
+    the config given may not be the one that started it. A dir holding checkpoints or a trained
+    SAE is first compared with `cfg`: a change outside RESUME_SAFE is refused, the safe ones are
+    printed and recorded in config.json. Output checks come before the model loads."""
     out = Path(cfg.out_dir)
     spec = RunSpec(
         name=out.name or "run",
@@ -184,6 +320,11 @@ def run_from_config(cfg: RunConfig, resume: bool = False) -> Path:
         sae=cfg.sae,
         penalties=list(cfg.penalties),
     )
+    check_outputs(out, [spec], cfg.model, cfg.data)
+    changes = check_continuation(out, _view(cfg), lambda saved: _view(
+        validate(RunConfig, {**saved, "out_dir": str(out)}, source=str(RunDir(out).config_file))))
+    if changes:
+        record_changes([out], changes, as_written(cfg))
     if is_trained(out):
         print(f"{out} is already trained; delete it or choose another out_dir to train again")
     elif not resume and RunDir(out).holds_training() and not RunDir(out).has_checkpoints():
@@ -206,8 +347,13 @@ def run_from_config(cfg: RunConfig, resume: bool = False) -> Path:
     return out
 
 
+def _view(cfg: RunConfig) -> dict[str, Any]:
+    return run_view(cfg.model, cfg.data, cfg.train, cfg.eval, cfg.sae, cfg.penalties)
+
+
 def resume_from_dir(run_dir: Path, overrides: Optional[list[str]] = None) -> Path:
-    """`featsep train --resume RUN_DIR`: rebuild the run from its config.json and continue."""
+    """`featsep train --resume RUN_DIR`: rebuild the run from its config.json and continue;
+    `overrides` may change only what RESUME_SAFE lists (see run_from_config)."""
     run_dir = Path(run_dir)
     record = RunDir(run_dir).read_config()
     if record is None:

@@ -11,8 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from featsep.config import ConfigError, SweepConfig
-from featsep.pipeline import RunSpec, evaluate_runs, is_trained, train_specs
+from featsep.config import ConfigError, SweepConfig, validate
+from featsep.pipeline import (
+    RunSpec,
+    check_continuation,
+    check_outputs,
+    evaluate_runs,
+    is_trained,
+    record_changes,
+    run_view,
+    train_specs,
+)
 from featsep.rundir import read_sweep_manifest, write_sweep_manifest
 
 
@@ -60,11 +69,26 @@ def sweep_manifest(cfg: SweepConfig, specs: list[RunSpec]) -> dict:
     }
 
 
+def _view(cfg: SweepConfig, spec: RunSpec) -> dict:
+    return run_view(cfg.model, cfg.data, cfg.train, cfg.eval, spec.sae, spec.penalties)
+
+
+def _saved_view(saved: dict, name: str) -> dict:
+    """The view of run `name` in the sweep config a run dir's config.json saved."""
+    cfg = validate(SweepConfig, saved, source=f"the saved config of {name}")
+    spec = next((s for s in expand_sweep(cfg) if s.name == name), None)
+    if spec is None:
+        raise ConfigError(f"{name}'s saved sweep config has no run {name}; use another out_dir or delete the old one")
+    return _view(cfg, spec)
+
+
 def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
-    """Train (resuming where possible) and evaluate every run; returns the sweep dir."""
+    """Train (resuming where possible) and evaluate every run; returns the sweep dir. Runs that
+    hold checkpoints or a trained SAE must match this config but for RESUME_SAFE fields
+    (pipeline.resume_changes), all checked before the model loads."""
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     specs = expand_sweep(cfg)
+    check_outputs(out, [s for s in specs if not is_trained(out / s.name)], cfg.model, cfg.data)
     previous = read_sweep_manifest(out)
     if previous is not None:
         prev_runs = [(r["run"], r["label"]) for r in previous.get("runs", [])]
@@ -74,7 +98,16 @@ def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
                 f"{out} holds a different sweep (its runs differ from this config's); "
                 "use another out_dir or delete the old one"
             )
+    changes, continued = [], []
+    for spec in specs:
+        found = check_continuation(out / spec.name, _view(cfg, spec),
+                                   lambda saved, name=spec.name: _saved_view(saved, name))
+        if found:
+            changes += found
+            continued.append(out / spec.name)
     write_sweep_manifest(out, sweep_manifest(cfg, specs))
+    if changes:
+        record_changes(continued, changes, cfg.model_dump(mode="json"))
 
     todo = [s for s in specs if not is_trained(out / s.name)]
     done = len(specs) - len(todo)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from featsep.io import atomic_target, write_json_atomic
+from featsep.io import atomic_target, ensure_writable_dir, write_json_atomic
 
 
 def test_failed_write_keeps_old_content_and_leaves_no_temp(tmp_path):
@@ -36,3 +36,13 @@ def test_results_get_the_users_umask_not_mkstemps_0600(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_ensure_writable_dir_creates_or_refuses_in_one_line(tmp_path):
+    assert ensure_writable_dir(tmp_path / "a" / "b", "out_dir").is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError, match=r"^out_dir .*/f is a file, not a directory; choose another out_dir"):
+        ensure_writable_dir(tmp_path / "f", "out_dir")
+    with pytest.raises(FileExistsError, match=r"^--out-dir .*/f/g cannot be created: a parent of it is a file"):
+        ensure_writable_dir(tmp_path / "f" / "g", "--out-dir")
+    assert (tmp_path / "f").read_text() == "x"

@@ -181,3 +181,21 @@ def test_example_configs_validate():
         cfg = load_config(f, model=model)
         if model is SweepConfig:
             assert expand_sweep(cfg)
+
+
+def test_resume_changes_allow_list_and_first_forbidden_change(tmp_path):
+    from featsep.pipeline import resume_changes
+
+    saved = {"sae": {"architecture": "topk", "k": 4}, "penalties": [], "train": {"log_every": 10, "lr": 1e-3},
+             "eval": {"evals": ["core"]}}
+    safe = {**saved, "train": {"log_every": 5, "lr": 1e-3}, "eval": {"evals": ["core", "absorption"]}}
+    assert resume_changes(tmp_path, saved, safe) == [
+        "train.log_every 10 -> 5", 'eval.evals ["core"] -> ["core", "absorption"]']
+    assert resume_changes(tmp_path, saved, saved) == []
+    added = {**saved, "penalties": [{"name": "momentum", "weight": 0.1}]}
+    with pytest.raises(ConfigError, match=rf'^{tmp_path} was trained with penalties = \[\], not \["momentum"\],'):
+        resume_changes(tmp_path, saved, added)
+    with pytest.raises(ConfigError, match=r"penalties.0.weight = 0.1, not 0.2"):
+        resume_changes(tmp_path, added, {**saved, "penalties": [{"name": "momentum", "weight": 0.2}]})
+    with pytest.raises(ConfigError, match=r"train.lr = 0.001, not \(unset\)"):
+        resume_changes(tmp_path, saved, {**saved, "train": {"log_every": 10}})

@@ -16,6 +16,7 @@ from featsep.evals.common.context import EvalContext, check_sae_fits, default_ca
 from featsep.evals.registry import EvalSpec, available_evals, get_eval
 from featsep.evals.schema import eval_output
 from featsep.evals.settings import resolve_settings
+from featsep.io import ensure_writable_dir
 from featsep.rundir import RunDir, write_eval_result
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,23 @@ def resolve_targets(sae_or_path) -> list[Target]:
     return [_resolve_one(item, i) for i, item in enumerate(items)]
 
 
+def check_out_dir(out_dir: str | Path, sae_or_path) -> Path:
+    """Before any eval runs (a full one takes minutes): out_dir is a writable directory (created
+    here) and not the dir of an SAE being evaluated, whose files the results would mix with."""
+    from featsep.sae.io import CFG_FILENAME
+
+    out = Path(out_dir).expanduser()
+    items = sae_or_path if isinstance(sae_or_path, (list, tuple)) else [sae_or_path]
+    for item in items:
+        if not isinstance(item, (str, Path)):
+            continue
+        for sae_dir in (Path(item).expanduser(), RunDir(Path(item).expanduser()).sae_dir):
+            if (sae_dir / CFG_FILENAME).is_file() and sae_dir.resolve() == out.resolve():
+                raise ValueError(f"out_dir {out} is the SAE dir being evaluated; choose another out_dir "
+                                 "(the results would mix with the SAE's own files)")
+    return ensure_writable_dir(out, "out_dir")
+
+
 def _load_model(model, targets: list[Target], device: str, dtype: str):
     from featsep.lm import LanguageModel, load_lm
 
@@ -118,6 +136,8 @@ def evaluate(
         raise ValueError(f"no eval selected; choose from: {', '.join(available_evals())}")
     specs = [get_eval(name) for name in evals]
     eval_settings, runner = resolve_settings(evals, settings)
+    if out_dir is not None:
+        check_out_dir(out_dir, sae_or_path)
     hook = runner.get("hook", hook)
     cache_dir = runner.get("cache_dir", cache_dir)
     cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir

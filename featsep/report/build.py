@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from featsep.io import write_bytes_atomic, write_text_atomic
+from featsep.rundir import FINAL_INFO_FILE, METRICS_FILE
 from featsep.report.collect import REPORT_DIRNAME, collect
 from featsep.report.figures import render_figures
 from featsep.report.findings import main_findings
@@ -25,10 +26,16 @@ def build_report(path: str | Path, out_dir: str | Path | None = None, labels: Op
     """Build the report of a sweep dir, a run dir or a dir of run dirs; returns report.html's path.
 
     out_dir defaults to PATH/report/. labels maps run directory names to display labels
-    (overriding sweep.json's). Missing results are noted in the page, never fatal; only a
-    PATH that is not a directory raises (FileNotFoundError).
+    (overriding sweep.json's). Missing results are noted in the page, never fatal; a PATH that
+    is not a directory raises FileNotFoundError, one that holds no run ValueError (an empty
+    report would look like a result), both before anything is written.
     """
     sweep = collect(path, labels)
+    if not sweep.records:
+        raise ValueError(
+            f"{path} holds no run (no run dir with {FINAL_INFO_FILE} or {METRICS_FILE}); pass a run dir or a "
+            "sweep dir, or train one first (`featsep train CONFIG`, `featsep sweep CONFIG`)"
+        )
     out = Path(out_dir) if out_dir is not None else Path(path) / REPORT_DIRNAME
     title = title or f"featsep report: {sweep.name}"
     records = sweep.records

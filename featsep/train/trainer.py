@@ -8,6 +8,8 @@ as coefficient * term and each logged by name.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -68,6 +70,18 @@ class _Member:
     @property
     def dtype(self) -> torch.dtype:
         return self.sae.W_dec.dtype
+
+
+@contextlib.contextmanager
+def _naming_disk_full(target: Optional[Path]) -> Iterator[None]:
+    """A full disk names what was being written (a failed write() carries no file name, or a
+    temp file's), which the CLI's one line ("no space left on device while writing X") needs."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC and target is not None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from None
+        raise
 
 
 # --- argument checking ---------------------------------------------------------------------------
@@ -332,14 +346,15 @@ class _Run:
             "total_steps": self.total,
         }
         for m in self.members:
-            ckpt.save_checkpoint(m.run_dir, self.step, {
-                **shared,
-                "name": m.name,
-                "sae": m.sae.state_dict(),
-                "optimizer": m.optimizer.state_dict(),
-                "scheduler": m.scheduler.state_dict(),
-                "penalties": [p.state_dict() for p in m.penalties],
-            })
+            with _naming_disk_full(rd.RunDir(m.run_dir).checkpoint_path(self.step)):
+                ckpt.save_checkpoint(m.run_dir, self.step, {
+                    **shared,
+                    "name": m.name,
+                    "sae": m.sae.state_dict(),
+                    "optimizer": m.optimizer.state_dict(),
+                    "scheduler": m.scheduler.state_dict(),
+                    "penalties": [p.state_dict() for p in m.penalties],
+                })
         self.checkpointed_step = self.step
 
     def restore(self, step: int) -> dict[str, Any]:
@@ -419,7 +434,8 @@ class _Run:
             row = _log_row(m, self.step, self.tokens, window_tokens, window_s)
             m.last["row"] = row
             m.last["logged_step"] = self.step
-            sink.log(m.index, row)
+            with _naming_disk_full(None if m.run_dir is None else rd.RunDir(m.run_dir).metrics_file):
+                sink.log(m.index, row)
 
 
 def train(
@@ -458,7 +474,8 @@ def train(
         checkpoint starts again from step 0 (saying so). On CPU the result equals an
         uninterrupted run exactly. Either way, temp files of killed writes are removed.
     run_config: the caller's whole run description, stored in config.json for resume.
-    Raises NonFiniteLossError on a NaN/Inf loss (the last checkpoint stays as it was).
+    Raises NonFiniteLossError on a NaN/Inf loss, and OSError ENOSPC naming the file on a full
+    disk (either way the last checkpoint stays as it was).
     """
     cfg = _train_config(config, settings)
     saes = _as_sae_list(saes)
@@ -553,8 +570,10 @@ def _remove_stale_temp_files(run_dir: Path) -> None:
 def _start_run_dir(m: _Member, resolved: dict[str, Any], run_config: Optional[dict]) -> None:
     """A fresh start: clear what a run killed before its first common checkpoint left, write config.json."""
     ckpt.clear_checkpoints(m.run_dir)
-    rd.RunDir(m.run_dir).truncate_metrics(0)
-    write_config(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run_config)
+    with _naming_disk_full(rd.RunDir(m.run_dir).metrics_file):
+        rd.RunDir(m.run_dir).truncate_metrics(0)
+    with _naming_disk_full(rd.RunDir(m.run_dir).config_file):
+        write_config(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run_config)
 
 
 def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) -> None:
@@ -565,7 +584,8 @@ def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) 
         row = logged[-1] if logged else None
     row = row or {}
     if m.run_dir is not None:
-        write_final(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run.step, run.tokens, row)
+        with _naming_disk_full(m.run_dir):
+            write_final(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run.step, run.tokens, row)
     where = f" -> {m.run_dir}" if m.run_dir is not None else ""
     sink.write(f"{m.name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
                f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "

@@ -355,8 +355,17 @@ def test_absent_inputs_skip_figures_with_a_note(tmp_path):
     assert "Only one method" in html
     assert (tmp_path / "out" / "figures" / "training_curves.png").is_file()
     assert not (tmp_path / "out" / "figures" / "frontier.png").exists()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert "no run directories" in build_report(empty).read_text()
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path / "nope")
+
+
+def test_a_dir_without_runs_is_refused_and_nothing_is_written(tmp_path):
+    """An empty report would read as a result: a dir holding no run is an error, and neither
+    PATH/report nor out_dir appears."""
+    empty = tmp_path / "empty"
+    (empty / "notes").mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"^{empty} holds no run \\(no run dir with final_info.json or metrics.jsonl\\)"):
+        build_report(empty, out_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match="holds no run"):
+        build_report(empty)
+    assert sorted(p.name for p in empty.rglob("*")) == ["notes"] and not (tmp_path / "out").exists()
