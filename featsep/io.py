@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -41,6 +42,17 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+class DiskFullError(ValueError):
+    """The disk filled up (ENOSPC) during a write: a ValueError so the CLI prints it as one line."""
+
+
+def raise_if_disk_full(error: BaseException, target: str | Path, fix: str = "free space or choose another out_dir") -> None:
+    """Re-raise an ENOSPC OSError as a DiskFullError naming `target` and the fix; any other error
+    is left for the caller to re-raise."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        raise DiskFullError(f"no space left on device while writing {target}; {fix}") from error
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
