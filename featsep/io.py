@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -53,6 +54,15 @@ def raise_if_disk_full(error: BaseException, target: str | Path, fix: str = "fre
     is left for the caller to re-raise."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         raise DiskFullError(f"no space left on device while writing {target}; {fix}") from error
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in blocks (checkpoints and weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

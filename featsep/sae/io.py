@@ -9,7 +9,6 @@ tell a corrupted weights file from a good one.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from pydantic import ValidationError
 
-from featsep.io import TEMP_SUFFIX, atomic_target, raise_if_disk_full, remove_stale_temp_files
+from featsep.io import TEMP_SUFFIX, atomic_target, file_sha256, raise_if_disk_full, remove_stale_temp_files
 from featsep.sae.base import SAE, get_architecture
 from featsep.settings import one_line
 
@@ -78,14 +77,6 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] 
         raise_if_disk_full(e, path, "free space or save the SAE elsewhere")
         raise
     return path
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
