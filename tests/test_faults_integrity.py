@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,6 @@ from typer.testing import CliRunner
 import featsep
 from featsep.cli import app
 from featsep.rundir import RunDir
-from tests.test_cli import _config
 
 D, N = 8, 24
 
@@ -136,11 +136,24 @@ def test_export_of_an_sae_whose_cfg_disagrees_with_its_weights(tmp_path, sae_dir
 
 
 # --- corrupted checkpoints -----------------------------------------------------------------------
+def write_config(folder, model_dir, corpus) -> Path:
+    """A run config that trains 4 steps on the tiny model, checkpointing every 2."""
+    path = folder / "run.toml"
+    path.write_text("\n".join([
+        f'out_dir = "{folder / "run"}"',
+        "[model]", f'name = "{model_dir}"', 'hook = "blocks.1.hook_resid_post"', "batch_size = 4",
+        "[data]", f'dataset = "{corpus}"', "context_length = 16", "shuffle_buffer = 8", "norm_estimate_batches = 2",
+        "[sae]", 'architecture = "topk"', "d_sae = 64", "k = 4",
+        "[train]", "tokens = 512", "batch_size = 128", "checkpoint_every = 2", "log_every = 1", "lr = 1e-3",
+    ]) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def unfinished_run(tmp_path_factory, tiny_llama_dir, checkpoint_corpus):
     """A CLI-trained run (4 steps, checkpoints 2 and 4) made to look killed before its end."""
     tmp = tmp_path_factory.mktemp("cli-run")
-    done = run("train", _config(tmp, tiny_llama_dir, checkpoint_corpus))
+    done = run("train", write_config(tmp, tiny_llama_dir, checkpoint_corpus))
     assert done.exit_code == 0, done.output
     shutil.rmtree(tmp / "run" / "sae")
     return tmp / "run"
