@@ -159,14 +159,14 @@ def eval_(
 @app.command()
 def export(
     sae_dir: Path = typer.Argument(..., help="a saved SAE dir (cfg.json + sae_weights.safetensors)"),
-    out: Path = typer.Argument(..., help="where to write the SAELens-ready copy"),
+    out: Path = typer.Argument(..., help="where to write the SAELens-ready copy (a new or empty dir)"),
+    force: bool = typer.Option(False, "--force", help="overwrite OUT when it holds an earlier export"),
 ) -> None:
     """Write a copy SAELens loads and evaluates on raw activations (normalisation folded in)."""
     with _user_errors():
-        from featsep.sae.io import load_sae, save_sae
+        from featsep.sae.io import export_sae
 
-        sae = load_sae(sae_dir, device="cpu")
-        save_sae(sae, out, fold=True)
+        sae = export_sae(sae_dir, out, force=force)
         typer.echo(f"wrote {out} (normalization factor {sae.cfg.normalization_factor} folded into the weights)")
 
 

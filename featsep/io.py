@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -49,6 +51,26 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+class DiskFullError(ValueError):
+    """The disk filled up (ENOSPC) during a write: a ValueError so the CLI prints it as one line."""
+
+
+def raise_if_disk_full(error: BaseException, target: str | Path, fix: str = "free space or choose another out_dir") -> None:
+    """Re-raise an ENOSPC OSError as a DiskFullError naming `target` and the fix; any other error
+    is left for the caller to re-raise."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        raise DiskFullError(f"no space left on device while writing {target}; {fix}") from error
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in blocks (checkpoints and weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

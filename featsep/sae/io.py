@@ -2,7 +2,8 @@
 
 cfg.json holds our whole config plus SAELens's keys (flat, as older SAELens reads them, and
 under "meta", as SAELens 6 does); `featsep_architecture` names our class so `load_sae`
-rebuilds exactly what was saved.
+rebuilds exactly what was saved, and `featsep_weights_sha256` (which SAELens ignores) lets it
+tell a corrupted weights file from a good one.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from featsep.io import atomic_target, write_text_atomic
+from pydantic import ValidationError
+
+from featsep.io import TEMP_SUFFIX, atomic_target, file_sha256, raise_if_disk_full, remove_stale_temp_files
 from featsep.sae.base import SAE, get_architecture
+from featsep.settings import one_line
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
+SHA256_KEY = "featsep_weights_sha256"
+EXPORTED_FROM_KEY = "exported_from"  # in featsep_extra of `featsep export`'s copies
 _META_KEYS = ("model_name", "hook_name", "hook_layer", "context_size", "prepend_bos", "dataset_path")
 
 
@@ -44,27 +51,38 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] 
              fold: bool = False) -> Path:
     """Write `path/sae_weights.safetensors` and `path/cfg.json`; `extra` (JSON-serialisable)
     is stored in cfg.json under "featsep_extra" (e.g. training summary). `fold`: save
-    fold_normalization(sae), which SAELens evaluates correctly on raw activations. Returns the dir."""
+    fold_normalization(sae), which SAELens evaluates correctly on raw activations. Returns the dir.
+
+    Both files are written in full as temp files before either replaces its target, so a failed
+    save (a full disk, say) leaves an earlier save as it was and a new directory not there at all."""
     if fold:
         sae = fold_normalization(sae)
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
     tensors = {k: v.detach().contiguous().cpu() for k, v in sae.saved_tensors().items()}
     cfg = sae.to_cfg_dict()
     cfg["meta"] = {k: cfg[k] for k in _META_KEYS}
     if extra:
         cfg["featsep_extra"] = extra
-    text = json.dumps(cfg, indent=2, default=str)
-    # weights first: a directory whose cfg.json exists always has matching weights
-    with atomic_target(path / WEIGHTS_FILENAME) as tmp:
-        save_file(tensors, str(tmp))
-    write_text_atomic(path / CFG_FILENAME, text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # cfg.json commits last: when it is there, the weights it names (by checksum) are too
+        with atomic_target(path / CFG_FILENAME) as cfg_tmp, atomic_target(path / WEIGHTS_FILENAME) as weights_tmp:
+            save_file(tensors, str(weights_tmp))
+            cfg[SHA256_KEY] = file_sha256(weights_tmp)
+            cfg_tmp.write_text(json.dumps(cfg, indent=2, default=str))
+    except BaseException as e:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise_if_disk_full(e, path, "free space or save the SAE elsewhere")
+        raise
     return path
 
 
 def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
     """Rebuild the saved architecture with its weights (on `device`, default: as saved if
-    available, else CPU)."""
+    available, else CPU). The weights are checked against cfg.json's checksum when it has one
+    (SAEs saved before checksums, or by hand, load unchecked)."""
     path = Path(path)
     cfg_file, weights_file = path / CFG_FILENAME, path / WEIGHTS_FILENAME
     if not cfg_file.is_file() or not weights_file.is_file():
@@ -72,16 +90,17 @@ def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
             f"{str(path)!r} is not a saved SAE: it needs {CFG_FILENAME} and {WEIGHTS_FILENAME} "
             "(write one with featsep.save_sae, or pass the SAE's directory)"
         )
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{str(cfg_file)!r} is corrupt ({e}); re-save the SAE") from None
+    cfg = read_sae_cfg(path)
     name = cfg.get("featsep_architecture")
     if name is None:
         raise ValueError(
             f"{str(cfg_file)!r} has no 'featsep_architecture': it was not written by featsep; "
             "load it with SAELens instead"
         )
+    expected = cfg.get(SHA256_KEY)
+    if expected is not None and file_sha256(weights_file) != expected:
+        raise ValueError(f"{str(weights_file)!r} is corrupted: its sha256 differs from the one {CFG_FILENAME} "
+                         "records; re-save or re-export the SAE (or retrain it)")
     cls = get_architecture(name)
     fields = {k: v for k, v in cfg.items() if k in cls.config_class.model_fields}
     if device is None:
@@ -89,13 +108,58 @@ def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
     fields["device"] = device
-    sae = cls(cls.config_class(**fields))
+    try:
+        sae = cls(cls.config_class(**fields))
+    except ValidationError as e:
+        raise ValueError(f"{str(cfg_file)!r} is not a valid {name} config: {one_line(e, cls.config_class)}") from None
     try:
         tensors = load_file(weights_file, device=str(device))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{str(weights_file)!r} is corrupt ({e}); re-save the SAE") from None
-    missing = set(sae.saved_tensors()) - set(tensors)
+    expected_tensors = sae.saved_tensors()
+    missing = set(expected_tensors) - set(tensors)
     if missing:
         raise ValueError(f"{str(weights_file)!r} lacks {sorted(missing)}; re-save the SAE")
+    for key, want in expected_tensors.items():
+        if tensors[key].shape != want.shape:
+            raise ValueError(f"{str(cfg_file)!r} says d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}, so {key} should have "
+                             f"shape {tuple(want.shape)}, but {WEIGHTS_FILENAME} holds {key} of shape "
+                             f"{tuple(tensors[key].shape)}; the two files do not belong together: re-save the SAE")
     sae.load_saved_tensors(tensors)
+    return sae
+
+
+def read_sae_cfg(path: str | os.PathLike) -> dict[str, Any]:
+    """cfg.json of the SAE dir `path` as a dict (ValueError when it is not one)."""
+    cfg_file = Path(path) / CFG_FILENAME
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(cfg_file)!r} is corrupt ({e}); re-save the SAE") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{str(cfg_file)!r} is corrupt (a JSON {type(cfg).__name__}, not an object); re-save the SAE")
+    return cfg
+
+
+def export_sae(sae_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> SAE:
+    """Save a folded copy of the SAE in `sae_dir` to `out` (see fold_normalization); returns the
+    SAE as loaded. `out` must not be `sae_dir` or lie inside it, and must be new or empty, or,
+    with `force`, an earlier export (its cfg.json records where it came from)."""
+    src, out = Path(sae_dir), Path(out)
+    sae = load_sae(src, device="cpu")
+    if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{str(out)!r} is the SAE being exported or inside it; the export is a different "
+                         "(folded) SAE and would overwrite it: choose another OUT")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{str(out)!r} is a file; choose a new directory as OUT")
+    held = [p for p in out.iterdir() if not p.name.endswith(TEMP_SUFFIX)] if out.is_dir() else []
+    if held:
+        extra = read_sae_cfg(out).get("featsep_extra") if (out / CFG_FILENAME).is_file() else None
+        if not (isinstance(extra, dict) and EXPORTED_FROM_KEY in extra):
+            raise FileExistsError(f"{str(out)!r} already holds files and is not an earlier export; "
+                                  "choose a new or empty directory as OUT")
+        if not force:
+            raise FileExistsError(f"{str(out)!r} holds an earlier export; pass --force to overwrite it")
+    remove_stale_temp_files(out)  # of an export killed midway
+    save_sae(sae, out, extra={EXPORTED_FROM_KEY: str(src.resolve())}, fold=True)
     return sae

@@ -3,7 +3,8 @@
 Each run dir keeps its own checkpoints/step_XXXXXXXXX.pt (the last `keep`): the SAE, its
 optimizer, LR scheduler and penalties, plus the state shared by a sweep (step, tokens, RNG
 states, data position), repeated in every run dir so that each one is self-contained.
-A sweep resumes from the latest step that every one of its run dirs holds.
+A sweep resumes from the latest step that every one of its run dirs holds intact: next to each
+step_XXXXXXXXX.pt, step_XXXXXXXXX.pt.sha256 (in `sha256sum` format) records its checksum.
 
 Checkpoints hold only tensors and plain values (dicts, lists, tuples, numbers, strings, None)
 and load with `torch.load(weights_only=True)`: a run dir is data, and resuming from one must
@@ -12,9 +13,11 @@ never run code a crafted file smuggled into its pickle.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import random
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from featsep.io import write_bytes_atomic
+from featsep.io import file_sha256, write_bytes_atomic, write_text_atomic
 from featsep.rundir import RunDir
 
 FORMAT_VERSION = 2  # 2: loadable with weights_only=True (format 1 pickled numpy's RNG state)
@@ -65,24 +68,61 @@ def seed_everything(seed: int) -> None:
 
 
 def latest_common_step(run_dirs: list[Path]) -> Optional[int]:
-    """The latest step checkpointed in every run dir, or None."""
+    """The latest step checkpointed intact in every run dir, or None when no step is in all of
+    them. A later common step whose checkpoint is corrupted is passed over with a warning; a
+    ValueError when every common step has a corrupted checkpoint somewhere."""
     common = None
     for run_dir in run_dirs:
         steps = set(RunDir(run_dir).checkpoint_steps())
         common = steps if common is None else common & steps
-    return max(common) if common else None
+    if not common:
+        return None
+    corrupted: list[Path] = []
+    for step in sorted(common, reverse=True):
+        bad = [path for path in (RunDir(d).checkpoint_path(step) for d in run_dirs) if not checksum_matches(path)]
+        if not bad:
+            if corrupted:
+                warnings.warn(f"checkpoint {corrupted[0]} is corrupted (its sha256 differs from {sidecar(corrupted[0]).name}); "
+                              f"resuming from the previous good checkpoint, step {step}", stacklevel=2)
+            return step
+        corrupted += bad
+    raise ValueError(f"checkpoint {corrupted[0]} is corrupted (its sha256 differs from {sidecar(corrupted[0]).name}) "
+                     f"and no earlier intact checkpoint is left; delete {corrupted[0].parent} to restart from step 0")
+
+
+def sidecar(path: Path) -> Path:
+    """The checksum file of checkpoint `path`."""
+    return path.with_name(path.name + ".sha256")
+
+
+def checksum_matches(path: Path) -> bool:
+    """Whether checkpoint `path` matches its recorded sha256 (True when none was recorded:
+    checkpoints written before checksums)."""
+    if not sidecar(path).is_file():
+        return True
+    recorded = sidecar(path).read_text(errors="replace").split()
+    return bool(recorded) and recorded[0] == file_sha256(path)
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write atomically, then delete all but the newest `keep` checkpoints."""
+    """Write atomically (the checksum first, so a checkpoint never lacks it), then delete all but
+    the newest `keep` checkpoints."""
     check_plain(state, "checkpoint")
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, "step": step, **state}, buffer)
+    data = buffer.getvalue()
     path = RunDir(run_dir).checkpoint_path(step)
-    write_bytes_atomic(path, buffer.getvalue())
+    write_text_atomic(sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    write_bytes_atomic(path, data)
     for old_step, old_path in sorted(RunDir(run_dir).checkpoint_steps().items())[:-keep]:
-        old_path.unlink(missing_ok=True)
+        _remove(old_path)
     return path
+
+
+def _remove(path: Path) -> None:
+    """A checkpoint, then its checksum (a checkpoint without one would load unchecked)."""
+    path.unlink(missing_ok=True)
+    sidecar(path).unlink(missing_ok=True)
 
 
 def check_plain(obj: Any, where: str) -> None:
@@ -101,14 +141,22 @@ def check_plain(obj: Any, where: str) -> None:
 
 
 def clear_checkpoints(run_dir: Path) -> None:
+    """Every checkpoint and checksum, also those of checkpoints a kill kept from being written."""
+    folder = RunDir(run_dir).checkpoint_dir
     for path in RunDir(run_dir).checkpoint_steps().values():
-        path.unlink(missing_ok=True)
+        _remove(path)
+    if folder.is_dir():
+        for path in folder.glob("step_*.pt.sha256"):
+            path.unlink(missing_ok=True)
 
 
 def load_checkpoint(run_dir: Path, step: int) -> dict[str, Any]:
     path = RunDir(run_dir).checkpoint_steps().get(step)
     if path is None:
         raise FileNotFoundError(f"no checkpoint for step {step} in {RunDir(run_dir).checkpoint_dir}")
+    if not checksum_matches(path):
+        raise ValueError(f"checkpoint {path} is corrupted (its sha256 differs from {sidecar(path).name}); "
+                         "delete it to resume from the one before")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # it holds objects beyond tensors and plain values: never unpickled

@@ -104,3 +104,116 @@ def test_folded_copy_takes_raw_activations(arch, tmp_path):
     torch.testing.assert_close(folded.encode(raw), sae.encode(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(folded(raw), sae(x) / f, rtol=1e-5, atol=1e-4)
     assert sae.cfg.normalization_factor == f  # the original is untouched
+
+
+# --- integrity: checksums, cfg.json vs weights, full disk ----------------------------------------
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # inside the last tensor's payload: the header still parses
+    path.write_bytes(bytes(data))
+
+
+def test_checksum_recorded_is_the_weights_sha256(tmp_path):
+    import hashlib
+
+    sae, _ = trained("topk")
+    featsep.save_sae(sae, tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["featsep_weights_sha256"] == hashlib.sha256((tmp_path / "sae" / "sae_weights.safetensors").read_bytes()).hexdigest()
+
+
+def test_flipped_weight_byte_is_refused_in_one_line(tmp_path):
+    sae, x = trained("topk")
+    featsep.save_sae(sae, tmp_path / "sae")
+    weights = tmp_path / "sae" / "sae_weights.safetensors"
+    flip_last_byte(weights)
+    load_file(weights)  # safetensors alone does not notice ...
+    before = snapshot(tmp_path / "sae")
+    with pytest.raises(ValueError) as caught:
+        featsep.load_sae(tmp_path / "sae")
+    message = str(caught.value)
+    assert "\n" not in message and str(weights) in message and "corrupted" in message and "re-save" in message
+    assert snapshot(tmp_path / "sae") == before
+
+
+def test_sae_without_checksum_still_loads(tmp_path):
+    """SAEs saved before checksums (or edited by hand) load unchecked."""
+    sae, x = trained("relu_l1")
+    featsep.save_sae(sae, tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    del cfg["featsep_weights_sha256"]
+    (tmp_path / "sae" / "cfg.json").write_text(json.dumps(cfg))
+    assert torch.equal(featsep.load_sae(tmp_path / "sae")(x), sae(x))
+
+
+@pytest.mark.parametrize("key,value,named", [("d_sae", 32, "d_sae=32"), ("d_in", 6, "d_in=6")])
+def test_cfg_disagreeing_with_weights_names_both(tmp_path, key, value, named):
+    sae, _ = trained("topk")
+    featsep.save_sae(sae, tmp_path / "sae")
+    cfg_file = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg[key] = value
+    cfg_file.write_text(json.dumps(cfg))
+    before = snapshot(tmp_path / "sae")
+    with pytest.raises(ValueError) as caught:
+        featsep.load_sae(tmp_path / "sae")
+    message = str(caught.value)
+    assert "\n" not in message and named in message and str(cfg_file) in message
+    assert f"holds W_enc of shape {(D, N)}" in message and "do not belong together" in message
+    assert snapshot(tmp_path / "sae") == before
+
+
+def test_invalid_cfg_values_are_one_line(tmp_path):
+    sae, _ = trained("topk")
+    featsep.save_sae(sae, tmp_path / "sae")
+    cfg_file = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["k"] = -1
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as caught:
+        featsep.load_sae(tmp_path / "sae")
+    assert "\n" not in str(caught.value) and "not a valid topk config" in str(caught.value) and "k:" in str(caught.value)
+    cfg_file.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="corrupt .a JSON list, not an object.; re-save"):
+        featsep.load_sae(tmp_path / "sae")
+
+
+def disk_fills_up(monkeypatch, after_bytes=10):
+    import errno
+
+    import featsep.sae.io as sae_io
+
+    def save_file(tensors, filename):
+        with open(filename, "wb") as f:
+            f.write(b"x" * after_bytes)
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(sae_io, "save_file", save_file)
+
+
+def test_disk_full_leaves_no_new_dir(tmp_path, monkeypatch):
+    sae, _ = trained("topk")
+    disk_fills_up(monkeypatch)
+    target = tmp_path / "new" / "deeper" / "sae"
+    with pytest.raises(ValueError) as caught:
+        featsep.save_sae(sae, target)
+    assert str(caught.value) == f"no space left on device while writing {target}; free space or save the SAE elsewhere"
+    assert list(tmp_path.iterdir()) == []  # not even the parents it created
+
+
+def test_disk_full_leaves_an_earlier_save_untouched(tmp_path, monkeypatch):
+    sae, x = trained("topk")
+    featsep.save_sae(sae, tmp_path / "sae")
+    before = snapshot(tmp_path / "sae")
+    disk_fills_up(monkeypatch)
+    with torch.no_grad():
+        sae.W_dec.mul_(2)
+    with pytest.raises(ValueError, match="no space left on device"):
+        featsep.save_sae(sae, tmp_path / "sae")
+    assert snapshot(tmp_path / "sae") == before  # no temp files either
+    monkeypatch.undo()
+    featsep.load_sae(tmp_path / "sae")

@@ -1,9 +1,11 @@
-"""Checkpoint files: safe loading (weights_only), RNG round trips, stale temp files, early deaths."""
+"""Checkpoint files: safe loading (weights_only), checksums, RNG round trips, stale temp files, early deaths."""
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from featsep.train import train
 from featsep.train.checkpoint import (
     FORMAT_VERSION,
     capture_rng,
+    latest_common_step,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
@@ -170,3 +173,88 @@ def test_stale_temp_files_are_removed_on_a_fresh_start(tmp_path):
     tmp.write_bytes(b"")
     train([topk()], batches(), out_dir=tmp_path, **RUN)
     assert not tmp.exists() and sorted(RunDir(tmp_path).checkpoint_steps()) == [8, 12]
+
+
+# --- checksums -----------------------------------------------------------------------------------
+def flip_a_byte(path, at=-100):
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_checkpoint_has_its_sha256_and_loses_it_with_it(tmp_path):
+    train([topk()], batches(), out_dir=tmp_path, **RUN)  # checkpoints at 4, 8, 12; the last 2 kept
+    folder = RunDir(tmp_path).checkpoint_dir
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000000008.pt", "step_000000008.pt.sha256",
+                                                        "step_000000012.pt", "step_000000012.pt.sha256"]
+    for step in (8, 12):
+        path = RunDir(tmp_path).checkpoint_path(step)
+        assert (folder / f"{path.name}.sha256").read_text() == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+
+
+def test_corrupted_checkpoint_is_refused_in_one_line(tmp_path):
+    save_checkpoint(tmp_path, 4, {"w": torch.arange(1000.0)})
+    path = RunDir(tmp_path).checkpoint_path(4)
+    flip_a_byte(path)
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError) as caught:
+        load_checkpoint(tmp_path, 4)
+    message = str(caught.value)
+    assert message == (f"checkpoint {path} is corrupted (its sha256 differs from step_000000004.pt.sha256); "
+                       "delete it to resume from the one before")
+    assert snapshot(tmp_path) == before
+
+
+def test_checkpoint_without_a_checksum_still_loads(tmp_path):
+    """Checkpoints written before checksums load as before."""
+    save_checkpoint(tmp_path, 4, {"w": torch.arange(5.0)})
+    (RunDir(tmp_path).checkpoint_dir / "step_000000004.pt.sha256").unlink()
+    assert torch.equal(load_checkpoint(tmp_path, 4)["w"], torch.arange(5.0))
+    assert latest_common_step([tmp_path]) == 4
+
+
+def test_a_sweep_resumes_from_the_latest_step_intact_in_every_run_dir(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        for step in (4, 8):
+            save_checkpoint(d, step, {"w": torch.arange(1000.0) + step})
+    flip_a_byte(RunDir(b).checkpoint_path(8))
+    with pytest.warns(UserWarning) as caught:
+        assert latest_common_step([a, b]) == 4
+    assert [str(w.message) for w in caught] == [
+        f"checkpoint {RunDir(b).checkpoint_path(8)} is corrupted (its sha256 differs from step_000000008.pt.sha256); "
+        "resuming from the previous good checkpoint, step 4"]
+
+
+def test_resume_passes_over_a_corrupted_checkpoint(tmp_path):
+    full = train([topk()], batches(), out_dir=tmp_path / "full", **RUN)[0]
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train([topk()], killed_after(batches(), 10), out_dir=cut, **RUN)  # checkpoints 4 and 8
+    flip_a_byte(RunDir(cut).checkpoint_path(8))
+    with pytest.warns(UserWarning, match="step_000000008.pt is corrupted .*previous good checkpoint, step 4$"):
+        resumed = train([topk(seed=3)], batches(), out_dir=cut, resume=True, **RUN)[0]
+    assert same_weights(full, resumed)
+    assert sorted(RunDir(cut).checkpoint_steps()) == [8, 12]  # the corrupted step 8 was written again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert latest_common_step([cut]) == 12
+
+
+def test_resume_with_no_intact_checkpoint_left_is_one_line(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        train([topk()], killed_after(batches(), 10), out_dir=tmp_path, **RUN)
+    for step in (4, 8):
+        flip_a_byte(RunDir(tmp_path).checkpoint_path(step))
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError) as caught:
+        train([topk()], batches(), out_dir=tmp_path, resume=True, **RUN)
+    folder = RunDir(tmp_path).checkpoint_dir
+    assert str(caught.value) == (f"checkpoint {folder / 'step_000000008.pt'} is corrupted (its sha256 differs from "
+                                 f"step_000000008.pt.sha256) and no earlier intact checkpoint is left; delete {folder} "
+                                 "to restart from step 0")
+    assert snapshot(tmp_path) == before
