@@ -84,9 +84,13 @@ def _disk_full_is_one_line(path: Path) -> Iterator[None]:
 
 
 def _check_writable(out: Path) -> None:
+    """Probe `out`, or the nearest folder above it that exists, with a temp file (os.access is
+    wrong for root and for read-only mounts); creates nothing that stays."""
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
         raise CacheError(
@@ -456,6 +460,7 @@ def build_cache(
         lm = load_lm(model, device=device, dtype=model_dtype)
     else:
         lm = model
+    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": lm.name, "hook": hook, "dataset": dataset, "text_column": text_column, "split": split,
         "seed": seed, "context_length": context_length, "batch_size": batch_size,
@@ -502,6 +507,7 @@ def build_cache(
                 "index_columns": ["context", "position", "token"], "shards": shards,
             })
 
+    write_manifest("incomplete")  # lists the kept shards only: a kill before the next one leaves a resumable cache
     np_dtype = DTYPES[dtype]
     written = sum(s["rows"] for s in shards)
     new_shards = 0

@@ -203,3 +203,15 @@ def test_a_cache_of_text_in_another_encoding(word_lm, word_corpus, tmp_path):
     (b / "manifest.json").write_text(json.dumps(manifest))
     build_cache(word_lm, HOOK, str(utf8), 300, b, **cache_kwargs())  # complete already: nothing to do
     assert json.loads((b / "manifest.json").read_text()) == manifest
+
+
+def test_a_build_killed_after_its_first_shard_file_resumes(word_lm, word_corpus, tmp_path):
+    """The manifest is written before the first shard, so shard files a kill left behind unrecorded
+    are cleared by the next run instead of making it refuse the directory."""
+    out = tmp_path / "c"
+    build_cache(word_lm, HOOK, word_corpus, 300, out, max_shards=0, **cache_kwargs())
+    assert json.loads((out / "manifest.json").read_text())["shards"] == []
+    (out / "shard_00000.npy").write_bytes(b"unrecorded, half written")
+    build_cache(word_lm, HOOK, word_corpus, 300, out, **cache_kwargs())
+    full = build_cache(word_lm, HOOK, word_corpus, 300, tmp_path / "full", **cache_kwargs())
+    assert torch.equal(ActivationCache(out).to_tensor()[0], ActivationCache(full).to_tensor()[0])
