@@ -493,59 +493,62 @@ def build_cache(
     def next_chunk():
         return pending.pop(0) if pending else fetch()
 
-    if normalize and factor is None:
-        factor, pending = first_chunks_factor(iter(fetch, None), norm_estimate_batches, acts=lambda item: item[1].acts)
-    scale = factor if normalize else 1.0
+    try:  # closes the harvest's progress bar, so an error line starts a line of its own
+        if normalize and factor is None:
+            factor, pending = first_chunks_factor(iter(fetch, None), norm_estimate_batches, acts=lambda item: item[1].acts)
+        scale = factor if normalize else 1.0
 
-    def write_manifest(status: str) -> None:
-        with _disk_full_is_one_line(out / MANIFEST):
-            write_json_atomic(out / MANIFEST, {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "status": status, **settings,
-                "tokens_requested": tokens, "tokens": sum(s["rows"] for s in shards),
-                "normalization_factor": factor if normalize else None,
-                "normalization": "x * normalization_factor, factor = sqrt(d / mean ||x||^2)" if normalize else "none",
-                "index_columns": ["context", "position", "token"], "shards": shards,
-            })
+        def write_manifest(status: str) -> None:
+            with _disk_full_is_one_line(out / MANIFEST):
+                write_json_atomic(out / MANIFEST, {
+                    "format": FORMAT, "format_version": FORMAT_VERSION, "status": status, **settings,
+                    "tokens_requested": tokens, "tokens": sum(s["rows"] for s in shards),
+                    "normalization_factor": factor if normalize else None,
+                    "normalization": "x * normalization_factor, factor = sqrt(d / mean ||x||^2)" if normalize else "none",
+                    "index_columns": ["context", "position", "token"], "shards": shards,
+                })
 
-    write_manifest("incomplete")  # lists the kept shards only: a kill before the next one leaves a resumable cache
-    np_dtype = DTYPES[dtype]
-    written = sum(s["rows"] for s in shards)
-    new_shards = 0
-    skip = start["skip_rows"]
-    item = next_chunk()
-    while written < tokens and item is not None and (max_shards is None or new_shards < max_shards):
-        rows = min(shard_tokens, tokens - written)
-        acts = np.empty((rows, lm.d_model), dtype=np_dtype)
-        index = np.empty((rows, 3), dtype=np.int64)
-        filled = 0
-        while filled < rows and item is not None:
-            first_context, chunk = item
-            take = min(rows - filled, len(chunk) - skip)
-            part = chunk[skip : skip + take]
-            acts[filled : filled + take] = (part.acts * scale).numpy()
-            index[filled : filled + take] = part.index.numpy()
-            filled += take
-            skip += take
-            if skip == len(chunk):
-                item, skip = next_chunk(), 0
-                next_pos = {"context": source.contexts_total if item is None else item[0], "skip_rows": 0}
-            else:
-                next_pos = {"context": first_context, "skip_rows": skip}
-        if filled == 0:
-            break
-        i = len(shards)
-        shards.append({**_save_shard(out, i, acts[:filled], index[:filled]), "start": start, "next": next_pos})
-        start = next_pos
-        written += filled
-        new_shards += 1
-        write_manifest("incomplete")
-    if written >= tokens or item is None:
-        if written < tokens:
-            warnings.warn(
-                f"dataset {dataset!r} ran out after {written:,} tokens (asked for {tokens:,}); "
-                "the cache holds what there is", stacklevel=2,
-            )
-        write_manifest("complete")
+        write_manifest("incomplete")  # lists the kept shards only: a kill before the next one leaves a resumable cache
+        np_dtype = DTYPES[dtype]
+        written = sum(s["rows"] for s in shards)
+        new_shards = 0
+        skip = start["skip_rows"]
+        item = next_chunk()
+        while written < tokens and item is not None and (max_shards is None or new_shards < max_shards):
+            rows = min(shard_tokens, tokens - written)
+            acts = np.empty((rows, lm.d_model), dtype=np_dtype)
+            index = np.empty((rows, 3), dtype=np.int64)
+            filled = 0
+            while filled < rows and item is not None:
+                first_context, chunk = item
+                take = min(rows - filled, len(chunk) - skip)
+                part = chunk[skip : skip + take]
+                acts[filled : filled + take] = (part.acts * scale).numpy()
+                index[filled : filled + take] = part.index.numpy()
+                filled += take
+                skip += take
+                if skip == len(chunk):
+                    item, skip = next_chunk(), 0
+                    next_pos = {"context": source.contexts_total if item is None else item[0], "skip_rows": 0}
+                else:
+                    next_pos = {"context": first_context, "skip_rows": skip}
+            if filled == 0:
+                break
+            i = len(shards)
+            shards.append({**_save_shard(out, i, acts[:filled], index[:filled]), "start": start, "next": next_pos})
+            start = next_pos
+            written += filled
+            new_shards += 1
+            write_manifest("incomplete")
+        if written >= tokens or item is None:
+            if written < tokens:
+                warnings.warn(
+                    f"dataset {dataset!r} ran out after {written:,} tokens (asked for {tokens:,}); "
+                    "the cache holds what there is", stacklevel=2,
+                )
+            write_manifest("complete")
+    finally:
+        chunks.close()
     elapsed = time.perf_counter() - t0
     size = sum(s["bytes"] + s["index_bytes"] for s in shards)
     new_rows = written - sum(s["rows"] for s in shards[: len(shards) - new_shards])
