@@ -16,12 +16,15 @@ re-running the LM), producing the same bytes as an uninterrupted build.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -38,11 +41,16 @@ FORMAT = "featsep-activation-cache"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = {"float32": np.float32, "float16": np.float16}
+MANIFEST_FIELDS = ("dtype", "d_in", "tokens", "context_length", "normalization_factor", "shards")
+SHARD_FIELDS = ("file", "index_file", "rows", "bytes", "sha256", "index_bytes", "index_sha256")
+REBUILD = ("fix: rebuild the cache (the same `featsep cache ...` command with --no-resume, or into a "
+           "fresh --out directory)")
 # Settings that must match for a resumed build to continue the same cache.
 IDENTITY_FIELDS = (
     "model", "hook", "dataset", "text_column", "split", "seed", "context_length", "batch_size",
-    "exclude_special_tokens", "dtype", "normalize", "shard_tokens", "d_in",
+    "exclude_special_tokens", "dtype", "normalize", "shard_tokens", "d_in", "encoding",
 )
+IDENTITY_BEFORE = {"encoding": "utf-8"}  # values of identity fields that older manifests do not record
 
 
 def _shard_name(i: int) -> str:
@@ -61,13 +69,88 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _disk_full_is_one_line(path: Path) -> Iterator[None]:
+    """A full disk while writing `path`: one line (the atomic write left the old file as it was)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise CacheError(
+            f"no space left on device while writing {path}; free space (then run the same command "
+            "again: it resumes after the last finished shard) or choose another --out directory"
+        ) from None
+
+
+def _check_writable(out: Path) -> None:
+    """Probe `out`, or the nearest folder above it that exists, with a temp file (os.access is
+    wrong for root and for read-only mounts); creates nothing that stays."""
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise CacheError(
+            f"cannot write to --out {out} ({e.strerror or e}); choose a directory you can write to"
+        ) from None
+
+
 def _save_npy_atomic(path: Path, array: np.ndarray) -> dict:
     """np.save atomically; returns size and checksum."""
-    with atomic_target(path) as tmp:
+    with _disk_full_is_one_line(path), atomic_target(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
             np.save(f, array, allow_pickle=False)
         digest = sha256_file(tmp)
     return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def _save_shard(out: Path, i: int, acts: np.ndarray, index: np.ndarray) -> dict:
+    """Both files of shard i, or neither (a failed index write removes the activations file)."""
+    a = _save_npy_atomic(out / _shard_name(i), acts)
+    try:
+        x = _save_npy_atomic(out / _index_name(i), index)
+    except BaseException:
+        (out / _shard_name(i)).unlink(missing_ok=True)
+        raise
+    return {
+        "file": _shard_name(i), "index_file": _index_name(i), "rows": len(acts),
+        "bytes": a["bytes"], "sha256": a["sha256"], "index_bytes": x["bytes"], "index_sha256": x["sha256"],
+    }
+
+
+def shard_path(cache_dir: Path, name) -> Path:
+    """cache_dir / name for a manifest's file name, which must be a plain name of a file inside
+    cache_dir (an edited manifest must not make featsep read or delete files elsewhere)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise CacheError(
+            f"{cache_dir / MANIFEST} names the shard file {name!r}; shard files are plain file names "
+            f"inside the cache directory: {REBUILD}"
+        )
+    path = cache_dir / name
+    if not path.resolve().is_relative_to(cache_dir.resolve()):
+        raise CacheError(f"{cache_dir / MANIFEST}: shard file {name!r} leads outside {cache_dir} (a link?); {REBUILD}")
+    return path
+
+
+def _npy_header(path: Path, bad) -> tuple[np.dtype, tuple]:
+    """(dtype, shape) from a .npy header, without reading the data; bad(reason) -> the error to raise."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                raise ValueError(f".npy format version {version} is not one np.save writes here")
+            shape, _fortran, dtype = readers[version](f)
+    except (ValueError, OSError, SyntaxError) as e:
+        raise bad(e) from None
+    return dtype, shape
+
+
+def _layout(dtype, shape) -> str:
+    return f"{np.dtype(dtype).name} {list(shape)}"
 
 
 def _fmt_bytes(n: float) -> str:
@@ -112,13 +195,16 @@ class ActivationCache:
                 f"{self.path} is an unfinished cache ({done} shards written); finish it by running the "
                 "same `featsep cache ...` command again (build_cache(..., resume=True))"
             )
+        self._check_manifest()
         self.verify = verify
         self._verified: set[int] = set()
         for i, entry in enumerate(self.manifest["shards"]):
             for file_key, bytes_key in (("file", "bytes"), ("index_file", "index_bytes")):
-                f, expected = self.path / entry[file_key], entry[bytes_key]
+                f, expected = shard_path(self.path, entry[file_key]), entry[bytes_key]
                 if not f.is_file():
                     raise self._bad(i, f"{entry[file_key]} is missing")
+                # The header first: a shard of another dtype can have the recorded size (int32).
+                self._check_layout(i, file_key, *_npy_header(f, lambda e: self._bad(i, f"{entry[file_key]} cannot be read ({e})")))
                 if f.stat().st_size != expected:
                     raise self._bad(i, f"{entry[file_key]} is {f.stat().st_size} bytes, expected {expected} (truncated?)")
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -129,6 +215,35 @@ class ActivationCache:
             f"{_shard_name(shard)} and {_index_name(shard)} and run the same `featsep cache ...` "
             "command again with resume (it re-harvests only the missing shards), or rebuild the cache"
         )
+
+    def _check_manifest(self) -> None:
+        """An edited manifest fails here, in one line, not as a KeyError or a 5e20 loss later."""
+        m = self.manifest
+        missing = [k for k in MANIFEST_FIELDS if k not in m]
+        if missing or not isinstance(m["shards"], list):
+            what = f"lacks {', '.join(missing)}" if missing else "has no list of shards"
+            raise CacheError(f"{self.path / MANIFEST} {what}; {REBUILD}")
+        if m["dtype"] not in DTYPES:
+            raise CacheError(
+                f"{self.path / MANIFEST} says dtype {m['dtype']!r}, which a cache cannot hold "
+                f"(only {', '.join(DTYPES)}); {REBUILD}"
+            )
+        for i, entry in enumerate(m["shards"]):
+            if not isinstance(entry, dict) or any(k not in entry for k in SHARD_FIELDS):
+                raise CacheError(f"{self.path / MANIFEST}: shard {i} lacks some of {', '.join(SHARD_FIELDS)}; {REBUILD}")
+            for key in ("file", "index_file"):
+                shard_path(self.path, entry[key])
+
+    def _check_layout(self, i: int, file_key: str, dtype: np.dtype, shape: tuple) -> None:
+        """Shard i's array (file_key: "file" or "index_file") has the manifest's dtype and shape."""
+        rows = self.manifest["shards"][i]["rows"]
+        want = (np.dtype(DTYPES[self.manifest["dtype"]]), (rows, self.d_in)) if file_key == "file" else (np.dtype(np.int64), (rows, 3))
+        if (np.dtype(dtype), tuple(shape)) != want:
+            name = self.manifest["shards"][i][file_key]
+            raise CacheError(
+                f"activation cache {self.path}: {name} holds {_layout(dtype, shape)} but the manifest says "
+                f"{_layout(*want)}; {REBUILD}"
+            )
 
     # ---- facts
     @property
@@ -162,7 +277,7 @@ class ActivationCache:
             return
         entry = self.manifest["shards"][i]
         for key, sha in (("file", "sha256"), ("index_file", "index_sha256")):
-            if sha256_file(self.path / entry[key]) != entry[sha]:
+            if sha256_file(shard_path(self.path, entry[key])) != entry[sha]:
                 raise self._bad(i, f"{entry[key]} does not match its sha256 checksum")
         self._verified.add(i)
 
@@ -173,12 +288,12 @@ class ActivationCache:
                 self.check_shard(i)
             entry = self.manifest["shards"][i]
             try:
-                acts = np.load(self.path / entry["file"], mmap_mode="r")
-                index = np.load(self.path / entry["index_file"], mmap_mode="r")
+                acts = np.load(shard_path(self.path, entry["file"]), mmap_mode="r")
+                index = np.load(shard_path(self.path, entry["index_file"]), mmap_mode="r")
             except ValueError as e:
                 raise self._bad(i, f"cannot be read ({e})") from None
-            if acts.shape != (entry["rows"], self.d_in) or index.shape != (entry["rows"], 3):
-                raise self._bad(i, f"has shape {acts.shape}, expected ({entry['rows']}, {self.d_in})")
+            self._check_layout(i, "file", acts.dtype, acts.shape)  # the files may have changed since opening
+            self._check_layout(i, "index_file", index.dtype, index.shape)
             self._arrays[i] = (acts, index)
         return self._arrays[i]
 
@@ -239,10 +354,14 @@ def _is_complete(out: Path, shards: list[dict]) -> bool:
 
 
 def _valid_prefix(out: Path, shards: list[dict]) -> list[dict]:
-    """The finished shards, up to the first missing/truncated/corrupted one."""
+    """The finished shards, up to the first missing/truncated/corrupted one (or one whose
+    manifest entry was edited: only the names this module writes are read)."""
     good = []
-    for entry in shards:
-        ok = all(
+    for i, entry in enumerate(shards):
+        ok = (
+            isinstance(entry, dict) and all(k in entry for k in (*SHARD_FIELDS, "start", "next"))
+            and entry["file"] == _shard_name(i) and entry["index_file"] == _index_name(i)
+        ) and all(
             (out / entry[f]).is_file()
             and (out / entry[f]).stat().st_size == entry[b]
             and sha256_file(out / entry[f]) == entry[s]
@@ -271,7 +390,8 @@ def _reusable_shards(out: Path, settings: dict, tokens: int, resume: bool) -> tu
     shards: list[dict] = []
     factor = None
     if resume:
-        mismatched = {k: (old.get(k), settings[k]) for k in IDENTITY_FIELDS if old.get(k) != settings[k]}
+        recorded = {**IDENTITY_BEFORE, **old}
+        mismatched = {k: (recorded.get(k), settings[k]) for k in IDENTITY_FIELDS if recorded.get(k) != settings[k]}
         if mismatched:
             detail = ", ".join(f"{k}: cache has {a!r}, asked {b!r}" for k, (a, b) in mismatched.items())
             raise CacheError(
@@ -279,7 +399,7 @@ def _reusable_shards(out: Path, settings: dict, tokens: int, resume: bool) -> tu
                 "--out directory, or pass resume=False to overwrite it"
             )
         valid = _valid_prefix(out, old.get("shards", []))
-        if old.get("status") == "complete" and old["tokens_requested"] == tokens and len(valid) == len(old["shards"]):
+        if old.get("status") == "complete" and old.get("tokens_requested") == tokens and len(valid) == len(old["shards"]):
             return valid, old.get("normalization_factor")
         # Only full shards can be continued; a short (final) shard is redone.
         shards = [s for s in valid if s["rows"] == settings["shard_tokens"]][: tokens // settings["shard_tokens"]]
@@ -291,7 +411,6 @@ def _reusable_shards(out: Path, settings: dict, tokens: int, resume: bool) -> tu
     if not resume:
         (out / MANIFEST).unlink(missing_ok=True)
     return shards, factor
-
 
 
 def build_cache(
@@ -309,6 +428,7 @@ def build_cache(
     text_column: str = _DATA.text_column,
     split: str = _DATA.split,
     seed: int = _DATA.seed,
+    encoding: str = _DATA.encoding,
     norm_estimate_batches: int = _DATA.norm_estimate_batches,
     exclude_special_tokens: bool = _DATA.exclude_special_tokens,
     device: str = _MODEL.device,
@@ -332,7 +452,7 @@ def build_cache(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is not a directory; pass a directory path")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)  # before the model loads: a minute of conversion, then "permission denied"
 
     if isinstance(model, str):
         from featsep.lm import load_lm
@@ -340,11 +460,12 @@ def build_cache(
         lm = load_lm(model, device=device, dtype=model_dtype)
     else:
         lm = model
+    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": lm.name, "hook": hook, "dataset": dataset, "text_column": text_column, "split": split,
         "seed": seed, "context_length": context_length, "batch_size": batch_size,
         "exclude_special_tokens": exclude_special_tokens, "dtype": dtype, "normalize": normalize,
-        "shard_tokens": shard_tokens, "d_in": lm.d_model,
+        "shard_tokens": shard_tokens, "d_in": lm.d_model, "encoding": encoding,
     }
 
     shards, factor = _reusable_shards(out, settings, tokens, resume)
@@ -357,7 +478,7 @@ def build_cache(
     t0 = time.perf_counter()
     source = LiveSource(
         lm, dataset, hook, context_length, batch_size, text_column, split, seed,
-        exclude_special_tokens, repeat=False, progress=progress,
+        exclude_special_tokens, repeat=False, progress=progress, encoding=encoding,
     )
     start = shards[-1]["next"] if shards else {"context": 0, "skip_rows": 0}
     source.load_state_dict({"epoch": 0, "contexts_done": start["context"], "contexts_total": start["context"]})
@@ -372,63 +493,62 @@ def build_cache(
     def next_chunk():
         return pending.pop(0) if pending else fetch()
 
-    if normalize and factor is None:
-        factor, pending = first_chunks_factor(iter(fetch, None), norm_estimate_batches, acts=lambda item: item[1].acts)
-    scale = factor if normalize else 1.0
+    try:  # closes the harvest's progress bar, so an error line starts a line of its own
+        if normalize and factor is None:
+            factor, pending = first_chunks_factor(iter(fetch, None), norm_estimate_batches, acts=lambda item: item[1].acts)
+        scale = factor if normalize else 1.0
 
-    def write_manifest(status: str) -> None:
-        write_json_atomic(out / MANIFEST, {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "status": status, **settings,
-            "tokens_requested": tokens, "tokens": sum(s["rows"] for s in shards),
-            "normalization_factor": factor if normalize else None,
-            "normalization": "x * normalization_factor, factor = sqrt(d / mean ||x||^2)" if normalize else "none",
-            "index_columns": ["context", "position", "token"], "shards": shards,
-        })
+        def write_manifest(status: str) -> None:
+            with _disk_full_is_one_line(out / MANIFEST):
+                write_json_atomic(out / MANIFEST, {
+                    "format": FORMAT, "format_version": FORMAT_VERSION, "status": status, **settings,
+                    "tokens_requested": tokens, "tokens": sum(s["rows"] for s in shards),
+                    "normalization_factor": factor if normalize else None,
+                    "normalization": "x * normalization_factor, factor = sqrt(d / mean ||x||^2)" if normalize else "none",
+                    "index_columns": ["context", "position", "token"], "shards": shards,
+                })
 
-    np_dtype = DTYPES[dtype]
-    written = sum(s["rows"] for s in shards)
-    new_shards = 0
-    skip = start["skip_rows"]
-    item = next_chunk()
-    while written < tokens and item is not None and (max_shards is None or new_shards < max_shards):
-        rows = min(shard_tokens, tokens - written)
-        acts = np.empty((rows, lm.d_model), dtype=np_dtype)
-        index = np.empty((rows, 3), dtype=np.int64)
-        filled = 0
-        while filled < rows and item is not None:
-            first_context, chunk = item
-            take = min(rows - filled, len(chunk) - skip)
-            part = chunk[skip : skip + take]
-            acts[filled : filled + take] = (part.acts * scale).numpy()
-            index[filled : filled + take] = part.index.numpy()
-            filled += take
-            skip += take
-            if skip == len(chunk):
-                item, skip = next_chunk(), 0
-                next_pos = {"context": source.contexts_total if item is None else item[0], "skip_rows": 0}
-            else:
-                next_pos = {"context": first_context, "skip_rows": skip}
-        if filled == 0:
-            break
-        i = len(shards)
-        a = _save_npy_atomic(out / _shard_name(i), acts[:filled])
-        x = _save_npy_atomic(out / _index_name(i), index[:filled])
-        shards.append({
-            "file": _shard_name(i), "index_file": _index_name(i), "rows": filled,
-            "bytes": a["bytes"], "sha256": a["sha256"], "index_bytes": x["bytes"], "index_sha256": x["sha256"],
-            "start": start, "next": next_pos,
-        })
-        start = next_pos
-        written += filled
-        new_shards += 1
-        write_manifest("incomplete")
-    if written >= tokens or item is None:
-        if written < tokens:
-            warnings.warn(
-                f"dataset {dataset!r} ran out after {written:,} tokens (asked for {tokens:,}); "
-                "the cache holds what there is", stacklevel=2,
-            )
-        write_manifest("complete")
+        write_manifest("incomplete")  # lists the kept shards only: a kill before the next one leaves a resumable cache
+        np_dtype = DTYPES[dtype]
+        written = sum(s["rows"] for s in shards)
+        new_shards = 0
+        skip = start["skip_rows"]
+        item = next_chunk()
+        while written < tokens and item is not None and (max_shards is None or new_shards < max_shards):
+            rows = min(shard_tokens, tokens - written)
+            acts = np.empty((rows, lm.d_model), dtype=np_dtype)
+            index = np.empty((rows, 3), dtype=np.int64)
+            filled = 0
+            while filled < rows and item is not None:
+                first_context, chunk = item
+                take = min(rows - filled, len(chunk) - skip)
+                part = chunk[skip : skip + take]
+                acts[filled : filled + take] = (part.acts * scale).numpy()
+                index[filled : filled + take] = part.index.numpy()
+                filled += take
+                skip += take
+                if skip == len(chunk):
+                    item, skip = next_chunk(), 0
+                    next_pos = {"context": source.contexts_total if item is None else item[0], "skip_rows": 0}
+                else:
+                    next_pos = {"context": first_context, "skip_rows": skip}
+            if filled == 0:
+                break
+            i = len(shards)
+            shards.append({**_save_shard(out, i, acts[:filled], index[:filled]), "start": start, "next": next_pos})
+            start = next_pos
+            written += filled
+            new_shards += 1
+            write_manifest("incomplete")
+        if written >= tokens or item is None:
+            if written < tokens:
+                warnings.warn(
+                    f"dataset {dataset!r} ran out after {written:,} tokens (asked for {tokens:,}); "
+                    "the cache holds what there is", stacklevel=2,
+                )
+            write_manifest("complete")
+    finally:
+        chunks.close()
     elapsed = time.perf_counter() - t0
     size = sum(s["bytes"] + s["index_bytes"] for s in shards)
     new_rows = written - sum(s["rows"] for s in shards[: len(shards) - new_shards])
@@ -446,7 +566,7 @@ def cache_from_config(model: ModelConfig, data: DataConfig, tokens: int, out_dir
     return build_cache(
         lm if lm is not None else model.name, model.hook, data.dataset, tokens, out_dir,
         context_length=data.context_length, batch_size=model.batch_size, normalize=data.normalize,
-        text_column=data.text_column, split=data.split, seed=data.seed,
+        text_column=data.text_column, split=data.split, seed=data.seed, encoding=data.encoding,
         norm_estimate_batches=data.norm_estimate_batches, exclude_special_tokens=data.exclude_special_tokens,
         device=model.device, model_dtype=model.dtype, **options,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from featsep.settings import Strict
 
@@ -15,6 +15,7 @@ class DataConfig(Strict):
 
     dataset: str = "bbc-news"
     text_column: str = "text"
+    encoding: str = Field("utf-8", description="of local text files (e.g. latin-1, cp1252, utf-16); bad bytes are an error")
     split: str = "train"
     context_length: int = Field(128, gt=1)
     cache: Optional[str] = Field(None, description="activation cache dir; when set, train reads it")
@@ -28,6 +29,13 @@ class DataConfig(Strict):
     norm_estimate_batches: int = Field(8, gt=0)
     exclude_special_tokens: bool = True
     seed: int = 42
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        from featsep.data.tables import check_encoding
+
+        return check_encoding(value)
 
     @model_validator(mode="after")
     def _dataset_exists(self) -> "DataConfig":

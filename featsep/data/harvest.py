@@ -131,19 +131,20 @@ class LiveSource:
         exclude_special_tokens: bool = True,
         repeat: bool = True,
         progress: bool = False,
+        encoding: str = "utf-8",
     ):
         lm.hook_layer(hook)  # a bad hook fails before any work
         if lm.tokenizer is None:
             raise DataError(f"{lm.name} has no tokenizer; wrap it with LanguageModel.from_hf(model, tokenizer)")
         self.lm, self.dataset, self.hook = lm, dataset, hook
         self.context_length, self.lm_batch_size = context_length, lm_batch_size
-        self.text_column, self.split, self.seed = text_column, split, seed
+        self.text_column, self.split, self.seed, self.encoding = text_column, split, seed, encoding
         self.exclude_special_tokens, self.repeat, self.progress = exclude_special_tokens, repeat, progress
         self.d_in = lm.d_model
         self.epoch = 0
         self.contexts_done = 0  # in this epoch
         self.contexts_total = 0  # over all epochs: the context id of the next row
-        text_source(dataset, text_column, split, seed)  # unknown spec / no network: fail now
+        text_source(dataset, text_column, split, seed, encoding)  # unknown spec / no network: fail now
 
     def describe(self) -> dict:
         return {"model": self.lm.name, "hook": self.hook, "dataset": self.dataset, "context_length": self.context_length}
@@ -158,7 +159,7 @@ class LiveSource:
 
     def rows(self) -> Iterator[Tensor]:
         """Packed token rows of the current epoch from the current position."""
-        texts = text_source(self.dataset, self.text_column, self.split, self.seed)
+        texts = text_source(self.dataset, self.text_column, self.split, self.seed, self.encoding)
         packed = pack_tokens(texts, self.lm.tokenizer, self.context_length, self.lm.bos_token_id)
         return islice(packed, self.contexts_done, None)
 

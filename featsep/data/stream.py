@@ -98,6 +98,7 @@ class ActivationStream:
         exclude_special_tokens: bool = _DATA.exclude_special_tokens,
         repeat: bool = True,
         progress: bool = False,
+        encoding: str = _DATA.encoding,
     ) -> "ActivationStream":
         """Harvest live: lm is a featsep.lm.LanguageModel or a model name for load_lm."""
         if isinstance(lm, str):
@@ -107,7 +108,7 @@ class ActivationStream:
         source = LiveSource(
             lm, dataset, hook, context_length=context_length, lm_batch_size=lm_batch_size,
             text_column=text_column, split=split, seed=seed, exclude_special_tokens=exclude_special_tokens,
-            repeat=repeat, progress=progress,
+            repeat=repeat, progress=progress, encoding=encoding,
         )
         return cls(
             source, batch_size=batch_size, shuffle_buffer=shuffle_buffer, context_length=context_length,
@@ -284,4 +285,5 @@ def stream_from_config(model: ModelConfig, data: DataConfig, batch_size: int, lm
         lm_batch_size=model.batch_size, text_column=data.text_column, split=data.split, seed=data.seed,
         shuffle_buffer=data.shuffle_buffer, sequence_mode=data.sequence_mode, normalize=data.normalize,
         norm_estimate_batches=data.norm_estimate_batches, exclude_special_tokens=data.exclude_special_tokens,
+        encoding=data.encoding,
     )

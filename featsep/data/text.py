@@ -29,7 +29,7 @@ import featsep.data.hub as hub_data
 from featsep import hub
 from featsep.data.errors import DataError
 from featsep.data.registry import BBC_NEWS, DATASETS, TEXT, HubTextParams
-from featsep.data.tables import iter_column, require_columns
+from featsep.data.tables import check_encoding, iter_column, require_columns
 
 HF_SHUFFLE_BUFFER = 10_000
 
@@ -90,7 +90,7 @@ TEXT_FILE_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 TEXT_COLUMN_FIX = "pass text_column=<one of them> (config: data.text_column)"
 
 
-def _local_texts(path: Path, text_column: str) -> Iterator[str]:
+def _local_texts(path: Path, text_column: str, encoding: str) -> Iterator[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_FILE_SUFFIXES)
         if not files:
@@ -105,7 +105,7 @@ def _local_texts(path: Path, text_column: str) -> Iterator[str]:
                 f"use one of {', '.join(TEXT_FILE_SUFFIXES)}"
             )
         files = [path]
-    return (text for f in files for text in iter_column(f, text_column, TEXT_COLUMN_FIX))
+    return (text for f in files for text in iter_column(f, text_column, TEXT_COLUMN_FIX, encoding))
 
 
 # ----------------------------------------------------------------------------- Hugging Face hub
@@ -166,24 +166,28 @@ def text_spec_kind(spec: str) -> str:
     return "hub"
 
 
-def _resolve(spec: str, text_column: str, split: str, seed: int, params: dict[str, Any]) -> Iterator[str]:
+def _resolve(spec: str, text_column: str, split: str, seed: int, encoding: str, params: dict[str, Any]) -> Iterator[str]:
     kind = text_spec_kind(spec)
     if kind == "registered":
         return DATASETS.load(spec, TEXT)(seed, DATASETS.get(spec, TEXT).parse(**params))
     if params:
         raise DataError(f"dataset {spec!r} takes no parameters (got {', '.join(sorted(params))}); only registered corpora do")
     if kind == "local":
-        return _local_texts(Path(spec).expanduser(), text_column)
+        return _local_texts(Path(spec).expanduser(), text_column, encoding)
     return _hf_texts(spec, text_column, split, seed)
 
 
-def text_source(spec: str, text_column: str = "text", split: str = "train", seed: int = 42, **params: Any) -> Iterator[str]:
+def text_source(
+    spec: str, text_column: str = "text", split: str = "train", seed: int = 42, encoding: str = "utf-8", **params: Any
+) -> Iterator[str]:
     """Documents (strings) from `spec`; raises DataError when the corpus yields no text at all.
 
+    encoding: of local files (bytes that are not valid in it are a DataError naming the line).
     `params`: a registered corpus's parameters (e.g. offline:trivia's topics), validated by its model."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"dataset spec must be a non-empty string, got {spec!r} (e.g. '{BBC_NEWS}')")
-    texts = _resolve(spec.strip(), text_column, split, seed, params)  # eager: bad specs fail here
+    check_encoding(encoding)
+    texts = _resolve(spec.strip(), text_column, split, seed, encoding, params)  # eager: bad specs fail here
 
     def generate() -> Iterator[str]:
         n_nonempty = 0

@@ -7,6 +7,8 @@ converted once to a safetensors directory in the featsep cache and reloaded from
 from __future__ import annotations
 
 import contextlib
+import difflib
+import errno
 import hashlib
 import json
 import os
@@ -265,21 +267,33 @@ def _gguf_cache_name(path: Path) -> str:
     return f"gguf-{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def _unknown_model(name: str, why: str) -> ValueError:
+    """One line for a model name load_lm cannot resolve: why, a near offline name, the accepted forms."""
+    near = difflib.get_close_matches(name, OFFLINE_MODELS, n=1)
+    did_you_mean = f"did you mean {near[0]!r}? " if near else ""
+    return ValueError(
+        f"unknown model {name!r}: {why}; {did_you_mean}use a built-in offline model ({', '.join(OFFLINE_MODELS)}; "
+        "`featsep models` lists them), a local model directory, a .gguf file, or a Hugging Face hub id "
+        "such as google/gemma-2-2b"
+    )
+
+
 def _from_hub(repo_id: str, device: torch.device, dtype: torch.dtype):
     try:  # already in the local HF cache: no network needed
         return _from_dir(repo_id, device, dtype, local_files_only=True)
     except OSError:
         pass
-    offline_names = ", ".join(OFFLINE_MODELS)
-    hint = (
-        f"use an offline model instead (model name {OFFLINE_DEFAULT!r}, or any of: {offline_names}), "
-        "a local model directory or a .gguf file"
-    )
     if hub.offline():
-        raise RuntimeError(f"model {repo_id!r} is not in the local HF cache and HF_HUB_OFFLINE is set; {hint}")
+        raise _unknown_model(repo_id, "not in the local HF cache and HF_HUB_OFFLINE is set")
     if not hub.reachable():
-        raise RuntimeError(f"model {repo_id!r} is not in the local HF cache and the HF hub cannot be reached; {hint}")
-    return _from_dir(repo_id, device, dtype)
+        raise _unknown_model(repo_id, "not in the local HF cache and the HF hub cannot be reached")
+    try:
+        return _from_dir(repo_id, device, dtype)
+    except OSError as e:  # transformers: "not a valid model identifier", gated or private repos
+        if e.errno == errno.ENOSPC:
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _unknown_model(repo_id, f"the HF hub has no model there that can be loaded ({first_line})") from None
 
 
 def load_lm(name: str = OFFLINE_DEFAULT, device: str = "auto", dtype: str = "auto") -> LanguageModel:
@@ -300,7 +314,16 @@ def load_lm(name: str = OFFLINE_DEFAULT, device: str = "auto", dtype: str = "aut
         directory = _cached_conversion(_gguf_cache_name(path), lambda _scratch: path.resolve(), str(path))
         model, tokenizer = _from_cache(directory, torch_device, torch_dtype)
     elif path.is_dir():
-        model, tokenizer = _from_dir(path, torch_device, torch_dtype)
+        try:
+            model, tokenizer = _from_dir(path, torch_device, torch_dtype)
+        except OSError as e:  # transformers: no config.json / weights there
+            if e.errno == errno.ENOSPC:
+                raise
+            raise FileNotFoundError(
+                f"model directory {name!r} holds no model transformers can load ({str(e).strip().splitlines()[0]}); "
+                f"pass a directory with config.json and weights, a .gguf file, or an offline model name "
+                f"({', '.join(OFFLINE_MODELS)})"
+            ) from None
     elif path.suffix == ".gguf" or name.startswith((".", "/", "~")) or path.exists():
         raise FileNotFoundError(
             f"model path {name!r} is neither a model directory nor a .gguf file; check the path, "

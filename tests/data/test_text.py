@@ -63,6 +63,18 @@ def test_text_source_errors(tmp_path):
         text_source(str(tmp_path / "emptydir"))
 
 
+def test_local_text_in_another_encoding(tmp_path):
+    """encoding reaches every file of a directory; the wrong one is an error, never U+FFFD."""
+    docs = ["caf\u00e9", "na\u00efve", "plain"]
+    for i, d in enumerate(docs):
+        (tmp_path / f"{i}.txt").write_bytes(d.encode("cp1252"))
+    assert list(text_source(str(tmp_path), encoding="cp1252")) == docs
+    with pytest.raises(DataError, match=r"0.txt: line 1: bytes b'\\xe9' are not valid utf-8; name the file's encoding"):
+        list(text_source(str(tmp_path)))
+    with pytest.raises(DataError, match="unknown text encoding 'latin-9'"):
+        text_source(str(tmp_path), encoding="latin-9")  # eager, like a bad spec
+
+
 def test_hf_dataset_offline_fails_fast_naming_bbc(monkeypatch):
     monkeypatch.setattr(hub, "offline", lambda: False)
     monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)

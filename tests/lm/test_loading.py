@@ -35,12 +35,45 @@ def test_bad_names_fail_fast_and_clearly(monkeypatch):
     monkeypatch.setattr(hub, "offline", lambda: False)
     monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     started = time.perf_counter()
-    with pytest.raises(RuntimeError, match="cannot be reached.*'gemma-3-270m'"):
+    with pytest.raises(ValueError, match="cannot be reached.*gemma-3-270m"):
         load_lm("featsep-test/definitely-not-a-model")
     monkeypatch.setattr(hub, "offline", lambda: True)
-    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE.*'gemma-3-270m'"):
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE.*gemma-3-270m"):
         load_lm("featsep-test/definitely-not-a-model")
     assert time.perf_counter() - started < 10
+
+
+def test_an_unknown_name_is_one_line_with_the_offline_names_and_accepted_forms(monkeypatch):
+    monkeypatch.setattr(hub, "offline", lambda: True)
+    with pytest.raises(ValueError) as typo:
+        load_lm("gemma-3-270")
+    assert str(typo.value) == (
+        "unknown model 'gemma-3-270': not in the local HF cache and HF_HUB_OFFLINE is set; did you mean "
+        "'gemma-3-270m'? use a built-in offline model (gemma-3-270m, smollm2-135m-instruct; `featsep models` "
+        "lists them), a local model directory, a .gguf file, or a Hugging Face hub id such as google/gemma-2-2b"
+    )
+    # the hub answers but has no such model: transformers' OSError becomes the same one line
+    monkeypatch.setattr(hub, "offline", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
+
+    def not_on_hub(directory, device, dtype, **kwargs):
+        raise OSError(f"{directory} is not a local folder and is not a valid model identifier\nmore text")
+
+    monkeypatch.setattr(loading, "_from_dir", not_on_hub)
+    with pytest.raises(ValueError) as missing:
+        load_lm("nobody/nothing")
+    assert "\n" not in str(missing.value)
+    assert str(missing.value).startswith(
+        "unknown model 'nobody/nothing': the HF hub has no model there that can be loaded (nobody/nothing is not "
+        "a local folder and is not a valid model identifier); use a built-in offline model (gemma-3-270m,"
+    )
+
+
+def test_a_directory_without_a_model_names_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # a config but no weights
+    with pytest.raises(FileNotFoundError, match=r"^model directory '.*' holds no model transformers can load \(.*\); "
+                       r"pass a directory with config.json and weights, a .gguf file, or an offline model name"):
+        load_lm(str(tmp_path), device="cpu")
 
 
 def test_conversion_cache_is_atomic_and_reused(tmp_path, monkeypatch):
