@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from featsep.io import atomic_target, write_text_atomic
 from featsep.sae.base import SAE, get_architecture
+from featsep.sae.foreign import foreign_format, load_foreign
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
@@ -64,8 +65,12 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] 
 
 def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
     """Rebuild the saved architecture with its weights (on `device`, default: as saved if
-    available, else CPU)."""
+    available, else CPU). SAEs saved by SAELens, sparsify, dictionary_learning or Gemma Scope
+    load too, as the featsep architecture with the same maths (featsep.sae.foreign)."""
     path = Path(path)
+    fmt = foreign_format(path)
+    if fmt is not None:
+        return load_foreign(path, fmt, device)
     cfg_file, weights_file = path / CFG_FILENAME, path / WEIGHTS_FILENAME
     if not cfg_file.is_file() or not weights_file.is_file():
         raise FileNotFoundError(
