@@ -72,7 +72,7 @@ def test_train_on_a_cache_whose_shard_has_another_dtype(built, bad, holds):
     result = CliRunner().invoke(app, ["train", str(config)])
     _one_line(result, f"activation cache {cache}: shard_00000.npy holds {holds} but the manifest says "
                       f"float32 [300, 32]; {REBUILD}")
-    assert _files(cache) == before and not (config.parent / "run").exists()
+    assert _files(cache) == before and not _files(config.parent / "run")  # the out_dir check may create it, empty
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd"])
@@ -85,7 +85,7 @@ def test_train_on_a_cache_whose_manifest_points_outside(built, name):
     result = CliRunner().invoke(app, ["train", str(config)])
     _one_line(result, f"{cache / 'manifest.json'} names the shard file {name!r}; shard files are plain file "
                       f"names inside the cache directory: {REBUILD}")
-    assert _files(cache) == before and not (config.parent / "run").exists()
+    assert _files(cache) == before and not _files(config.parent / "run")  # the out_dir check may create it, empty
 
 
 def test_train_on_a_cache_whose_manifest_names_an_unsupported_dtype(built):

@@ -258,7 +258,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_last_good_one(trained, tmp_path, ti
         assert _error_line(result) == (f"error: no space left on device while writing {run.checkpoint_path(4)}; "
                                        "free space or choose another out_dir")
     assert sorted(run.checkpoint_steps()) == [2]
-    assert sorted(p.name for p in run.checkpoint_dir.iterdir()) == ["step_000000002.pt"]  # no temp file
+    assert sorted(p.name for p in run.checkpoint_dir.iterdir()) == ["step_000000002.pt", "step_000000002.pt.sha256"]  # no temp file
     assert run.checkpoint_path(2).read_bytes() == RunDir(trained).checkpoint_path(2).read_bytes()
     resumed = _invoke("train", "--resume", str(run.path))
     assert resumed.exit_code == 0, resumed.output

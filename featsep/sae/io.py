@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from featsep.io import TEMP_SUFFIX, atomic_target, file_sha256, raise_if_disk_full, remove_stale_temp_files
 from featsep.sae.base import SAE, get_architecture
+from featsep.sae.foreign import foreign_format, load_foreign
 from featsep.settings import one_line
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -82,8 +83,13 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: Optional[dict[str, Any]] 
 def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
     """Rebuild the saved architecture with its weights (on `device`, default: as saved if
     available, else CPU). The weights are checked against cfg.json's checksum when it has one
-    (SAEs saved before checksums, or by hand, load unchecked)."""
+    (SAEs saved before checksums, or by hand, load unchecked). SAEs saved by SAELens, sparsify,
+    dictionary_learning or Gemma Scope load too, as the featsep architecture with the same
+    maths (featsep.sae.foreign)."""
     path = Path(path)
+    fmt = foreign_format(path)
+    if fmt is not None:
+        return load_foreign(path, fmt, device)
     cfg_file, weights_file = path / CFG_FILENAME, path / WEIGHTS_FILENAME
     if not cfg_file.is_file() or not weights_file.is_file():
         raise FileNotFoundError(

@@ -113,7 +113,12 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     data = buffer.getvalue()
     path = RunDir(run_dir).checkpoint_path(step)
     write_text_atomic(sidecar(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
-    write_bytes_atomic(path, data)
+    try:
+        write_bytes_atomic(path, data)
+    except BaseException:  # e.g. a full disk: no checksum of a checkpoint that was never written
+        if not path.exists():
+            sidecar(path).unlink(missing_ok=True)
+        raise
     for old_step, old_path in sorted(RunDir(run_dir).checkpoint_steps().items())[:-keep]:
         _remove(old_path)
     return path
