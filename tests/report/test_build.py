@@ -512,3 +512,36 @@ def test_per_run_figure_has_no_empty_absorption_panel(tmp_path):
     caption = html.split('id="fig-run_bars"', 1)[1].split("</figcaption>", 1)[0]
     assert "Absorption panel omitted: no run has feature absorption results." in caption
     assert "no data" not in html
+
+
+@pytest.mark.slow
+def test_page_renders_in_headless_chromium(trust, tmp_path):
+    """Every <img> of report.html decodes in a real browser (naturalWidth > 0) and no rendered
+    text reads NaN or -1; a screenshot is left in tmp_path for a look."""
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    root = trust[0]
+    probe = ("<script>window.addEventListener('load', () => { const bad = [...document.images]"
+             ".filter(i => !(i.complete && i.naturalWidth > 0)).length;"
+             " document.body.setAttribute('data-images', document.images.length + ':' + bad); });</script>")
+    page = tmp_path / "probe.html"
+    page.write_text((root / "report" / "report.html").read_text().replace("</body>", probe + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    found = re.search(r'data-images="(\d+):(\d+)"', dom)
+    assert found is not None, "the probe script did not run"
+    assert int(found.group(1)) == len(trust[3].imgs) > 0 and found.group(2) == "0"
+    parser = PageParser()
+    parser.feed(dom.replace(probe, ""))
+    text = " ".join(parser.text)
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE) and not re.search(r"(?<![\w.-])-1(\.0+)?\b", text)
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + ["--window-size=1400,3000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    assert shot.read_bytes()[:8] == PNG_SIGNATURE
