@@ -1,4 +1,5 @@
-"""The metrics the report compares: display names, units, which direction is better.
+"""The metrics the report compares: display names, units, which direction is better, and the
+minimum gap below which no method is called better (single runs carry no error bars).
 
 Keys are collect.py's "<section>.<name>" keys. Metrics not listed here are still shown in
 the per-section tables under their raw key; this catalogue only decides what is plotted,
