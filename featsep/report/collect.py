@@ -75,6 +75,8 @@ class RunRecord:
     history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl rows
     config: dict[str, Any] = field(default_factory=dict)  # flat summary of the run's config
     details: dict[str, Any] = field(default_factory=dict)  # section -> eval_result_details/unstructured
+    eval_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # section -> its eval_config
+    statuses: dict[str, str] = field(default_factory=dict)  # section -> its result's status, when not "ok"
     sections: list[str] = field(default_factory=list)  # sections found
     notes: list[str] = field(default_factory=list)  # what was missing or unreadable
 
@@ -124,6 +126,14 @@ def flatten_eval_metrics(record: EvalRecord) -> dict[str, float]:
     for path, _ in leaves:
         counts[path[-1]] = counts.get(path[-1], 0) + 1
     return {(path[-1] if counts[path[-1]] == 1 else ".".join(path)): v for path, v in leaves}
+
+
+def eval_status(record: EvalRecord) -> Optional[str]:
+    """The status an eval wrote beside its metrics (e.g. absorption's "too few letters: ..."),
+    unless it is "ok": a reader must see it wherever the values appear."""
+    unstructured = record.eval_result_unstructured
+    status = unstructured.get("status") if isinstance(unstructured, dict) else None
+    return str(status) if status is not None and str(status) != "ok" else None
 
 
 def _summarise_config(cfg: ConfigRecord) -> dict[str, Any]:
@@ -232,6 +242,8 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
     notes: list[str] = []
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {}
+    eval_configs: dict[str, dict[str, Any]] = {}
+    statuses: dict[str, str] = {}
     found: list[str] = []
 
     config: dict[str, Any] = {}
@@ -264,12 +276,18 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
             continue
         flat = flatten_eval_metrics(record)
         if not flat and not record.eval_result_details:
+            if (status := eval_status(record)) is not None:
+                notes.append(f"{name} results: no values (status: {status})")
             continue
         found.append(name)
         metrics.update({f"{name}.{k}": v for k, v in flat.items()})
         extra = {k: getattr(record, k) for k in ("eval_result_details", "eval_result_unstructured") if getattr(record, k)}
         if extra:
             details[name] = extra
+        if record.eval_config:
+            eval_configs[name] = record.eval_config
+        if (status := eval_status(record)) is not None:
+            statuses[name] = status
 
     for key, value in _history_metrics(log.rows).items():
         metrics.setdefault(key, value)
@@ -282,7 +300,8 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
     method = _method_name(entry, config, training)
     label = label or entry.get("label") or _default_label(run, method, config, metrics)
     return RunRecord(run=run, label=str(label), method=method, path=path, metrics=metrics,
-                     history=log.rows, config=config, details=details, sections=found, notes=notes)
+                     history=log.rows, config=config, details=details, eval_configs=eval_configs,
+                     statuses=statuses, sections=found, notes=notes)
 
 
 def _natural_key(text: str) -> list:

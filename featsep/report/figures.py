@@ -19,8 +19,9 @@ import matplotlib.patches
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from featsep.report.collect import RunRecord, iter_details, methods_of, penalty_stat_keys
-from featsep.report.metrics import metric, probing_top_k_key, scr_key, tpp_key
+from featsep.report.collect import SECTION_BY_NAME, RunRecord, iter_details, methods_of, penalty_stat_keys
+from featsep.report.metrics import metric, probing_datasets, probing_top_k_key, scr_key, tpp_key, value_caveats
+from featsep.report.tables import MISSING
 from featsep.rundir import METRICS_FILE
 
 RC = {
@@ -37,6 +38,8 @@ RC = {
     "savefig.dpi": 110,
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+MARKER_NAMES = {"o": "circle", "s": "square", "^": "triangle up", "D": "diamond", "v": "triangle down",
+                "P": "plus", "X": "cross", "*": "star", "h": "hexagon", "<": "triangle left", ">": "triangle right"}
 LINESTYLES = ("-", "--", ":", "-.")
 PANEL_SIZE = (5.6, 4.2)
 LOG_SPAN = 10.0  # log-scale an axis when its values span more than this factor
@@ -73,6 +76,8 @@ class FigureSpec:
     caption: str
     needs: str  # the inputs it reads, shown when the figure is skipped
     draw: Callable[[list[RunRecord], Style], Optional[Figure]]
+    # what the caption must add for these records: datasets, statuses, omitted panels, markers
+    describe: Callable[[list[RunRecord], Style], list[str]] = lambda records, style: []
 
 
 @dataclass
@@ -80,6 +85,7 @@ class RenderedFigure:
     spec: FigureSpec
     png: Optional[bytes]
     note: str = ""
+    caption: str = ""  # the spec's caption and what `describe` added
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -127,12 +133,48 @@ def _short(label: str, width: int = 22) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
+def _marker_legend(fig: Figure, style: Style, records: list[RunRecord]) -> None:
+    """Which run each marker shape is (colour = method, shape = run within its method)."""
+    handles = [Line2D([], [], color=style.colors[r.method], marker=style.markers[r.run], ls="none", ms=9,
+                      mec="black", mew=0.6, label=_short(r.label, 30)) for r in records]
+    fig.legend(handles=handles, title="marker: run", loc="outside right lower", frameon=False)
+
+
+def _marker_text(style: Style, records: list[RunRecord]) -> str:
+    by_method: dict[str, list[str]] = {}
+    for r in records:
+        by_method.setdefault(r.method, []).append(f"{MARKER_NAMES[style.markers[r.run]]} = {r.label}")
+    return ("Markers (colour = method, shape = run): "
+            + "; ".join(f"{m}: {', '.join(runs)}" for m, runs in by_method.items()) + ".")
+
+
+def _caveat_notes(records: list[RunRecord], keys: list[str]) -> list[str]:
+    notes: dict[str, None] = {}
+    for r in records:
+        for key in keys:
+            if key in r.metrics:
+                for c in value_caveats(r, key):
+                    notes.setdefault(c.note, None)
+    return list(notes)
+
+
+def _mark(rec: RunRecord, key: str) -> str:
+    return "; ".join(dict.fromkeys(c.mark for c in value_caveats(rec, key)))
+
+
 # ----------------------------------------------------------------------------- metric vs L0
 
 
-def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str]], title: str) -> Optional[Figure]:
-    """One panel per metric: each method's runs joined in L0 order (its frontier)."""
+def _plotted(records: list[RunRecord], keys: list[Optional[str]]) -> tuple[list[str], list[RunRecord]]:
+    """The keys some run has with an L0, and the runs plotted for them."""
     keys = [k for k in keys if k and any(k in r.metrics and r.l0 for r in records)]
+    return keys, [r for r in records if r.l0 and any(k in r.metrics for k in keys)]
+
+
+def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str]], title: str) -> Optional[Figure]:
+    """One panel per metric: each method's runs joined in L0 order (its frontier); a value with
+    a caveat (an eval's status) is labelled with its mark."""
+    keys, plotted = _plotted(records, keys)
     if not keys:
         return None
     fig, axes = _panels(len(keys), ncols=len(keys) if len(keys) <= 3 else 2)
@@ -150,6 +192,9 @@ def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str
             for r in runs:
                 ax.plot(r.l0, r.metrics[key], marker=style.markers[r.run], color=color, ms=9, ls="none",
                         mec="black", mew=0.6)
+                if mark := _mark(r, key):
+                    ax.annotate(mark, (r.l0, r.metrics[key]), xytext=(6, 6), textcoords="offset points",
+                                fontsize=9, color="firebrick")
         baseline = _baseline(records, key)
         if baseline is not None:
             ax.axhline(baseline, color="grey", ls="--", lw=1.5)
@@ -162,6 +207,7 @@ def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str
         ax.set_title(metric(key).name[0].upper() + metric(key).name[1:])
     fig.suptitle(title, fontsize=16)
     _method_legend(fig, style, methods)
+    _marker_legend(fig, style, plotted)
     return fig
 
 
@@ -174,27 +220,40 @@ def _baseline(records: list[RunRecord], key: str) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def draw_frontier(records, style):
-    return metric_vs_l0(records, style, ["core.ce_loss_score", "core.explained_variance"],
-                        "Sparsity-fidelity frontier")
+def _frontier_keys(records):
+    return ["core.ce_loss_score", "core.explained_variance"]
 
 
-def draw_absorption(records, style):
-    return metric_vs_l0(records, style, ["absorption.mean_absorption_fraction_score",
-                                         "absorption.mean_full_absorption_score"], "Feature absorption vs L0")
+def _absorption_keys(records):
+    return ["absorption.mean_absorption_fraction_score", "absorption.mean_full_absorption_score"]
 
 
-def draw_probing(records, style):
-    return metric_vs_l0(records, style, ["sparse_probing.sae_top_1_test_accuracy", probing_top_k_key(records),
-                                         "sparse_probing.sae_test_accuracy"], "Sparse probing vs L0")
+def _probing_keys(records):
+    return ["sparse_probing.sae_top_1_test_accuracy", probing_top_k_key(records), "sparse_probing.sae_test_accuracy"]
 
 
-def draw_scr_tpp(records, style):
-    return metric_vs_l0(records, style, [scr_key(records), tpp_key(records)], "SCR and TPP vs L0")
+def _scr_tpp_keys(records):
+    return [scr_key(records), tpp_key(records)]
 
 
-def draw_unlearning(records, style):
-    return metric_vs_l0(records, style, ["unlearning.unlearning_score"], "Unlearning vs L0")
+def _unlearning_keys(records):
+    return ["unlearning.unlearning_score"]
+
+
+def _l0_figure(keys: Callable[[list[RunRecord]], list[Optional[str]]], title: str):
+    """draw and describe of a metric-vs-L0 figure: the caption names the markers, the probing
+    datasets where probing is plotted, and every caveat of a plotted value."""
+    def draw(records, style):
+        return metric_vs_l0(records, style, keys(records), title)
+
+    def describe(records, style):
+        shown, plotted = _plotted(records, keys(records))
+        if not shown:
+            return []
+        probing = probing_datasets(records) if any(k.startswith("sparse_probing.") for k in shown) else None
+        return [_marker_text(style, plotted)] + ([probing] if probing else []) + _caveat_notes(plotted, shown)
+
+    return draw, describe
 
 
 # ----------------------------------------------------------------------------- per-run bars
@@ -216,7 +275,10 @@ def _bars(ax, records: list[RunRecord], style: Style, keys: list[str], ylabel: s
                 ax.bar(x, rec.metrics[key], width, color=style.colors[rec.method], hatch=hatches[j % len(hatches)],
                        edgecolor="black", lw=0.6)
             else:
-                ax.text(x, 0, "n/a", ha="center", va="bottom", rotation=90, color="grey", fontsize=10)
+                ax.text(x, 0, MISSING, ha="center", va="bottom", color="grey", fontsize=12)
+            if key in rec.metrics and (mark := _mark(rec, key)):
+                ax.annotate(mark, (x, rec.metrics[key]), xytext=(0, 3), textcoords="offset points", ha="center",
+                            va="bottom", rotation=90, fontsize=9, color="firebrick")
     ax.set_xticks(range(len(records)), [_short(r.label) for r in records], rotation=35, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -228,19 +290,33 @@ def _bars(ax, records: list[RunRecord], style: Style, keys: list[str], ylabel: s
     return True
 
 
+RUN_BAR_PANELS = (
+    (["absorption.mean_absorption_fraction_score"], "Mean absorption fraction", "Absorption", "absorption"),
+    (["core.explained_variance", "core.ce_loss_score"], "Score (fraction)", "Reconstruction", "core"),
+    (["core.l0"], "L0 (active latents per token)", "Sparsity", "core"),
+    (["sparse_probing.sae_top_1_test_accuracy", "sparse_probing.sae_test_accuracy"], "Test accuracy",
+     "Sparse probing", "sparse_probing"),
+)
+
+
+def _run_bar_panels(records: list[RunRecord]) -> tuple[list[tuple], list[str]]:
+    """The panels some run has data for, and why each other panel is left out (no empty panels)."""
+    kept, dropped = [], []
+    for keys, ylabel, title, section in RUN_BAR_PANELS:
+        if any(k in r.metrics for k in keys for r in records):
+            kept.append((keys, ylabel, title))
+        else:
+            dropped.append(f"{title} panel omitted: no run has {SECTION_BY_NAME[section].title.lower()} results.")
+    return kept, dropped
+
+
 def draw_run_bars(records, style):
     """The reference plot script's per-run comparison, with labels from the mapping."""
-    panels = [
-        (["absorption.mean_absorption_fraction_score"], "Mean absorption fraction", "Absorption"),
-        (["core.explained_variance", "core.ce_loss_score"], "Score (fraction)", "Reconstruction"),
-        (["core.l0"], "L0 (active latents per token)", "Sparsity"),
-        (["sparse_probing.sae_top_1_test_accuracy", "sparse_probing.sae_test_accuracy"], "Test accuracy",
-         "Sparse probing"),
-    ]
-    if not any(k in r.metrics for keys, _, _ in panels for k in keys for r in records):
+    panels, _ = _run_bar_panels(records)
+    if not panels:
         return None
     fig, axes = _panels(len(panels), ncols=2)
-    fig.set_size_inches(max(12, 1.1 * len(records) * 2), 11)
+    fig.set_size_inches(max(12, 1.1 * len(records) * 2), 5.5 * math.ceil(len(panels) / 2))
     for ax, (keys, ylabel, title) in zip(axes, panels):
         _bars(ax, records, style, keys, ylabel, title)
     fig.suptitle("Per-run comparison", fontsize=16)
@@ -249,6 +325,13 @@ def draw_run_bars(records, style):
 
 
 # ----------------------------------------------------------------------------- over training
+
+
+def describe_run_bars(records, style):
+    panels, dropped = _run_bar_panels(records)
+    keys = [k for p in panels for k in p[0]]
+    probing = probing_datasets(records) if any(k.startswith("sparse_probing.") for k in keys) else None
+    return dropped + ([probing] if probing else []) + _caveat_notes(records, keys)
 
 
 def _curve_panels(records, style, keys: list[str], xkey_order: tuple[str, ...], title: str,
@@ -390,19 +473,20 @@ def draw_cost(records, style):
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("frontier", "Sparsity-fidelity frontier",
                "CE loss score and explained variance against L0, one line per method (runs sorted by L0).",
-               "core eval results (ce_loss_score, explained_variance) and an L0", draw_frontier),
+               "core eval results (ce_loss_score, explained_variance) and an L0",
+               *_l0_figure(_frontier_keys, "Sparsity-fidelity frontier")),
     FigureSpec("absorption_vs_l0", "Absorption vs L0", "Mean absorption fraction and full-absorption rate.",
-               "absorption eval results", draw_absorption),
+               "absorption eval results", *_l0_figure(_absorption_keys, "Feature absorption vs L0")),
     FigureSpec("probing_vs_l0", "Sparse probing vs L0",
                "Probe accuracy on the top-1 / top-k latents and on all latents; dashed: LLM residual probe.",
-               "sparse probing eval results", draw_probing),
+               "sparse probing eval results", *_l0_figure(_probing_keys, "Sparse probing vs L0")),
     FigureSpec("scr_tpp_vs_l0", "SCR and TPP vs L0", "SCR and TPP scores at the chosen number of ablated latents.",
-               "SCR or TPP eval results", draw_scr_tpp),
+               "SCR or TPP eval results", *_l0_figure(_scr_tpp_keys, "SCR and TPP vs L0")),
     FigureSpec("unlearning_vs_l0", "Unlearning vs L0", "SAEBench unlearning score.", "unlearning eval results",
-               draw_unlearning),
+               *_l0_figure(_unlearning_keys, "Unlearning vs L0")),
     FigureSpec("run_bars", "Per-run comparison",
                "Absorption, reconstruction, sparsity and probing for every run, with the labels mapping.",
-               "any of the core, absorption or sparse probing results", draw_run_bars),
+               "any of the core, absorption or sparse probing results", draw_run_bars, describe_run_bars),
     FigureSpec("penalty_stats", "Penalties over training",
                f"Penalty statistics logged in {METRICS_FILE} (momentum share over tau, tracked pairs and memory, "
                "stability |c - cavg|, ...).", f"penalty statistics (\"<penalty>/<stat>\") in {METRICS_FILE}",
@@ -429,11 +513,14 @@ def render_figures(records: list[RunRecord], specs: tuple[FigureSpec, ...] = FIG
     out = []
     for spec in specs:
         with matplotlib.rc_context(RC):
+            caption = spec.caption
             try:
                 fig = spec.draw(records, style) if records else None
                 png = render_png(fig) if fig is not None else None
                 note = "" if png else f"skipped: no run has {spec.needs}"
+                if png:
+                    caption = " ".join([spec.caption, *spec.describe(records, style)])
             except Exception as e:  # a report must survive odd data; say what failed
                 png, note = None, f"failed: {type(e).__name__}: {e}"
-        out.append(RenderedFigure(spec, png, note))
+        out.append(RenderedFigure(spec, png, note, caption))
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from featsep.report.collect import RunRecord, methods_of
 from featsep.report.frontier import matched_grid, matched_values
-from featsep.report.metrics import comparison_keys, metric
+from featsep.report.metrics import comparison_keys, metric, value_caveats, verdict
 
 
 def fmt(value: float) -> str:
@@ -22,33 +22,44 @@ def _range_text(rng: tuple[float, float]) -> str:
 
 
 def _metric_finding(records: list[RunRecord], key: str, l0s: list[float]) -> str | None:
-    """"At matched L0 ..., <method> has the best <metric>" (per L0 when winners differ)."""
+    """"At matched L0 ..., <method> has the best <metric>" (per L0 when winners differ); no
+    method is named where it leads the next by less than the metric's min_gap."""
     info = metric(key)
     if info.higher_is_better is None:
         return None
     table = matched_values(records, key, l0s)
-    winners = []  # (l0, best method, values)
-    for l0, values in table.items():
-        if len(values) < 2:
-            continue
-        pick = max if info.higher_is_better else min
-        best = pick(values, key=values.get)
-        winners.append((l0, best, values))
-    if not winners:
+    verdicts = [(l0, v, values) for l0, values in table.items() if (v := verdict(key, values)) is not None]
+    if not verdicts:
         return None
     word = "highest" if info.higher_is_better else "lowest"
-    names = {w[1] for w in winners}
+    name = info.name[0].upper() + info.name[1:]
+    names = {v.best for _, v, _ in verdicts}
+    if names == {None}:
+        gaps = _range_text((min(v.gap for _, v, _ in verdicts), max(v.gap for _, v, _ in verdicts)))
+        return (f"{name}: no method is {word} at matched L0; the best two are within noise at every matched L0 "
+                f"(gap {gaps} < {fmt(verdicts[0][1].min_gap)}).")
     if len(names) == 1:
-        l0, best, values = winners[len(winners) // 2]
+        l0, best, values = verdicts[len(verdicts) // 2]
+        best = best.best
         others = ", ".join(f"{m} {fmt(v)}" for m, v in values.items() if m != best)
-        margins = [min(abs(v[b] - x) for m, x in v.items() if m != b) for _, b, v in winners]
-        where = (f"at every matched L0 ({', '.join(fmt(w[0]) for w in winners)})"
-                 if len(winners) > 1 else f"at matched L0 {fmt(l0)}")
-        lead = _range_text((min(margins), max(margins)))
+        where = (f"at every matched L0 ({', '.join(fmt(w[0]) for w in verdicts)})"
+                 if len(verdicts) > 1 else f"at matched L0 {fmt(l0)}")
+        lead = _range_text((min(v.gap for _, v, _ in verdicts), max(v.gap for _, v, _ in verdicts)))
         return (f"{best} has the {word} {info.name} {where}, ahead of the next method by {lead}: "
                 f"{fmt(values[best])} vs {others} at L0 {fmt(l0)}.")
-    parts = [f"L0 {fmt(l0)}: {best} ({fmt(values[best])})" for l0, best, values in winners]
-    return f"{info.name[0].upper() + info.name[1:]}, {word} at matched L0 differs with sparsity: " + "; ".join(parts) + "."
+    parts = [f"L0 {fmt(l0)}: {v.best} ({fmt(values[v.best])})" if v.best is not None else f"L0 {fmt(l0)}: {v.text}"
+             for l0, v, values in verdicts]
+    return f"{name}, {word} at matched L0 differs with sparsity: " + "; ".join(parts) + "."
+
+
+def _status_finding(records: list[RunRecord], key: str) -> str | None:
+    """The statuses of the runs behind a compared metric, so no finding hides them."""
+    by_note: dict[str, None] = {}
+    for rec in records:
+        if key in rec.metrics:
+            for caveat in value_caveats(rec, key):
+                by_note.setdefault(caveat.note, None)
+    return f"Caveat on {metric(key).name}: " + " ".join(by_note) if by_note else None
 
 
 def _health_findings(records: list[RunRecord]) -> list[str]:
@@ -90,5 +101,7 @@ def main_findings(records: list[RunRecord]) -> list[str]:
     for key in comparison_keys(records):
         if (text := _metric_finding(records, key, grid.l0s)) is not None:
             findings.append(text)
+            if (caveat := _status_finding(records, key)) is not None:
+                findings.append(caveat)
     findings.extend(_health_findings(records))
     return findings

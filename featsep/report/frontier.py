@@ -28,19 +28,36 @@ def frontier(records: list[RunRecord], method: str, key: str) -> list[Point]:
     return [(l0, sum(v) / len(v)) for l0, v in sorted(by_l0.items())]
 
 
-def interpolate(points: list[Point], l0: float) -> Optional[float]:
-    """Value at `l0`, linear in log(L0) between neighbouring runs; None outside the range."""
+def _weights(points: list[Point], l0: float) -> Optional[list[tuple[int, float]]]:
+    """(point index, weight) of the points the value at `l0` is made of; None outside the range."""
     if not points or l0 <= 0:
         return None
     lo, hi = points[0][0], points[-1][0]
     tol = 1e-9 * max(abs(hi), 1.0)
     if l0 < lo - tol or l0 > hi + tol:
         return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for i, ((x0, _), (x1, _)) in enumerate(zip(points, points[1:])):
         if x0 - tol <= l0 <= x1 + tol:
-            t = (math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0))
-            return y0 + min(max(t, 0.0), 1.0) * (y1 - y0)
-    return points[0][1]  # a single-run frontier matched at its own L0
+            t = min(max((math.log(l0) - math.log(x0)) / (math.log(x1) - math.log(x0)), 0.0), 1.0)
+            return [(i, 1.0 - t), (i + 1, t)]
+    return [(0, 1.0)]  # a single-run frontier matched at its own L0
+
+
+def interpolate(points: list[Point], l0: float) -> Optional[float]:
+    """Value at `l0`, linear in log(L0) between neighbouring runs; None outside the range."""
+    weights = _weights(points, l0)
+    if weights is None:
+        return None
+    if len(weights) == 1:
+        return points[0][1]
+    (i, _), (j, t) = weights
+    return points[i][1] + t * (points[j][1] - points[i][1])
+
+
+def support(points: list[Point], l0: float) -> list[float]:
+    """The L0s of the runs the value at `l0` is interpolated from (those with weight > 0), so
+    what is said about those runs (an eval's status) travels with the matched value."""
+    return [points[i][0] for i, w in _weights(points, l0) or [] if w > 0]
 
 
 def l0_range(records: list[RunRecord], method: str) -> Optional[tuple[float, float]]:
@@ -107,3 +124,9 @@ def matched_values(records: list[RunRecord], key: str, l0s: list[float]) -> dict
                 row[method] = value
         out[l0] = row
     return out
+
+
+def supporting_runs(records: list[RunRecord], method: str, key: str, l0: float) -> list[RunRecord]:
+    """The method's runs whose values make up its matched value of `key` at `l0`."""
+    l0s = set(support(frontier(records, method, key), l0))
+    return [r for r in records if r.method == method and key in r.metrics and r.l0 in l0s]

@@ -54,7 +54,7 @@ def render_figure(fig: RenderedFigure) -> str:
     data = base64.b64encode(fig.png).decode("ascii")
     return (f'<section id="fig-{fig.spec.name}"><h3>{title}</h3><figure>'
             f'<img src="data:image/png;base64,{data}" alt="{title}">'
-            f"<figcaption>{escape(fig.spec.caption)}</figcaption></figure></section>")
+            f"<figcaption>{escape(fig.caption)}</figcaption></figure></section>")
 
 
 def render_page(title: str, source: str, findings: list[str], notes: list[str], tables: Tables,

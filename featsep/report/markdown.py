@@ -30,7 +30,7 @@ def render_summary(title: str, source: str, findings: list[str], notes: list[str
     parts += [render_table(tables.key), "## Figures", ""]
     for fig in figures:
         if fig.png is not None:
-            parts.append(f"- [{fig.spec.title}]({figures_dir}/{fig.spec.name}.png): {fig.spec.caption}")
+            parts.append(f"- [{fig.spec.title}]({figures_dir}/{fig.spec.name}.png): {fig.caption}")
         else:
             parts.append(f"- {fig.spec.title}: {fig.note}")
     parts += ["", "## All metrics", ""] + [render_table(t) for t in tables.sections]

@@ -11,8 +11,18 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from featsep.report.collect import SECTIONS, RunRecord, iter_details, methods_of
-from featsep.report.frontier import matched_grid, matched_values
-from featsep.report.metrics import comparison_keys, metric, probing_top_k_key, scr_key, tpp_key
+from featsep.report.frontier import matched_grid, matched_values, supporting_runs
+from featsep.report.metrics import (
+    Caveat,
+    comparison_keys,
+    metric,
+    probing_datasets,
+    probing_top_k_key,
+    scr_key,
+    tpp_key,
+    value_caveats,
+    verdict,
+)
 
 MISSING = "–"
 MAX_DETAIL_ROWS = 10
@@ -37,8 +47,19 @@ class Tables:
     details: list[Table] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Cell:
+    """A value with what must be read beside it (an eval's status, a convention's warning)."""
+
+    value: Any
+    marks: tuple[str, ...]
+
+
 def format_cell(value: Any) -> str:
-    """6 significant digits for floats, integers as integers, a dash for missing."""
+    """6 significant digits for floats, integers as integers, a dash for missing; a Cell's
+    marks in brackets after its value."""
+    if isinstance(value, Cell):
+        return f"{format_cell(value.value)} ({'; '.join(value.marks)})"
     if value is None:
         return MISSING
     if isinstance(value, bool):
@@ -50,6 +71,27 @@ def format_cell(value: Any) -> str:
             return str(int(value))
         return f"{value:.6g}"
     return str(value)
+
+
+class _Caveats:
+    """Collects the caveats of a table's cells: marks go in the cells, notes under the table."""
+
+    def __init__(self):
+        self.notes: dict[str, None] = {}
+
+    def cell(self, value: Any, caveats: list[Caveat]) -> Any:
+        if not caveats:
+            return value
+        for c in caveats:
+            self.notes.setdefault(c.note, None)
+        return Cell(value, tuple(dict.fromkeys(c.mark for c in caveats)))
+
+    def note(self, *texts: Optional[str]) -> str:
+        return " ".join([t for t in texts if t] + list(self.notes))
+
+
+def _probing_note(records: list[RunRecord], keys) -> Optional[str]:
+    return probing_datasets(records) if any(k.startswith("sparse_probing.") for k in keys) else None
 
 
 def _key_columns(records: list[RunRecord]) -> list[str]:
@@ -66,9 +108,12 @@ def _key_columns(records: list[RunRecord]) -> list[str]:
 def key_table(records: list[RunRecord]) -> Table:
     """One row per run: the headline metrics."""
     keys = _key_columns(records)
-    rows = [[r.label, r.method, r.l0] + [r.metrics.get(k) for k in keys] for r in records]
+    caveats = _Caveats()
+    rows = [[r.label, r.method, r.l0] + [caveats.cell(r.metrics.get(k), value_caveats(r, k)) for k in keys]
+            for r in records]
+    note = caveats.note("L0 from the core eval (else the last training log value).", _probing_note(records, keys))
     return Table("Runs: headline metrics", ["run", "method", "L0"] + [metric(k).name for k in keys], rows,
-                 note="L0 from the core eval (else the last training log value).", id="runs")
+                 note=note, id="runs")
 
 
 def matched_table(records: list[RunRecord]) -> Optional[Table]:
@@ -78,16 +123,23 @@ def matched_table(records: list[RunRecord]) -> Optional[Table]:
         return None
     methods = [m for m in methods_of(records) if m in grid.ranges]
     rows = []
-    for key in comparison_keys(records):
+    caveats = _Caveats()
+    keys = comparison_keys(records)
+    for key in keys:
         info = metric(key)
         for l0, values in matched_values(records, key, grid.l0s).items():
-            best = None
-            if info.higher_is_better is not None and len(values) >= 2:
-                best = (max if info.higher_is_better else min)(values, key=values.get)
-            rows.append([info.name, l0] + [values.get(m) for m in methods] + [best])
+            cells = []
+            for m in methods:
+                support = supporting_runs(records, m, key, l0) if m in values else []
+                cells.append(caveats.cell(values.get(m), [c for r in support for c in value_caveats(r, key)]))
+            best = verdict(key, values)
+            rows.append([info.name, l0] + cells + [best.text if best else None])
     scope = "the L0 range all methods share" if grid.all_overlap else "pairwise-overlapping L0 ranges only"
-    note = (f"Interpolated linearly in log(L0) along each method's runs, within {scope}; "
-            f"{MISSING} = outside that method's L0 range (no extrapolation).")
+    note = caveats.note(
+        f"Interpolated linearly in log(L0) along each method's runs, within {scope}; "
+        f"{MISSING} = outside that method's L0 range (no extrapolation). A method is named best only when it "
+        "leads the next by at least the metric's minimum gap (0.01 for scores); single runs carry no error bars.",
+        _probing_note(records, keys))
     return Table("Matched-L0 comparison", ["metric", "L0"] + methods + ["best"], rows, note=note, id="matched")
 
 
@@ -106,9 +158,11 @@ def section_tables(records: list[RunRecord]) -> list[Table]:
                     keys.setdefault(key, None)
         if not keys:
             continue
-        rows = [[key.split(".", 1)[1]] + [r.metrics.get(key) for r in records] for key in keys]
+        caveats = _Caveats()
+        rows = [[key.split(".", 1)[1]] + [caveats.cell(r.metrics.get(key), value_caveats(r, key)) for r in records]
+                for key in keys]
         tables.append(Table(f"All metrics: {titles.get(section, section)}", ["metric"] + [r.label for r in records],
-                            rows, id=f"all-{section}"))
+                            rows, note=caveats.note(_probing_note(records, keys)), id=f"all-{section}"))
     return tables
 
 

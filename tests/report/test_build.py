@@ -369,3 +369,188 @@ def test_a_dir_without_runs_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(ValueError, match="holds no run"):
         build_report(empty)
     assert sorted(p.name for p in empty.rglob("*")) == ["notes"] and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- what a reviewer must see
+
+TOO_FEW = ("too few letters: 3 have probe F1 > 0.6, 20 required; SAEBench would write no result, "
+           "these means are over the qualifying letters only")
+DATASETS = ["bbc-news", "ag_news"]
+
+
+def make_trust_sweep(root: Path, absorption: bool = True) -> Path:
+    """2 methods x L0 16/64 through featsep.rundir and eval_output: CE scores 0.003-0.005 apart,
+    one run's absorption short of letters, one absorption NaN, an SAEBench explained variance > 1."""
+    from featsep.evals.schema import eval_output
+
+    runs = []
+    # run -> (method, L0, CE, explained_variance_saebench, absorption or None, absorption status)
+    spec = {"a16": ("A", 16, 0.900, 0.95, 0.10, TOO_FEW), "a64": ("A", 64, 0.950, 1.02, 0.08, "ok"),
+            "b16": ("B", 16, 0.905, 0.96, 0.20, "ok"), "b64": ("B", 64, 0.953, 0.99, float("nan"), "ok")}
+    for run, (method, l0, ce, ev_sb, absorption_value, status) in spec.items():
+        rd = RunDir(root / run)
+        rd.write_eval("core", eval_output("core", {}, {
+            "sparsity": {"l0": float(l0)}, "model_performance_preservation": {"ce_loss_score": ce},
+            "reconstruction_quality": {"explained_variance": ce - 0.2, "explained_variance_saebench": ev_sb}},
+            [], {}, run, {}), "core evaluation results")
+        if absorption:
+            rd.write_eval("absorption", eval_output("absorption_first_letter", {}, {"mean": {
+                "mean_absorption_fraction_score": absorption_value, "mean_full_absorption_score": 0.05}},
+                [], {"status": status, "enough_letters": status == "ok"}, run, {}), "absorption evaluation results")
+        rd.write_eval("sparse_probing", eval_output("sparse_probing", {"datasets": DATASETS}, {
+            "llm": {"llm_test_accuracy": 0.9}, "sae": {"sae_top_1_test_accuracy": 0.7 + l0 / 1000}},
+            [], {}, run, {}), "sparse probing evaluation results")
+        runs.append({"run": run, "method": method})
+    write_sweep_manifest(root, {"name": "trust", "runs": runs})
+    return root
+
+
+@pytest.fixture(scope="module")
+def trust(tmp_path_factory):
+    root = make_trust_sweep(tmp_path_factory.mktemp("trust"))
+    page = build_report(root)
+    parser = PageParser()
+    parser.feed(page.read_text())
+    parser.close()
+    from html import unescape
+
+    return root, unescape(page.read_text()), (page.parent / "summary.md").read_text(), parser
+
+
+def test_absorption_status_travels_with_every_absorption_value(trust):
+    _, html, summary, parser = trust
+    for text in (html, summary):
+        assert TOO_FEW in text
+    runs = {row[0]: row for row in parser.tables["runs"]}
+    assert "0.1 (too few letters)" in runs["A L0=16"]
+    assert "0.08" in runs["A L0=64"] and "too few letters" not in " ".join(runs["A L0=64"])
+    assert parser.tables["all-absorption"][0][1:] == ["0.1 (too few letters)", "0.08", "0.2", "–"]
+    # matched values carry the status of the runs they are interpolated from: A's at L0 16 and 32
+    # lean on a16, A's at 64 is a64's alone
+    matched = {(row[0], row[1]): row for row in parser.tables["matched"]}
+    assert matched[("mean absorption", "16")][2] == "0.1 (too few letters)"
+    assert matched[("mean absorption", "32")][2].endswith("(too few letters)")
+    assert matched[("mean absorption", "64")][2] == "0.08"
+    assert any(f"Caveat on mean absorption: A L0=16: Feature absorption status: {TOO_FEW}." in f
+               for f in main_findings(collect(trust[0]).records))
+    assert "| 0.1 (too few letters) |" in summary
+
+
+def test_no_winner_within_noise(trust):
+    root, html, summary, parser = trust
+    matched = {(row[0], row[1]): row for row in parser.tables["matched"]}
+    assert matched[("CE loss score", "16")][-1] == "within noise (gap 0.005 < 0.01)"
+    assert matched[("CE loss score", "64")][-1] == "within noise (gap 0.003 < 0.01)"
+    assert matched[("mean absorption", "16")][-1] == "A"  # 0.1 vs 0.2: a real gap
+    findings = main_findings(collect(root).records)
+    ce = next(f for f in findings if f.startswith("CE loss score"))
+    assert ce == ("CE loss score: no method is highest at matched L0; the best two are within noise at every "
+                  "matched L0 (gap 0.003-0.005 < 0.01).")
+    assert "within noise" in summary and "has the highest CE loss score" not in html
+
+
+def test_verdict_names_a_winner_only_from_min_gap_up():
+    from featsep.report.metrics import verdict
+
+    assert verdict("core.ce_loss_score", {"A": 0.95, "B": 0.94}).best == "A"  # gap 0.01 = min_gap
+    v = verdict("core.ce_loss_score", {"A": 0.95, "B": 0.9401, "C": 0.5})
+    assert v.best is None and v.leader == "A" and v.text == "within noise (gap 0.0099 < 0.01)"
+    assert verdict("absorption.mean_absorption_fraction_score", {"A": 0.2, "B": 0.1}).best == "B"  # lower is better
+    assert verdict("cost.tokens_per_s", {"A": 1000.0, "B": 960.0}).best is None  # 4% < 5% of the best
+    assert verdict("core.ce_loss_score", {"A": 0.9}) is None and verdict("core.l0", {"A": 1, "B": 2}) is None
+
+
+def test_saebench_explained_variance_above_one_is_marked(trust):
+    _, html, summary, parser = trust
+    core = {row[0]: row[1:] for row in parser.tables["all-core"]}
+    assert core["explained_variance_saebench"] == ["0.95", "1.02 (> 1: SAEBench convention)", "0.96", "0.99"]
+    for text in (html, summary):
+        assert "SAEBench 8042bb38's formula (SAELens issue #659), which can exceed 1" in text
+
+
+def test_probing_datasets_are_named(trust):
+    _, html, summary, _ = trust
+    for text in (html, summary):
+        assert text.count("Sparse probing datasets: bbc-news, ag_news.") >= 3  # runs, matched, all-metrics
+    caption = html.split('id="fig-probing_vs_l0"', 1)[1].split("</figcaption>", 1)[0]
+    assert "Sparse probing datasets: bbc-news, ag_news." in caption
+
+
+def test_marker_legend(trust):
+    from featsep.report.figures import FIGURES, Style
+
+    root, html, summary, _ = trust
+    legend = "Markers (colour = method, shape = run): A: circle = A L0=16, square = A L0=64; B: circle = B L0=16"
+    for text in (html, summary):
+        assert legend in text
+    records = collect(root).records
+    spec = next(s for s in FIGURES if s.name == "frontier")
+    fig = spec.draw(records, Style.for_records(records))
+    titles = {lg.get_title().get_text(): [t.get_text() for t in lg.get_texts()] for lg in fig.legends}
+    assert titles["method"] == ["A", "B"] and titles["marker: run"] == ["A L0=16", "A L0=64", "B L0=16", "B L0=64"]
+
+
+def test_missing_values_are_a_dash_in_every_cell(trust, built):
+    """No table cell of either page reads NaN, nan or -1 (SAEBench's NaN); missing is '–'."""
+    import re
+
+    number = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+    for _, _, _, parser in (trust, (None, None, None, built[2])):
+        for name, rows in parser.tables.items():
+            for row in rows:
+                for cell in row[1:]:
+                    assert "nan" not in cell.lower(), (name, row)
+                    assert all(float(t) != -1 for t in number.findall(cell)), (name, row)
+    summary = trust[2]
+    for line in summary.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")][1:]
+            assert not any("nan" in c.lower() or c in ("-1", "-1.0") for c in cells), line
+
+
+def test_per_run_figure_has_no_empty_absorption_panel(tmp_path):
+    from featsep.report.figures import FIGURES, Style
+
+    root = make_trust_sweep(tmp_path / "sweep", absorption=False)
+    records = collect(root).records
+    spec = next(s for s in FIGURES if s.name == "run_bars")
+    fig = spec.draw(records, Style.for_records(records))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["Reconstruction", "Sparsity", "Sparse probing"]
+    html = build_report(root).read_text()
+    caption = html.split('id="fig-run_bars"', 1)[1].split("</figcaption>", 1)[0]
+    assert "Absorption panel omitted: no run has feature absorption results." in caption
+    assert "no data" not in html
+
+
+@pytest.mark.slow
+def test_page_renders_in_headless_chromium(trust, tmp_path):
+    """Every <img> of report.html decodes in a real browser (naturalWidth > 0) and no rendered
+    text reads NaN or -1; a screenshot is left in tmp_path for a look."""
+    import re
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    root = trust[0]
+    probe = ("<script>window.addEventListener('load', () => { const bad = [...document.images]"
+             ".filter(i => !(i.complete && i.naturalWidth > 0)).length;"
+             " document.body.setAttribute('data-images', document.images.length + ':' + bad); });</script>")
+    page = tmp_path / "probe.html"
+    page.write_text((root / "report" / "report.html").read_text().replace("</body>", probe + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    found = re.search(r'data-images="(\d+):(\d+)"', dom)
+    assert found is not None, "the probe script did not run"
+    assert int(found.group(1)) == len(trust[3].imgs) > 0 and found.group(2) == "0"
+    parser = PageParser()
+    parser.feed(dom.replace(probe, ""))
+    text = " ".join(parser.text)
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE) and not re.search(r"(?<![\w.-])-1(\.0+)?\b", text)
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + ["--window-size=1400,3000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    assert shot.read_bytes()[:8] == PNG_SIGNATURE
