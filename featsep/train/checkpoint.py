@@ -20,7 +20,7 @@ import random
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -67,10 +67,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def latest_common_step(run_dirs: list[Path]) -> Optional[int]:
+def latest_common_step(run_dirs: list[Path], notify: Callable[[str], None] = warnings.warn) -> Optional[int]:
     """The latest step checkpointed intact in every run dir, or None when no step is in all of
-    them. A later common step whose checkpoint is corrupted is passed over with a warning; a
-    ValueError when every common step has a corrupted checkpoint somewhere."""
+    them. A later common step whose checkpoint is corrupted is passed over, said through
+    `notify` (a warning by default; the trainer prints it as one line); a ValueError when every
+    common step has a corrupted checkpoint somewhere."""
     common = None
     for run_dir in run_dirs:
         steps = set(RunDir(run_dir).checkpoint_steps())
@@ -82,8 +83,8 @@ def latest_common_step(run_dirs: list[Path]) -> Optional[int]:
         bad = [path for path in (RunDir(d).checkpoint_path(step) for d in run_dirs) if not checksum_matches(path)]
         if not bad:
             if corrupted:
-                warnings.warn(f"checkpoint {corrupted[0]} is corrupted (its sha256 differs from {sidecar(corrupted[0]).name}); "
-                              f"resuming from the previous good checkpoint, step {step}", stacklevel=2)
+                notify(f"checkpoint {corrupted[0]} is corrupted (its sha256 differs from {sidecar(corrupted[0]).name}); "
+                       f"resuming from the previous good checkpoint, step {step}")
             return step
         corrupted += bad
     raise ValueError(f"checkpoint {corrupted[0]} is corrupted (its sha256 differs from {sidecar(corrupted[0]).name}) "

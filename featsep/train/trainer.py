@@ -503,10 +503,13 @@ def train(
     run = _Run(members, batches, total, cfg)
     for d in run.run_dirs:
         _remove_stale_temp_files(d)
-    start = ckpt.latest_common_step(run.run_dirs) if resume else None
+    notes: list[str] = []
+    start = ckpt.latest_common_step(run.run_dirs, notify=notes.append) if resume else None
     sink = MetricsSink(names, dirs, ExternalLoggers(cfg.wandb, cfg.tensorboard, names, dirs, run_config, resume=start is not None),
                        total, start or 0, progress)
     try:
+        for note in notes:  # e.g. a corrupted checkpoint passed over: one line beside the progress bar
+            sink.write(note) if progress else warnings.warn(note, stacklevel=2)
         if resume and start is None:  # killed before its first checkpoint: nothing to continue from
             some = any(rd.RunDir(d).has_checkpoints() for d in run.run_dirs)
             sink.write(f"no checkpoint {'common to every run ' if some else ''}in {out_dir} yet: starting from step 0")
