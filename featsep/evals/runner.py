@@ -135,7 +135,7 @@ def evaluate(
     if not evals:
         raise ValueError(f"no eval selected; choose from: {', '.join(available_evals())}")
     specs = [get_eval(name) for name in evals]
-    eval_settings, runner = resolve_settings(evals, settings)
+    eval_settings, runner = resolve_settings(evals, settings, model=model, sae_or_path=sae_or_path)
     if out_dir is not None:
         check_out_dir(out_dir, sae_or_path)
     hook = runner.get("hook", hook)
