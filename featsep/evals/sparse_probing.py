@@ -13,7 +13,7 @@ positions, same mean. Model activations are cached per dataset, so many SAEs sha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from pydantic import field_validator
@@ -25,6 +25,7 @@ from featsep.evals.common.context import EvalContext
 from featsep.evals.common.pooling import balanced_indices, dataset_activations, gather, sae_pooled, segment_mean
 from featsep.evals.common.probes import top_k_accuracy, train_binary_probe
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
+from featsep.evals.schema import saebench_section
 
 OFFLINE_DATASETS = ["bbc-news", "code-languages", "manpage-languages"]
 SAEBENCH_DATASETS = [
@@ -103,11 +104,21 @@ def _mean_over(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: sum(v[k] for v in per_class.values()) / len(per_class) for k in keys}
 
 
+def final_info_section(result: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
+    """The result with SAEBench's per-dataset names, "<dataset>_results", as the reference runs
+    wrote them (the result file keeps the dataset names as given)."""
+    section = saebench_section(result, results_file)
+    section["eval_result_details"] = [{**d, "dataset_name": f"{d['dataset_name']}_results"}
+                                      for d in section.get("eval_result_details", [])]
+    return section
+
+
 @register_eval(
     "sparse_probing",
     eval_type_id="sparse_probing",
     final_info_key="sparse probing evaluation results",
     settings=SparseProbingSettings,
+    final_info_section=final_info_section,
 )
 def run_sparse_probing(saes: list, ctx: EvalContext, s: SparseProbingSettings) -> list[EvalResult]:
     if not s.datasets:
