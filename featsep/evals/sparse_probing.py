@@ -104,12 +104,28 @@ def _mean_over(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: sum(v[k] for v in per_class.values()) / len(per_class) for k in keys}
 
 
+# every top-k accuracy SAEBench's schema has; the reference runs hold null for those not measured
+SAEBENCH_K_VALUES = (1, 2, 5, 10, 20, 50, 100)
+
+
+def _all_k(accuracies: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    schema = [f"{p}_{name}" for p in prefixes
+              for name in ["test_accuracy"] + [f"top_{k}_test_accuracy" for k in SAEBENCH_K_VALUES]]
+    return {**{k: accuracies.get(k) for k in schema}, **accuracies}
+
+
 def final_info_section(result: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
-    """The result with SAEBench's per-dataset names, "<dataset>_results", as the reference runs
-    wrote them (the result file keeps the dataset names as given)."""
+    """The result as the reference runs wrote it: SAEBench's per-dataset names
+    ("<dataset>_results"; the result file keeps the names as given) and every top-k accuracy of
+    SAEBench's schema, null for the k not in k_values."""
     section = saebench_section(result, results_file)
-    section["eval_result_details"] = [{**d, "dataset_name": f"{d['dataset_name']}_results"}
-                                      for d in section.get("eval_result_details", [])]
+    section["eval_result_metrics"] = {cat: _all_k(v, (cat,)) if cat in ("llm", "sae") else v
+                                      for cat, v in section["eval_result_metrics"].items()}
+    section["eval_result_details"] = [
+        {"dataset_name": f"{d['dataset_name']}_results",
+         **_all_k({k: v for k, v in d.items() if k != "dataset_name"}, ("llm", "sae"))}
+        for d in section.get("eval_result_details", [])
+    ]
     return section
 
 
