@@ -166,12 +166,16 @@ def read_eval_result(path: str | Path) -> EvalRecord:
 
 
 def eval_section(result: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
-    """An eval's final_info.json section: the result without its (possibly per-latent, large)
-    details and the SAE config, plus where the whole result file is."""
+    """The final_info.json section of an eval the reference runs did not have: the result without
+    its (possibly per-latent, large) details and the SAE config, plus where the whole result file
+    is. Evals the reference runs wrote convert to their layout instead (EvalSpec.final_info_section)."""
     section = {k: v for k, v in result.items() if k not in ("eval_result_details", "sae_cfg_dict")}
-    if results_file is not None:
-        section["results_file"] = str(results_file)
-    return section
+    return with_results_file(section, results_file)
+
+
+def with_results_file(section: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
+    """The section plus where the whole result file is (a key the reference runs did not write)."""
+    return section if results_file is None else {**section, "results_file": str(results_file)}
 
 
 def read_sweep_manifest(sweep_dir: str | Path) -> Optional[dict[str, Any]]:
@@ -391,9 +395,11 @@ class RunDir:
         return _validated(EvalRecord, _read_json(path), str(path))
 
     def write_eval(self, eval_name: str, result: dict[str, Any], final_info_key: str,
-                   merge: Optional[Callable[[Any, Any], Any]] = None, folder: Optional[Path] = None) -> Path:
+                   merge: Optional[Callable[[Any, Any], Any]] = None, folder: Optional[Path] = None,
+                   section: Callable[[dict[str, Any], Optional[Path]], dict[str, Any]] = eval_section) -> Path:
         """The eval's result file (in eval_results/, or `folder` when given) and its final_info
-        section under `final_info_key`."""
+        section under `final_info_key`, built by `section(result, results_file)` (the eval's
+        converter to the reference runs' layout)."""
         path = write_eval_result(self.eval_results_dir if folder is None else folder, eval_name, result)
-        self.update_final_info(final_info_key, eval_section(result, path), merge=merge)
+        self.update_final_info(final_info_key, section(result, path), merge=merge)
         return path

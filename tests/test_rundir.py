@@ -127,9 +127,13 @@ def test_eval_result_file_and_section_round_trip(tmp_path):
     elsewhere = rd.write_eval("tpp", _result("tpp"), "scr and tpp", folder=tmp_path / "out")
     assert elsewhere == eval_result_path(tmp_path / "out", "tpp") and not rd.has_eval("tpp")
     assert rd.read_final_info()["scr and tpp"]["results_file"] == str(elsewhere)
+    converted = rd.write_eval("absorption", _result("absorption"), "absorption evaluation results",
+                              section=lambda result, path: {"type": result["eval_type_id"], "file": str(path)})
+    assert rd.read_final_info()["absorption evaluation results"] == {"type": "absorption", "file": str(converted)}
+    assert rd.read_eval("absorption").model_dump() == _result("absorption")  # the file stays SAEBench's
     assert write_eval_result(tmp_path / "bare", "absorption", _result()) == tmp_path / "bare" / "absorption_eval_results.json"
     with pytest.raises(ValueError, match="does not exist"):
-        rd.read_eval("absorption")
+        rd.read_eval("sparse_probing")
 
 
 def test_sweep_manifest_round_trip(tmp_path):

@@ -46,7 +46,8 @@ from __future__ import annotations
 import random
 import statistics
 from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -55,6 +56,7 @@ from tqdm.auto import tqdm
 from featsep.evals.common.context import EvalContext, encode, sae_scale
 from featsep.evals.common.probes import f1_score, train_multilabel_probe
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
+from featsep.evals.schema import saebench_section
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 EPS = 1e-8
@@ -337,11 +339,41 @@ def _sd(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
+# ---- final_info.json: the reference runs' absorption layout ---------------------------------------
+
+# The reference runs' SAEBench (early 2025) named full absorption as these (final_info name ->
+# this eval's name); its mean absorption score is the mean full-absorption rate over letters.
+FINAL_INFO_MEAN = {"mean_absorption_score": "mean_full_absorption_score",
+                   "mean_num_split_features": "mean_num_split_features"}
+FINAL_INFO_LETTER = {"first_letter": "first_letter", "absorption_rate": "full_absorption_rate",
+                     "num_absorption": "num_full_absorption", "num_probe_true_positives": "num_probe_true_positives",
+                     "num_split_features": "num_split_features"}
+
+
+def _reference_names_first(block: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """The reference's keys (values looked up under this eval's names), then this eval's own keys."""
+    return {**{ref: block[own] for ref, own in names.items() if own in block}, **block}
+
+
+def final_info_section(result: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
+    """The result with the reference runs' key names added (mean_absorption_score; per letter
+    absorption_rate, num_absorption), beside this eval's own (the fraction metrics)."""
+    section = saebench_section(result, results_file)
+    metrics = dict(section["eval_result_metrics"])
+    if "mean" in metrics:
+        metrics["mean"] = _reference_names_first(metrics["mean"], FINAL_INFO_MEAN)
+    section["eval_result_metrics"] = metrics
+    section["eval_result_details"] = [_reference_names_first(d, FINAL_INFO_LETTER)
+                                      for d in section.get("eval_result_details", [])]
+    return section
+
+
 @register_eval(
     "absorption",
     eval_type_id="absorption_first_letter",
     final_info_key="absorption evaluation results",
     settings=AbsorptionSettings,
+    final_info_section=final_info_section,
 )
 def run_absorption(saes: list, ctx: EvalContext, s: AbsorptionSettings) -> list[EvalResult]:
     side = _model_side(ctx, s)

@@ -13,7 +13,8 @@ n_eval_sparsity_variance_batches batches the sparsity/variance metrics. Special 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from featsep.evals.common.context import EvalContext, encode_decode, not_special
 from featsep.evals.common.tokens import token_rows
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
+from featsep.rundir import MISSING_METRICS_KEY, with_results_file
 
 METRIC_CONVENTIONS = {
     "explained_variance": "conventional R^2 over all tokens: 1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2) "
@@ -304,7 +306,80 @@ def misc_metrics(per_latent: dict[str, Tensor]) -> dict[str, float]:
 # ---- the eval ------------------------------------------------------------------------------------
 
 
-@register_eval("core", eval_type_id="core", final_info_key="core evaluation results", settings=CoreSettings)
+# ---- final_info.json: the reference runs' core layout -----------------------------------------
+
+# final_info name -> result file name, in reconstruction_quality. The reference runs' SAEBench
+# (Jan-Feb 2025, with SAELens 5.3) wrote the per-token legacy formula as `explained_variance`;
+# the result file keeps SAEBench 8042bb38's names, where `explained_variance` is the R^2.
+FINAL_INFO_RECONSTRUCTION = {
+    "explained_variance": "explained_variance_legacy",
+    "explained_variance_legacy": "explained_variance_legacy",
+    "explained_variance_conventional": "explained_variance",
+    "explained_variance_saebench": "explained_variance_saebench",
+    "mse": "mse",
+    "mse_per_token": "mse_per_token",
+    "cossim": "cossim",
+}
+FINAL_INFO_CONVENTIONS = {
+    **{k: v for k, v in METRIC_CONVENTIONS.items() if not k.startswith("explained_variance")},
+    "explained_variance": "the reference runs' explained_variance (SAEBench/SAELens 5.3, Feb 2025): "
+    + METRIC_CONVENTIONS["explained_variance_legacy"],
+    "explained_variance_legacy": METRIC_CONVENTIONS["explained_variance_legacy"],
+    "explained_variance_conventional": METRIC_CONVENTIONS["explained_variance"]
+    + "; `explained_variance` in the core result file",
+    "explained_variance_saebench": METRIC_CONVENTIONS["explained_variance_saebench"],
+}
+# what core always computes, under the names of SAEBench's core flags
+COMPUTED_FLAGS = ("compute_kl", "compute_ce_loss", "compute_l2_norms", "compute_sparsity_metrics",
+                  "compute_variance_metrics", "compute_featurewise_density_statistics")
+
+
+def final_info_metric_path(path: str) -> list[str]:
+    """A dotted path of the result file's metrics -> the same metric's paths in final_info."""
+    category, _, name = path.partition(".")
+    if category != "reconstruction_quality":
+        return [path]
+    return [f"{category}.{k}" for k, v in FINAL_INFO_RECONSTRUCTION.items() if v == name] or [path]
+
+
+def final_info_section(result: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
+    """The core result as the reference runs wrote it (SAEBench's core output before its
+    eval_result_metrics schema): unique_id, sae_set, sae_id, eval_cfg, metrics. Per-latent
+    details stay in the result file; every explained-variance convention is kept, the
+    reference's under its key (FINAL_INFO_CONVENTIONS says which is which)."""
+    cfg = result.get("eval_config", {})
+    metrics = {k: dict(v) for k, v in result["eval_result_metrics"].items()}
+    if "reconstruction_quality" in metrics:
+        file_rq = metrics["reconstruction_quality"]
+        metrics["reconstruction_quality"] = {k: file_rq[v] for k, v in FINAL_INFO_RECONSTRUCTION.items() if v in file_rq}
+    sae_set, sae_id = result.get("sae_lens_release_id"), result.get("sae_lens_id")
+    section: dict[str, Any] = {
+        "unique_id": f"{sae_set}_{sae_id}",
+        "sae_set": sae_set,
+        "sae_id": sae_id,
+        "eval_cfg": {
+            "model_name": cfg.get("model_name"),
+            "llm_dtype": cfg.get("llm_dtype"),  # not recorded by featsep's runner: null
+            **{k: cfg[k] for k in ("batch_size_prompts", "n_eval_reconstruction_batches",
+                                   "n_eval_sparsity_variance_batches", "dataset", "context_size") if k in cfg},
+            **{flag: True for flag in COMPUTED_FLAGS},
+            **{k: v for k, v in cfg.items() if k != "model_name"},
+        },
+        "metrics": metrics,
+        "metric_conventions": FINAL_INFO_CONVENTIONS,
+        "eval_id": result.get("eval_id"),
+        "datetime_epoch_millis": result.get("datetime_epoch_millis"),
+        "sae_bench_commit_hash": result.get("sae_bench_commit_hash"),
+    }
+    unstructured = result.get("eval_result_unstructured")
+    missing = unstructured.get(MISSING_METRICS_KEY) if isinstance(unstructured, dict) else None
+    if missing:
+        section[MISSING_METRICS_KEY] = [p for m in missing for p in final_info_metric_path(m)]
+    return with_results_file(section, results_file)
+
+
+@register_eval("core", eval_type_id="core", final_info_key="core evaluation results", settings=CoreSettings,
+               final_info_section=final_info_section)
 def run_core(saes: list, ctx: EvalContext, s: CoreSettings) -> list[EvalResult]:
     n_recon, n_sparse = auto_budget(ctx.lm)
     n_recon = s.n_eval_reconstruction_batches if s.n_eval_reconstruction_batches is not None else n_recon

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
 from featsep.registry import Registry
+from featsep.rundir import eval_section
 
 # Modules that register the built-in evals when imported.
 BUILTIN_EVAL_MODULES = (
@@ -52,6 +54,9 @@ class EvalSpec:
     run: Callable[..., list[EvalResult]]
     # combines this eval's final_info section with one already there (evals sharing a key)
     merge_section: Optional[Callable[[Optional[dict], dict], dict]] = None
+    # (SAEBench result, path of its file) -> the final_info section, in the reference runs'
+    # layout for the evals they wrote (one converter per eval, in the eval's module)
+    final_info_section: Callable[[dict, Optional[Path]], dict] = eval_section
 
 
 _EVALS: Registry[EvalSpec] = Registry("eval")
@@ -64,13 +69,15 @@ def register_eval(
     final_info_key: str,
     settings: type[EvalSettings],
     merge_section: Optional[Callable[[Optional[dict], dict], dict]] = None,
+    final_info_section: Callable[[dict, Optional[Path]], dict] = eval_section,
 ):
     """Decorator for an eval's run function."""
 
     def deco(run: Callable[..., list[EvalResult]]):
         if name in _EVALS and _EVALS.get(name).run is run:
             return run  # the module was imported again
-        _EVALS.add(name, EvalSpec(name, eval_type_id, final_info_key, settings, run, merge_section))
+        _EVALS.add(name, EvalSpec(name, eval_type_id, final_info_key, settings, run, merge_section,
+                                  final_info_section))
         return run
 
     return deco

@@ -181,7 +181,8 @@ def _write(target: Target, results: dict[str, dict], out_dir, n_targets: int) ->
         if target.run_dir is not None:
             spec = get_eval(name)
             folder = Path(out_dir) if out_dir is not None and n_targets == 1 else None
-            target.run_dir.write_eval(name, result, spec.final_info_key, merge=spec.merge_section, folder=folder)
+            target.run_dir.write_eval(name, result, spec.final_info_key, merge=spec.merge_section, folder=folder,
+                                      section=spec.final_info_section)
         elif out_dir is not None:
             write_eval_result(Path(out_dir) if n_targets == 1 else Path(out_dir) / target.name, name, result)
 

@@ -1,8 +1,11 @@
-"""SAEBench's output JSON (evals/base_eval_output.py).
+"""SAEBench's output JSON (evals/base_eval_output.py), and its final_info.json sections.
 
-One file per eval and SAE (featsep.rundir writes and reads them); the layout of the dict is
-SAEBench's, so SAEBench's own plotting code and the reference runs' scripts read our files
-unchanged.
+One file per eval and SAE under eval_results/ (featsep.rundir writes and reads them), in the
+layout of SAEBench 8042bb38, so SAEBench's own plotting code reads them. final_info.json holds
+one section per eval in the layout the reference runs wrote (SAEBench of early 2025: core as
+unique_id/eval_cfg/metrics, absorption under its older key names), which is what the reference
+runs' plot script reads; each eval's module converts its result (`final_info_section`), starting
+from `saebench_section` here.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
-from featsep.rundir import MISSING_METRICS_KEY, NAN_SENTINEL
+from featsep.rundir import MISSING_METRICS_KEY, NAN_SENTINEL, with_results_file
 
 # The SAEBench commit whose formulas these evals reproduce (see saebench-spec.md).
 SAEBENCH_COMMIT = "8042bb38"
@@ -76,3 +80,18 @@ def eval_output(
             "sae_cfg_dict": sae_cfg,
         }
     )
+
+
+# SAEBench's key order, as the reference runs' final_info sections list them
+SAEBENCH_KEYS = (
+    "eval_type_id", "eval_config", "eval_id", "datetime_epoch_millis", "eval_result_metrics", "eval_result_details",
+    "sae_bench_commit_hash", "sae_lens_id", "sae_lens_release_id", "sae_lens_version", "sae_cfg_dict",
+    "eval_result_unstructured",
+)
+
+
+def saebench_section(result: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
+    """A final_info section as the reference runs wrote SAEBench results: the whole result,
+    details and SAE config included, in SAEBench's key order (plus where the result file is)."""
+    ordered = {k: result[k] for k in SAEBENCH_KEYS if k in result}
+    return with_results_file({**ordered, **{k: v for k, v in result.items() if k not in ordered}}, results_file)

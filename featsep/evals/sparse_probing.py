@@ -13,7 +13,7 @@ positions, same mean. Model activations are cached per dataset, so many SAEs sha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from pydantic import field_validator
@@ -25,6 +25,7 @@ from featsep.evals.common.context import EvalContext
 from featsep.evals.common.pooling import balanced_indices, dataset_activations, gather, sae_pooled, segment_mean
 from featsep.evals.common.probes import top_k_accuracy, train_binary_probe
 from featsep.evals.registry import EvalResult, EvalSettings, register_eval
+from featsep.evals.schema import saebench_section
 
 OFFLINE_DATASETS = ["bbc-news", "code-languages", "manpage-languages"]
 SAEBENCH_DATASETS = [
@@ -103,11 +104,37 @@ def _mean_over(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     return {k: sum(v[k] for v in per_class.values()) / len(per_class) for k in keys}
 
 
+# every top-k accuracy SAEBench's schema has; the reference runs hold null for those not measured
+SAEBENCH_K_VALUES = (1, 2, 5, 10, 20, 50, 100)
+
+
+def _all_k(accuracies: dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    schema = [f"{p}_{name}" for p in prefixes
+              for name in ["test_accuracy"] + [f"top_{k}_test_accuracy" for k in SAEBENCH_K_VALUES]]
+    return {**{k: accuracies.get(k) for k in schema}, **accuracies}
+
+
+def final_info_section(result: dict[str, Any], results_file: Optional[Path]) -> dict[str, Any]:
+    """The result as the reference runs wrote it: SAEBench's per-dataset names
+    ("<dataset>_results"; the result file keeps the names as given) and every top-k accuracy of
+    SAEBench's schema, null for the k not in k_values."""
+    section = saebench_section(result, results_file)
+    section["eval_result_metrics"] = {cat: _all_k(v, (cat,)) if cat in ("llm", "sae") else v
+                                      for cat, v in section["eval_result_metrics"].items()}
+    section["eval_result_details"] = [
+        {"dataset_name": f"{d['dataset_name']}_results",
+         **_all_k({k: v for k, v in d.items() if k != "dataset_name"}, ("llm", "sae"))}
+        for d in section.get("eval_result_details", [])
+    ]
+    return section
+
+
 @register_eval(
     "sparse_probing",
     eval_type_id="sparse_probing",
     final_info_key="sparse probing evaluation results",
     settings=SparseProbingSettings,
+    final_info_section=final_info_section,
 )
 def run_sparse_probing(saes: list, ctx: EvalContext, s: SparseProbingSettings) -> list[EvalResult]:
     if not s.datasets:

@@ -59,7 +59,8 @@ def logged_wall_time_s(rows: list[dict[str, Any]]) -> Optional[float]:
 
 
 def trainer_config(sae: SAE, penalties: list[Penalty], train: MemberTraining) -> dict[str, Any]:
-    """The "config" block of final_info.json, in the reference runs' key names."""
+    """The "config" block of final_info.json, in the reference runs' key names (dictionary_learning
+    trainer configs: l1_penalty for L1 SAEs, k for TopK ones, resample_steps null when off)."""
     cfg = sae.cfg
     out = {
         "trainer_class": "featsep.train",
@@ -78,8 +79,11 @@ def trainer_config(sae: SAE, penalties: list[Penalty], train: MemberTraining) ->
         "lr_decay_fraction": train.lr_decay_fraction,
         "penalties": [penalty_config(p) for p in penalties],
     }
+    if hasattr(cfg, "l1_coefficient"):
+        out["l1_penalty"] = cfg.l1_coefficient
     if hasattr(cfg, "k"):
         out["k"] = cfg.k
+    out["resample_steps"] = getattr(cfg, "resample_every", 0) or None
     return out
 
 

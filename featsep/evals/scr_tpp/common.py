@@ -14,12 +14,14 @@ from featsep.evals.common.context import EvalContext, encode, sae_scale
 from featsep.evals.common.pooling import kept_positions, sae_pooled
 from featsep.evals.common.probes import LinearProbe, train_binary_probe
 from featsep.evals.registry import EvalSettings
+from featsep.evals.schema import saebench_section
 
 FINAL_INFO_KEY = "scr and tpp evaluations results"
 # SCR and TPP write one final_info section (the reference runs' key), merged by eval name
 SHARED_SECTION = dict(
     final_info_key=FINAL_INFO_KEY,
     merge_section=lambda existing, section: merge_scr_tpp_section(existing, section),
+    final_info_section=saebench_section,
 )
 N_VALUES = [2, 5, 10, 20, 50, 100, 500]
 MIN_DENOMINATOR = 0.001
@@ -156,10 +158,11 @@ DIFFERENCES = [
 
 
 def merge_scr_tpp_section(existing: Optional[dict], section: dict) -> dict:
-    """The reference runs keep SCR and TPP under one final_info key whose eval_result_metrics is
-    read as ["scr_metrics"]: keep the newest section's fields and the union of both evals'
-    metric categories (scr_metrics + tpp_metrics), with each eval's own section under
-    "per_eval" {"scr": ..., "tpp": ...}. For the runner's final_info writer (see the report)."""
+    """The reference runs keep SCR and TPP under one final_info key, with SCR's fields (its
+    eval_type_id, config and per-pair details) at the top, whose eval_result_metrics is read as
+    ["scr_metrics"]: SCR's section when it has run (else TPP's), whichever eval ran last, with
+    the union of both evals' metric categories (scr_metrics + tpp_metrics) and each eval's own
+    section under "per_eval" {"scr": ..., "tpp": ...}."""
     name = section.get("eval_type_id", "unknown")
     per_eval = dict((existing or {}).get("per_eval", {}))
     if existing and existing.get("eval_type_id") in ("scr", "tpp") and not per_eval:
@@ -169,4 +172,5 @@ def merge_scr_tpp_section(existing: Optional[dict], section: dict) -> dict:
     for eval_name in ("scr", "tpp"):
         if eval_name in per_eval:
             metrics.update(per_eval[eval_name].get("eval_result_metrics", {}))
-    return {**section, "eval_result_metrics": metrics, "per_eval": per_eval}
+    top = per_eval.get("scr", section)
+    return {**top, "eval_result_metrics": metrics, "per_eval": per_eval}

@@ -73,6 +73,7 @@ from tqdm.auto import tqdm
 
 from featsep.evals.common.context import EvalContext, sae_scale
 from featsep.evals.registry import EvalResult, register_eval
+from featsep.evals.schema import saebench_section
 from featsep.evals.unlearning.latents import (
     clamp_latents, clamp_values, corpus_rows, latent_statistics, passing_configs, select_latents, unlearning_score,
 )
@@ -135,7 +136,9 @@ def _filter_rule(s: UnlearningSettings) -> str:
     return f"answered correctly under {kind} (weaker than SAEBench's 24)"
 
 
-@register_eval("unlearning", eval_type_id="unlearning", final_info_key="unlearning evaluation results", settings=UnlearningSettings)
+# final_info: the whole result, as the reference runs wrote it (its details: featsep's configs)
+@register_eval("unlearning", eval_type_id="unlearning", final_info_key="unlearning evaluation results",
+               settings=UnlearningSettings, final_info_section=saebench_section)
 def run_unlearning(saes: list, ctx: EvalContext, s: UnlearningSettings) -> list[EvalResult]:
     check_instruct(ctx.lm, s)
     s = _resolved(ctx, s)
