@@ -88,11 +88,17 @@ def check_out_dir(out_dir: str | Path, sae_or_path) -> Path:
     """Before any eval runs (a full one takes minutes): out_dir is a writable directory (created
     here) and no folder the results go to is, or lies inside, an SAE or run dir being evaluated
     (out_dir keeps every run dir untouched)."""
+    from featsep.sae.io import CFG_FILENAME
+
     out = Path(out_dir).expanduser()
     evaluated = _evaluated_dirs(sae_or_path)
     folders = [out / d.name for d in evaluated] if per_target_folders(sae_or_path) else [out]
+    sae_dirs = {p for d in evaluated for p in (d, RunDir(d).sae_dir) if (p / CFG_FILENAME).is_file()}
     for folder in folders:
         f = folder.resolve()
+        if f in sae_dirs:
+            raise ValueError(f"out_dir {out} is the SAE dir being evaluated; choose another out_dir "
+                             "(the results would mix with the SAE's own files)")
         for d in evaluated:
             if f == d or d in f.parents:
                 raise ValueError(f"out_dir {out} would put results inside {d}, which is being evaluated; choose an "

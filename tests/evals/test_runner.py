@@ -126,10 +126,12 @@ def test_out_dir_inside_an_evaluated_dir_is_refused_before_any_eval(tmp_path):
     sweep = tmp_path / "sweep"
     for name in ("a", "b"):
         save_sae(make_sae("topk", d_in=D, d_sae=16, k=2, hook_name=HOOK), sweep / name / "sae")
-    for out, target in [(sweep / "a", sweep / "a"), (sweep / "a" / "x", sweep / "a"), (sweep / "a" / "sae", sweep / "a"),
-                        (sweep, str(sweep)), (sweep, [str(sweep / "a"), str(sweep / "b")])]:
+    for out, target in [(sweep / "a", sweep / "a"), (sweep / "a" / "x", sweep / "a"), (sweep, str(sweep)),
+                        (sweep, [str(sweep / "a"), str(sweep / "b")])]:
         with pytest.raises(ValueError, match="would put results inside"):
             check_out_dir(out, target if isinstance(target, list) else str(target))
+    with pytest.raises(ValueError, match="is the SAE dir being evaluated"):
+        check_out_dir(sweep / "a" / "sae", str(sweep / "a"))
     assert not (sweep / "a" / "x").exists()
     assert check_out_dir(tmp_path / "elsewhere", str(sweep)).is_dir()
     assert check_out_dir(tmp_path, str(sweep / "a")) == tmp_path  # out/core_eval_results.json, beside the run
