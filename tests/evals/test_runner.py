@@ -79,3 +79,72 @@ def test_run_eval_cli_parses_set_overrides(letters_lm, letters_corpus, tmp_path,
     assert out["core"]["eval_config"]["seed"] == 3 and out["core"]["eval_config"]["context_size"] == 16
     assert "model_performance_preservation: ce_loss_score=" in capsys.readouterr().out
     assert (run / "eval_results" / "core_eval_results.json").exists()
+
+
+def _tree_bytes(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+CORE_TINY = {"context_size": 16, "batch_size_prompts": 2, "n_eval_reconstruction_batches": 1,
+             "n_eval_sparsity_variance_batches": 1}
+
+
+def test_out_dir_leaves_a_run_dir_byte_identical(letters_lm, letters_corpus, tmp_path):
+    run = tmp_path / "run"
+    save_sae(make_sae("topk", d_in=D, d_sae=32, k=4, hook_name=HOOK), run / "sae")
+    settings = {"core": {"dataset": letters_corpus, **CORE_TINY}}
+    kw = dict(model=letters_lm, settings=settings, cache_dir=tmp_path / "cache", verbose=False)
+    evaluate(str(run), evals=["core"], **kw)  # the run dir now has eval_results/ and final_info.json
+    before = _tree_bytes(run)
+    assert "final_info.json" in before and "eval_results/core_eval_results.json" in before
+    out = evaluate(str(run), evals=["core"], out_dir=tmp_path / "out", **{**kw, "settings": {"core": {**settings["core"], "seed": 7}}})
+    assert _tree_bytes(run) == before
+    written = json.loads((tmp_path / "out" / "core_eval_results.json").read_text())
+    assert written["eval_config"]["seed"] == 7 and written == json.loads(json.dumps(out["core"]))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["core_eval_results.json"]
+
+
+def test_out_dir_on_a_sweep_dir_writes_per_run_folders_only(letters_lm, letters_corpus, tmp_path):
+    sweep = tmp_path / "sweep"
+    for name in ("a", "b"):
+        save_sae(make_sae("topk", d_in=D, d_sae=32, k=4, hook_name=HOOK), sweep / name / "sae")
+    settings = {"core": {"dataset": letters_corpus, **CORE_TINY}}
+    kw = dict(model=letters_lm, settings=settings, cache_dir=tmp_path / "cache", verbose=False)
+    evaluate(str(sweep), evals=["core"], **kw)
+    before = _tree_bytes(sweep)
+    assert "a/final_info.json" in before and "b/eval_results/core_eval_results.json" in before
+    out = evaluate(str(sweep), evals=["core"], out_dir=tmp_path / "out", **kw)
+    assert _tree_bytes(sweep) == before
+    for name, result in zip("ab", out):
+        written = json.loads((tmp_path / "out" / name / "core_eval_results.json").read_text())
+        assert written["sae_lens_id"] == name and written == json.loads(json.dumps(result["core"]))
+    # a sweep of one run still gets its run's folder
+    one = tmp_path / "one"
+    save_sae(make_sae("topk", d_in=D, d_sae=32, k=4, hook_name=HOOK), one / "c" / "sae")
+    evaluate(str(one), evals=["core"], out_dir=tmp_path / "out1", **kw)
+    assert (tmp_path / "out1" / "c" / "core_eval_results.json").is_file() and not (one / "c" / "eval_results").exists()
+
+
+def test_out_dir_inside_an_evaluated_dir_is_refused_before_any_eval(tmp_path):
+    from featsep.evals.runner import check_out_dir
+
+    sweep = tmp_path / "sweep"
+    for name in ("a", "b"):
+        save_sae(make_sae("topk", d_in=D, d_sae=16, k=2, hook_name=HOOK), sweep / name / "sae")
+    for out, target in [(sweep / "a", sweep / "a"), (sweep / "a" / "x", sweep / "a"), (sweep, str(sweep)),
+                        (sweep, [str(sweep / "a"), str(sweep / "b")])]:
+        with pytest.raises(ValueError, match="would put results inside"):
+            check_out_dir(out, target if isinstance(target, list) else str(target))
+    with pytest.raises(ValueError, match="is the SAE dir being evaluated"):
+        check_out_dir(sweep / "a" / "sae", str(sweep / "a"))
+    assert not (sweep / "a" / "x").exists()
+    assert check_out_dir(tmp_path / "elsewhere", str(sweep)).is_dir()
+    assert check_out_dir(tmp_path, str(sweep / "a")) == tmp_path  # out/core_eval_results.json, beside the run
+
+
+def test_out_dir_refuses_two_targets_of_one_name(letters_lm, tmp_path):
+    for parent in ("p", "q"):
+        save_sae(make_sae("topk", d_in=D, d_sae=16, k=2, hook_name=HOOK), tmp_path / parent / "run" / "sae")
+    with pytest.raises(ValueError, match="two SAEs are named 'run'"):
+        evaluate([str(tmp_path / "p" / "run"), str(tmp_path / "q" / "run")], evals=["core"], model=letters_lm,
+                 out_dir=tmp_path / "out", cache_dir=None, verbose=False)

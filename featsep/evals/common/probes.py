@@ -2,7 +2,9 @@
 
 Binary probes (sparse_probing): a torch Linear(d, 1) with the best *test* accuracy over
 epochs (SAEBench's selection, optimistic by design), and sklearn logistic regression on the
-k dimensions with the largest class-mean difference.
+k dimensions with the largest class-mean difference (SAEBench's, on raw dims, and featsep's
+standardised variant, which ranks dims after scaling each by the training set's std, so one
+massive dimension, as in gemma-3's residual stream, cannot take the top-k by its scale alone).
 Multi-label probes (absorption): Linear(d, C), one-vs-rest BCE with pos_weight = neg/pos,
 Adam with an exponentially decaying learning rate, optional L1 on the weights.
 """
@@ -103,6 +105,30 @@ def sklearn_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: T
 def top_k_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, k: int, seed: int = 42) -> float:
     dims = top_k_dims(x_train, y_train, k)
     return sklearn_accuracy(x_train[:, dims], y_train, x_test[:, dims], y_test, seed)
+
+
+def standardize(x_train: Tensor, x_test: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Both sets scaled by the training set's per-dim mean and std (a constant dim becomes 0)."""
+    x_train, x_test = x_train.float(), x_test.float()
+    mean, std = x_train.mean(0), x_train.std(0, unbiased=False)
+    std = torch.where(std > eps, std, torch.ones_like(std))
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def standardized_top_k_accuracy(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, k: int, seed: int = 42) -> float:
+    """top_k_accuracy on standardised dims: the k dims with the largest class-mean difference in
+    units of their training std, and the logistic regression on those standardised dims."""
+    z_train, z_test = standardize(x_train, x_test)
+    return top_k_accuracy(z_train, y_train, z_test, y_test, k, seed)
+
+
+def top_dim_share(x_train: Tensor, y_train: Tensor) -> tuple[int, float]:
+    """(the top-1 dim of SAEBench's ranking, its share of the total |class-mean difference| mass):
+    near 1 when one dimension's scale decides every top-k pick."""
+    diff = (x_train[y_train == 1].float().mean(0) - x_train[y_train == 0].float().mean(0)).abs()
+    total = float(diff.sum())
+    top = int(diff.argmax())
+    return top, float(diff[top]) / total if total > 0 else 0.0
 
 
 def train_multilabel_probe(

@@ -19,6 +19,7 @@ knowledge from an instruction-tuned model while sparing others?
    questions per list (the ones whose answer is C) and on none under the 4 cyclic shifts
    (measured: worldcapitals 13 -> 0, elements 15 -> 0, usstateabbreviations 20 -> 2 -> 0).
    Scored by choice text it answers 72% / 70% / 87% of them (43, 42 and 52 of 60 kept).
+   (Measured before questions were drawn from each list's pool half only; not yet re-measured.)
    Clean accuracy on kept questions is 1 either way (measured anyway, identity order).
 2. Latent selection. Sparsity = fraction of non-special tokens where a latent is > 0, on forget
    and retain corpora packed into rows (EOS-joined, BOS at position 0). For each retain
@@ -50,7 +51,8 @@ knowledge from an instruction-tuned model while sparing others?
 Question sets by name: "wmdp-bio" (cais/wmdp), an MMLU subject ("high_school_geography",
 cais/mmlu), "trivia:<list>" (offline, featsep.data.offline), or a local .jsonl/.csv/
 .parquet file with question, choices (4) and answer (index) columns. Corpora: "offline:trivia"
-(the forget lists' Q/A as text), "wikitext" (wikitext-2-raw-v1 test), or any
+(held-out facts of the forget lists, never a question the eval asks nor a fact naming one's
+answer: featsep.data.offline.trivia_partition), "wikitext" (wikitext-2-raw-v1 test), or any
 featsep.data.text_source spec (bbc-news, a file, an HF dataset; WMDP's gated
 bio-forget-corpus.jsonl works as a local file).
 
@@ -68,6 +70,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 
 from tqdm.auto import tqdm
 
@@ -115,16 +118,38 @@ def _resolved(ctx: EvalContext, s: UnlearningSettings) -> UnlearningSettings:
     )
 
 
+INSTRUCT_MARKER = re.compile(r"(?:^|[-_/.\s])(?:it|instruct|chat|sft|dpo|rlhf)(?:$|[-_/.\s])", re.IGNORECASE)
+
+
+def instruct_evidence(lm) -> tuple[bool, list[str]]:
+    """(has a chat template, the model names that carry an instruct marker): the name featsep
+    knows it by, the HF config's and the tokenizer's name_or_path (last path part only, so a
+    folder named "it" on the way proves nothing)."""
+    names = [lm.name, getattr(getattr(lm.model, "config", None), "_name_or_path", None),
+             getattr(lm.tokenizer, "name_or_path", None)]
+    marked = [str(n) for n in names if n and INSTRUCT_MARKER.search(str(n).rstrip("/").rsplit("/", 1)[-1])]
+    return bool(getattr(lm.tokenizer, "chat_template", None)), marked
+
+
 def check_instruct(lm, s: UnlearningSettings) -> None:
-    """SAEBench refuses base models (the eval measures an instruct model's answers)."""
-    has_template = bool(getattr(lm.tokenizer, "chat_template", None))
-    name = str(lm.name).lower()
-    if s.require_instruct and not (has_template or "-it" in name or "instruct" in name):
-        raise ValueError(
-            f"unlearning needs an instruction-tuned model; {lm.name} has no chat template and its name does not say "
-            "-it/instruct: use e.g. --model smollm2-135m-instruct (offline) or gemma-2-2b-it, with an SAE trained on "
-            "that model, or set unlearning.require_instruct=false"
-        )
+    """SAEBench refuses base models (the eval measures an instruct model's answers). A chat
+    template alone proves nothing (base checkpoints often ship one, e.g. gemma-2-2b's tokenizer),
+    so the model must also be named as an instruct model (-it, instruct, chat, sft, dpo, rlhf),
+    as released instruct checkpoints are; a generation test would say nothing on tiny or
+    untrained models and costs a forward per call."""
+    if not s.require_instruct:
+        return
+    has_template, marked = instruct_evidence(lm)
+    if has_template and marked:
+        return
+    why = ("its tokenizer has no chat template" if not has_template else
+           "it has a chat template, but neither its name nor its config's says -it/instruct/chat, as base models "
+           "that ship a template (e.g. gemma-2-2b) are named")
+    raise ValueError(
+        f"unlearning needs an instruction-tuned model; {lm.name} looks like a base model: {why}; use e.g. "
+        "--model smollm2-135m-instruct (offline) or gemma-2-2b-it, with an SAE trained on that model, "
+        "or set unlearning.require_instruct=false if it is an instruct model under another name"
+    )
 
 
 def _filter_rule(s: UnlearningSettings) -> str:

@@ -54,7 +54,7 @@ def corpus_rows(ctx: EvalContext, spec: str, s: UnlearningSettings) -> Tensor:
         return rows[order][: s.sparsity_rows]
 
     trivia = spec == OFFLINE_TRIVIA_CORPUS
-    key = {"corpus": spec, "rows": s.sparsity_rows, "context": s.sparsity_context, "seed": s.seed,
+    key = {"corpus": spec, "version": 2, "rows": s.sparsity_rows, "context": s.sparsity_context, "seed": s.seed,
            "forget": s.forget_questions if trivia else None, "wheel": s.trivia_wheel if trivia else None,
            "text_column": None if trivia else s.text_column}
     return ctx.cached("unlearning_corpus", key, compute)

@@ -231,5 +231,5 @@ def kept_questions(ctx: EvalContext, name: str, s: UnlearningSettings) -> dict[s
         return {"items": items, "answers": [int(q["answer"]) for q in kept], "n_asked": len(questions), "survivors": survivors}
 
     key = {"set": name, "perms": s.filter_permutations, "scoring": s.answer_scoring, "max": s.max_questions_per_set,
-           "seed": s.seed, "wheel": s.trivia_wheel, "version": 2}
+           "seed": s.seed, "wheel": s.trivia_wheel, "version": 3}  # 3: trivia questions from the pool half
     return ctx.cached("unlearning_questions", key, compute)
