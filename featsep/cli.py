@@ -143,7 +143,15 @@ def eval_(
     model: Optional[str] = typer.Option(None, help="language model (default: the SAE's own)"),
     out_dir: Optional[Path] = typer.Option(None, help="where to write results (default: the run dir)"),
 ) -> None:
-    """Evaluate SAE(s) with SAEBench-faithful metrics; results merge into final_info.json."""
+    """Evaluate SAE(s) with SAEBench-faithful metrics; results merge into final_info.json.
+
+    TARGET: a run dir, a sweep dir, or an SAE dir (featsep, SAELens, sparsify, dictionary_learning, Gemma Scope).
+
+    Datasets: `featsep datasets` lists the registered ones. Your own labelled data: a local .csv/.jsonl/.json/.parquet
+    file with a text and a label column, e.g. --set sparse_probing.datasets=/data/labels.jsonl (columns:
+    sparse_probing.text_column, sparse_probing.label_column).
+
+    With --out-dir, results go there only; the run dirs stay untouched."""
     with _user_errors():
         from featsep.evals import run_eval_cli
 

@@ -77,6 +77,7 @@ class RunRecord:
     details: dict[str, Any] = field(default_factory=dict)  # section -> eval_result_details/unstructured
     eval_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # section -> its eval_config
     statuses: dict[str, str] = field(default_factory=dict)  # section -> its result's status, when not "ok"
+    caveats: dict[str, str] = field(default_factory=dict)  # section -> a caveat its eval wrote (e.g. probing's LLM top-k)
     sections: list[str] = field(default_factory=list)  # sections found
     notes: list[str] = field(default_factory=list)  # what was missing or unreadable
 
@@ -134,6 +135,14 @@ def eval_status(record: EvalRecord) -> Optional[str]:
     unstructured = record.eval_result_unstructured
     status = unstructured.get("status") if isinstance(unstructured, dict) else None
     return str(status) if status is not None and str(status) != "ok" else None
+
+
+def eval_caveat(record: EvalRecord) -> Optional[str]:
+    """A caveat an eval wrote about some of its numbers (sparse probing: one model dimension
+    decides SAEBench's LLM top-k baseline), to be shown wherever the eval is compared."""
+    unstructured = record.eval_result_unstructured
+    caveat = unstructured.get("caveat") if isinstance(unstructured, dict) else None
+    return str(caveat) if caveat else None
 
 
 def _summarise_config(cfg: ConfigRecord) -> dict[str, Any]:
@@ -244,6 +253,7 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
     details: dict[str, Any] = {}
     eval_configs: dict[str, dict[str, Any]] = {}
     statuses: dict[str, str] = {}
+    caveats: dict[str, str] = {}
     found: list[str] = []
 
     config: dict[str, Any] = {}
@@ -288,6 +298,8 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
             eval_configs[name] = record.eval_config
         if (status := eval_status(record)) is not None:
             statuses[name] = status
+        if (caveat := eval_caveat(record)) is not None:
+            caveats[name] = caveat
 
     for key, value in _history_metrics(log.rows).items():
         metrics.setdefault(key, value)
@@ -301,7 +313,7 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
     label = label or entry.get("label") or _default_label(run, method, config, metrics)
     return RunRecord(run=run, label=str(label), method=method, path=path, metrics=metrics,
                      history=log.rows, config=config, details=details, eval_configs=eval_configs,
-                     statuses=statuses, sections=found, notes=notes)
+                     statuses=statuses, caveats=caveats, sections=found, notes=notes)
 
 
 def _natural_key(text: str) -> list:

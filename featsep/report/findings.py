@@ -104,4 +104,16 @@ def main_findings(records: list[RunRecord]) -> list[str]:
             if (caveat := _status_finding(records, key)) is not None:
                 findings.append(caveat)
     findings.extend(_health_findings(records))
+    findings.extend(_eval_caveats(records))
     return findings
+
+
+def _eval_caveats(records: list[RunRecord]) -> list[str]:
+    """Each distinct caveat an eval wrote (e.g. sparse probing's LLM top-k baseline decided by
+    one model dimension), once, with the runs it concerns."""
+    by_text: dict[tuple[str, str], list[str]] = {}
+    for rec in records:
+        for section, caveat in rec.caveats.items():
+            by_text.setdefault((section, caveat), []).append(rec.label)
+    return [f"Caveat on {section.replace('_', ' ')}: {caveat} ({', '.join(labels)})."
+            for (section, caveat), labels in by_text.items()]

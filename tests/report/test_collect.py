@@ -113,3 +113,18 @@ def test_a_nan_written_as_minus_one_is_missing_never_the_lowest_absorption(tmp_p
         assert by_method[method]["absorption.mean_full_absorption_score"] == 0.3
     text = "\n".join(main_findings(records))
     assert "B has the lowest" not in text and "C has the lowest" not in text and "-1" not in text
+
+
+def test_an_eval_caveat_reaches_the_findings(tmp_path):
+    """Sparse probing's LLM top-k caveat (one model dimension decides SAEBench's baseline) is
+    stated once, with the runs it concerns, wherever the report compares."""
+    caveat = "bbc-news: model dim 443 holds 0.97 of the class-mean difference; SAEBench's LLM top-k reads it alone"
+    for run in ("run_0", "run_1"):
+        rd = RunDir(tmp_path / "sweep" / run)
+        rd.write_eval("core", _eval("core", {"sparsity": {"l0": 8.0}}), "core evaluation results")
+        rd.write_eval("sparse_probing", {**_eval("sparse_probing", {"llm": {"llm_top_1_test_accuracy": 0.5}}),
+                                         "eval_result_unstructured": {"caveat": caveat}}, "sparse probing evaluation results")
+    records = collect(tmp_path / "sweep").records
+    assert [r.caveats for r in records] == [{"sparse_probing": caveat}] * 2
+    findings = [f for f in main_findings(records) if f.startswith("Caveat on sparse probing")]
+    assert findings == [f"Caveat on sparse probing: {caveat} ({records[0].label}, {records[1].label})."]
