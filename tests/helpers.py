@@ -31,3 +31,22 @@ def tiny_llama(seed: int = 0, **config) -> LlamaForCausalLM:
     """A randomly initialised Llama; seeding here makes every builder's weights reproducible."""
     torch.manual_seed(seed)
     return LlamaForCausalLM(LlamaConfig(**{**SPECIAL_IDS, **config}))
+
+
+TINY_HOOK = "blocks.1.hook_resid_post"
+
+
+def tiny_run_config(tmp_path, model_dir, corpus, out_dir=None, extra: tuple = (), cache=None) -> str:
+    """A run config (TOML file) training a TopK SAE for 4 steps on the tiny checkpoint; `extra`
+    lines are appended (e.g. a [[penalties]] table), `cache` sets data.cache."""
+    path = tmp_path / "run.toml"
+    path.write_text("\n".join([
+        f'out_dir = "{out_dir or tmp_path / "run"}"',
+        "[model]", f'name = "{model_dir}"', f'hook = "{TINY_HOOK}"', "batch_size = 4",
+        "[data]", f'dataset = "{corpus}"', "context_length = 16", "shuffle_buffer = 8", "norm_estimate_batches = 2",
+        *([f'cache = "{cache}"'] if cache else []),
+        "[sae]", 'architecture = "topk"', "d_sae = 64", "k = 4",
+        "[train]", "tokens = 512", "batch_size = 128", "checkpoint_every = 2", "log_every = 1", "lr = 1e-3",
+        *extra,
+    ]) + "\n")
+    return str(path)

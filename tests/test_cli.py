@@ -8,22 +8,13 @@ import torch
 from typer.testing import CliRunner
 
 from featsep.cli import app
+from tests.helpers import tiny_run_config
 
 HOOK = "blocks.1.hook_resid_post"
 
 
 def _config(tmp_path, model_dir, corpus, **data) -> str:
-    path = tmp_path / "run.toml"
-    cache = data.pop("cache", None)
-    path.write_text("\n".join([
-        f'out_dir = "{tmp_path / "run"}"',
-        "[model]", f'name = "{model_dir}"', f'hook = "{HOOK}"', "batch_size = 4",
-        "[data]", f'dataset = "{corpus}"', "context_length = 16", "shuffle_buffer = 8", "norm_estimate_batches = 2",
-        *([f'cache = "{cache}"'] if cache else []),
-        "[sae]", 'architecture = "topk"', "d_sae = 64", "k = 4",
-        "[train]", "tokens = 512", "batch_size = 128", "checkpoint_every = 2", "log_every = 1", "lr = 1e-3",
-    ]) + "\n")
-    return str(path)
+    return tiny_run_config(tmp_path, model_dir, corpus, cache=data.get("cache"))
 
 
 def test_cache_writes_what_the_config_trains_on(tmp_path, tiny_llama_dir, checkpoint_corpus):

@@ -14,21 +14,13 @@ from typer.testing import CliRunner
 
 from featsep.cli import app
 from featsep.rundir import RunDir
+from tests.helpers import tiny_run_config
 
 HOOK = "blocks.1.hook_resid_post"
 
 
 def _config(tmp_path: Path, model_dir, corpus, out_dir=None, extra: tuple[str, ...] = ()) -> str:
-    path = tmp_path / "run.toml"
-    path.write_text("\n".join([
-        f'out_dir = "{out_dir or tmp_path / "run"}"',
-        "[model]", f'name = "{model_dir}"', f'hook = "{HOOK}"', "batch_size = 4",
-        "[data]", f'dataset = "{corpus}"', "context_length = 16", "shuffle_buffer = 8", "norm_estimate_batches = 2",
-        "[sae]", 'architecture = "topk"', "d_sae = 64", "k = 4",
-        "[train]", "tokens = 512", "batch_size = 128", "checkpoint_every = 2", "log_every = 1", "lr = 1e-3",
-        *extra,
-    ]) + "\n")
-    return str(path)
+    return tiny_run_config(tmp_path, model_dir, corpus, out_dir=out_dir, extra=extra)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from featsep.evals.common.context import EvalContext, check_sae_fits, default_cache_dir
-from featsep.evals.registry import EvalSpec, available_evals, get_eval
+from featsep.evals.registry import available_evals, get_eval
 from featsep.evals.schema import eval_output
 from featsep.evals.settings import resolve_settings
 from featsep.io import ensure_writable_dir

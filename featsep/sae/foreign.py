@@ -109,6 +109,22 @@ def _fail(source: Path, message: str) -> ValueError:
     return ValueError(f"{str(source)!r}: {message}")
 
 
+def _cfg_and_safetensors(cfg_file: Path, weights_file: Path) -> tuple[Any, dict]:
+    """A JSON config and a safetensors file (SAELens's and sparsify's pair), each corrupt one
+    refused in one line."""
+    from safetensors.torch import load_file
+
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _fail(cfg_file, f"is corrupt ({e})") from None
+    try:
+        tensors = load_file(weights_file)
+    except Exception as e:  # safetensors raises its own error types
+        raise _fail(weights_file, f"is corrupt ({e})") from None
+    return cfg, tensors
+
+
 def _tensor(tensors: dict[str, Any], name: str, shape: tuple[int, ...], source: Path) -> Tensor:
     """tensors[name] as float32 of exactly `shape`, or one clear error line."""
     if name not in tensors:
@@ -158,17 +174,8 @@ _NORMALIZE_REFUSALS = {
 def _load_saelens(path: Path) -> SAE:
     """SAELens 5 (flat keys) and 6 (metadata nested under "metadata"/"meta") cfg.json +
     sae_weights.safetensors; architectures standard, topk, jumprelu (BatchTopK is saved as it)."""
-    from safetensors.torch import load_file
-
     cfg_file, weights_file = path / SAELENS_CFG, path / SAELENS_WEIGHTS
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _fail(cfg_file, f"is corrupt ({e})") from None
-    try:
-        tensors = load_file(weights_file)
-    except Exception as e:  # safetensors raises its own error types
-        raise _fail(weights_file, f"is corrupt ({e})") from None
+    cfg, tensors = _cfg_and_safetensors(cfg_file, weights_file)
     meta = {**cfg, **(cfg.get("metadata") or cfg.get("meta") or {})}  # SAELens 6 nests these
     arch = cfg.get("architecture", "standard")  # SAELens before 4 wrote no architecture: standard
     act_fn = cfg.get("activation_fn_str", cfg.get("activation_fn", "relu"))
@@ -279,17 +286,8 @@ def _load_sparsify(path: Path) -> SAE:
     """A sparsify hookpoint folder: cfg.json (d_in, k, num_latents or expansion_factor, ...) and
     sae.safetensors (encoder.weight [n, d], encoder.bias, W_dec [n, d], b_dec). Encode is
     TopK(ReLU((x - b_dec) W^T + b)), featsep's topk; the folder name is the hookpoint."""
-    from safetensors.torch import load_file
-
     cfg_file, weights_file = path / SPARSIFY_CFG, path / SPARSIFY_WEIGHTS
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _fail(cfg_file, f"is corrupt ({e})") from None
-    try:
-        tensors = load_file(weights_file)
-    except Exception as e:
-        raise _fail(weights_file, f"is corrupt ({e})") from None
+    cfg, tensors = _cfg_and_safetensors(cfg_file, weights_file)
     if cfg.get("activation", "topk") != "topk":
         raise _fail(cfg_file, f"activation {cfg['activation']!r} is not supported; featsep loads TopK sparse coders")
     for flag, what in (("transcode", "a transcoder (it predicts another activation)"),
