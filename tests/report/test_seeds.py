@@ -13,7 +13,7 @@ from featsep.report import build_report, collect, main_findings  # noqa: E402
 from featsep.report.metrics import verdict  # noqa: E402
 from featsep.report.seeds import group_seeds, sample_std  # noqa: E402
 from featsep.rundir import RunDir, write_sweep_manifest  # noqa: E402
-from tests.report.test_build import PageParser  # noqa: E402
+from tests.report.pages import PageParser  # noqa: E402
 
 # point -> (method, L0, CE score of seed 1, of seed 2)
 POINTS = {"A (k=16)": ("A", 16, 0.90, 0.94), "A (k=64)": ("A", 64, 0.95, 0.952),
