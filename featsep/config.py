@@ -195,6 +195,16 @@ class SweepConfig(Strict):
     max_saes_per_pass: int = Field(
         0, ge=0, description="train at most this many SAEs on one activation pass (0: all at once)"
     )
+    seeds: list[int] | None = Field(
+        None, min_length=1,
+        description="train every grid point once per seed (SAE init and resampling seed); None: once, as before",
+    )
+
+    @model_validator(mode="after")
+    def _seeds_are_distinct(self) -> "SweepConfig":
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds {self.seeds} repeat a seed; each seed must appear once")
+        return self
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, model=RunConfig):

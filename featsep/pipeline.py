@@ -38,6 +38,8 @@ class RunSpec:
     sae: SAESection  # type: ignore[valid-type]
     penalties: list[PenaltySection] = field(default_factory=list)  # type: ignore[valid-type]
     params: dict[str, Any] = field(default_factory=dict)
+    # a sweep's per-run seed (SAE init and resampling); None: the SAE takes data.seed as before
+    seed: Optional[int] = None
 
 
 def is_trained(run_dir: Path) -> bool:
@@ -72,6 +74,8 @@ def sae_metadata(model: ModelConfig, data: DataConfig, stream) -> dict[str, Any]
 def build_sae(spec: RunSpec, d_in: int, metadata: dict[str, Any], device: str):
     from featsep.sae import make_sae
 
+    if spec.seed is not None:
+        metadata = {**metadata, "seed": spec.seed}
     return make_sae(spec.sae.architecture, d_in=d_in, device=device, **metadata, **spec.sae.params())
 
 

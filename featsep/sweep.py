@@ -2,7 +2,7 @@
 
 A sweep config lists methods (an SAE architecture plus penalties) and a grid over each
 method's parameters; `expand_sweep` turns it into runs named run_0, run_1, ... in a stable
-order, and `run_sweep` trains every unfinished run in one pass over the language model (or
+order (with `seeds`, each grid point once per seed, its seeds next to each other), and `run_sweep` trains every unfinished run in one pass over the language model (or
 cache), evaluates them sharing the model's work, and leaves out_dir/run_i/ run dirs plus
 out_dir/sweep.json for `featsep report`.
 """
@@ -30,8 +30,14 @@ def _short(dotted: str) -> str:
     return dotted.split(".")[-1]
 
 
+def _label(name: str, params: dict) -> str:
+    return name + (" (" + ", ".join(f"{_short(k)}={v}" for k, v in params.items()) + ")" if params else "")
+
+
 def expand_sweep(cfg: SweepConfig) -> list[RunSpec]:
-    """Every run of the sweep, in a stable order (methods in file order, grid row-major)."""
+    """Every run of the sweep, in a stable order (methods in file order, grid row-major, then
+    seeds in config order). A seeded run's label ends in seed=S; its `point` label omits it, so
+    the report can group a point's seeds."""
     specs: list[RunSpec] = []
     names_seen: set[str] = set()
     for method in cfg.methods:
@@ -39,14 +45,27 @@ def expand_sweep(cfg: SweepConfig) -> list[RunSpec]:
             raise ConfigError(f"two methods are named {method.name!r}; method names must be unique")
         names_seen.add(method.name)
         for params, point in method.combinations():
-            label = method.name + (
-                " (" + ", ".join(f"{_short(k)}={v}" for k, v in params.items()) + ")" if params else ""
-            )
-            specs.append(RunSpec(name=f"run_{len(specs)}", label=label, method=method.name,
-                                 sae=point.sae, penalties=list(point.penalties), params=params))
+            for seed in cfg.seeds if cfg.seeds is not None else [None]:
+                shown = params if seed is None else {**params, "seed": seed}
+                specs.append(RunSpec(name=f"run_{len(specs)}", label=_label(method.name, shown), method=method.name,
+                                     sae=point.sae, penalties=list(point.penalties), params=params, seed=seed))
     if not specs:
         raise ConfigError("the sweep has no methods; add at least one [[methods]] table")
     return specs
+
+
+def _run_entry(spec: RunSpec) -> dict:
+    entry = {
+        "run": spec.name,
+        "label": spec.label,
+        "method": spec.method,
+        "architecture": spec.sae.architecture,
+        "penalty": "+".join(p.name for p in spec.penalties) or None,
+        "params": spec.params,
+    }
+    if spec.seed is not None:
+        entry.update(seed=spec.seed, point=_label(spec.method, spec.params))
+    return entry
 
 
 def sweep_manifest(cfg: SweepConfig, specs: list[RunSpec]) -> dict:
@@ -54,23 +73,15 @@ def sweep_manifest(cfg: SweepConfig, specs: list[RunSpec]) -> dict:
     return {
         "name": cfg.name,
         "config": cfg.model_dump(mode="json"),
-        "runs": [
-            {
-                "run": s.name,
-                "label": s.label,
-                "method": s.method,
-                "architecture": s.sae.architecture,
-                "penalty": "+".join(p.name for p in s.penalties) or None,
-                "params": s.params,
-            }
-            for s in specs
-        ],
+        "runs": [_run_entry(s) for s in specs],
         "labels": {s.name: s.label for s in specs},
     }
 
 
 def _view(cfg: SweepConfig, spec: RunSpec) -> dict:
-    return run_view(cfg.model, cfg.data, cfg.train, cfg.eval, spec.sae, spec.penalties)
+    """The run view, plus the run's seed when seeded (its checkpoints depend on it)."""
+    view = run_view(cfg.model, cfg.data, cfg.train, cfg.eval, spec.sae, spec.penalties)
+    return view if spec.seed is None else {**view, "seed": spec.seed}
 
 
 def _saved_view(saved: dict, name: str) -> dict:

@@ -199,3 +199,87 @@ def test_resume_changes_allow_list_and_first_forbidden_change(tmp_path):
         resume_changes(tmp_path, added, {**saved, "penalties": [{"name": "momentum", "weight": 0.2}]})
     with pytest.raises(ConfigError, match=r"train.lr = 0.001, not \(unset\)"):
         resume_changes(tmp_path, saved, {**saved, "train": {"log_every": 10}})
+
+
+def _seeded_cfg(out_dir=None, seeds=(1, 2), model_dir=None, corpus=None) -> SweepConfig:
+    data = _shared(model_dir, corpus, out_dir) if model_dir is not None else {}
+    data["seeds"] = list(seeds)
+    data["methods"] = [
+        {"name": "topk", "sae": {"architecture": "topk", "d_sae": 64}, "grid": {"sae.k": [2, 4]}},
+        {"name": "relu_l1", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2}},
+    ]
+    return validate(SweepConfig, data)
+
+
+def test_expand_sweep_with_seeds_names_labels_and_manifest():
+    from featsep.sweep import sweep_manifest
+
+    cfg = _seeded_cfg(seeds=(7, 3))
+    specs = expand_sweep(cfg)
+    assert [s.name for s in specs] == [f"run_{i}" for i in range(6)]
+    assert [(s.method, s.params, s.seed) for s in specs] == [
+        ("topk", {"sae.k": 2}, 7), ("topk", {"sae.k": 2}, 3), ("topk", {"sae.k": 4}, 7),
+        ("topk", {"sae.k": 4}, 3), ("relu_l1", {}, 7), ("relu_l1", {}, 3),
+    ]
+    assert [s.label for s in specs] == [
+        "topk (k=2, seed=7)", "topk (k=2, seed=3)", "topk (k=4, seed=7)", "topk (k=4, seed=3)",
+        "relu_l1 (seed=7)", "relu_l1 (seed=3)",
+    ]
+    runs = sweep_manifest(cfg, specs)["runs"]
+    assert [(r["run"], r["seed"], r["point"]) for r in runs] == [
+        ("run_0", 7, "topk (k=2)"), ("run_1", 3, "topk (k=2)"), ("run_2", 7, "topk (k=4)"),
+        ("run_3", 3, "topk (k=4)"), ("run_4", 7, "relu_l1"), ("run_5", 3, "relu_l1"),
+    ]
+    assert runs[0]["params"] == {"sae.k": 2}
+
+
+def test_expand_sweep_without_seeds_is_unchanged():
+    from featsep.sweep import sweep_manifest
+
+    cfg = _seeded_cfg()
+    plain = validate(SweepConfig, {"methods": [m.model_dump() for m in cfg.methods]})
+    specs = expand_sweep(plain)
+    assert [(s.name, s.label, s.seed) for s in specs] == [
+        ("run_0", "topk (k=2)", None), ("run_1", "topk (k=4)", None), ("run_2", "relu_l1", None)]
+    assert all("seed" not in r and "point" not in r for r in sweep_manifest(plain, specs)["runs"])
+
+
+@pytest.mark.parametrize("seeds, message", [([], "at least 1 item"), ([1, 1], "repeat a seed")])
+def test_bad_seeds_are_refused(seeds, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(SweepConfig, {"seeds": seeds, "methods": [{"name": "m", "sae": {"architecture": "topk"}}]})
+
+
+def test_two_seed_sweep_shares_one_activation_pass_and_seeds_differ(tiny_llama_dir, checkpoint_corpus, tmp_path,
+                                                                     monkeypatch):
+    import featsep.data
+    from featsep.sae import load_sae
+
+    passes = []
+    real = featsep.data.stream_from_config
+    monkeypatch.setattr(featsep.data, "stream_from_config", lambda *a, **k: passes.append(1) or real(*a, **k))
+    out = tmp_path / "study"
+    data = _shared(tiny_llama_dir, checkpoint_corpus, out)
+    data["seeds"] = [1, 2]
+    data["methods"] = [{"name": "topk", "sae": {"architecture": "topk", "d_sae": 64, "k": 4}}]
+    cfg = validate(SweepConfig, data)
+    run_sweep(cfg, evaluate=False)
+    assert len(passes) == 1  # both seeds trained on one stream
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [(r["run"], r["label"], r["seed"], r["point"]) for r in manifest["runs"]] == [
+        ("run_0", "topk (seed=1)", 1, "topk"), ("run_1", "topk (seed=2)", 2, "topk")]
+    a, b = load_sae(out / "run_0" / "sae"), load_sae(out / "run_1" / "sae")
+    assert (a.cfg.seed, b.cfg.seed) == (1, 2)
+    assert not torch.equal(a.W_dec, b.W_dec)
+    # same seed, same data: run_1 trained alone equals run_1 trained beside run_0 (the seed, not
+    # the company, decides the SAE)
+    alone = data | {"out_dir": str(tmp_path / "alone"), "seeds": [2]}
+    run_sweep(validate(SweepConfig, alone), evaluate=False)
+    c = load_sae(tmp_path / "alone" / "run_0" / "sae")
+    assert all(torch.equal(getattr(b, n), getattr(c, n)) for n in ("W_enc", "W_dec", "b_enc", "b_dec"))
+    assert len(passes) == 2
+
+    # a rerun skips both; other seeds in the same dir are refused, not mixed in
+    run_sweep(cfg, evaluate=False)
+    with pytest.raises(ConfigError, match="different sweep"):
+        run_sweep(validate(SweepConfig, data | {"seeds": [3, 4]}), evaluate=False)

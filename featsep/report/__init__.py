@@ -5,7 +5,8 @@
 
 Methods are compared at matched L0 along their sparsity-fidelity frontiers, never by single
 runs at different sparsity. Modules: collect (files -> RunRecords), frontier (interpolation
-at matched L0), findings, tables, figures (registry), html, markdown, build.
+at matched L0), seeds (a grid point's seeds as mean ± spread), findings, tables,
+figures (registry), html, markdown, build.
 Needs matplotlib (the `report` extra).
 """
 

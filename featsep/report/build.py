@@ -16,6 +16,7 @@ from featsep.report.figures import render_figures
 from featsep.report.findings import main_findings
 from featsep.report.html import render_page
 from featsep.report.markdown import render_summary
+from featsep.report.seeds import group_seeds
 from featsep.report.tables import build_tables
 
 FIGURES_DIRNAME = "figures"
@@ -39,13 +40,14 @@ def build_report(path: str | Path, out_dir: str | Path | None = None, labels: Op
     out = Path(out_dir) if out_dir is not None else Path(path) / REPORT_DIRNAME
     title = title or f"featsep report: {sweep.name}"
     records = sweep.records
+    points = group_seeds(records)
 
-    figures = render_figures(records)
+    figures = render_figures(records, points=points)
     for fig in figures:
         if fig.png is not None:
             write_bytes_atomic(out / FIGURES_DIRNAME / f"{fig.spec.name}.png", fig.png)
-    tables = build_tables(records)
-    findings = main_findings(records)
+    tables = build_tables(records, points)
+    findings = main_findings(points)
     notes = list(sweep.notes) + [f"{r.label} ({r.run}): {n}" for r in records for n in r.notes]
     source = str(Path(path).resolve())
 

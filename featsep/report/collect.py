@@ -80,6 +80,10 @@ class RunRecord:
     caveats: dict[str, str] = field(default_factory=dict)  # section -> a caveat its eval wrote (e.g. probing's LLM top-k)
     sections: list[str] = field(default_factory=list)  # sections found
     notes: list[str] = field(default_factory=list)  # what was missing or unreadable
+    seed: Optional[int] = None  # a seeded sweep's run seed (sweep.json)
+    point: Optional[str] = None  # its grid point, shared by the point's seeds (sweep.json)
+    spreads: dict[str, float] = field(default_factory=dict)  # key -> sample std over seeds (seeds.py)
+    seeds: list[int] = field(default_factory=list)  # the seeds a mean over seeds is made of
 
     @property
     def l0(self) -> Optional[float]:
@@ -313,7 +317,8 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
     label = label or entry.get("label") or _default_label(run, method, config, metrics)
     return RunRecord(run=run, label=str(label), method=method, path=path, metrics=metrics,
                      history=log.rows, config=config, details=details, eval_configs=eval_configs,
-                     statuses=statuses, caveats=caveats, sections=found, notes=notes)
+                     statuses=statuses, caveats=caveats, sections=found, notes=notes,
+                     seed=entry.get("seed"), point=entry.get("point"))
 
 
 def _natural_key(text: str) -> list:

@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from featsep.report.collect import SECTION_BY_NAME, RunRecord, iter_details, methods_of, penalty_stat_keys
 from featsep.report.metrics import metric, probing_datasets, probing_top_k_key, scr_key, tpp_key, value_caveats
+from featsep.report.seeds import SPREAD_NOTE, has_spreads
 from featsep.report.tables import MISSING
 from featsep.rundir import METRICS_FILE
 
@@ -78,6 +79,7 @@ class FigureSpec:
     draw: Callable[[list[RunRecord], Style], Optional[Figure]]
     # what the caption must add for these records: datasets, statuses, omitted panels, markers
     describe: Callable[[list[RunRecord], Style], list[str]] = lambda records, style: []
+    per_point: bool = False  # drawn from the seed-merged records (means with error bars)
 
 
 @dataclass
@@ -173,7 +175,8 @@ def _plotted(records: list[RunRecord], keys: list[Optional[str]]) -> tuple[list[
 
 def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str]], title: str) -> Optional[Figure]:
     """One panel per metric: each method's runs joined in L0 order (its frontier); a value with
-    a caveat (an eval's status) is labelled with its mark."""
+    a caveat (an eval's status) is labelled with its mark; a mean over seeds has an error bar
+    of their sample standard deviation."""
     keys, plotted = _plotted(records, keys)
     if not keys:
         return None
@@ -192,6 +195,8 @@ def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str
             for r in runs:
                 ax.plot(r.l0, r.metrics[key], marker=style.markers[r.run], color=color, ms=9, ls="none",
                         mec="black", mew=0.6)
+                if key in r.spreads:
+                    ax.errorbar(r.l0, r.metrics[key], yerr=r.spreads[key], color=color, capsize=4, ls="none")
                 if mark := _mark(r, key):
                     ax.annotate(mark, (r.l0, r.metrics[key]), xytext=(6, 6), textcoords="offset points",
                                 fontsize=9, color="firebrick")
@@ -251,7 +256,10 @@ def _l0_figure(keys: Callable[[list[RunRecord]], list[Optional[str]]], title: st
         if not shown:
             return []
         probing = probing_datasets(records) if any(k.startswith("sparse_probing.") for k in shown) else None
-        return [_marker_text(style, plotted)] + ([probing] if probing else []) + _caveat_notes(plotted, shown)
+        seeds = [f"Points with seeds are their mean; {SPREAD_NOTE.replace('±', 'error bars')}"] \
+            if has_spreads(plotted) else []
+        return ([_marker_text(style, plotted)] + seeds + ([probing] if probing else [])
+                + _caveat_notes(plotted, shown))
 
     return draw, describe
 
@@ -474,16 +482,16 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("frontier", "Sparsity-fidelity frontier",
                "CE loss score and explained variance against L0, one line per method (runs sorted by L0).",
                "core eval results (ce_loss_score, explained_variance) and an L0",
-               *_l0_figure(_frontier_keys, "Sparsity-fidelity frontier")),
+               *_l0_figure(_frontier_keys, "Sparsity-fidelity frontier"), per_point=True),
     FigureSpec("absorption_vs_l0", "Absorption vs L0", "Mean absorption fraction and full-absorption rate.",
-               "absorption eval results", *_l0_figure(_absorption_keys, "Feature absorption vs L0")),
+               "absorption eval results", *_l0_figure(_absorption_keys, "Feature absorption vs L0"), per_point=True),
     FigureSpec("probing_vs_l0", "Sparse probing vs L0",
                "Probe accuracy on the top-1 / top-k latents and on all latents; dashed: LLM residual probe.",
-               "sparse probing eval results", *_l0_figure(_probing_keys, "Sparse probing vs L0")),
+               "sparse probing eval results", *_l0_figure(_probing_keys, "Sparse probing vs L0"), per_point=True),
     FigureSpec("scr_tpp_vs_l0", "SCR and TPP vs L0", "SCR and TPP scores at the chosen number of ablated latents.",
-               "SCR or TPP eval results", *_l0_figure(_scr_tpp_keys, "SCR and TPP vs L0")),
+               "SCR or TPP eval results", *_l0_figure(_scr_tpp_keys, "SCR and TPP vs L0"), per_point=True),
     FigureSpec("unlearning_vs_l0", "Unlearning vs L0", "SAEBench unlearning score.", "unlearning eval results",
-               *_l0_figure(_unlearning_keys, "Unlearning vs L0")),
+               *_l0_figure(_unlearning_keys, "Unlearning vs L0"), per_point=True),
     FigureSpec("run_bars", "Per-run comparison",
                "Absorption, reconstruction, sparsity and probing for every run, with the labels mapping.",
                "any of the core, absorption or sparse probing results", draw_run_bars, describe_run_bars),
@@ -507,11 +515,16 @@ def render_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def render_figures(records: list[RunRecord], specs: tuple[FigureSpec, ...] = FIGURES) -> list[RenderedFigure]:
-    """Draw every registered figure; absent inputs (or a failing figure) become a note."""
-    style = Style.for_records(records)
+def render_figures(records: list[RunRecord], specs: tuple[FigureSpec, ...] = FIGURES,
+                   points: Optional[list[RunRecord]] = None) -> list[RenderedFigure]:
+    """Draw every registered figure; absent inputs (or a failing figure) become a note.
+    points: the records with seeds merged (seeds.group_seeds), for the per_point figures."""
+    runs = records
+    styles = {False: Style.for_records(runs), True: Style.for_records(points if points is not None else runs)}
     out = []
     for spec in specs:
+        records = points if spec.per_point and points is not None else runs
+        style = styles[spec.per_point]
         with matplotlib.rc_context(RC):
             caption = spec.caption
             try:

@@ -28,7 +28,9 @@ def _metric_finding(records: list[RunRecord], key: str, l0s: list[float]) -> str
     if info.higher_is_better is None:
         return None
     table = matched_values(records, key, l0s)
-    verdicts = [(l0, v, values) for l0, values in table.items() if (v := verdict(key, values)) is not None]
+    spreads = matched_values(records, key, l0s, spread=True)
+    verdicts = [(l0, v, values) for l0, values in table.items()
+                if (v := verdict(key, values, spreads[l0])) is not None]
     if not verdicts:
         return None
     word = "highest" if info.higher_is_better else "lowest"
@@ -36,6 +38,11 @@ def _metric_finding(records: list[RunRecord], key: str, l0s: list[float]) -> str
     names = {v.best for _, v, _ in verdicts}
     if names == {None}:
         gaps = _range_text((min(v.gap for _, v, _ in verdicts), max(v.gap for _, v, _ in verdicts)))
+        if any(v.spread >= v.min_gap for _, v, _ in verdicts):
+            spread = _range_text((min(v.spread for _, v, _ in verdicts), max(v.spread for _, v, _ in verdicts)))
+            return (f"{name}: no method is {word} at matched L0; the best two are within noise at every matched "
+                    f"L0 (gap {gaps} < the larger of spread over seeds {spread} and min gap "
+                    f"{fmt(verdicts[0][1].min_gap)}).")
         return (f"{name}: no method is {word} at matched L0; the best two are within noise at every matched L0 "
                 f"(gap {gaps} < {fmt(verdicts[0][1].min_gap)}).")
     if len(names) == 1:

@@ -18,13 +18,14 @@ from featsep.report.collect import RunRecord, methods_of
 Point = tuple[float, float]
 
 
-def frontier(records: list[RunRecord], method: str, key: str) -> list[Point]:
-    """(L0, value) of the method's runs that have both, sorted by L0 (equal L0s averaged)."""
+def frontier(records: list[RunRecord], method: str, key: str, spread: bool = False) -> list[Point]:
+    """(L0, value) of the method's runs that have both, sorted by L0 (equal L0s averaged).
+    spread: the value's spread over seeds instead (0 for a single seed), at the same L0s."""
     by_l0: dict[float, list[float]] = {}
     for rec in records:
         l0, value = rec.l0, rec.metrics.get(key)
         if rec.method == method and l0 is not None and l0 > 0 and value is not None:
-            by_l0.setdefault(l0, []).append(value)
+            by_l0.setdefault(l0, []).append(rec.spreads.get(key, 0.0) if spread else value)
     return [(l0, sum(v) / len(v)) for l0, v in sorted(by_l0.items())]
 
 
@@ -113,13 +114,15 @@ def matched_grid(records: list[RunRecord], n: int = 3) -> MatchedGrid:
     return MatchedGrid(grid, ranges, False, disjoint)
 
 
-def matched_values(records: list[RunRecord], key: str, l0s: list[float]) -> dict[float, dict[str, float]]:
-    """{L0: {method: interpolated value}} for every method whose frontier covers that L0."""
+def matched_values(records: list[RunRecord], key: str, l0s: list[float],
+                   spread: bool = False) -> dict[float, dict[str, float]]:
+    """{L0: {method: interpolated value}} for every method whose frontier covers that L0
+    (spread: the spread over seeds, interpolated with the same weights)."""
     out: dict[float, dict[str, float]] = {}
     for l0 in l0s:
         row = {}
         for method in methods_of(records):
-            value = interpolate(frontier(records, method, key), l0)
+            value = interpolate(frontier(records, method, key, spread), l0)
             if value is not None:
                 row[method] = value
         out[l0] = row

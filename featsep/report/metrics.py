@@ -1,5 +1,5 @@
 """The metrics the report compares: display names, units, which direction is better, and the
-minimum gap below which no method is called better (single runs carry no error bars).
+minimum gap below which no method is called better (nor, with seeds, below the spread over seeds).
 
 Keys are collect.py's "<section>.<name>" keys. Metrics not listed here are still shown in
 the per-section tables under their raw key; this catalogue only decides what is plotted,
@@ -24,8 +24,8 @@ def _fmt(value: float) -> str:
 
 @dataclass(frozen=True)
 class MinGap:
-    """The smallest difference the report reads as a difference: single runs, no seeds, so a
-    smaller gap between the best two methods is called noise, not a win."""
+    """The smallest difference the report reads as a difference, even with no (or a small)
+    spread over seeds: a smaller gap between the best two methods is called noise, not a win."""
 
     absolute: float = 0.0
     relative: float = 0.0  # of the best value's magnitude
@@ -98,15 +98,22 @@ class Verdict:
     leader: str  # the method with the best value, winner or not
     gap: float  # best value vs runner-up
     min_gap: float
+    spread: float = 0.0  # the larger spread over seeds of the two (0: single runs)
 
     @property
     def text(self) -> str:
-        return self.best if self.best is not None else f"within noise (gap {_fmt(self.gap)} < {_fmt(self.min_gap)})"
+        if self.best is not None:
+            return self.best
+        if self.spread >= self.min_gap:
+            return f"within noise (gap {_fmt(self.gap)} < spread {_fmt(self.spread)})"
+        return f"within noise (gap {_fmt(self.gap)} < {_fmt(self.min_gap)})"
 
 
-def verdict(key: str, values: dict[str, float]) -> Optional[Verdict]:
+def verdict(key: str, values: dict[str, float], spreads: Optional[dict[str, float]] = None) -> Optional[Verdict]:
     """The best method among `values` (method -> value) by the metric's direction, named only
-    when it leads the runner-up by at least the metric's min_gap; None when nothing is compared."""
+    when it leads the runner-up by at least the metric's min_gap and by more than the larger of
+    the two methods' spreads over seeds (`spreads`, method -> spread); None when nothing is
+    compared."""
     info = metric(key)
     if info.higher_is_better is None or len(values) < 2:
         return None
@@ -114,7 +121,8 @@ def verdict(key: str, values: dict[str, float]) -> Optional[Verdict]:
     leader, second = ranked[0], ranked[1]
     gap = abs(values[leader] - values[second])
     threshold = info.min_gap.threshold(values[leader])
-    return Verdict(leader if gap >= threshold else None, leader, gap, threshold)
+    spread = max((spreads or {}).get(leader, 0.0), (spreads or {}).get(second, 0.0))
+    return Verdict(leader if gap >= threshold and gap > spread else None, leader, gap, threshold, spread)
 
 
 @dataclass(frozen=True)

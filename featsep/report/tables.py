@@ -23,6 +23,7 @@ from featsep.report.metrics import (
     value_caveats,
     verdict,
 )
+from featsep.report.seeds import SPREAD_NOTE, Spread, has_spreads, with_spread
 
 MISSING = "–"
 MAX_DETAIL_ROWS = 10
@@ -60,6 +61,8 @@ def format_cell(value: Any) -> str:
     marks in brackets after its value."""
     if isinstance(value, Cell):
         return f"{format_cell(value.value)} ({'; '.join(value.marks)})"
+    if isinstance(value, Spread):
+        return f"{value.mean:.3g} ± {value.spread:.2g} ({value.n} seeds)"
     if value is None:
         return MISSING
     if isinstance(value, bool):
@@ -94,6 +97,10 @@ def _probing_note(records: list[RunRecord], keys) -> Optional[str]:
     return probing_datasets(records) if any(k.startswith("sparse_probing.") for k in keys) else None
 
 
+def _seed_note(records: list[RunRecord]) -> Optional[str]:
+    return f"A row with seeds shows their mean; {SPREAD_NOTE}" if has_spreads(records) else None
+
+
 def _key_columns(records: list[RunRecord]) -> list[str]:
     keys = [
         "core.ce_loss_score", "core.kl_div_score", "core.explained_variance",
@@ -109,9 +116,11 @@ def key_table(records: list[RunRecord]) -> Table:
     """One row per run: the headline metrics."""
     keys = _key_columns(records)
     caveats = _Caveats()
-    rows = [[r.label, r.method, r.l0] + [caveats.cell(r.metrics.get(k), value_caveats(r, k)) for k in keys]
+    rows = [[r.label, r.method, with_spread(r, "core.l0", r.l0)]
+            + [caveats.cell(with_spread(r, k, r.metrics.get(k)), value_caveats(r, k)) for k in keys]
             for r in records]
-    note = caveats.note("L0 from the core eval (else the last training log value).", _probing_note(records, keys))
+    note = caveats.note("L0 from the core eval (else the last training log value).", _seed_note(records),
+                        _probing_note(records, keys))
     return Table("Runs: headline metrics", ["run", "method", "L0"] + [metric(k).name for k in keys], rows,
                  note=note, id="runs")
 
@@ -127,18 +136,25 @@ def matched_table(records: list[RunRecord]) -> Optional[Table]:
     keys = comparison_keys(records)
     for key in keys:
         info = metric(key)
+        spreads = matched_values(records, key, grid.l0s, spread=True)
         for l0, values in matched_values(records, key, grid.l0s).items():
             cells = []
             for m in methods:
                 support = supporting_runs(records, m, key, l0) if m in values else []
-                cells.append(caveats.cell(values.get(m), [c for r in support for c in value_caveats(r, key)]))
-            best = verdict(key, values)
+                value = values.get(m)
+                seeds = min((len(r.seeds) for r in support), default=0)
+                if value is not None and seeds >= 2:
+                    value = Spread(value, spreads[l0][m], seeds)
+                cells.append(caveats.cell(value, [c for r in support for c in value_caveats(r, key)]))
+            best = verdict(key, values, spreads[l0])
             rows.append([info.name, l0] + cells + [best.text if best else None])
     scope = "the L0 range all methods share" if grid.all_overlap else "pairwise-overlapping L0 ranges only"
     note = caveats.note(
         f"Interpolated linearly in log(L0) along each method's runs, within {scope}; "
         f"{MISSING} = outside that method's L0 range (no extrapolation). A method is named best only when it "
-        "leads the next by at least the metric's minimum gap (0.01 for scores); single runs carry no error bars.",
+        "leads the next by at least the metric's minimum gap (0.01 for scores)"
+        + (" and by more than the larger spread over seeds of the two (spreads interpolated like the means); "
+           + SPREAD_NOTE if has_spreads(records) else "; single runs carry no error bars."),
         _probing_note(records, keys))
     return Table("Matched-L0 comparison", ["metric", "L0"] + methods + ["best"], rows, note=note, id="matched")
 
@@ -159,10 +175,12 @@ def section_tables(records: list[RunRecord]) -> list[Table]:
         if not keys:
             continue
         caveats = _Caveats()
-        rows = [[key.split(".", 1)[1]] + [caveats.cell(r.metrics.get(key), value_caveats(r, key)) for r in records]
+        rows = [[key.split(".", 1)[1]] + [caveats.cell(with_spread(r, key, r.metrics.get(key)), value_caveats(r, key))
+                                          for r in records]
                 for key in keys]
         tables.append(Table(f"All metrics: {titles.get(section, section)}", ["metric"] + [r.label for r in records],
-                            rows, note=caveats.note(_probing_note(records, keys)), id=f"all-{section}"))
+                            rows, note=caveats.note(_seed_note(records), _probing_note(records, keys)),
+                            id=f"all-{section}"))
     return tables
 
 
@@ -204,6 +222,9 @@ def detail_tables(records: list[RunRecord]) -> list[Table]:
     return tables
 
 
-def build_tables(records: list[RunRecord]) -> Tables:
-    return Tables(key=key_table(records), matched=matched_table(records), sections=section_tables(records),
+def build_tables(records: list[RunRecord], points: Optional[list[RunRecord]] = None) -> Tables:
+    """points: the records with seeds merged (seeds.group_seeds) for the comparisons; the
+    configuration and detail tables list every run."""
+    points = records if points is None else points
+    return Tables(key=key_table(points), matched=matched_table(points), sections=section_tables(points),
                   configs=config_table(records), details=detail_tables(records))

@@ -11,7 +11,6 @@ import base64
 import json
 import math
 import struct
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,9 @@ from featsep.report import build_report, collect, main_findings  # noqa: E402
 from featsep.report.figures import FIGURES  # noqa: E402
 from featsep.report.frontier import frontier, interpolate, matched_grid  # noqa: E402
 from featsep.rundir import RunDir, TrainingResults, write_eval_result, write_sweep_manifest  # noqa: E402
+from tests.report.pages import PageParser  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-VOID_TAGS = {"meta", "img", "br", "hr", "link", "input"}
-
 # method -> (penalty, [(L0, ce_loss_score, explained_variance, absorption, probing top-1)])
 METHODS = {
     "topk": (None, [(16, 0.90, 0.60, 0.050, 0.70), (32, 0.94, 0.70, 0.040, 0.72), (64, 0.97, 0.80, 0.030, 0.74)]),
@@ -144,57 +142,6 @@ def make_fake_sweep(root: Path) -> Path:
             i += 1
     write_sweep_manifest(root, {"name": "fake sweep", "runs": runs, "labels": {"run_0": "TopK k=16 (baseline)"}})
     return root
-
-
-class PageParser(HTMLParser):
-    """Collects the structure the tests check: doctype, tags, images, table rows and cells."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.doctype = []
-        self.tags: dict[str, int] = {}
-        self.imgs: list[dict] = []
-        self.tables: dict[str, list[list[str]]] = {}
-        self.stack: list[str] = []
-        self._table = None
-        self._in_body = False
-        self._cell = None
-        self.text: list[str] = []
-
-    def handle_decl(self, decl):
-        self.doctype.append(decl)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        self.tags[tag] = self.tags.get(tag, 0) + 1
-        if tag == "img":
-            self.imgs.append(attrs)
-        if tag in VOID_TAGS:
-            return
-        self.stack.append(tag)
-        if tag == "table":
-            self._table = attrs.get("id", f"table{len(self.tables)}")
-            self.tables[self._table] = []
-        elif tag == "tbody":
-            self._in_body = True
-        elif tag == "tr" and self._in_body:
-            self.tables[self._table].append([])
-        elif tag in ("td", "th") and self._in_body:
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        assert self.stack and self.stack[-1] == tag, f"mis-nested </{tag}> (open: {self.stack[-3:]})"
-        self.stack.pop()
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[self._table][-1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "tbody":
-            self._in_body = False
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if self._cell is not None:
-            self._cell.append(data)
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
