@@ -470,10 +470,9 @@ def test_per_run_figure_has_no_empty_absorption_panel(tmp_path):
     assert "no data" not in html
 
 
-@pytest.mark.slow
-def test_page_renders_in_headless_chromium(trust, tmp_path):
-    """Every <img> of report.html decodes in a real browser (naturalWidth > 0) and no rendered
-    text reads NaN or -1; a screenshot is left in tmp_path for a look."""
+def _browser_check(report_html: Path, n_images: int, tmp_path: Path) -> Path:
+    """Every <img> of the page decodes in a real browser (naturalWidth > 0) and no rendered text
+    reads NaN or -1; returns a screenshot of it."""
     import re
     import shutil
     import subprocess
@@ -481,18 +480,17 @@ def test_page_renders_in_headless_chromium(trust, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
-    root = trust[0]
     probe = ("<script>window.addEventListener('load', () => { const bad = [...document.images]"
              ".filter(i => !(i.complete && i.naturalWidth > 0)).length;"
              " document.body.setAttribute('data-images', document.images.length + ':' + bad); });</script>")
     page = tmp_path / "probe.html"
-    page.write_text((root / "report" / "report.html").read_text().replace("</body>", probe + "</body>"))
+    page.write_text(report_html.read_text().replace("</body>", probe + "</body>"))
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
     dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
                          check=True).stdout
     found = re.search(r'data-images="(\d+):(\d+)"', dom)
     assert found is not None, "the probe script did not run"
-    assert int(found.group(1)) == len(trust[3].imgs) > 0 and found.group(2) == "0"
+    assert int(found.group(1)) == n_images > 0 and found.group(2) == "0"
     parser = PageParser()
     parser.feed(dom.replace(probe, ""))
     text = " ".join(parser.text)
@@ -501,3 +499,22 @@ def test_page_renders_in_headless_chromium(trust, tmp_path):
     subprocess.run(flags + ["--window-size=1400,3000", f"--screenshot={shot}", page.as_uri()], capture_output=True,
                    timeout=120, check=True)
     assert shot.read_bytes()[:8] == PNG_SIGNATURE
+    return shot
+
+
+@pytest.mark.slow
+def test_page_renders_in_headless_chromium(trust, tmp_path):
+    """The hand-made sweep's page, in a real browser; a screenshot is left in tmp_path."""
+    _browser_check(trust[0] / "report" / "report.html", len(trust[3].imgs), tmp_path)
+
+
+@pytest.mark.slow
+def test_the_offline_seed_study_report_renders_in_headless_chromium(tmp_path):
+    """The real 2-seed study's page (`featsep sweep examples/seeds-study-offline.toml`, which
+    writes runs/seeds-study-offline), checked the same way; skipped until that study has run."""
+    report = Path(__file__).resolve().parents[2] / "runs" / "seeds-study-offline" / "report" / "report.html"
+    if not report.is_file():
+        pytest.skip("run `featsep sweep examples/seeds-study-offline.toml` first (about 10 minutes on 2 cores)")
+    parser = PageParser()
+    parser.feed(report.read_text())
+    _browser_check(report, len(parser.imgs), tmp_path)
