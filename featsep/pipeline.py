@@ -287,9 +287,11 @@ def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig
         if missing:
             todo.setdefault(missing, []).append(run_dir)
     for evals, dirs in todo.items():
-        settings = json.loads(json.dumps(eval_cfg.settings))  # a private copy
-        evaluate([str(d) for d in dirs], evals=list(evals), model=lm if lm is not None else model.name,
-                 settings=settings, device=model.device, dtype=model.dtype)
+        for name, group in eval_cfg.by_model(evals, model.name).items():  # e.g. unlearning on the -it model
+            settings = json.loads(json.dumps(eval_cfg.settings))  # a private copy
+            own = name == model.name
+            evaluate([str(d) for d in dirs], evals=group, model=lm if lm is not None and own else name,
+                     settings=settings, device=model.device, dtype=model.dtype if own else "auto")
 
 
 def missing_evals(run_dir: Path, evals: list[str]) -> tuple[str, ...]:

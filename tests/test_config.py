@@ -159,3 +159,13 @@ def test_data_dataset_is_checked_when_read_unless_a_cache_is_used(dataset, messa
         validate(RunConfig, {"data": {"dataset": dataset}})
     assert validate(RunConfig, {"data": {"dataset": dataset, "cache": "cache/x"}}).data.cache == "cache/x"
     assert validate(RunConfig, {"data": {"dataset": "owner/name"}}).data.dataset == "owner/name"  # a hub set
+
+
+def test_an_eval_can_run_on_another_model():
+    """SAEBench runs unlearning on the instruct model: [eval.models] says so in the run config."""
+    cfg = validate(RunConfig, {"model": {"name": "gemma-3-270m"}, "eval": {
+        "evals": ["core", "unlearning", "absorption"], "models": {"unlearning": "smollm2-135m-instruct"}}})
+    assert cfg.eval.by_model(cfg.eval.evals, cfg.model.name) == {
+        "gemma-3-270m": ["core", "absorption"], "smollm2-135m-instruct": ["unlearning"]}
+    with pytest.raises(ConfigError, match="eval.models names 'unlearnin', which is not an eval"):
+        validate(RunConfig, {"eval": {"models": {"unlearnin": "x"}}})

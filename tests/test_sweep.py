@@ -283,3 +283,15 @@ def test_two_seed_sweep_shares_one_activation_pass_and_seeds_differ(tiny_llama_d
     run_sweep(cfg, evaluate=False)
     with pytest.raises(ConfigError, match="different sweep"):
         run_sweep(validate(SweepConfig, data | {"seeds": [3, 4]}), evaluate=False)
+
+
+def test_evaluate_runs_sends_each_eval_to_its_model(tmp_path, monkeypatch):
+    import featsep.evals as evals_pkg
+    from featsep.pipeline import evaluate_runs
+
+    calls = []
+    monkeypatch.setattr(evals_pkg, "evaluate", lambda dirs, evals, model, **kw: calls.append((evals, model, kw["dtype"])))
+    cfg = validate(RunConfig, {"model": {"name": "gemma-3-270m", "dtype": "float32"}, "eval": {
+        "evals": ["core", "unlearning"], "models": {"unlearning": "smollm2-135m-instruct"}}})
+    evaluate_runs([tmp_path / "run"], cfg.eval, cfg.model)
+    assert calls == [(["core"], "gemma-3-270m", "float32"), (["unlearning"], "smollm2-135m-instruct", "auto")]

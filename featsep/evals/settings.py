@@ -132,8 +132,24 @@ class EvalConfig(Strict):
     settings: dict[str, Any] = Field(
         default_factory=dict, description="per-eval settings, e.g. [eval.settings.core] seed = 1"
     )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="an eval run on another model than the run's, e.g. [eval.models] unlearning = "
+        '"google/gemma-2-2b-it" (SAEBench runs unlearning on the instruct model)',
+    )
 
     @model_validator(mode="after")
     def _settings_fit_the_evals(self) -> "EvalConfig":
         resolve_settings(self.evals, self.settings)
+        known = set(available_evals())
+        for name in self.models:
+            if name not in known:
+                raise ValueError(f"eval.models names {name!r}, which is not an eval; choose from: {', '.join(sorted(known))}")
         return self
+
+    def by_model(self, evals: Sequence[str], default: str) -> dict[str, list[str]]:
+        """`evals` grouped by the model each runs on (the run's, unless eval.models names another)."""
+        groups: dict[str, list[str]] = {}
+        for name in evals:
+            groups.setdefault(self.models.get(name, default), []).append(name)
+        return groups
