@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from featsep.config import RunConfig, validate
+from featsep.config import SweepConfig, validate
 from featsep.evals.registry import get_eval
 from featsep.evals.schema import eval_output
-from featsep.pipeline import run_from_config
+from featsep.sweep import run_sweep
 from featsep.rundir import RunDir, training_results_key
 from tests.evals.helpers import LETTERS_VOCAB, TOPIC_WORDS, WORDS
 from tests.helpers import tiny_llama, word_tokenizer
@@ -45,10 +45,9 @@ def _reference(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """run_0: ReLU + L1 with the momentum penalty on a tiny Llama whose vocabulary has first-letter
-    words and two topics, trained and evaluated by run_from_config; run_1 ... run_5: run_0's
-    training and eval results with scaled values, through RunDir's writers and each eval's
-    final_info converter."""
+    """Six real featsep runs (ReLU + L1 with and without the momentum penalty, TopK) on a tiny
+    Llama whose vocabulary has first-letter words and two topics, trained on one activation
+    pass and evaluated by `featsep sweep`'s code: run_0 ... run_5, as the momentum study."""
     tmp = tmp_path_factory.mktemp("reference-layout")
     model_dir = tmp / "model"
     tiny_llama(vocab_size=4 + len(LETTERS_VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -63,12 +62,10 @@ def study(tmp_path_factory) -> Path:
     topics.write_text("".join(json.dumps({"text": " ".join(rng.choice(TOPIC_WORDS[c]) for _ in range(30)), "label": c})
                               + "\n" for c in "xy" for _ in range(40)))
     root = tmp / "study"
-    cfg = validate(RunConfig, {
-        "out_dir": str(root / "run_0"),
+    cfg = validate(SweepConfig, {
+        "name": "reference-layout", "out_dir": str(root),
         "model": {"name": str(model_dir), "hook": "blocks.0.hook_resid_post", "batch_size": 4, "device": "cpu"},
         "data": {"dataset": str(corpus), "context_length": 16, "shuffle_buffer": 8, "norm_estimate_batches": 2},
-        "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2},
-        "penalties": [{"name": "momentum"}],
         "train": {"tokens": 1024, "batch_size": 128, "checkpoint_every": 8, "log_every": 4, "lr": 1e-3},
         "eval": {"evals": list(EVALS), "settings": {
             "core": {"dataset": str(corpus), "context_size": 16, "batch_size_prompts": 4,
@@ -78,26 +75,16 @@ def study(tmp_path_factory) -> Path:
             "sparse_probing": {"datasets": [str(topics)], "probe_train_set_size": 25, "probe_test_set_size": 10,
                                "k_values": [1, 2], "context_length": 32},
         }},
+        "methods": [  # six real runs, as the momentum study had: run_0 ... run_5 on one activation pass
+            {"name": "relu_l1+momentum", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2},
+             "penalties": [{"name": "momentum"}], "grid": {"sae.l1_coefficient": [0.04, 0.08]}},
+            {"name": "relu_l1", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2},
+             "grid": {"sae.l1_coefficient": [0.04, 0.08]}},
+            {"name": "topk", "sae": {"architecture": "topk", "d_sae": 64}, "grid": {"sae.k": [4, 8]}},
+        ],
     })
-    run_from_config(cfg)
-    real = RunDir(root / "run_0")
-    training = real.read_training()
-    for i in range(1, 6):
-        rd = RunDir(root / f"run_{i}")
-        results = training.final_info.model_copy(update={"final_loss": training.final_info.final_loss * (1 + i)})
-        rd.write_training(training.config, results)
-        for name in EVALS:
-            result = json.loads(json.dumps(real.read_eval(name).model_dump()))
-            result["eval_result_metrics"] = _scaled(result["eval_result_metrics"], 1 + 0.1 * i)
-            spec = get_eval(name)
-            rd.write_eval(name, result, spec.final_info_key, merge=spec.merge_section, section=spec.final_info_section)
+    run_sweep(cfg, evaluate=True)
     return root
-
-
-def _scaled(node, factor: float):
-    if isinstance(node, dict):
-        return {k: _scaled(v, factor) for k, v in node.items()}
-    return node * factor if isinstance(node, float) else node
 
 
 def _keys(node, path: str = "") -> set[str]:
