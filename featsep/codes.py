@@ -132,33 +132,31 @@ class Codes:
         self._active = self._values.detach() != 0
         self._selected = self._active
 
+    def _topk_form(self) -> "Codes":
+        """These codes with the TopK form listed (from the dense form, once)."""
+        if self._values is None:
+            self._list_nonzeros()
+        return self
+
     @property
     def values(self) -> Tensor:
         """[B, k] (differentiable)."""
-        if self._values is None:
-            self._list_nonzeros()
-        return self._values
+        return self._topk_form()._values
 
     @property
     def indices(self) -> Tensor:
         """[B, k] int64."""
-        if self._indices is None:
-            self._list_nonzeros()
-        return self._indices
+        return self._topk_form()._indices
 
     @property
     def selected(self) -> Tensor:
         """Bool [B, k]: real selections (not padding)."""
-        if self._selected is None:
-            self._list_nonzeros()
-        return self._selected
+        return self._topk_form()._selected
 
     @property
     def active(self) -> Tensor:
         """Bool [B, k]: the entries that fire."""
-        if self._active is None:
-            self._list_nonzeros()
-        return self._active
+        return self._topk_form()._active
 
     def dense(self) -> Tensor:
         """Dense [B, d_sae] codes (differentiable w.r.t. the values); built once."""

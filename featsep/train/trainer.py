@@ -190,10 +190,6 @@ def _check_batch(x: Any, d_in: int, index: int) -> Tensor:
 
 
 # --- one step ------------------------------------------------------------------------------------
-def _penalty_terms(pen: Penalty, out: SAEOutput) -> dict[str, Tensor]:
-    return pen(out.codes)
-
-
 def _fallback_metrics(x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
     """l0 and fvu computed here when the SAE does not report them (no host sync)."""
     found: dict[str, Tensor] = {}
@@ -208,20 +204,20 @@ def _fallback_metrics(x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
 
 
 def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast: contextlib.AbstractContextManager,
-                index: Optional[Tensor] = None) -> None:
-    """Forward, loss, checks, backward and update of one SAE on batch x (0-based step). index:
-    the batch's [B, >= 2] (context id, position, ...) rows when the data says where each row
-    came from (ActivationStream.last_index); the penalties see them on the codes."""
+                positions: Optional[tuple[Tensor, Tensor]] = None) -> None:
+    """Forward, loss, checks, backward and update of one SAE on batch x (0-based step).
+    positions: (context ids, positions) [B] of the rows when the data says where each row came
+    from; the penalties see them on the codes."""
     sae, opt = m.sae, m.optimizer
     x = x.to(dtype=m.dtype)
     with autocast:
         out = sae.training_forward(x, step, total or UNKNOWN_TOTAL_STEPS)
-        if index is not None:
-            out.codes = out.codes.with_positions(index[:, 0], index[:, 1])
+        if positions is not None and m.penalties:
+            out.codes = out.codes.with_positions(*positions)
         terms = dict(out.terms)
         coefficients = dict(out.coefficients)
         for pen in m.penalties:
-            pen_terms = _penalty_terms(pen, out)
+            pen_terms = pen(out.codes)
             clash = set(pen_terms) & set(terms)
             if clash:
                 raise ValueError(f"SAE {m.name!r}: penalty {pen.name!r} returns term(s) {sorted(clash)} that "
@@ -409,12 +405,10 @@ class _Run:
             if fresh and self.step == 0:
                 for m in self.members:
                     m.sae.init_from_data(x.to(dtype=m.dtype))
-            index = getattr(it, "last_index", None)  # an ActivationStream's (context, position, token) rows
-            if index is not None:  # once per step, not once per SAE
-                index = index.to(self.device, non_blocking=True)
+            positions = self.row_positions(it)
             for m in self.members:
                 with _busy_timer(m, self.device):
-                    _train_step(m, x, self.step, self.total, self.autocast(), index)
+                    _train_step(m, x, self.step, self.total, self.autocast(), positions)
             self.step += 1
             self.tokens += x.shape[0]
             window_tokens += x.shape[0]
@@ -428,6 +422,16 @@ class _Run:
         last = self.members[0].last
         if "terms" in last and last.get("logged_step") != self.step:
             self.log(sink, window_tokens, time.perf_counter() - window_start)
+
+    def row_positions(self, it: Iterator) -> Optional[tuple[Tensor, Tensor]]:
+        """(context ids, positions) of the batch's rows on the device, once per step, when the
+        data provides them (an ActivationStream's last_index) and some SAE has a penalty to read
+        them; None otherwise (no copy at all)."""
+        index = getattr(it, "last_index", None)
+        if index is None or not any(m.penalties for m in self.members):
+            return None
+        index = index[:, :2].to(self.device, dtype=torch.long, non_blocking=True)
+        return index[:, 0], index[:, 1]
 
     def log(self, sink: MetricsSink, window_tokens: int, window_s: float) -> None:
         for m in self.members:
