@@ -116,6 +116,10 @@ def test_no_private_names_cross_modules():
     bad = [f"{module}:{line} takes {', '.join(n for n in names if n.startswith('_'))} from {target}"
            for module, imports in GRAPH.items() for target, names, line in imports
            if target != module and any(n.startswith("_") and not n.startswith("__") for n in names)]
+    # a private module (featsep.x._y) is private too, whatever is taken from it
+    bad += [f"{module}:{line} imports the private module {target}" for module, imports in GRAPH.items()
+            for target, _, line in imports
+            if any(p.startswith("_") and not p.startswith("__") for p in target.split("."))]
     assert not bad, "private names used across modules:\n" + "\n".join(bad)
 
 

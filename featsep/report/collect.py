@@ -289,8 +289,9 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
             notes.append(f"{name} results: unreadable ({e}); ignored")
             continue
         flat = flatten_eval_metrics(record)
+        status = eval_status(record)
         if not flat and not record.eval_result_details:
-            if (status := eval_status(record)) is not None:
+            if status is not None:
                 notes.append(f"{name} results: no values (status: {status})")
             continue
         found.append(name)
@@ -300,7 +301,7 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
             details[name] = extra
         if record.eval_config:
             eval_configs[name] = record.eval_config
-        if (status := eval_status(record)) is not None:
+        if status is not None:
             statuses[name] = status
         if (caveat := eval_caveat(record)) is not None:
             caveats[name] = caveat

@@ -7,7 +7,7 @@ means, and a method is named best only when it leads by more than the seeds' spr
 
 from __future__ import annotations
 
-import math
+import statistics
 from dataclasses import dataclass
 
 from featsep.report.collect import RunRecord
@@ -25,8 +25,8 @@ class Spread:
 
 
 def sample_std(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    """Standard deviation with n - 1 in the denominator (what the report's notes say)."""
+    return statistics.stdev(values)
 
 
 def _merge(group: list[RunRecord]) -> RunRecord:

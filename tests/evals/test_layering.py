@@ -56,17 +56,3 @@ def test_no_eval_imports_another_eval():
                     bad.append(f"{path.relative_to(EVALS_DIR)} imports {target}")
     assert not bad, "\n".join(bad)
 
-
-def _private(name: str) -> bool:
-    return name.startswith("_") and not name.startswith("__")  # dunders (__version__) are public
-
-
-def test_no_private_names_imported_across_featsep_modules():
-    package_dir = EVALS_DIR.parent
-    bad = []
-    for path in sorted(package_dir.rglob("*.py")):
-        for module, names in _imports(path):
-            if module.startswith("featsep"):
-                bad += [f"{path.relative_to(package_dir)}: {module}.{n}" for n in names if _private(n)]
-                bad += [f"{path.relative_to(package_dir)}: {module}" for part in module.split(".") if _private(part)]
-    assert not bad, "\n".join(bad)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from featsep.io import atomic_target
+from featsep.io import atomic_target, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,7 @@ def content_hash(path: Path) -> str:
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _CONTENT_HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        _CONTENT_HASHES[memo] = digest.hexdigest()
+        _CONTENT_HASHES[memo] = file_sha256(path)
     return _CONTENT_HASHES[memo]
 
 
