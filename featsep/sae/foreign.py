@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from featsep.sae.base import SAE, get_architecture
+from featsep.settings import one_line
 
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
@@ -33,6 +35,9 @@ DL_CFG, DL_WEIGHTS = "config.json", "ae.pt"
 GEMMA_SCOPE_WEIGHTS = "params.npz"
 
 FORMATS = ("saelens", "gemma_scope", "sparsify", "dictionary_learning")
+
+GATED_REFUSAL = ("gated SAEs have no featsep architecture (their gate and magnitude paths differ); "
+                 "featsep does not load them")
 
 
 def foreign_format(path: str | Path) -> Optional[str]:
@@ -149,8 +154,8 @@ def _build(name: str, weights: dict[str, Tensor], meta: dict[str, Any], source: 
     fields = {k: v for k, v in meta.items() if v is not None and k in cls.config_class.model_fields}
     try:
         cfg = cls.config_class(d_in=d_in, d_sae=d_sae, **fields, **params)
-    except ValueError as e:  # pydantic: e.g. k > d_sae
-        raise _fail(source, f"its config does not fit a featsep {name} SAE ({str(e).splitlines()[-1].strip()})") from None
+    except ValidationError as e:  # e.g. k > d_sae
+        raise _fail(source, f"its config does not fit a featsep {name} SAE ({one_line(e, cls.config_class)})") from None
     sae = cls(cfg)
     sae.load_saved_tensors(weights)
     return sae.eval()
@@ -183,8 +188,7 @@ def _load_saelens(path: Path) -> SAE:
     if arch == "standard" and act_fn == "topk":  # SAELens 4 wrote TopK SAEs this way
         arch = "topk"
     if arch == "gated":
-        raise _fail(cfg_file, "gated SAEs have no featsep architecture (their gate and magnitude paths differ); "
-                              "featsep does not load them")
+        raise _fail(cfg_file, GATED_REFUSAL)
     if arch not in ("standard", "topk", "jumprelu"):
         raise _fail(cfg_file, f"unknown SAELens architecture {arch!r}; featsep loads standard, topk and jumprelu "
                               "(SAELens saves BatchTopK SAEs for inference as jumprelu)")
@@ -324,8 +328,7 @@ def _load_dictionary_learning(path: Path) -> SAE:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise _fail(cfg_file, f"is corrupt or lacks trainer.dict_class ({e!r})") from None
     if dict_class == "GatedAutoEncoder":
-        raise _fail(cfg_file, "gated SAEs have no featsep architecture (their gate and magnitude paths "
-                              "differ); featsep does not load them")
+        raise _fail(cfg_file, GATED_REFUSAL)
     if dict_class not in _DL_CLASSES:
         raise _fail(cfg_file, f"unknown dict_class {dict_class!r}; featsep loads {', '.join(_DL_CLASSES)}")
     try:
