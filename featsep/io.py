@@ -73,6 +73,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def format_bytes(n: float) -> str:
+    """A size for people: 1000 B, 49.1 KB, 2.3 GB, 1.2 TB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_target(path) as tmp:
         tmp.write_bytes(data)

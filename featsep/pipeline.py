@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from featsep.config import ConfigError, PenaltySection, RunConfig, SAESection, apply_overrides, validate
 from featsep.data.config import DataConfig
 from featsep.evals.settings import EvalConfig
-from featsep.io import ensure_writable_dir
+from featsep.io import ensure_writable_dir, format_bytes
 from featsep.lm.config import ModelConfig
 from featsep.rundir import RunDir
 from featsep.train.config import TrainConfig
@@ -156,14 +156,6 @@ def record_changes(run_dirs: list[Path], changes: list[str], run_config: dict[st
         RunDir(run_dir).write_config({**record.model_dump(), "run_config": run_config})
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def d_in_without_loading(model: ModelConfig, data: DataConfig) -> Optional[int]:
     """The activation width as the cache's manifest, a local checkpoint's config.json or the
     built-in models' table give it (None: only loading the model tells)."""
@@ -191,8 +183,8 @@ def check_free_space(out_dir: Path, specs: list[RunSpec], d_in: int) -> None:
     need, free = params * 4 * 3, shutil.disk_usage(out_dir).free
     if free < need:
         raise ValueError(
-            f"out_dir {out_dir} has {_fmt_bytes(free)} free but the first checkpoint of {len(specs)} SAE(s) needs "
-            f"about {_fmt_bytes(need)} (parameters x 4 bytes x 3 for Adam's moments); free space or choose "
+            f"out_dir {out_dir} has {format_bytes(free)} free but the first checkpoint of {len(specs)} SAE(s) needs "
+            f"about {format_bytes(need)} (parameters x 4 bytes x 3 for Adam's moments); free space or choose "
             "another out_dir"
         )
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import tempfile
 import time
@@ -33,7 +32,7 @@ from featsep.data.errors import CacheError, DataError
 from featsep.data.harvest import ActivationChunk, LiveSource, first_chunks_factor
 from featsep.data.sources import ArraySource
 from featsep.data.config import DataConfig
-from featsep.io import atomic_target, write_json_atomic
+from featsep.io import atomic_target, file_sha256, format_bytes, remove_stale_temp_files, write_json_atomic
 from featsep.lm.config import ModelConfig
 
 _DATA, _MODEL = DataConfig(), ModelConfig()  # the one place cache defaults come from
@@ -59,14 +58,6 @@ def _shard_name(i: int) -> str:
 
 def _index_name(i: int) -> str:
     return f"shard_{i:05d}.index.npy"
-
-
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(block):
-            h.update(data)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -103,7 +94,7 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> dict:
     with _disk_full_is_one_line(path), atomic_target(path) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a name
             np.save(f, array, allow_pickle=False)
-        digest = sha256_file(tmp)
+        digest = file_sha256(tmp)
     return {"bytes": path.stat().st_size, "sha256": digest}
 
 
@@ -151,14 +142,6 @@ def _npy_header(path: Path, bad) -> tuple[np.dtype, tuple]:
 
 def _layout(dtype, shape) -> str:
     return f"{np.dtype(dtype).name} {list(shape)}"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -277,7 +260,7 @@ class ActivationCache:
             return
         entry = self.manifest["shards"][i]
         for key, sha in (("file", "sha256"), ("index_file", "index_sha256")):
-            if sha256_file(shard_path(self.path, entry[key])) != entry[sha]:
+            if file_sha256(shard_path(self.path, entry[key])) != entry[sha]:
                 raise self._bad(i, f"{entry[key]} does not match its sha256 checksum")
         self._verified.add(i)
 
@@ -364,7 +347,7 @@ def _valid_prefix(out: Path, shards: list[dict]) -> list[dict]:
         ) and all(
             (out / entry[f]).is_file()
             and (out / entry[f]).stat().st_size == entry[b]
-            and sha256_file(out / entry[f]) == entry[s]
+            and file_sha256(out / entry[f]) == entry[s]
             for f, b, s in (("file", "bytes", "sha256"), ("index_file", "index_bytes", "index_sha256"))
         )
         if not ok:
@@ -469,8 +452,7 @@ def build_cache(
     }
 
     shards, factor = _reusable_shards(out, settings, tokens, resume)
-    for f in out.glob(".shard_*.tmp"):  # leftovers of a killed write
-        f.unlink()
+    remove_stale_temp_files(out)  # leftovers of a killed write (shards and manifest)
     if _is_complete(out, shards):
         print(f"cache {out} is already complete ({sum(s['rows'] for s in shards):,} tokens); nothing to do")
         return out
@@ -523,7 +505,7 @@ def build_cache(
                 first_context, chunk = item
                 take = min(rows - filled, len(chunk) - skip)
                 part = chunk[skip : skip + take]
-                acts[filled : filled + take] = (part.acts * scale).numpy()
+                acts[filled : filled + take] = (part.acts if scale == 1.0 else part.acts * scale).numpy()
                 index[filled : filled + take] = part.index.numpy()
                 filled += take
                 skip += take
@@ -554,7 +536,7 @@ def build_cache(
     new_rows = written - sum(s["rows"] for s in shards[: len(shards) - new_shards])
     print(
         f"cached {written:,} tokens of {lm.name} {hook} ({dataset}) -> {out}: {len(shards)} shards, "
-        f"{_fmt_bytes(size)}; this run {new_rows:,} tokens in {elapsed:.1f} s ({new_rows / max(elapsed, 1e-9):,.0f} tok/s)",
+        f"{format_bytes(size)}; this run {new_rows:,} tokens in {elapsed:.1f} s ({new_rows / max(elapsed, 1e-9):,.0f} tok/s)",
     )
     return out
 

@@ -32,7 +32,7 @@ from featsep.data.sources import ArraySource
 from featsep.lm.config import ModelConfig
 
 STATE_VERSION = 1
-_DATA = DataConfig()  # the one place stream defaults come from
+_DATA, _MODEL = DataConfig(), ModelConfig()  # the one place stream defaults come from
 
 
 class ActivationStream:
@@ -85,7 +85,7 @@ class ActivationStream:
         *,
         batch_size: int = 4096,
         context_length: int = _DATA.context_length,
-        lm_batch_size: int = ModelConfig().batch_size,
+        lm_batch_size: int = _MODEL.batch_size,
         text_column: str = _DATA.text_column,
         split: str = _DATA.split,
         seed: int = _DATA.seed,
