@@ -166,16 +166,19 @@ def eval_(
 
 @app.command()
 def export(
-    sae_dir: Path = typer.Argument(..., help="a saved SAE dir (cfg.json + sae_weights.safetensors)"),
-    out: Path = typer.Argument(..., help="where to write the SAELens-ready copy (a new or empty dir)"),
+    sae_dir: str = typer.Argument(..., help="an SAE: a dir (featsep or a foreign format), hf://ORG/REPO/PATH or saelens:RELEASE/SAE_ID"),
+    out: Path = typer.Argument(..., help="where to write the copy (a new or empty dir)"),
+    format_: str = typer.Option("saelens", "--format", help="saelens, sparsify or dictionary_learning"),
     force: bool = typer.Option(False, "--force", help="overwrite OUT when it holds an earlier export"),
 ) -> None:
-    """Write a copy SAELens loads and evaluates on raw activations (normalisation folded in)."""
+    """Write a copy that SAELens, sparsify or dictionary_learning loads and runs on raw activations
+    (normalisation folded in)."""
     with _user_errors():
         from featsep.sae.io import export_sae
 
-        sae = export_sae(sae_dir, out, force=force)
-        typer.echo(f"wrote {out} (normalization factor {sae.cfg.normalization_factor} folded into the weights)")
+        sae = export_sae(sae_dir, out, force=force, fmt=format_)
+        typer.echo(f"wrote {out} ({format_} format; normalization factor {sae.cfg.normalization_factor} "
+                   "folded into the weights)")
 
 
 @app.command()

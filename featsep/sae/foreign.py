@@ -18,7 +18,9 @@ loaded as float32; pickled files are read with weights_only=True, npz with allow
 from __future__ import annotations
 
 import json
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -78,6 +80,136 @@ def load_foreign(path: str | Path, fmt: str, device: Optional[str] = None) -> SA
         sae.to(device)
         sae.cfg.device = device
     return sae
+
+
+# --- hub references ---------------------------------------------------------------------------
+HF_SCHEME, SAELENS_SCHEME = "hf://", "saelens:"
+_HF_REF = re.compile(r"^hf://(?P<org>[^/@\s]+)/(?P<repo>[^/@\s]+)(?:@(?P<rev1>[^/\s]+))?"
+                     r"(?:/(?P<path>[^@\s]*?))?/?(?:@(?P<rev2>[^/@\s]+))?$")
+
+
+def is_sae_ref(ref: Any) -> bool:
+    """`ref` names an SAE on the hub (hf://... or saelens:...) rather than a local path."""
+    return isinstance(ref, str) and ref.startswith((HF_SCHEME, SAELENS_SCHEME))
+
+
+def resolve_sae_ref(ref: str | Path) -> Path:
+    """The local path of an SAE reference, for every command that takes an SAE path:
+    - a local path: returned as it is (~ expanded);
+    - hf://ORG/REPO/PATH, hf://ORG/REPO@REVISION/PATH or hf://ORG/REPO/PATH@REVISION (PATH a folder
+      or file in the repo, or nothing for the whole repo): only that folder or file is fetched
+      into the HF cache ($HF_HUB_CACHE) and its path there returned; offline (HF_HUB_OFFLINE=1, or
+      the hub unreachable) the cache alone answers;
+    - saelens:RELEASE/SAE_ID: looked up in sae-lens's release list (saelens_directory) to its
+      repo and folder, then as hf://.
+    Mistakes and misses are one ValueError line naming the fix."""
+    if isinstance(ref, Path) or not is_sae_ref(ref):
+        return Path(ref).expanduser()
+    if ref.startswith(SAELENS_SCHEME):
+        ref = saelens_hf_ref(ref)
+    m = _HF_REF.match(ref)
+    if not m or (m.group("rev1") and m.group("rev2")):
+        raise ValueError(f"{ref!r} is not a hub SAE reference; write hf://ORG/REPO/PATH (optionally "
+                         "hf://ORG/REPO@REVISION/PATH), e.g. hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82")
+    repo_id, path = f"{m.group('org')}/{m.group('repo')}", (m.group("path") or "").strip("/")
+    if ".." in path.split("/"):
+        raise ValueError(f"{ref!r}: a path inside the repo cannot climb out of it ('..'); name the folder itself")
+    return _hf_download(ref, repo_id, path, m.group("rev1") or m.group("rev2"))
+
+
+def _hf_cache_dir() -> Optional[str]:
+    """The cache the user's environment names now (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    return str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+
+
+def _download_command(repo_id: str, path: str, revision: Optional[str]) -> str:
+    import huggingface_hub
+
+    cli = "hf" if int(huggingface_hub.__version__.split(".")[0]) >= 1 else "huggingface-cli"
+    include = f" --include '{path}' --include '{path}/*'" if path else ""
+    return f"{cli} download {repo_id}{include}" + (f" --revision {revision}" if revision else "")
+
+
+def _hf_download(ref: str, repo_id: str, path: str, revision: Optional[str]) -> Path:
+    """snapshot_download of `path` (a folder or a file) only; the cache when offline."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    from featsep.hub import offline, reachable
+
+    local_only = offline() or not reachable()
+    fetch = (f"run once with network, or fetch it with `{_download_command(repo_id, path, revision)}`")
+    try:
+        root = snapshot_download(repo_id, revision=revision, cache_dir=_hf_cache_dir(), local_files_only=local_only,
+                                 allow_patterns=[path, f"{path}/*"] if path else None)
+    except LocalEntryNotFoundError:
+        raise ValueError(f"{ref} is not in the local HF cache and the hub is "
+                         f"{'offline (HF_HUB_OFFLINE)' if offline() else 'unreachable'}; {fetch}") from None
+    except GatedRepoError:
+        raise ValueError(f"{ref}: the repo {repo_id} is gated; accept its terms on huggingface.co and log in "
+                         "(hf auth login), then run again") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"{ref}: no repo {repo_id} on the hub (or it is private: log in first)") from None
+    except RevisionNotFoundError:
+        raise ValueError(f"{ref}: repo {repo_id} has no revision {revision!r}") from None
+    except HfHubHTTPError as e:
+        raise ValueError(f"{ref}: the hub refused the download ({str(e).splitlines()[0]})") from None
+    target = Path(root) / path
+    if not target.exists():
+        where = "in the local HF cache" if local_only else f"in {repo_id}"
+        hint = fetch if local_only else "check the path (the repo's file list is on its hub page)"
+        raise ValueError(f"{ref}: no {path!r} {where}; {hint}")
+    return target
+
+
+def saelens_directory() -> dict[str, Any]:
+    """sae-lens's release list (its pretrained_saes.yaml: {release: {repo_id, model,
+    conversion_func, saes: [{id, path, l0, neuronpedia, ...}], config_overrides}}), read from the
+    installed package without importing it (sae-lens is not a featsep dependency)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sae_lens")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("saelens: references need sae-lens's release list: pip install sae-lens, "
+                         "or give the SAE as hf://ORG/REPO/PATH")
+    yaml_file = Path(list(spec.submodule_search_locations)[0]) / "pretrained_saes.yaml"
+    import yaml
+
+    try:
+        data = yaml.safe_load(yaml_file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"sae-lens's release list {str(yaml_file)!r} cannot be read ({type(e).__name__}); "
+                         "reinstall sae-lens, or give hf://ORG/REPO/PATH") from None
+    return data if isinstance(data, dict) else {}
+
+
+def saelens_hf_ref(ref: str) -> str:
+    """saelens:RELEASE/SAE_ID -> hf://REPO_ID/PATH through sae-lens's release list, as SAELens's
+    SAE.from_pretrained(release, sae_id) resolves it (SAE ids may hold slashes:
+    saelens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical)."""
+    body = ref[len(SAELENS_SCHEME):]
+    release, _, sae_id = body.partition("/")
+    if not release or not sae_id:
+        raise ValueError(f"{ref!r} is not a SAELens reference; write saelens:RELEASE/SAE_ID, e.g. "
+                         "saelens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical")
+    directory = saelens_directory()
+    entry = directory.get(release)
+    if not isinstance(entry, dict):
+        near = sorted(r for r in directory if release.split("-")[0] in r)[:5]
+        raise ValueError(f"{ref}: sae-lens knows no release {release!r}"
+                         + (f" (similar: {', '.join(near)})" if near else "") + "; or give hf://ORG/REPO/PATH")
+    saes = {s.get("id"): s for s in entry.get("saes") or [] if isinstance(s, dict)}
+    if sae_id not in saes:
+        ids = sorted(str(i) for i in saes)
+        raise ValueError(f"{ref}: release {release!r} has no SAE {sae_id!r} ({len(ids)} ids, e.g. "
+                         f"{', '.join(ids[:3])})")
+    repo_id, path = entry.get("repo_id"), saes[sae_id].get("path")
+    if not isinstance(repo_id, str) or not isinstance(path, str):
+        raise ValueError(f"{ref}: sae-lens's entry lacks repo_id or path; give hf://ORG/REPO/PATH")
+    return f"hf://{repo_id}/{path.strip('/')}"
 
 
 # --- hook names -------------------------------------------------------------------------------
@@ -364,3 +496,142 @@ def _load_dictionary_learning(path: Path) -> SAE:
     # BatchTopKSAE's default encode: ReLU(pre) * (ReLU(pre) > threshold), one scalar threshold
     threshold = _tensor(state, "threshold", (), file).reshape(1)
     return _build("batchtopk", {**weights, "threshold": threshold}, info, file, k=k)
+
+
+# --- export -----------------------------------------------------------------------------------
+EXPORT_FORMATS = ("saelens", "sparsify", "dictionary_learning")
+EXPORTED_FROM_KEY = "exported_from"  # in the config's featsep_extra: which SAE an export copies
+EXPORT_FILES = {"saelens": (SAELENS_CFG, SAELENS_WEIGHTS), "sparsify": (SPARSIFY_CFG, SPARSIFY_WEIGHTS),
+                "dictionary_learning": (DL_CFG, DL_WEIGHTS)}
+
+
+@dataclass
+class ForeignFiles:
+    """What one library's own save writes for an SAE: a JSON config and a weights file
+    (safetensors, or for dictionary_learning a torch.save'd state dict)."""
+    cfg_name: str
+    cfg: dict[str, Any]
+    weights_name: str
+    tensors: dict[str, Tensor]
+
+
+def _threshold_vector(sae: SAE) -> Tensor:
+    """The per-latent JumpReLU threshold with featsep's inference encode: JumpReLU's own, and the
+    one scalar of BatchTopK (and Matryoshka, whose prefixes only shape training) for every latent."""
+    threshold = sae.threshold.detach().float()
+    return threshold.expand(sae.cfg.d_sae).clone() if threshold.dim() == 0 else threshold.clone()
+
+
+def _refuse_export(sae: SAE, fmt: str, reason: str) -> ValueError:
+    holds = {"sparsify": "topk", "saelens": "relu_l1, topk, jumprelu, batchtopk, matryoshka",
+             "dictionary_learning": "relu_l1, topk, jumprelu, batchtopk, matryoshka"}[fmt]
+    return ValueError(f"a {sae.architecture} SAE cannot be exported to {fmt}: {reason} ({fmt} holds {holds}); "
+                      "choose another --format")
+
+
+def export_files(sae: SAE, fmt: str, extra: Optional[dict[str, Any]] = None) -> ForeignFiles:
+    """The files library `fmt` (one of EXPORT_FORMATS) saves for `sae`, whose weights must already
+    take raw activations (sae.io.fold_normalization: none of these formats carries featsep's
+    factor). `extra` goes into the config under "featsep_extra", a key each library's loader
+    ignores. An architecture the format cannot express exactly is refused in one ValueError line."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if sae.cfg.normalization_factor not in (None, 1.0):
+        raise ValueError("fold the normalization factor into the weights first (featsep.sae.io.fold_normalization)")
+    if sae.architecture not in ("relu_l1", "topk", "jumprelu", "batchtopk", "matryoshka"):
+        raise _refuse_export(sae, fmt, "featsep knows no equivalent in that library")
+    files = {"saelens": _saelens_files, "sparsify": _sparsify_files,
+             "dictionary_learning": _dictionary_learning_files}[fmt](sae)
+    if extra:
+        files.cfg["featsep_extra"] = extra
+    return files
+
+
+def _weights(sae: SAE) -> dict[str, Tensor]:
+    return {k: getattr(sae, k).detach().float().cpu().contiguous() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+
+def _saelens_files(sae: SAE) -> ForeignFiles:
+    """SAELens 6's save_model: cfg.json = SAEConfig.to_dict() (d_in, d_sae, dtype, device,
+    apply_b_dec_to_input, normalize_activations, reshape_activations, the architecture's own
+    fields, "metadata", "architecture") and the SAE's state dict. BatchTopK-family SAEs are saved
+    as SAELens saves them for inference: jumprelu with a per-latent threshold."""
+    c = sae.cfg
+    tensors = _weights(sae)
+    cfg: dict[str, Any] = {"d_in": c.d_in, "d_sae": c.d_sae, "dtype": "float32", "device": "cpu",
+                           "apply_b_dec_to_input": True, "normalize_activations": "none",
+                           "reshape_activations": "none"}
+    if sae.architecture == "relu_l1":
+        arch = "standard"
+    elif sae.architecture == "topk":
+        arch = "topk"
+        cfg.update(k=c.k, rescale_acts_by_decoder_norm=False)
+    else:
+        arch = "jumprelu"
+        tensors["threshold"] = _threshold_vector(sae)
+    cfg["metadata"] = {
+        "model_name": c.model_name or None, "hook_name": c.hook_name or None, "model_class_name": None,
+        "hook_head_index": None, "model_from_pretrained_kwargs": None, "prepend_bos": c.prepend_bos,
+        "exclude_special_tokens": None, "neuronpedia_id": None, "context_size": c.context_size,
+        "seqpos_slice": None, "dataset_path": c.dataset_path or None,
+        "sae_lens_version": None, "sae_lens_training_version": None,
+    }
+    cfg["architecture"] = arch
+    cfg["normalization_factor"] = None  # featsep's key (SAELens ignores it): nothing left to undo
+    return ForeignFiles(SAELENS_CFG, cfg, SAELENS_WEIGHTS, tensors)
+
+
+def _sparsify_files(sae: SAE) -> ForeignFiles:
+    """sparsify's SparseCoder.save_to_disk: sae.safetensors (encoder.weight [n, d],
+    encoder.bias, W_dec, b_dec) and cfg.json = SparseCoderConfig.to_dict() plus d_in. sparsify
+    encodes TopK(ReLU(...)) per token and has no threshold, so only featsep's topk fits."""
+    if sae.architecture != "topk":
+        reason = ("sparsify encodes a per-token TopK and has no threshold for the batch's selection"
+                  if sae.architecture in ("batchtopk", "matryoshka") else
+                  "sparsify encodes a per-token TopK only")
+        raise _refuse_export(sae, "sparsify", reason)
+    c, w = sae.cfg, _weights(sae)
+    tensors = {"encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"],
+               "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    cfg = {"activation": "topk", "expansion_factor": max(1, c.d_sae // c.d_in), "normalize_decoder": False,
+           "num_latents": c.d_sae, "k": c.k, "multi_topk": False, "skip_connection": False,
+           "transcode": False, "d_in": c.d_in}
+    return ForeignFiles(SPARSIFY_CFG, cfg, SPARSIFY_WEIGHTS, tensors)
+
+
+_DL_TRAINERS = {"relu_l1": ("StandardTrainer", "AutoEncoder"), "topk": ("TopKTrainer", "AutoEncoderTopK"),
+                "batchtopk": ("BatchTopKTrainer", "BatchTopKSAE"), "matryoshka": ("BatchTopKTrainer", "BatchTopKSAE"),
+                "jumprelu": ("JumpReluTrainer", "JumpReluAutoEncoder")}
+
+
+def _dictionary_learning_files(sae: SAE) -> ForeignFiles:
+    """dictionary_learning's training save: ae.pt (the dictionary's state dict) and config.json
+    {"trainer": the trainer's config (trainer_class, dict_class, activation_dim, dict_size, k,
+    layer, lm_name, submodule_name, ...), "buffer": {...}}. Matryoshka is written as
+    BatchTopKSAE, whose encode is the same (the prefixes only shape training)."""
+    c, w = sae.cfg, _weights(sae)
+    trainer_class, dict_class = _DL_TRAINERS[sae.architecture]
+    if dict_class == "JumpReluAutoEncoder":  # it does not subtract b_dec before encoding
+        b_enc = (w["b_enc"].double() - w["b_dec"].double() @ w["W_enc"].double()).float()
+        state = {"W_enc": w["W_enc"], "b_enc": b_enc, "W_dec": w["W_dec"], "b_dec": w["b_dec"],
+                 "threshold": _threshold_vector(sae)}
+    else:
+        state = {"encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"],
+                 "decoder.weight": w["W_dec"].T.contiguous()}
+        if dict_class == "AutoEncoder":
+            state["bias"] = w["b_dec"]
+        else:  # AutoEncoderTopK / BatchTopKSAE buffers: k, and the threshold (-1: never set)
+            state.update(b_dec=w["b_dec"], k=torch.tensor(c.k, dtype=torch.int),
+                         threshold=sae.threshold.detach().float().reshape(()).clone()
+                         if dict_class == "BatchTopKSAE" else torch.tensor(-1.0))
+    layer = c.hook_layer if c.hook_layer >= 0 else None
+    resid = _TL_HOOK.match(c.hook_name or "")
+    submodule = f"resid_post_layer_{layer}" if resid and resid.group(2) == "hook_resid_post" else (c.hook_name or None)
+    trainer: dict[str, Any] = {"trainer_class": trainer_class, "dict_class": dict_class,
+                               "activation_dim": c.d_in, "dict_size": c.d_sae}
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
+        trainer["k"] = c.k
+    trainer.update(seed=c.seed, device="cpu", layer=layer, lm_name=c.model_name or None,
+                   wandb_name=None, submodule_name=submodule)
+    cfg = {"trainer": trainer, "buffer": {"d_submodule": c.d_in, "io": "out", "ctx_len": c.context_size}}
+    return ForeignFiles(DL_CFG, cfg, DL_WEIGHTS, state)

@@ -22,13 +22,13 @@ from pydantic import ValidationError
 
 from featsep.io import TEMP_SUFFIX, atomic_target, file_sha256, raise_if_disk_full, remove_stale_temp_files
 from featsep.sae.base import SAE, get_architecture
-from featsep.sae.foreign import foreign_format, load_foreign
+from featsep.sae.foreign import (EXPORT_FILES, EXPORT_FORMATS, EXPORTED_FROM_KEY, export_files, foreign_format,
+                                 load_foreign, resolve_sae_ref)
 from featsep.settings import one_line
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 CFG_FILENAME = "cfg.json"
 SHA256_KEY = "featsep_weights_sha256"
-EXPORTED_FROM_KEY = "exported_from"  # in featsep_extra of `featsep export`'s copies
 _META_KEYS = ("model_name", "hook_name", "hook_layer", "context_size", "prepend_bos", "dataset_path")
 
 
@@ -85,8 +85,9 @@ def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
     available, else CPU). The weights are checked against cfg.json's checksum when it has one
     (SAEs saved before checksums, or by hand, load unchecked). SAEs saved by SAELens, sparsify,
     dictionary_learning or Gemma Scope load too, as the featsep architecture with the same
-    maths (featsep.sae.foreign)."""
-    path = Path(path)
+    maths (featsep.sae.foreign). `path` may be a hub reference (hf://ORG/REPO/PATH,
+    saelens:RELEASE/SAE_ID; foreign.resolve_sae_ref)."""
+    path = resolve_sae_ref(path)
     fmt = foreign_format(path)
     if fmt is not None:
         return load_foreign(path, fmt, device)
@@ -147,12 +148,30 @@ def read_sae_cfg(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def export_sae(sae_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> SAE:
-    """Save a folded copy of the SAE in `sae_dir` to `out` (see fold_normalization); returns the
-    SAE as loaded. `out` must not be `sae_dir` or lie inside it, and must be new or empty, or,
-    with `force`, an earlier export (its cfg.json records where it came from)."""
-    src, out = Path(sae_dir), Path(out)
+def _earlier_export(out: Path) -> bool:
+    """`out` holds an export of some format: a config there whose featsep_extra names its source."""
+    for name in {files[0] for files in EXPORT_FILES.values()}:
+        try:
+            extra = json.loads((out / name).read_text()).get("featsep_extra")
+        except (OSError, ValueError, AttributeError):  # absent, unreadable, not a JSON object
+            continue
+        if isinstance(extra, dict) and EXPORTED_FROM_KEY in extra:
+            return True
+    return False
+
+
+def export_sae(sae_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False,
+               fmt: str = "saelens") -> SAE:
+    """Save a folded copy of the SAE `sae_dir` (a path or hub reference) to `out` as library
+    `fmt` saves it (foreign.export_files; see fold_normalization); returns the SAE as loaded.
+    `out` must not be the SAE's dir or lie inside it, and must be new or empty, or, with `force`,
+    an earlier export (its config records where it came from), of any format: the files of the
+    other formats are removed once the new ones are written, so the folder holds one SAE."""
+    if fmt not in EXPORT_FORMATS:  # before loading: a typo costs nothing
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    src, out = resolve_sae_ref(sae_dir), Path(out)
     sae = load_sae(src, device="cpu")
+    files = export_files(fold_normalization(sae), fmt, extra={EXPORTED_FROM_KEY: str(src.resolve())})
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"{str(out)!r} is the SAE being exported or inside it; the export is a different "
                          "(folded) SAE and would overwrite it: choose another OUT")
@@ -160,12 +179,27 @@ def export_sae(sae_dir: str | os.PathLike, out: str | os.PathLike, force: bool =
         raise FileExistsError(f"{str(out)!r} is a file; choose a new directory as OUT")
     held = [p for p in out.iterdir() if not p.name.endswith(TEMP_SUFFIX)] if out.is_dir() else []
     if held:
-        extra = read_sae_cfg(out).get("featsep_extra") if (out / CFG_FILENAME).is_file() else None
-        if not (isinstance(extra, dict) and EXPORTED_FROM_KEY in extra):
+        if not _earlier_export(out):
             raise FileExistsError(f"{str(out)!r} already holds files and is not an earlier export; "
                                   "choose a new or empty directory as OUT")
         if not force:
             raise FileExistsError(f"{str(out)!r} holds an earlier export; pass --force to overwrite it")
     remove_stale_temp_files(out)  # of an export killed midway
-    save_sae(sae, out, extra={EXPORTED_FROM_KEY: str(src.resolve())}, fold=True)
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # the config commits last: when it is there, its weights are too
+        with atomic_target(out / files.cfg_name) as cfg_tmp, atomic_target(out / files.weights_name) as weights_tmp:
+            if files.weights_name.endswith(".safetensors"):
+                save_file(files.tensors, str(weights_tmp))
+            else:
+                torch.save(files.tensors, weights_tmp)
+            cfg_tmp.write_text(json.dumps(files.cfg, indent=2))
+    except BaseException as e:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise_if_disk_full(e, out, "free space or save the SAE elsewhere")
+        raise
+    for name in {n for pair in EXPORT_FILES.values() for n in pair} - {files.cfg_name, files.weights_name}:
+        (out / name).unlink(missing_ok=True)  # an earlier export's files of another format
     return sae
