@@ -50,3 +50,29 @@ def tiny_run_config(tmp_path, model_dir, corpus, out_dir=None, extra: tuple = ()
         *extra,
     ]) + "\n")
     return str(path)
+
+
+def hf_cache_repo(cache, repo_id: str, folder, commit: str = "0123456789abcdef0123456789abcdef01234567",
+                  refs: tuple = ("main",)):
+    """Copy the files under `folder` into `cache` in the HF hub cache's exact layout, as a download
+    leaves it: models--ORG--REPO/blobs/<sha256> holding the bytes, refs/<ref> holding the commit,
+    snapshots/<commit>/<path> a relative symlink to its blob. The real huggingface_hub then
+    resolves hf:// references from it offline. Returns the snapshot folder."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    for ref in refs:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snapshot

@@ -33,19 +33,21 @@ class Target:
 
 def _resolve_one(item, index: int) -> Target:
     from featsep.sae import SAE, load_sae
+    from featsep.sae.foreign import foreign_format
     from featsep.sae.io import CFG_FILENAME
 
     if isinstance(item, SAE) or hasattr(item, "encode") and hasattr(item, "cfg"):
         return Target(item, f"sae_{index}")
     path = Path(item).expanduser()
     run = RunDir(path)
-    if (path / CFG_FILENAME).exists():
+    if (path / CFG_FILENAME).exists() or foreign_format(path) is not None:
         return Target(load_sae(path), path.name)
     if (run.sae_dir / CFG_FILENAME).exists():
         return Target(load_sae(run.sae_dir), path.name, run_dir=run)
     raise ValueError(
         f"{str(path)!r} is neither an SAE directory ({CFG_FILENAME} + sae_weights.safetensors) nor a run directory "
-        f"(holding {run.sae_dir.name}/); pass one of those, or an SAE object"
+        f"(holding {run.sae_dir.name}/) nor a foreign SAE (SAELens, sparsify, dictionary_learning, Gemma Scope); "
+        "pass one of those, a hub reference (hf://ORG/REPO/PATH, saelens:RELEASE/SAE_ID), or an SAE object"
     )
 
 
@@ -59,6 +61,16 @@ def _run_dirs_below(item) -> list[Path]:
     if not path.is_dir() or (path / CFG_FILENAME).exists() or RunDir(path).sae_dir.is_dir():
         return []
     return sorted(p for p in path.iterdir() if (RunDir(p).sae_dir / CFG_FILENAME).exists())
+
+
+def resolve_refs(sae_or_path):
+    """Hub references (hf://..., saelens:...) replaced by their local paths (downloaded when
+    needed, featsep.sae.foreign.resolve_sae_ref); everything else as given."""
+    from featsep.sae.foreign import is_sae_ref, resolve_sae_ref
+
+    if isinstance(sae_or_path, (list, tuple)):
+        return [resolve_sae_ref(item) if is_sae_ref(item) else item for item in sae_or_path]
+    return resolve_sae_ref(sae_or_path) if is_sae_ref(sae_or_path) else sae_or_path
 
 
 def resolve_targets(sae_or_path) -> list[Target]:
@@ -140,7 +152,8 @@ def evaluate(
 ):
     """Run `evals` (e.g. ["core", "sparse_probing", "absorption"]) on SAEs.
 
-    sae_or_path: an SAE, an SAE dir, a run dir (its sae/ is evaluated; without out_dir, results
+    sae_or_path: an SAE, an SAE dir (featsep's or a foreign format), a hub reference
+    (hf://ORG/REPO/PATH, saelens:RELEASE/SAE_ID), a run dir (its sae/ is evaluated; without out_dir, results
     go to the run dir's eval results and final_info sections, see featsep.rundir), a sweep dir
     (its run dirs), or a list of these.
     model: a LanguageModel or a name for featsep.lm.load_lm (default: the SAE's model_name,
@@ -156,6 +169,7 @@ def evaluate(
     if not evals:
         raise ValueError(f"no eval selected; choose from: {', '.join(available_evals())}")
     specs = [get_eval(name) for name in evals]
+    sae_or_path = resolve_refs(sae_or_path)
     eval_settings, runner = resolve_settings(evals, settings, model=model, sae_or_path=sae_or_path)
     per_target = per_target_folders(sae_or_path)
     if out_dir is not None:

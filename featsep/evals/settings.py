@@ -88,6 +88,11 @@ def _sae_model_name(item) -> str:
     if hasattr(item, "cfg"):
         return item.cfg.model_name or ""
     path = Path(item).expanduser()
+    from featsep.sae import load_sae
+    from featsep.sae.foreign import foreign_format
+
+    if foreign_format(path) is not None:  # each format keeps the model name its own way: the loader knows
+        return load_sae(path).cfg.model_name or ""
     candidates = [path / CFG_FILENAME, RunDir(path).sae_dir / CFG_FILENAME]
     if path.is_dir():
         candidates += sorted(RunDir(p).sae_dir / CFG_FILENAME for p in path.iterdir())

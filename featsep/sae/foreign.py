@@ -127,9 +127,11 @@ def _hf_cache_dir() -> Optional[str]:
 def _download_command(repo_id: str, path: str, revision: Optional[str]) -> str:
     import huggingface_hub
 
-    cli = "hf" if int(huggingface_hub.__version__.split(".")[0]) >= 1 else "huggingface-cli"
-    include = f" --include '{path}' --include '{path}/*'" if path else ""
-    return f"{cli} download {repo_id}{include}" + (f" --revision {revision}" if revision else "")
+    if int(huggingface_hub.__version__.split(".")[0]) >= 1:  # `hf` replaced huggingface-cli in 1.0
+        cli, include = "hf", f" --include '{path}' --include '{path}/*'"
+    else:
+        cli, include = "huggingface-cli", f" --include '{path}' '{path}/*'"
+    return f"{cli} download {repo_id}{include if path else ''}" + (f" --revision {revision}" if revision else "")
 
 
 def _hf_download(ref: str, repo_id: str, path: str, revision: Optional[str]) -> Path:
@@ -375,7 +377,7 @@ def gemma_scope_metadata(path: Path) -> dict[str, Any]:
     """Model and hook from a Gemma Scope path such as
     .../gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz (the HF cache keeps the
     release in its folder name, models--google--gemma-scope-2b-pt-res). Missing parts stay empty."""
-    text = path.resolve().as_posix()
+    text = Path(os.path.abspath(path)).as_posix()  # not resolve(): in the HF cache the file links to a blob
     release = None
     for release in _GEMMA_RELEASE.finditer(text):
         pass  # the last mention is the closest to the file
@@ -439,7 +441,7 @@ def _load_sparsify(path: Path) -> SAE:
     weights = {"W_enc": W.T.contiguous(), "b_enc": _tensor(tensors, "encoder.bias", (d_sae,), weights_file),
                "W_dec": _tensor(tensors, "W_dec", (d_sae, d_in), weights_file),
                "b_dec": _tensor(tensors, "b_dec", (d_in,), weights_file)}
-    hook, layer = featsep_hook(path.resolve().name)
+    hook, layer = featsep_hook(Path(os.path.abspath(path)).name)
     return _build("topk", weights, {"hook_name": hook, "hook_layer": layer}, weights_file, k=k)
 
 

@@ -95,7 +95,8 @@ def load_sae(path: str | os.PathLike, device: Optional[str] = None) -> SAE:
     if not cfg_file.is_file() or not weights_file.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} is not a saved SAE: it needs {CFG_FILENAME} and {WEIGHTS_FILENAME} "
-            "(write one with featsep.save_sae, or pass the SAE's directory)"
+            "(write one with featsep.save_sae, or pass the SAE's directory), or holds neither of the foreign "
+            "layouts (sparsify cfg.json + sae.safetensors, dictionary_learning ae.pt, Gemma Scope params.npz)"
         )
     cfg = read_sae_cfg(path)
     name = cfg.get("featsep_architecture")

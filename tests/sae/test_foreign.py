@@ -26,7 +26,10 @@ import torch
 from safetensors.torch import save_file
 
 import featsep
-from featsep.sae.foreign import featsep_hook, foreign_format, gemma_scope_metadata
+from featsep.sae.foreign import (EXPORT_FORMATS, export_files, featsep_hook, foreign_format, gemma_scope_metadata,
+                                 resolve_sae_ref, saelens_hf_ref)
+from featsep.sae.io import export_sae, fold_normalization
+from tests.helpers import hf_cache_repo
 
 D, N, K = 8, 32, 4
 
@@ -351,3 +354,272 @@ def test_hook_names_become_featsep_hooks():
         assert featsep_hook(hf) == ("blocks.5.hook_resid_post", 5)
     assert featsep_hook("layers.5.mlp") == ("layers.5.mlp", -1)
     assert featsep_hook(None) == ("", -1) and featsep_hook("") == ("", -1)
+
+
+# --- export -----------------------------------------------------------------------------------
+# Each export is read back twice: by a dense formula of the library's own encode applied to the
+# raw files (so exporter and loader cannot agree on a wrong layout), and by featsep.load_sae.
+def _trained_like(arch, seed):
+    """An SAE of `arch` with non-trivial biases, thresholds and a normalisation factor."""
+    sae = featsep.make_sae(arch, d_in=D, d_sae=N, seed=seed, **({} if arch in ("relu_l1", "jumprelu") else {"k": K}))
+    with torch.no_grad():
+        for i, p in enumerate((sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)):
+            p.add_(rand(*p.shape, seed=seed * 10 + i, scale=0.3))
+        if arch == "jumprelu":
+            sae.log_threshold.copy_((torch.rand(N, generator=torch.Generator().manual_seed(seed)) * 0.8 + 0.05).log())
+        if arch in ("batchtopk", "matryoshka"):
+            sae.threshold.fill_(0.4)
+    sae.cfg.normalization_factor = 0.5
+    sae.cfg.hook_name, sae.cfg.hook_layer, sae.cfg.model_name = "blocks.3.hook_resid_post", 3, "EleutherAI/pythia-70m"
+    return sae
+
+
+def library_encode_decode(fmt, folder, x):
+    """(codes, reconstruction) as the library computes them from its files (see the module docstring)."""
+    from safetensors.torch import load_file
+
+    if fmt == "saelens":
+        cfg, t = json.loads((folder / "cfg.json").read_text()), load_file(folder / "sae_weights.safetensors")
+        pre = (x - t["b_dec"] * cfg["apply_b_dec_to_input"]) @ t["W_enc"] + t["b_enc"]
+        codes = {"standard": lambda: pre.relu(), "topk": lambda: topk_ref(pre, cfg["k"]),
+                 "jumprelu": lambda: pre.relu() * (pre > t["threshold"])}[cfg["architecture"]]()
+        return codes, codes @ t["W_dec"] + t["b_dec"]
+    if fmt == "sparsify":
+        cfg, t = json.loads((folder / "cfg.json").read_text()), load_file(folder / "sae.safetensors")
+        post = ((x - t["b_dec"]) @ t["encoder.weight"].T + t["encoder.bias"]).relu()
+        values, indices = post.topk(cfg["k"], dim=-1)
+        codes = torch.zeros_like(post).scatter(-1, indices, values)
+        return codes, codes @ t["W_dec"] + t["b_dec"]
+    trainer = json.loads((folder / "config.json").read_text())["trainer"]
+    s = torch.load(folder / "ae.pt", weights_only=True)
+    if trainer["dict_class"] == "JumpReluAutoEncoder":
+        pre = x @ s["W_enc"] + s["b_enc"]
+        codes = (pre * (pre > s["threshold"])).relu()
+        return codes, codes @ s["W_dec"] + s["b_dec"]
+    b_dec = s["bias"] if trainer["dict_class"] == "AutoEncoder" else s["b_dec"]
+    post = ((x - b_dec) @ s["encoder.weight"].T + s["encoder.bias"]).relu()
+    if trainer["dict_class"] == "AutoEncoderTopK":
+        values, indices = post.topk(int(s["k"]), dim=-1)
+        codes = torch.zeros_like(post).scatter(-1, indices, values)
+    elif trainer["dict_class"] == "BatchTopKSAE":
+        codes = post * (post > s["threshold"])
+    else:
+        codes = post
+    return codes, codes @ s["decoder.weight"].T + b_dec
+
+
+EXPORTABLE = [(fmt, arch) for fmt in EXPORT_FORMATS for arch in ("relu_l1", "topk", "jumprelu", "batchtopk", "matryoshka")
+              if fmt != "sparsify" or arch == "topk"]
+
+
+@pytest.mark.parametrize("fmt,arch", EXPORTABLE)
+def test_export_round_trip(tmp_path, fmt, arch):
+    sae = _trained_like(arch, seed=200 + len(arch))
+    src = featsep.save_sae(sae, tmp_path / "sae")
+    export_sae(src, tmp_path / "out", fmt=fmt)
+    assert foreign_format(tmp_path / "out") == fmt
+    # the featsep maths on raw activations: normalise, encode; decode, undo the normalisation
+    f = sae.cfg.normalization_factor
+    codes_ref = sae.encode(X * f).detach()
+    recon_ref = (sae.decode(codes_ref) / f).detach()
+    lib_codes, lib_recon = library_encode_decode(fmt, tmp_path / "out", X)
+    assert rel_err(lib_codes, codes_ref) < 1e-6 and rel_err(lib_recon, recon_ref) < 1e-6
+    back = featsep.load_sae(tmp_path / "out")
+    # SAELens saves the BatchTopK family as jumprelu; dictionary_learning has BatchTopKSAE for Matryoshka too
+    as_loaded = {"saelens": {"batchtopk": "jumprelu", "matryoshka": "jumprelu"},
+                 "dictionary_learning": {"matryoshka": "batchtopk"}}.get(fmt, {})
+    assert back.architecture == as_loaded.get(arch, arch)
+    assert rel_err(back.encode(X), codes_ref) < 1e-6 and rel_err(back(X), recon_ref) < 1e-6
+    assert torch.equal(back.encode(X) != 0, codes_ref != 0) and (codes_ref != 0).any() and (codes_ref == 0).any()
+    assert back.cfg.normalization_factor is None
+    if fmt != "sparsify":  # sparsify's hookpoint is its folder's name (here "out")
+        assert (back.cfg.hook_name, back.cfg.model_name) == ("blocks.3.hook_resid_post", "EleutherAI/pythia-70m")
+
+
+def test_export_files_follow_each_library_layout():
+    sae = fold_normalization(_trained_like("topk", seed=300))
+    saelens = export_files(sae, "saelens")
+    assert (saelens.cfg_name, saelens.weights_name) == ("cfg.json", "sae_weights.safetensors")
+    assert set(saelens.cfg) == {"d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+                                "reshape_activations", "k", "rescale_acts_by_decoder_norm", "metadata", "architecture",
+                                "normalization_factor"}
+    assert saelens.cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post" and saelens.cfg["k"] == K
+    assert {k: tuple(v.shape) for k, v in saelens.tensors.items()} == {
+        "W_enc": (D, N), "b_enc": (N,), "W_dec": (N, D), "b_dec": (D,)}
+    sparsify = export_files(sae, "sparsify")
+    assert {k: tuple(v.shape) for k, v in sparsify.tensors.items()} == {
+        "encoder.weight": (N, D), "encoder.bias": (N,), "W_dec": (N, D), "b_dec": (D,)}
+    assert (sparsify.cfg["d_in"], sparsify.cfg["num_latents"], sparsify.cfg["k"], sparsify.cfg["activation"]) == (D, N, K, "topk")
+    dl = export_files(sae, "dictionary_learning", extra={"exported_from": "x"})
+    assert dl.cfg["trainer"] | {} == {**dl.cfg["trainer"], "dict_class": "AutoEncoderTopK", "trainer_class": "TopKTrainer",
+                                      "activation_dim": D, "dict_size": N, "k": K, "layer": 3,
+                                      "submodule_name": "resid_post_layer_3", "lm_name": "EleutherAI/pythia-70m"}
+    assert dl.cfg["featsep_extra"] == {"exported_from": "x"}
+    assert dl.tensors["k"].dtype == torch.int32 and float(dl.tensors["threshold"]) == -1.0
+    jumprelu = export_files(fold_normalization(_trained_like("batchtopk", seed=301)), "saelens")
+    assert jumprelu.cfg["architecture"] == "jumprelu" and torch.equal(jumprelu.tensors["threshold"], torch.full((N,), 0.4))
+
+
+@pytest.mark.parametrize("arch", ["relu_l1", "jumprelu", "batchtopk", "matryoshka"])
+def test_sparsify_export_refuses_what_it_cannot_hold(tmp_path, arch):
+    src = featsep.save_sae(_trained_like(arch, seed=400), tmp_path / "sae")
+    with pytest.raises(ValueError, match=f"a {arch} SAE cannot be exported to sparsify: .*choose another --format") as info:
+        export_sae(src, tmp_path / "out", fmt="sparsify")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="unknown export format 'safetensors'; choose one of saelens, sparsify"):
+        export_sae(src, tmp_path / "out", fmt="safetensors")
+    with pytest.raises(ValueError, match="fold the normalization factor"):
+        export_files(_trained_like(arch, seed=401), "saelens")
+
+
+# --- hub references ---------------------------------------------------------------------------
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty HF cache the hub code reads, offline."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def _gemma_scope_repo(tmp_path, hub_cache, w):
+    files = tmp_path / "gemma-files"
+    for width, l0 in (("16k", 82), ("16k", 820)):  # a neighbour whose name extends the wanted one
+        folder = files / "layer_12" / f"width_{width}" / f"average_l0_{l0}"
+        folder.mkdir(parents=True)
+        np.savez(folder / "params.npz", **{k: (v + (l0 == 820)).numpy() for k, v in w.items()})
+    return hf_cache_repo(hub_cache, "google/gemma-scope-2b-pt-res", files, COMMIT)
+
+
+def test_hf_reference_loads_from_the_hub_cache(tmp_path, hub_cache):
+    w = weights(501, threshold=True)
+    snapshot = _gemma_scope_repo(tmp_path, hub_cache, w)
+    pre = X @ w["W_enc"] + w["b_enc"]
+    codes = pre.relu() * (pre > w["threshold"])
+    for ref in ("hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82",
+                "hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/",
+                "hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz",
+                f"hf://google/gemma-scope-2b-pt-res@{COMMIT}/layer_12/width_16k/average_l0_82",
+                f"hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82@{COMMIT}"):
+        folder = snapshot / "layer_12" / "width_16k" / "average_l0_82"
+        assert resolve_sae_ref(ref) == (folder / "params.npz" if ref.endswith(".npz") else folder)
+        sae = featsep.load_sae(ref)
+        check(sae, codes, codes @ w["W_dec"] + w["b_dec"])
+        # the metadata comes from the cache path, not from the blob the file links to
+        assert (sae.cfg.hook_name, sae.cfg.model_name) == ("blocks.12.hook_resid_post", "google/gemma-2-2b")
+    assert resolve_sae_ref(str(tmp_path)) == tmp_path and resolve_sae_ref(tmp_path) == tmp_path
+
+
+def test_hf_reference_misses_and_mistakes_are_one_line(tmp_path, hub_cache):
+    _gemma_scope_repo(tmp_path, hub_cache, weights(511, threshold=True))
+    cases = {
+        "hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_8":
+            r"no 'layer_12/width_16k/average_l0_8' in the local HF cache; run once with network, or fetch it with "
+            r"`hf download google/gemma-scope-2b-pt-res --include 'layer_12/width_16k/average_l0_8' --include "
+            r"'layer_12/width_16k/average_l0_8/\*'`",
+        "hf://google/gemma-scope-9b-pt-res/layer_1": r"is not in the local HF cache and the hub is offline \(HF_HUB_OFFLINE\); "
+                                                     r"run once with network, or fetch it with `hf download google/gemma-scope-9b-pt-res",
+        "hf://google/gemma-scope-2b-pt-res@v2/layer_12": "--revision v2`",
+        "hf://google": "is not a hub SAE reference; write hf://ORG/REPO/PATH",
+        "hf://a/b@r1/x@r2": "is not a hub SAE reference",
+        "hf://google/gemma-scope-2b-pt-res/../../etc": r"cannot climb out of it \('..'\)",
+        "hf://google/gemma-scope-2b-pt-res/layer_12": "holds neither",
+    }
+    for ref, message in cases.items():
+        with pytest.raises((ValueError, FileNotFoundError), match=message) as info:
+            featsep.load_sae(ref)
+        assert "\n" not in str(info.value)
+
+
+def test_corrupt_file_in_the_hub_cache_is_one_line(tmp_path, hub_cache):
+    files = tmp_path / "files" / "blocks.3.hook_resid_post"
+    files.mkdir(parents=True)
+    (files / "cfg.json").write_text(json.dumps(saelens6_cfg("standard")))
+    (files / "sae_weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}truncated")
+    hf_cache_repo(hub_cache, "someone/saes", tmp_path / "files", COMMIT)
+    with pytest.raises(ValueError, match="sae_weights.safetensors': is corrupt") as info:
+        featsep.load_sae("hf://someone/saes/blocks.3.hook_resid_post")
+    assert "\n" not in str(info.value)
+
+
+SAELENS_YAML = """\
+gemma-scope-2b-pt-res-canonical:
+  repo_id: google/gemma-scope-2b-pt-res
+  model: gemma-2-2b
+  conversion_func: gemma_2
+  saes:
+  - id: layer_12/width_16k/canonical
+    path: layer_12/width_16k/average_l0_82
+    l0: 82
+    neuronpedia: gemma-2-2b/12-gemmascope-res-16k
+  - id: layer_12/width_16k/canonical_b
+    path: layer_12/width_16k/average_l0_820
+gpt2-small-res-jb:
+  repo_id: jbloom/GPT2-Small-SAEs-Reformatted
+  model: gpt2-small
+  saes:
+  - id: blocks.0.hook_resid_pre
+    path: blocks.0.hook_resid_pre
+"""
+
+
+def test_saelens_reference_goes_through_the_release_list(tmp_path, hub_cache, monkeypatch):
+    """A stand-in sae_lens package (only its pretrained_saes.yaml) on sys.path: the real lookup
+    (find_spec, no import) reads it."""
+    package = tmp_path / "site" / "sae_lens"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('featsep must not import sae_lens')\n")
+    (package / "pretrained_saes.yaml").write_text(SAELENS_YAML)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    w = weights(521, threshold=True)
+    _gemma_scope_repo(tmp_path, hub_cache, w)
+    ref = "saelens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical"
+    assert saelens_hf_ref(ref) == "hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"
+    pre = X @ w["W_enc"] + w["b_enc"]
+    codes = pre.relu() * (pre > w["threshold"])
+    check(featsep.load_sae(ref), codes, codes @ w["W_dec"] + w["b_dec"])
+    for bad, message in (("saelens:gemma-scope-2b-pt-res/layer_12", "knows no release 'gemma-scope-2b-pt-res' "
+                                                                    r"\(similar: gemma-scope-2b-pt-res-canonical\)"),
+                         ("saelens:gpt2-small-res-jb/blocks.9.hook_resid_pre", "has no SAE 'blocks.9.hook_resid_pre' "
+                                                                               r"\(1 ids, e.g. blocks.0.hook_resid_pre\)"),
+                         ("saelens:gpt2-small-res-jb", "write saelens:RELEASE/SAE_ID")):
+        with pytest.raises(ValueError, match=message) as info:
+            featsep.load_sae(bad)
+        assert "\n" not in str(info.value)
+
+
+def test_saelens_reference_without_sae_lens_names_both_fixes(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sae_lens" else real(name, *a))
+    with pytest.raises(ValueError, match=r"pip install sae-lens, or give the SAE as hf://ORG/REPO/PATH$"):
+        featsep.load_sae("saelens:gpt2-small-res-jb/blocks.0.hook_resid_pre")
+
+
+def test_hf_reference_asks_for_its_folder_only_and_uses_the_cache_when_unreachable(tmp_path, hub_cache, monkeypatch):
+    import huggingface_hub
+
+    import featsep.hub
+
+    _gemma_scope_repo(tmp_path, hub_cache, weights(531, threshold=True))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(featsep.hub, "reachable", lambda timeout=3.0: False)  # no network, nobody said offline
+    calls = []
+    real = huggingface_hub.snapshot_download
+
+    def spy(repo_id, **kwargs):
+        calls.append((repo_id, kwargs["allow_patterns"], kwargs["local_files_only"], kwargs["cache_dir"]))
+        return real(repo_id, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    path = resolve_sae_ref("hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82")
+    assert path.name == "average_l0_82" and (path / "params.npz").is_file()
+    assert calls == [("google/gemma-scope-2b-pt-res", ["layer_12/width_16k/average_l0_82", "layer_12/width_16k/average_l0_82/*"],
+                      True, str(hub_cache))]
+    with pytest.raises(ValueError, match="is not in the local HF cache and the hub is unreachable; run once with network"):
+        resolve_sae_ref("hf://google/other/x")
