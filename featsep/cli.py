@@ -137,7 +137,7 @@ def train(
 
 @app.command("eval")
 def eval_(
-    target: Path = typer.Argument(..., help="a run dir, an SAE dir, or a sweep dir"),
+    target: str = typer.Argument(..., help="a run dir, an SAE dir, a sweep dir, hf://ORG/REPO/PATH or saelens:RELEASE/SAE_ID"),
     evals: str = typer.Option("core,sparse_probing,absorption", help="comma-separated eval names"),
     set_: Optional[List[str]] = SetOption,
     model: Optional[str] = typer.Option(None, help="language model (default: the SAE's own)"),
@@ -145,7 +145,9 @@ def eval_(
 ) -> None:
     """Evaluate SAE(s) with SAEBench-faithful metrics; results merge into final_info.json.
 
-    TARGET: a run dir, a sweep dir, or an SAE dir (featsep, SAELens, sparsify, dictionary_learning, Gemma Scope).
+    TARGET: a run dir, a sweep dir, an SAE dir (featsep, SAELens, sparsify, dictionary_learning, Gemma Scope), or an
+    SAE on the hub: hf://ORG/REPO/PATH (fetched into the HF cache; HF_HUB_OFFLINE=1 reads the cache only) or
+    saelens:RELEASE/SAE_ID (needs sae-lens installed for its release list).
 
     Datasets: `featsep datasets` lists the registered ones. Your own labelled data: a local .csv/.jsonl/.json/.parquet
     file with a text and a label column, e.g. --set sparse_probing.datasets=/data/labels.jsonl (columns:
@@ -156,7 +158,7 @@ def eval_(
         from featsep.evals import run_eval_cli
 
         run_eval_cli(
-            str(target),
+            target,
             [e.strip() for e in evals.split(",") if e.strip()],
             settings=set_ or [],
             model=model,

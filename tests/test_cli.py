@@ -86,3 +86,60 @@ def test_datasets_command_lists_the_registry():
     lines = result.output.strip().splitlines()
     assert len(lines) == len(datasets()) and lines[0].startswith("bbc-news")
     assert any(line.startswith("bbc-news-byline") and "offline" in line for line in lines)
+
+
+def _one_error_line(done) -> str:
+    assert done.exit_code == 2 and "Traceback" not in done.output, done.output
+    assert len(done.output.strip().splitlines()) == 1 and done.output.startswith("error: "), done.output
+    return done.output.strip()[len("error: "):]
+
+
+def test_export_formats_at_the_command_line(tmp_path):
+    import featsep
+
+    sae = featsep.make_sae("topk", d_in=8, d_sae=16, k=2, seed=3)
+    sae.cfg.normalization_factor = 2.0
+    src = featsep.save_sae(sae, tmp_path / "sae")
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    for fmt, weights in (("sparsify", "sae.safetensors"), ("dictionary_learning", "ae.pt")):
+        done = CliRunner().invoke(app, ["export", str(src), str(tmp_path / fmt), "--format", fmt])
+        assert done.exit_code == 0 and f"({fmt} format; normalization factor 2.0 folded" in done.output, done.output
+        assert (tmp_path / fmt / weights).is_file()
+        assert torch.allclose(featsep.load_sae(tmp_path / fmt)(x), sae(x * 2.0) / 2.0, rtol=0, atol=1e-5)
+    relu = featsep.save_sae(featsep.make_sae("relu_l1", d_in=8, d_sae=16), tmp_path / "relu")
+    assert _one_error_line(CliRunner().invoke(app, ["export", str(relu), str(tmp_path / "r"), "--format", "sparsify"])) == (
+        "a relu_l1 SAE cannot be exported to sparsify: sparsify encodes a per-token TopK only (sparsify holds topk); "
+        "choose another --format")
+    assert _one_error_line(CliRunner().invoke(app, ["export", str(relu), str(tmp_path / "r"), "--format", "npz"])) == (
+        "unknown export format 'npz'; choose one of saelens, sparsify, dictionary_learning")
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_of_a_hub_reference_from_the_hf_cache(tmp_path, tiny_llama_dir, checkpoint_corpus, monkeypatch):
+    import featsep
+    from featsep.sae.io import export_sae
+    from tests.helpers import hf_cache_repo
+
+    sae = featsep.make_sae("topk", d_in=32, d_sae=64, k=4, hook_name=HOOK, hook_layer=1)
+    export_sae(featsep.save_sae(sae, tmp_path / "sae"), tmp_path / "repo" / "tiny" / HOOK)
+    hf_cache_repo(tmp_path / "hf", "someone/tiny-saes", tmp_path / "repo", "ab" * 20)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = [f"core.dataset={json.dumps(str(checkpoint_corpus))}", "core.context_size=16", "core.batch_size_prompts=2",
+                "core.n_eval_reconstruction_batches=1", "core.n_eval_sparsity_variance_batches=1",
+                f"cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+    args = ["eval", f"hf://someone/tiny-saes/tiny/{HOOK}", "--evals", "core", "--model", str(tiny_llama_dir),
+            "--out-dir", str(tmp_path / "results")]
+    for s in settings:
+        args += ["--set", s]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    result = json.loads((tmp_path / "results" / "core_eval_results.json").read_text())
+    assert result["sae_lens_id"] == HOOK and result["eval_result_metrics"]["sparsity"]["l0"] <= 4
+    missing = CliRunner().invoke(app, ["eval", "hf://someone/tiny-saes/tiny/blocks.0.hook_resid_post", "--evals", "core",
+                                       "--model", str(tiny_llama_dir)])
+    assert _one_error_line(missing).startswith(
+        "hf://someone/tiny-saes/tiny/blocks.0.hook_resid_post: no 'tiny/blocks.0.hook_resid_post' in the local HF cache; "
+        "run once with network, or fetch it with `hf download someone/tiny-saes")
+    assert _one_error_line(CliRunner().invoke(app, ["eval", "hf://someone", "--evals", "core"])).startswith(
+        "'hf://someone' is not a hub SAE reference")

@@ -220,3 +220,24 @@ def test_disk_full_leaves_an_earlier_save_untouched(tmp_path, monkeypatch):
     assert snapshot(tmp_path / "sae") == before  # no temp files either
     monkeypatch.undo()
     featsep.load_sae(tmp_path / "sae")
+
+
+def test_export_over_an_earlier_export_of_another_format_leaves_one_sae(tmp_path):
+    from featsep.sae.foreign import foreign_format
+    from featsep.sae.io import export_sae
+
+    sae, x = trained("topk")
+    src = featsep.save_sae(sae, tmp_path / "sae")
+    out = tmp_path / "out"
+    expected = {"saelens": {"cfg.json", "sae_weights.safetensors"}, "sparsify": {"cfg.json", "sae.safetensors"},
+                "dictionary_learning": {"config.json", "ae.pt"}}
+    for i, fmt in enumerate(("saelens", "sparsify", "dictionary_learning", "saelens")):
+        export_sae(src, out, force=i > 0, fmt=fmt)
+        assert {p.name for p in out.iterdir()} == expected[fmt] and foreign_format(out) == fmt
+        assert torch.allclose(featsep.load_sae(out)(x), sae(x), rtol=0, atol=1e-6)
+    # an export of a foreign SAE: the dictionary_learning copy exported again to SAELens
+    export_sae(src, tmp_path / "dl", fmt="dictionary_learning")
+    export_sae(tmp_path / "dl", tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "cfg.json").read_text())["featsep_extra"] == {
+        "exported_from": str((tmp_path / "dl").resolve())}
+    assert torch.allclose(featsep.load_sae(tmp_path / "again")(x), sae(x), rtol=0, atol=1e-6)
