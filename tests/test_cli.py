@@ -143,3 +143,9 @@ def test_eval_of_a_hub_reference_from_the_hf_cache(tmp_path, tiny_llama_dir, che
         "run once with network, or fetch it with `hf download someone/tiny-saes")
     assert _one_error_line(CliRunner().invoke(app, ["eval", "hf://someone", "--evals", "core"])).startswith(
         "'hf://someone' is not a hub SAE reference")
+    ref = f"hf://someone/tiny-saes/tiny/{HOOK}"
+    done = CliRunner().invoke(app, ["export", ref, str(tmp_path / "dl"), "--format", "dictionary_learning"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "dl" / "config.json").read_text())["featsep_extra"] == {"exported_from": ref}
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(featsep.load_sae(tmp_path / "dl")(x), sae(x), rtol=0, atol=1e-5)

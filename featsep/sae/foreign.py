@@ -144,9 +144,12 @@ def _hf_download(ref: str, repo_id: str, path: str, revision: Optional[str]) -> 
 
     local_only = offline() or not reachable()
     fetch = (f"run once with network, or fetch it with `{_download_command(repo_id, path, revision)}`")
+    patterns = [path, f"{path}/*"] if path else None
+    if patterns and path.rsplit("/", 1)[-1] == DL_WEIGHTS:  # the file alone: dictionary_learning needs its config
+        patterns.append(f"{path.rsplit('/', 1)[0]}/{DL_CFG}" if "/" in path else DL_CFG)
     try:
         root = snapshot_download(repo_id, revision=revision, cache_dir=_hf_cache_dir(), local_files_only=local_only,
-                                 allow_patterns=[path, f"{path}/*"] if path else None)
+                                 allow_patterns=patterns)
     except LocalEntryNotFoundError:
         raise ValueError(f"{ref} is not in the local HF cache and the hub is "
                          f"{'offline (HF_HUB_OFFLINE)' if offline() else 'unreachable'}; {fetch}") from None

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from featsep.io import TEMP_SUFFIX, atomic_target, file_sha256, raise_if_disk_full, remove_stale_temp_files
 from featsep.sae.base import SAE, get_architecture
 from featsep.sae.foreign import (EXPORT_FILES, EXPORT_FORMATS, EXPORTED_FROM_KEY, export_files, foreign_format,
-                                 load_foreign, resolve_sae_ref)
+                                 is_sae_ref, load_foreign, resolve_sae_ref)
 from featsep.settings import one_line
 
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -172,7 +172,8 @@ def export_sae(sae_dir: str | os.PathLike, out: str | os.PathLike, force: bool =
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     src, out = resolve_sae_ref(sae_dir), Path(out)
     sae = load_sae(src, device="cpu")
-    files = export_files(fold_normalization(sae), fmt, extra={EXPORTED_FROM_KEY: str(src.resolve())})
+    source = sae_dir if is_sae_ref(sae_dir) else str(src.resolve())  # a hub reference says more than the cache path
+    files = export_files(fold_normalization(sae), fmt, extra={EXPORTED_FROM_KEY: source})
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"{str(out)!r} is the SAE being exported or inside it; the export is a different "
                          "(folded) SAE and would overwrite it: choose another OUT")

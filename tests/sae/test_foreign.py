@@ -623,3 +623,7 @@ def test_hf_reference_asks_for_its_folder_only_and_uses_the_cache_when_unreachab
                       True, str(hub_cache))]
     with pytest.raises(ValueError, match="is not in the local HF cache and the hub is unreachable; run once with network"):
         resolve_sae_ref("hf://google/other/x")
+    # a dictionary_learning ae.pt named alone brings its config.json
+    with pytest.raises(ValueError):
+        resolve_sae_ref("hf://google/gemma-scope-2b-pt-res/trainer_0/ae.pt")
+    assert calls[-1][1] == ["trainer_0/ae.pt", "trainer_0/ae.pt/*", "trainer_0/config.json"]
