@@ -506,6 +506,7 @@ def _load_dictionary_learning(path: Path) -> SAE:
 # --- export -----------------------------------------------------------------------------------
 EXPORT_FORMATS = ("saelens", "sparsify", "dictionary_learning")
 EXPORTED_FROM_KEY = "exported_from"  # in the config's featsep_extra: which SAE an export copies
+SAELENS_LAYOUT_VERSION = "6.0.0"  # the SAELens release whose cfg.json layout the saelens export writes
 EXPORT_FILES = {"saelens": (SAELENS_CFG, SAELENS_WEIGHTS), "sparsify": (SPARSIFY_CFG, SPARSIFY_WEIGHTS),
                 "dictionary_learning": (DL_CFG, DL_WEIGHTS)}
 
@@ -579,7 +580,9 @@ def _saelens_files(sae: SAE) -> ForeignFiles:
         "hook_head_index": None, "model_from_pretrained_kwargs": None, "prepend_bos": c.prepend_bos,
         "exclude_special_tokens": None, "neuronpedia_id": None, "context_size": c.context_size,
         "seqpos_slice": None, "dataset_path": c.dataset_path or None,
-        "sae_lens_version": None, "sae_lens_training_version": None,
+        # SAELens reads a config without a version >= 6 as an older layout and rebuilds "metadata"
+        # from flat keys (dropping this block): name the layout's version; featsep did the training
+        "sae_lens_version": SAELENS_LAYOUT_VERSION, "sae_lens_training_version": None,
     }
     cfg["architecture"] = arch
     cfg["normalization_factor"] = None  # featsep's key (SAELens ignores it): nothing left to undo
@@ -636,7 +639,7 @@ def _dictionary_learning_files(sae: SAE) -> ForeignFiles:
                                "activation_dim": c.d_in, "dict_size": c.d_sae}
     if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
         trainer["k"] = c.k
-    trainer.update(seed=c.seed, device="cpu", layer=layer, lm_name=c.model_name or None,
-                   wandb_name=None, submodule_name=submodule)
+    trainer.update(seed=c.seed, device="cpu", layer=layer, lm_name=c.model_name, wandb_name=None,
+                   submodule_name=submodule or "")
     cfg = {"trainer": trainer, "buffer": {"d_submodule": c.d_in, "io": "out", "ctx_len": c.context_size}}
     return ForeignFiles(DL_CFG, cfg, DL_WEIGHTS, state)

@@ -444,6 +444,8 @@ def test_export_files_follow_each_library_layout():
                                 "reshape_activations", "k", "rescale_acts_by_decoder_norm", "metadata", "architecture",
                                 "normalization_factor"}
     assert saelens.cfg["metadata"]["hook_name"] == "blocks.3.hook_resid_post" and saelens.cfg["k"] == K
+    # SAELens treats a config without a 6.x version as pre-6 and would drop the metadata block
+    assert int(saelens.cfg["metadata"]["sae_lens_version"].split(".")[0]) >= 6
     assert {k: tuple(v.shape) for k, v in saelens.tensors.items()} == {
         "W_enc": (D, N), "b_enc": (N,), "W_dec": (N, D), "b_dec": (D,)}
     sparsify = export_files(sae, "sparsify")
