@@ -41,7 +41,8 @@ def _resolve_one(item, index: int) -> Target:
     path = Path(item).expanduser()
     run = RunDir(path)
     if (path / CFG_FILENAME).exists() or foreign_format(path) is not None:
-        return Target(load_sae(path), path.name)
+        # a weights file (params.npz, ae.pt) is named by its folder, as a dir is
+        return Target(load_sae(path), path.parent.name if path.is_file() else path.name)
     if (run.sae_dir / CFG_FILENAME).exists():
         return Target(load_sae(run.sae_dir), path.name, run_dir=run)
     raise ValueError(

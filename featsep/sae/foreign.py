@@ -632,7 +632,8 @@ def _dictionary_learning_files(sae: SAE) -> ForeignFiles:
             state.update(b_dec=w["b_dec"], k=torch.tensor(c.k, dtype=torch.int),
                          threshold=sae.threshold.detach().float().reshape(()).clone()
                          if dict_class == "BatchTopKSAE" else torch.tensor(-1.0))
-    layer = c.hook_layer if c.hook_layer >= 0 else None
+    named_layer = featsep_hook(c.hook_name)[1]  # the layer the hook name says, when hook_layer was left unset
+    layer = c.hook_layer if c.hook_layer >= 0 else (named_layer if named_layer >= 0 else None)
     resid = _TL_HOOK.match(c.hook_name or "")
     submodule = f"resid_post_layer_{layer}" if resid and resid.group(2) == "hook_resid_post" else (c.hook_name or None)
     trainer: dict[str, Any] = {"trainer_class": trainer_class, "dict_class": dict_class,

@@ -148,3 +148,35 @@ def test_out_dir_refuses_two_targets_of_one_name(letters_lm, tmp_path):
     with pytest.raises(ValueError, match="two SAEs are named 'run'"):
         evaluate([str(tmp_path / "p" / "run"), str(tmp_path / "q" / "run")], evals=["core"], model=letters_lm,
                  out_dir=tmp_path / "out", cache_dir=None, verbose=False)
+
+
+def test_foreign_sae_dirs_and_hub_references_are_targets(tmp_path, monkeypatch):
+    """Gemma Scope and dictionary_learning layouts have no cfg.json; a hub reference resolves first;
+    the SAE's own model name (read by the format's loader) decides whether SAEBench's datasets apply."""
+    import numpy as np
+    import torch
+
+    from featsep.evals.runner import resolve_refs, resolve_targets
+    from featsep.evals.settings import is_hub_model
+    from featsep.sae.io import export_sae
+    from tests.helpers import hf_cache_repo
+
+    g = torch.Generator().manual_seed(0)
+    folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_12" / "width_16k" / "average_l0_82"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", W_enc=torch.randn(D, 16, generator=g).numpy(), W_dec=torch.randn(16, D, generator=g).numpy(),
+             b_enc=np.zeros(16, np.float32), b_dec=np.zeros(D, np.float32), threshold=np.full(16, 0.1, np.float32))
+    export_sae(save_sae(make_sae("topk", d_in=D, d_sae=16, k=2, hook_name=HOOK), tmp_path / "sae"), tmp_path / "dl",
+               fmt="dictionary_learning")
+    targets = resolve_targets([str(folder), str(folder / "params.npz"), str(tmp_path / "dl"), str(tmp_path / "dl" / "ae.pt")])
+    assert [t.sae.architecture for t in targets] == ["jumprelu", "jumprelu", "topk", "topk"]
+    assert [t.name for t in targets] == ["average_l0_82", "average_l0_82", "dl", "dl"]
+    assert targets[0].sae.cfg.hook_name == "blocks.12.hook_resid_post" and targets[2].sae.cfg.hook_name == HOOK
+    assert is_hub_model(None, str(folder)) and not is_hub_model(None, str(tmp_path / "dl"))
+
+    hf_cache_repo(tmp_path / "hf", "someone/saes", tmp_path / "dl", "cd" * 20)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = tmp_path / "hf" / "models--someone--saes" / "snapshots" / ("cd" * 20)
+    assert resolve_refs(["hf://someone/saes", str(folder)]) == [snapshot, str(folder)]
+    assert resolve_targets(resolve_refs("hf://someone/saes/ae.pt"))[0].sae.architecture == "topk"
