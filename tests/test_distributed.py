@@ -149,9 +149,9 @@ def _run(kind: str, world: World, out: Path, **kw):
 
 
 # --- the job -----------------------------------------------------------------------------------
-def _worker(rank: int, tmp: str, port: int) -> None:
+def _worker(rank: int, tmp: str, port: int, ranks: int = RANKS) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(RANKS))
+                      WORLD_SIZE=str(ranks))
     torch.set_num_threads(1)
     root = Path(tmp)
     written: list[str] = []
@@ -169,6 +169,10 @@ def _worker(rank: int, tmp: str, port: int) -> None:
     result: dict = {}
     import warnings
     warnings.simplefilter("ignore")
+    if ranks == 4:  # the hybrid: 2 SAE groups of 2 ranks, data parallel inside each
+        saes, _ = _run("sae", world, root / "hybrid", sae_groups=2)
+        torch.save({"hybrid": [s.state_dict() for s in saes]}, root / f"rank{rank}.pt")
+        return
     saes, pens = _run("dp", world, root / "dp")
     result["dp"] = [s.state_dict() for s in saes]
     saes, pens = _run("sae", world, root / "sae")
@@ -190,14 +194,18 @@ def _gather_loss(G: torch.Tensor) -> torch.Tensor:
     return (G.tanh() ** 2 * torch.arange(1.0, 6.0, dtype=G.dtype)).sum() + G.sum(0).pow(2).sum()
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dist")
+def _launch(tmp: Path, ranks: int) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.start_processes(_worker, args=(str(tmp), port), nprocs=RANKS, start_method="spawn")
-    return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(RANKS)]
+    torch.multiprocessing.start_processes(_worker, args=(str(tmp), port, ranks), nprocs=ranks, start_method="spawn")
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    return tmp, _launch(tmp, RANKS)
 
 
 def _close(a, b, where: str, tol: float = 1e-5) -> None:
@@ -295,3 +303,15 @@ def test_gather_gradient_equals_autograd_on_the_whole_batch(job):
         rows = X.grad[r * 2:(r + 1) * 2]
         assert torch.allclose(got["local_grad"], RANKS * rows, rtol=1e-12, atol=1e-12)  # sum over ranks' losses
         assert torch.allclose(got["W_grad"], W.grad, rtol=1e-12, atol=1e-12)  # averaged: the exact gradient
+
+
+@pytest.mark.slow
+def test_hybrid_groups_equal_one_process(tmp_path):
+    """4 ranks in 2 SAE groups of 2: rows gathered within data groups, data parallel within SAE groups."""
+    results = _launch(tmp_path, 4)
+    saes, _ = _single("sae", tmp_path / "one")
+    for i, sae in enumerate(saes):
+        _close(_final_checkpoint(tmp_path / "hybrid" / f"sae_{i}"), _final_checkpoint(tmp_path / "one" / f"sae_{i}"),
+               f"sae_{i}")
+        for r in range(4):
+            _close(results[r]["hybrid"][i], sae.state_dict(), f"rank {r} sae_{i}")

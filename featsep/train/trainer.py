@@ -595,13 +595,15 @@ def train(
     dirs = rd.run_dirs(out_dir, names)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
-    if not resume:
-        for d in dirs:
-            if d is not None and rd.RunDir(d).holds_training():
-                raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
-                                      "or choose another out_dir")
-    dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
     world = World.from_env() if world is None else world
+    if not resume:  # decided by rank 0 before any rank writes (another rank could see its first files)
+        taken = next((d for d in dirs if d is not None and rd.RunDir(d).holds_training()), None) \
+            if world.rank == 0 else None
+        taken = world.broadcast_object(taken)
+        if taken is not None:
+            raise FileExistsError(f"{taken} already holds a training run; pass resume=True to continue it, "
+                                  "or choose another out_dir")
+    dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
     groups = _sae_groups(cfg, world)
     owners = partition([_cost(sae, plist) for sae, plist in zip(saes, penalty_lists)], groups)
     group = world.rank % groups
