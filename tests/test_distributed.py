@@ -22,6 +22,7 @@ import torch
 import featsep
 from featsep.codes import Codes
 from featsep.distributed import World, gather_codes, partition
+from featsep.train import NonFiniteLossError
 from featsep.train import checkpoint as ckpt
 
 RANKS, GLOBAL_BATCH, D_IN, D_SAE, STEPS = 2, 16, 8, 32, 5
@@ -178,6 +179,15 @@ def _worker(rank: int, tmp: str, port: int, ranks: int = RANKS) -> None:
     saes, pens = _run("sae", world, root / "sae")
     result["sae"] = [s.state_dict() for s in saes]
     result["sae_pen"] = [p.state_dict() if p else {} for p in pens]
+    # a loss that is infinite on rank 1 only stops both ranks with the same error
+    x = torch.ones(GLOBAL_BATCH, D_IN)
+    x[-1] = float("inf")
+    try:
+        featsep.train(featsep.make_sae("topk", d_in=D_IN, d_sae=D_SAE, k=4, b_dec_init="zeros"),
+                      [world.shard_rows(x)], 1, progress=False, world=world)
+        result["nan"] = None
+    except NonFiniteLossError as e:
+        result["nan"] = (e.step, e.term)
     _run("dp", world, root / "stopped", limit=3)
     _run("dp", world, root / "stopped", resume=True)
     # the differentiable gather: a loss mixing rows, every rank computing it identically
@@ -291,6 +301,12 @@ def test_resume_on_another_world_size_is_refused(job, tmp_path):
     shutil.copytree(tmp / "stopped", tmp_path / "copy")
     with pytest.raises(ValueError, match="written by 2 rank.*same number of ranks"):
         _run("dp", World.single(), tmp_path / "copy", resume=True)
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(job):
+    _, results = job
+    assert results[0]["nan"] == (0, "total loss (on another rank)")
+    assert results[1]["nan"] == (0, "mse")
 
 
 def test_gather_gradient_equals_autograd_on_the_whole_batch(job):

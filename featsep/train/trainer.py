@@ -386,6 +386,7 @@ class _Run:
         self.device = device
         self.all_dirs = all_dirs
         self.world, self.groups, self.any_penalty = world, groups, any_penalty
+        self.rows: dict[int, dict[str, Any]] = {}  # the latest logged row of every SAE this rank heard of
         self.sae_world, self.data_world, _ = world.split(groups) if world.distributed else (world, world, 0)
         use_bf16 = cfg.autocast_bf16 and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -532,6 +533,7 @@ class _Run:
                 rows[m.index] = row
         if self.groups > 1:  # every SAE's row on every rank (the progress bar shows SAE 0's)
             rows = {i: row for part in self.world.all_gather_object(rows) for i, row in part.items()}
+        self.rows.update(rows)
         for index in sorted(rows):
             where = sink.run_dirs[index]
             with _naming_disk_full(None if where is None else rd.RunDir(where).metrics_file):
@@ -654,6 +656,9 @@ def train(
             if m.writer:
                 _finish(m, resolved, run, sink)
         if groups > 1:
+            for i in range(len(saes)):  # rank 0's lines (the progress bar's) for the other groups' SAEs too
+                if owners[i] != world.rank:
+                    sink.write(_summary(names[i], run, run.rows.get(i, {}), dirs[i]))
             _share_trained(saes, penalty_lists, owners, world, dev)
     finally:
         sink.close()
@@ -767,7 +772,11 @@ def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) 
     if m.run_dir is not None:
         with _naming_disk_full(m.run_dir):
             write_final(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run.step, run.tokens, row)
-    where = f" -> {m.run_dir}" if m.run_dir is not None else ""
-    sink.write(f"{m.name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
-               f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
-               f"dead {100 * row.get('dead_fraction', float('nan')):.1f}%{where}")
+    sink.write(_summary(m.name, run, row, m.run_dir))
+
+
+def _summary(name: str, run: _Run, row: dict[str, Any], run_dir: Optional[Path]) -> str:
+    where = f" -> {run_dir}" if run_dir is not None else ""
+    return (f"{name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
+            f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
+            f"dead {100 * row.get('dead_fraction', float('nan')):.1f}%{where}")
