@@ -528,7 +528,6 @@ class _Run:
                 _globalise_last(m, self.sae_world)
             row = _log_row(m, self.step, self.tokens, window_tokens, window_s)
             m.last["row"] = row
-            m.last["logged_step"] = self.step
             if m.writer:
                 rows[m.index] = row
         if self.groups > 1:  # every SAE's row on every rank (the progress bar shows SAE 0's)
@@ -631,7 +630,7 @@ def train(
                                resume=start is not None)
     sink = MetricsSink(names, written, external, total, start or 0, progress and world.rank == 0)
     try:
-        for note in notes:  # e.g. a corrupted checkpoint passed over: one line beside the progress bar
+        for note in notes if world.rank == 0 else []:  # e.g. a corrupted checkpoint passed over: one line
             sink.write(note) if progress else warnings.warn(note, stacklevel=2)
         if resume and start is None:  # killed before its first checkpoint: nothing to continue from
             some = any(rd.RunDir(d).has_checkpoints() for d in dirs)
