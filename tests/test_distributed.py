@@ -22,7 +22,7 @@ import torch
 import featsep
 from featsep.codes import Codes
 from featsep.distributed import World, gather_codes, partition
-from featsep.train import NonFiniteLossError
+from featsep.train import NonFiniteLossError, sae_owners
 from featsep.train import checkpoint as ckpt
 
 RANKS, GLOBAL_BATCH, D_IN, D_SAE, STEPS = 2, 16, 8, 32, 5
@@ -275,12 +275,23 @@ def test_sae_parallel_equals_one_process(job, tmp_path):
             _close(results[r]["sae_pen"][i], pens[i].state_dict() if pens[i] else {}, f"rank {r} penalty {i}")
 
 
+def test_sae_owners_follow_the_cost_partition():
+    saes, pens = _sae_parallel_saes()
+    two = World(rank=1, size=2, ranks=(0, 1))
+    assert sae_owners(saes, pens, world=World.single(), parallel="sae") == [0, 0, 0]
+    assert sae_owners(saes, pens, world=two) == [0, 0, 0]  # data parallel: rank 0 writes all
+    # costs: topk/batchtopk + a penalty 8*32 + 8*4 + 32*4 = 416 each, relu_l1 2*8*32 = 512 (largest first)
+    assert sae_owners(saes, pens, world=two, parallel="sae") == [1, 1, 0]
+    with pytest.raises(ValueError, match="sae_groups=3 does not divide the 2 ranks"):
+        sae_owners(saes, pens, world=two, parallel="sae", sae_groups=3)
+
+
 def test_only_rank_0_and_owners_write(job):
     tmp, results = job
     root = str(tmp.resolve())
     dp_files = [[p for p in results[r]["written"] if p.startswith(f"{root}/dp/")] for r in range(RANKS)]
     assert dp_files[0] and not dp_files[1]
-    owners = partition([8 * 32 + 8 * 4 + 32 * 4, 8 * 32 + 8 * 4 + 32 * 4, 2 * 8 * 32], RANKS)
+    owners = sae_owners(*_sae_parallel_saes(), world=World(rank=0, size=RANKS, ranks=(0, 1)), parallel="sae")
     for i, owner in enumerate(owners):
         where = f"{root}/sae/sae_{i}/"
         for r in range(RANKS):

@@ -606,7 +606,7 @@ def train(
                                   "or choose another out_dir")
     dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
     groups = _sae_groups(cfg, world)
-    owners = partition([_cost(sae, plist) for sae, plist in zip(saes, penalty_lists)], groups)
+    owners = _owners(saes, penalty_lists, groups)
     group = world.rank % groups
     schedule = WarmupDecay(cfg.lr_warmup_steps, total, cfg.lr_decay_fraction)
     members = [
@@ -664,6 +664,22 @@ def train(
         for m in members:
             m.sae.__dict__.pop("world", None)  # back to the class's single-process World
     return saes
+
+
+def sae_owners(saes: Union[SAE, Sequence[SAE]], penalties: PenaltiesArg = None, *, config: Optional[TrainConfig] = None,
+               names: Optional[Sequence[str]] = None, world: Optional[World] = None, **settings: Any) -> list[int]:
+    """The rank that writes each SAE's run dir in train() with the same arguments (the first
+    rank of the SAE's group: 0 for every SAE in data parallel); e.g. to let that rank evaluate it."""
+    cfg = _train_config(config, settings)
+    saes = _as_sae_list(saes)
+    penalty_lists = _assign_penalties(penalties, _names(names, len(saes)))
+    world = World.from_env() if world is None else world
+    return _owners(saes, penalty_lists, _sae_groups(cfg, world))
+
+
+def _owners(saes: list[SAE], penalty_lists: list[list[Penalty]], groups: int) -> list[int]:
+    """Group of each SAE, which is also the global rank of the group's first rank (r % groups)."""
+    return partition([_cost(sae, plist) for sae, plist in zip(saes, penalty_lists)], groups)
 
 
 def _sae_groups(cfg: TrainConfig, world: World) -> int:
