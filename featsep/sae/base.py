@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from featsep.codes import Codes
+from featsep.distributed import World
 from featsep.registry import Registry
 
 
@@ -127,6 +128,10 @@ class SAE(nn.Module):
     saelens_architecture: ClassVar[str] = "standard"  # the name SAELens loads it as
     config_class: ClassVar[type[SAEConfigBase]] = SAEConfigBase
     topk_like: ClassVar[bool] = False  # codes have at most k non-zeros per row
+    # The ranks that train this SAE together, each on its slice of the global batch; batch
+    # statistics (firing, BatchTopK's selection, resampling data) are taken over all of them.
+    # The trainer sets it for a distributed run and removes it after; one process otherwise.
+    world: World = World.single()
 
     def __init__(self, cfg: SAEConfigBase):
         super().__init__()
@@ -258,8 +263,8 @@ class SAE(nn.Module):
         """Shared tail of every training_forward: the "mse" term, firing bookkeeping and the
         diagnostics (`l0` is the mean number of active latents per token)."""
         out.terms = {"mse": mse_loss(x, out.x_hat), **out.terms}
-        if self.training:
-            self.record_firing(out.codes.fired(), x.shape[0])
+        if self.training:  # the global batch's firing: every rank keeps the same counts
+            self.record_firing(self.world.any(out.codes.fired()), x.shape[0] * self.world.size)
         with torch.no_grad():
             xf = x.float()
             total_var = (xf - xf.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12)

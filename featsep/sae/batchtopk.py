@@ -42,7 +42,10 @@ class BatchTopKSAE(TopKSAE):
 
     def select(self, pre: Tensor) -> Codes:
         batch, n = pre.shape
-        flat_values, flat_idx = pre.relu().flatten().topk(min(self.cfg.k * batch, batch * n), sorted=False)
+        if self.world.distributed:
+            flat_values, flat_idx = self.select_global(pre.relu().flatten(), batch * self.world.size)
+        else:
+            flat_values, flat_idx = pre.relu().flatten().topk(min(self.cfg.k * batch, batch * n), sorted=False)
         rows, cols = flat_idx // n, flat_idx % n
         if self.training:
             self.update_threshold(flat_values)
@@ -58,13 +61,30 @@ class BatchTopKSAE(TopKSAE):
         selected = torch.arange(k_max, device=pre.device) < counts[:, None]
         return Codes.from_topk(values, indices, n, selected)
 
+    def select_global(self, flat: Tensor, global_batch: int) -> tuple[Tensor, Tensor]:
+        """This rank's share of the global batch's top k*B: each rank's local top-(k*B) values
+        are gathered (they hold the global top k*B), the k*B-th largest of them is the cut, and
+        every local value >= cut is kept. Ties at the cut are all kept (one process keeps an
+        arbitrary subset); a cut of 0 (fewer than k*B positive values) keeps only the positive
+        ones, where one process also selects some zeros (inactive, value 0: they change no
+        reconstruction, loss or firing count)."""
+        want = min(self.cfg.k * global_batch, global_batch * self.cfg.d_sae)
+        with torch.no_grad():
+            local_top = flat.detach().topk(min(want, flat.numel()), sorted=False).values
+            cut = self.world.all_gather_rows(local_top).topk(want, sorted=False).values.min()
+            keep = (flat.detach() >= cut) & (flat.detach() > 0)
+        idx = keep.nonzero().squeeze(1)
+        return flat[idx], idx
+
     @torch.no_grad()
     def update_threshold(self, selected: Tensor) -> None:
         """EMA of the smallest positive selected activation, kept on the device (no host sync
         per step); the first update sets it, a batch with no positive value leaves it alone."""
-        if selected.numel() == 0:  # a shape check: no sync
+        if selected.numel() == 0 and not self.world.distributed:  # a shape check: no sync
             return
-        smallest = selected.masked_fill(selected <= 0, float("inf")).min().double()
+        positive = selected.masked_fill(selected <= 0, float("inf"))
+        smallest = positive.min().double() if positive.numel() else positive.new_full((), float("inf")).double()
+        smallest = self.world.all_reduce(smallest, "min")  # the global batch's: every rank agrees
         has = torch.isfinite(smallest)
         lr = self.cfg.threshold_lr
         ema = (1 - lr) * self.threshold.double() + lr * smallest

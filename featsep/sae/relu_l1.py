@@ -55,4 +55,5 @@ class ReLUL1SAE(SAE):
         super().after_optimizer_step(step, x, optimizer)
         every = self.cfg.resample_every
         if every and (step + 1) % every == 0:
-            self.resample_dead_latents(x, optimizer, seed=self.cfg.seed + step)
+            # sampled from the global batch (same rows, same seed: every rank resamples alike)
+            self.resample_dead_latents(self.world.all_gather_rows(x), optimizer, seed=self.cfg.seed + step)

@@ -5,7 +5,7 @@ pipeline reads `tokens` and `batch_size` to size the activation stream."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
@@ -26,6 +26,11 @@ class TrainConfig(Strict):
     autocast_bf16: bool = Field(True, description="bf16 autocast for the SAE on GPU (never on CPU)")
     wandb: bool = False
     tensorboard: bool = False
+    parallel: Literal["data", "sae"] = Field(
+        "data", description="torchrun jobs: data: every rank trains every SAE on its slice of each batch; "
+        "sae: the SAEs are spread over sae_groups groups of ranks, data parallel inside each group")
+    sae_groups: Optional[int] = Field(
+        None, gt=0, description='parallel="sae": groups of ranks, dividing the world size (None: one per rank)')
 
     @field_validator("device", mode="before")
     @classmethod
@@ -54,3 +59,6 @@ class MemberTraining(Strict):
     autocast_bf16: bool
     wandb: bool
     tensorboard: bool
+    parallel: Literal["data", "sae"] = "data"
+    sae_groups: Optional[int] = None
+    world_size: int = Field(1, description="ranks of the torchrun job (1: one process)")

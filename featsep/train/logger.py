@@ -48,9 +48,11 @@ class ExternalLoggers:
             except ImportError:
                 raise RuntimeError("TensorBoard logging was asked for but tensorboard is not installed; "
                                    "`pip install tensorboard` or turn it off (train.tensorboard=false)") from None
-            if any(d is None for d in run_dirs):
+            if all(d is None for d in run_dirs):
                 raise ValueError("TensorBoard logging writes into the run directory; pass out_dir=...")
-            self.writers = {name: SummaryWriter(log_dir=str(RunDir(d).tensorboard_dir)) for name, d in zip(names, run_dirs)}
+            # a None dir: another rank of a torchrun job writes that run dir
+            self.writers = {name: SummaryWriter(log_dir=str(RunDir(d).tensorboard_dir))
+                            for name, d in zip(names, run_dirs) if d is not None}
 
     def log(self, name: str, row: dict[str, Any]) -> None:
         step = int(row["step"])

@@ -20,6 +20,7 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from featsep.distributed import World, gather_codes, partition
 from featsep.io import remove_stale_temp_files
 from featsep.penalties.base import Penalty
 from featsep.sae.base import SAE, SAEOutput
@@ -66,6 +67,7 @@ class _Member:
     last: dict[str, Any] = field(default_factory=dict)  # detached results of the latest step
     busy_s: float = 0.0  # CPU: time spent in this SAE's steps since the last log (its own cost)
     busy_events: list = field(default_factory=list)  # CUDA: (start, end) timing events, read at log
+    writer: bool = True  # this rank writes the run dir (its SAE group's first rank); others only read it
 
     @property
     def dtype(self) -> torch.dtype:
@@ -203,11 +205,38 @@ def _fallback_metrics(x: Tensor, out: SAEOutput) -> dict[str, Tensor]:
     return found
 
 
+def _fvu_sums(x: Tensor, x_hat: Tensor) -> Tensor:
+    """[squared residual, sum |x|^2, rows, sum x (d_in)] of this rank's rows (float64): summed
+    over ranks they give the global batch's FVU, which is no mean of the ranks' FVUs."""
+    with torch.no_grad():
+        xd = x.double()
+        return torch.cat([torch.stack([(xd - x_hat.detach().double()).pow(2).sum(), xd.pow(2).sum(),
+                                       xd.new_tensor(float(x.shape[0]))]), xd.sum(0)])
+
+
+def _average_gradients(m: _Member, world: World, loss: Tensor, terms: dict[str, Tensor], step: int) -> None:
+    """One flattened all-reduce per SAE and step: the gradients' mean over the ranks, and the
+    ranks' summed loss riding along, so that a non-finite loss on any rank stops every rank."""
+    grads = [p.grad for p in m.sae.parameters() if p.grad is not None]  # the same set on every rank
+    dtype = grads[0].dtype if grads else torch.float32
+    flat = world.all_reduce(torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(dtype)]), "sum")
+    if not torch.isfinite(flat[-1]):
+        bad = next((n for n, t in terms.items() if not torch.isfinite(t.detach()).all()), "total loss (on another rank)")
+        raise NonFiniteLossError(m.name, step, bad, m.run_dir)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g) / world.size)
+        offset += g.numel()
+
+
 def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast: contextlib.AbstractContextManager,
-                positions: Optional[tuple[Tensor, Tensor]] = None) -> None:
+                positions: Optional[tuple[Tensor, Tensor]] = None, world: World = World.single()) -> None:
     """Forward, loss, checks, backward and update of one SAE on batch x (0-based step).
     positions: (context ids, positions) [B] of the rows when the data says where each row came
-    from; the penalties see them on the codes."""
+    from; the penalties see them on the codes.
+    world: the ranks training this SAE, x being this rank's slice of their batch: penalties get
+    the codes of the whole batch, gradients are averaged (World.gather_rows says why that is
+    the single-process gradient)."""
     sae, opt = m.sae, m.optimizer
     x = x.to(dtype=m.dtype)
     with autocast:
@@ -216,8 +245,9 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
             out.codes = out.codes.with_positions(*positions)
         terms = dict(out.terms)
         coefficients = dict(out.coefficients)
+        codes = gather_codes(world, out.codes) if m.penalties else out.codes
         for pen in m.penalties:
-            pen_terms = pen(out.codes)
+            pen_terms = pen(codes)
             clash = set(pen_terms) & set(terms)
             if clash:
                 raise ValueError(f"SAE {m.name!r}: penalty {pen.name!r} returns term(s) {sorted(clash)} that "
@@ -225,11 +255,13 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
             terms.update(pen_terms)
             coefficients.update(pen.coefficients())
     loss = sum(coefficients.get(name, 1.0) * term.float() for name, term in terms.items())
-    if not torch.isfinite(loss):
+    if not world.distributed and not torch.isfinite(loss):
         bad = next((n for n, t in terms.items() if not torch.isfinite(t.detach()).all()), "total loss")
         raise NonFiniteLossError(m.name, step, bad, m.run_dir)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if world.distributed:
+        _average_gradients(m, world, loss, terms, step)
     sae.before_optimizer_step()
     m.last = {
         "lr": m.scheduler.get_last_lr()[0],
@@ -238,6 +270,8 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
         "coefficients": {n: float(c) for n, c in coefficients.items() if n in terms},
         "metrics": {**out.metrics, **_fallback_metrics(x, out)},
     }
+    if world.distributed:
+        m.last["fvu_sums"] = _fvu_sums(x, out.x_hat)
     if "dead_fraction" not in out.metrics:
         m.fired |= out.codes.fired()
     opt.step()
@@ -289,6 +323,27 @@ def _take_busy_seconds(m: _Member) -> float:
     return busy
 
 
+def _globalise_last(m: _Member, world: World) -> None:
+    """The latest step's logged values over the whole batch of `world` (one all-reduce at log
+    time, none per step): loss terms and metrics are means over equal slices, so their mean
+    over ranks; FVU from the summed residual and variance; the fallback fired mask or-ed."""
+    last = m.last
+    terms, metrics = list(last["terms"]), [k for k in last["metrics"] if k != "fvu"]
+    scalars = torch.stack([last["loss"].float()] + [last["terms"][k].float() for k in terms]
+                          + [last["metrics"][k].float() for k in metrics]).double()
+    packed = world.all_reduce(torch.cat([scalars / world.size, last["fvu_sums"]]), "sum")
+    values = iter(packed[:len(scalars)])
+    last["loss"] = next(values)
+    last["terms"] = {k: next(values) for k in terms}
+    fvu = last["metrics"].get("fvu")
+    last["metrics"] = {k: next(values) for k in metrics}
+    if fvu is not None:
+        residual, squares, rows, total = packed[len(scalars):len(scalars) + 3].tolist() + [packed[len(scalars) + 3:]]
+        last["metrics"]["fvu"] = residual / max(squares - float(total.pow(2).sum()) / rows, 1e-12)
+    if "dead_fraction" not in last["metrics"]:
+        m.fired = world.any(m.fired)
+
+
 def _log_row(m: _Member, step: int, tokens: int, window_tokens: int, window_s: float) -> dict[str, Any]:
     """The metrics.jsonl row of the latest step; resets the fired-latents window."""
     last = m.last
@@ -311,9 +366,15 @@ def _log_row(m: _Member, step: int, tokens: int, window_tokens: int, window_s: f
 
 # --- the run -------------------------------------------------------------------------------------
 class _Run:
-    """State of a training run between steps: the members, the data position, the clock."""
+    """State of a training run between steps: the members, the data position, the clock.
 
-    def __init__(self, members: list[_Member], batches: Iterable, total: Optional[int], cfg: TrainConfig):
+    In a torchrun job `members` are this rank's SAE group's; `world` is the whole job,
+    `sae_world` the ranks of this rank's SAE group, `data_world` the ranks whose batch slices
+    this rank trains on (World.split)."""
+
+    def __init__(self, members: list[_Member], batches: Iterable, total: Optional[int], cfg: TrainConfig,
+                 device: torch.device, all_dirs: list[Optional[Path]], world: World = World.single(),
+                 groups: int = 1, any_penalty: bool = True):
         self.members = members
         self.batches = batches
         self.total = total
@@ -322,26 +383,35 @@ class _Run:
         self.step = 0
         self.tokens = 0
         self.checkpointed_step = -1
-        self.device = members[0].sae.W_dec.device
+        self.device = device
+        self.all_dirs = all_dirs
+        self.world, self.groups, self.any_penalty = world, groups, any_penalty
+        self.rows: dict[int, dict[str, Any]] = {}  # the latest logged row of every SAE this rank heard of
+        self.sae_world, self.data_world, _ = world.split(groups) if world.distributed else (world, world, 0)
         use_bf16 = cfg.autocast_bf16 and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
 
     @property
     def run_dirs(self) -> list[Path]:
-        return [m.run_dir for m in self.members if m.run_dir is not None]
+        """The run dirs this rank writes."""
+        return [m.run_dir for m in self.members if m.run_dir is not None and m.writer]
 
     # checkpoints
     def save_checkpoints(self) -> None:
-        if not self.run_dirs:
+        if all(d is None for d in self.all_dirs):
             return
-        shared = {
-            "tokens": self.tokens,
+        mine = {
             "batches_consumed": self.step,
             "data_state": self.batches.state_dict() if self.stateful_data else None,
             "rng": ckpt.capture_rng(),
-            "total_steps": self.total,
         }
+        shared = {"tokens": self.tokens, **mine, "total_steps": self.total}
+        if self.world.distributed:  # every rank's data position and RNG, in every run dir
+            shared.update(world_size=self.world.size, sae_groups=self.groups,
+                          ranks=self.world.all_gather_object(mine))
         for m in self.members:
+            if not m.writer:
+                continue
             with _naming_disk_full(rd.RunDir(m.run_dir).checkpoint_path(self.step)):
                 ckpt.save_checkpoint(m.run_dir, self.step, {
                     **shared,
@@ -353,11 +423,21 @@ class _Run:
                 })
         self.checkpointed_step = self.step
 
+    def check_world(self, state: dict[str, Any], where: Path) -> None:
+        """A checkpoint holds one data position and RNG per rank: it resumes only on the world
+        size and SAE groups that wrote it."""
+        size, groups = state.get("world_size", 1), state.get("sae_groups", 1)
+        if (size, groups) != (self.world.size, self.groups):
+            raise ValueError(f"{where}: the checkpoint was written by {size} rank(s) in {groups} SAE group(s) but "
+                             f"this job has {self.world.size} in {self.groups}; resume it with the same number of "
+                             "ranks and parallel settings (each rank's data position is in it), or start a new run")
+
     def restore(self, step: int) -> dict[str, Any]:
-        """Load every member's checkpoint at `step`; returns the shared part."""
+        """Load every member's checkpoint at `step`; returns the shared part (this rank's)."""
         shared: dict[str, Any] = {}
         for m in self.members:
             state = ckpt.load_checkpoint(m.run_dir, step)
+            self.check_world(state, m.run_dir)
             m.sae.load_state_dict(state["sae"])
             m.optimizer.load_state_dict(state["optimizer"])
             m.scheduler.load_state_dict(state["scheduler"])
@@ -367,8 +447,14 @@ class _Run:
             for pen, pen_state in zip(m.penalties, state["penalties"]):
                 pen.load_state_dict(pen_state)
                 pen.to(self.device)
-            rd.RunDir(m.run_dir).truncate_metrics(step)
+            if m.writer:
+                rd.RunDir(m.run_dir).truncate_metrics(step)
             shared = state
+        if not self.members:  # a rank whose SAE group got no SAE: its data position is in any run dir
+            shared = ckpt.load_checkpoint(self.all_dirs[0], step)
+            self.check_world(shared, self.all_dirs[0])
+        if self.world.distributed:
+            shared = {**shared, **shared["ranks"][self.world.rank]}
         self.step = self.checkpointed_step = step
         self.tokens = shared["tokens"]
         return shared
@@ -391,9 +477,9 @@ class _Run:
         return it
 
     # the loop
-    def loop(self, it: Iterator, sink: MetricsSink, fresh: bool) -> None:
-        d_in = self.members[0].sae.cfg.d_in
+    def loop(self, it: Iterator, sink: MetricsSink, fresh: bool, d_in: int) -> None:
         window_start, window_tokens = time.perf_counter(), 0
+        logged = self.step
         while self.total is None or self.step < self.total:
             try:
                 x = next(it)
@@ -402,44 +488,55 @@ class _Run:
                     warnings.warn(f"the batches ran out after {self.step} of {self.total} steps")
                 break
             x = _check_batch(x, d_in, self.step).to(self.device, non_blocking=True)
-            if fresh and self.step == 0:
-                for m in self.members:
-                    m.sae.init_from_data(x.to(dtype=m.dtype))
             positions = self.row_positions(it)
+            x = self.data_world.all_gather_rows(x)  # this rank's part of its SAE group's batch
+            if fresh and self.step == 0 and self.members:
+                whole = self.sae_world.all_gather_rows(x)  # the global batch
+                for m in self.members:
+                    m.sae.init_from_data(whole.to(dtype=m.dtype))
             for m in self.members:
                 with _busy_timer(m, self.device):
-                    _train_step(m, x, self.step, self.total, self.autocast(), positions)
+                    _train_step(m, x, self.step, self.total, self.autocast(), positions, self.sae_world)
             self.step += 1
-            self.tokens += x.shape[0]
-            window_tokens += x.shape[0]
+            self.tokens += x.shape[0] * self.sae_world.size
+            window_tokens += x.shape[0] * self.sae_world.size
             sink.advance()
             if self.step % self.cfg.log_every == 0 or self.step == self.total:
                 now = time.perf_counter()
                 self.log(sink, window_tokens, now - window_start)
+                logged = self.step
                 window_start, window_tokens = now, 0
             if self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoints()
-        last = self.members[0].last
-        if "terms" in last and last.get("logged_step") != self.step:
+        if logged != self.step:
             self.log(sink, window_tokens, time.perf_counter() - window_start)
 
     def row_positions(self, it: Iterator) -> Optional[tuple[Tensor, Tensor]]:
         """(context ids, positions) of the batch's rows on the device, once per step, when the
         data provides them (an ActivationStream's last_index) and some SAE has a penalty to read
-        them; None otherwise (no copy at all)."""
+        them; None otherwise (no copy at all). Gathered like the rows."""
         index = getattr(it, "last_index", None)
-        if index is None or not any(m.penalties for m in self.members):
+        if index is None or not self.any_penalty:
             return None
-        index = index[:, :2].to(self.device, dtype=torch.long, non_blocking=True)
+        index = self.data_world.all_gather_rows(index[:, :2].to(self.device, dtype=torch.long, non_blocking=True))
         return index[:, 0], index[:, 1]
 
     def log(self, sink: MetricsSink, window_tokens: int, window_s: float) -> None:
+        rows = {}
         for m in self.members:
+            if self.sae_world.distributed:
+                _globalise_last(m, self.sae_world)
             row = _log_row(m, self.step, self.tokens, window_tokens, window_s)
             m.last["row"] = row
-            m.last["logged_step"] = self.step
-            with _naming_disk_full(None if m.run_dir is None else rd.RunDir(m.run_dir).metrics_file):
-                sink.log(m.index, row)
+            if m.writer:
+                rows[m.index] = row
+        if self.groups > 1:  # every SAE's row on every rank (the progress bar shows SAE 0's)
+            rows = {i: row for part in self.world.all_gather_object(rows) for i, row in part.items()}
+        self.rows.update(rows)
+        for index in sorted(rows):
+            where = sink.run_dirs[index]
+            with _naming_disk_full(None if where is None else rd.RunDir(where).metrics_file):
+                sink.log(index, rows[index])
 
 
 def train(
@@ -455,6 +552,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     run_config: Optional[dict] = None,
+    world: Optional[World] = None,
     **settings: Any,
 ) -> list[SAE]:
     """Train SAEs on a stream of activation batches; returns the trained SAEs (same objects).
@@ -478,6 +576,14 @@ def train(
         checkpoint starts again from step 0 (saying so). On CPU the result equals an
         uninterrupted run exactly. Either way, temp files of killed writes are removed.
     run_config: the caller's whole run description, stored in config.json for resume.
+    world: the torchrun job (None: featsep.distributed.World.from_env(), one process outside
+        torchrun). Each rank passes its own batches: its slice of every global batch (rank r
+        holds rows [r B/N, (r+1) B/N), equal slices), and the result equals one process on
+        the global batches (to float tolerance; docs/architecture.md, "Distributed training").
+        parallel="data" trains every SAE on every rank; parallel="sae" spreads the SAEs over
+        sae_groups groups of ranks (balanced by cost), data parallel within each group. Rank 0
+        writes shared files, each SAE's run dir is written by its group's first rank, and
+        every rank returns the trained SAEs.
     Raises NonFiniteLossError on a NaN/Inf loss, and OSError ENOSPC naming the file on a full
     disk (either way the last checkpoint stays as it was).
     """
@@ -490,37 +596,49 @@ def train(
     dirs = rd.run_dirs(out_dir, names)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
-    if not resume:
-        for d in dirs:
-            if d is not None and rd.RunDir(d).holds_training():
-                raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
-                                      "or choose another out_dir")
+    world = World.from_env() if world is None else world
+    if not resume:  # decided by rank 0 before any rank writes (another rank could see its first files)
+        taken = next((d for d in dirs if d is not None and rd.RunDir(d).holds_training()), None) \
+            if world.rank == 0 else None
+        taken = world.broadcast_object(taken)
+        if taken is not None:
+            raise FileExistsError(f"{taken} already holds a training run; pass resume=True to continue it, "
+                                  "or choose another out_dir")
     dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
+    groups = _sae_groups(cfg, world)
+    owners = _owners(saes, penalty_lists, groups)
+    group = world.rank % groups
     schedule = WarmupDecay(cfg.lr_warmup_steps, total, cfg.lr_decay_fraction)
     members = [
-        _build_member(i, name, sae, plist, d, lr_i, cfg.adam_betas, schedule, dev)
+        _build_member(i, name, sae, plist, d, lr_i, cfg.adam_betas, schedule, dev, writer=world.rank == owners[i])
         for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
+        if owners[i] == group
     ]
     # what config.json and final_info record for each SAE: the settings as resolved for this run
     resolved = {**cfg.model_dump(exclude={"tokens", "batch_size", "lr"}), "steps": total, "device": str(dev),
-                "names": names, "out_dir": None if out_dir is None else str(out_dir)}
-    run = _Run(members, batches, total, cfg)
+                "names": names, "out_dir": None if out_dir is None else str(out_dir), "world_size": world.size}
+    run = _Run(members, batches, total, cfg, dev, dirs, world, groups, any(penalty_lists))
+    for m in members:
+        if run.sae_world.distributed:
+            m.sae.world = run.sae_world
     for d in run.run_dirs:
         _remove_stale_temp_files(d)
-    notes: list[str] = []
-    start = ckpt.latest_common_step(run.run_dirs, notify=notes.append) if resume else None
-    sink = MetricsSink(names, dirs, ExternalLoggers(cfg.wandb, cfg.tensorboard, names, dirs, run_config, resume=start is not None),
-                       total, start or 0, progress)
+    start, notes = _resume_step(world, dirs) if resume else (None, [])
+    written = [d if world.rank == owners[i] else None for i, d in enumerate(dirs)]
+    tensorboard = cfg.tensorboard and (out_dir is None or any(d is not None for d in written))
+    external = ExternalLoggers(cfg.wandb and world.rank == 0, tensorboard, names, written, run_config,
+                               resume=start is not None)
+    sink = MetricsSink(names, written, external, total, start or 0, progress and world.rank == 0)
     try:
-        for note in notes:  # e.g. a corrupted checkpoint passed over: one line beside the progress bar
+        for note in notes if world.rank == 0 else []:  # e.g. a corrupted checkpoint passed over: one line
             sink.write(note) if progress else warnings.warn(note, stacklevel=2)
         if resume and start is None:  # killed before its first checkpoint: nothing to continue from
-            some = any(rd.RunDir(d).has_checkpoints() for d in run.run_dirs)
+            some = any(rd.RunDir(d).has_checkpoints() for d in dirs)
             sink.write(f"no checkpoint {'common to every run ' if some else ''}in {out_dir} yet: starting from step 0")
         if start is None:
             ckpt.seed_everything(cfg.seed)
             for m in members:
-                if m.run_dir is not None:
+                if m.run_dir is not None and m.writer:
                     _start_run_dir(m, resolved, run_config)
             shared = None
         else:
@@ -528,16 +646,90 @@ def train(
         it = run.data_iterator(shared)
         if shared is not None:
             ckpt.restore_rng(shared["rng"])
-        run.loop(it, sink, fresh=shared is None)
+        run.loop(it, sink, fresh=shared is None, d_in=saes[0].cfg.d_in)
         if run.step == 0:
             raise ValueError("the batches yielded nothing; check the data source (empty corpus or cache?)")
         if run.checkpointed_step != run.step:
             run.save_checkpoints()
         for m in members:
-            _finish(m, resolved, run, sink)
+            if m.writer:
+                _finish(m, resolved, run, sink)
+        if groups > 1:
+            for i in range(len(saes)):  # rank 0's lines (the progress bar's) for the other groups' SAEs too
+                if owners[i] != world.rank:
+                    sink.write(_summary(names[i], run, run.rows.get(i, {}), dirs[i]))
+            _share_trained(saes, penalty_lists, owners, world, dev)
     finally:
         sink.close()
+        for m in members:
+            m.sae.__dict__.pop("world", None)  # back to the class's single-process World
     return saes
+
+
+def sae_owners(saes: Union[SAE, Sequence[SAE]], penalties: PenaltiesArg = None, *, config: Optional[TrainConfig] = None,
+               names: Optional[Sequence[str]] = None, world: Optional[World] = None, **settings: Any) -> list[int]:
+    """The rank that writes each SAE's run dir in train() with the same arguments (the first
+    rank of the SAE's group: 0 for every SAE in data parallel); e.g. to let that rank evaluate it."""
+    cfg = _train_config(config, settings)
+    saes = _as_sae_list(saes)
+    penalty_lists = _assign_penalties(penalties, _names(names, len(saes)))
+    world = World.from_env() if world is None else world
+    return _owners(saes, penalty_lists, _sae_groups(cfg, world))
+
+
+def _owners(saes: list[SAE], penalty_lists: list[list[Penalty]], groups: int) -> list[int]:
+    """Group of each SAE, which is also the global rank of the group's first rank (r % groups)."""
+    return partition([_cost(sae, plist) for sae, plist in zip(saes, penalty_lists)], groups)
+
+
+def _sae_groups(cfg: TrainConfig, world: World) -> int:
+    """How many SAE groups the world is cut into: 1 for data parallel (and one process)."""
+    if cfg.parallel == "data" or not world.distributed:
+        return 1
+    groups = cfg.sae_groups or world.size
+    if world.size % groups:
+        raise ValueError(f"sae_groups={groups} does not divide the {world.size} ranks of this job; "
+                         f"choose a divisor of {world.size} (or leave it unset: one group per rank)")
+    return groups
+
+
+def _cost(sae: SAE, penalties: list[Penalty]) -> float:
+    """Work per token, to balance SAE groups: the encoder (d_in d_sae), the decoder (d_in k
+    for TopK-like codes, else d_in d_sae) and each penalty (d_sae k; d_sae for dense codes)."""
+    d_in, n = sae.cfg.d_in, sae.cfg.d_sae
+    k = getattr(sae.cfg, "k", n) if sae.topk_like else None
+    return d_in * n + d_in * (k or n) + len(penalties) * n * (k or 1)
+
+
+def _resume_step(world: World, dirs: list[Optional[Path]]) -> tuple[Optional[int], list[str]]:
+    """The step to resume from and the notes to show, decided by rank 0 for every rank."""
+    found: tuple = (None, [])
+    if world.rank == 0:
+        notes: list[str] = []
+        try:
+            found = (ckpt.latest_common_step([d for d in dirs if d is not None], notify=notes.append), notes)
+        except ValueError as e:
+            found = ("error", str(e))
+    found = world.broadcast_object(found)
+    if found[0] == "error":
+        raise ValueError(found[1])
+    return found
+
+
+def _share_trained(saes: list[SAE], penalty_lists: list[list[Penalty]], owners: list[int], world: World,
+                   device: torch.device) -> None:
+    """Every SAE (and its penalties' state) from its group's first rank (global rank = group
+    index) to every rank, so that train() returns the same SAEs everywhere."""
+    for sae, plist, owner in zip(saes, penalty_lists, owners):
+        sae.to(device)
+        with torch.no_grad():
+            for t in sae.state_dict().values():
+                world.broadcast_(t, src=owner)
+        for pen in plist:
+            state = world.broadcast_object(pen.state_dict() if world.rank == owner else None, src=owner)
+            if world.rank != owner:
+                pen.load_state_dict(state)
+                pen.to(device)
 
 
 def _train_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> TrainConfig:
@@ -554,13 +746,15 @@ def _train_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> Tr
 
 
 def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run_dir: Optional[Path], lr: float,
-                  adam_betas: tuple[float, float], schedule: WarmupDecay, device: torch.device) -> _Member:
+                  adam_betas: tuple[float, float], schedule: WarmupDecay, device: torch.device,
+                  writer: bool = True) -> _Member:
     sae.to(device).train()
     for pen in penalties:  # moved in place: the caller's objects are the ones that train
         pen.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(adam_betas))
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
-    return _Member(index, name, sae, penalties, run_dir, lr, optimizer, make_scheduler(optimizer, schedule), fired)
+    return _Member(index, name, sae, penalties, run_dir, lr, optimizer, make_scheduler(optimizer, schedule), fired,
+                   writer=writer)
 
 
 def _member_training(m: _Member, resolved: dict[str, Any]) -> MemberTraining:
@@ -593,7 +787,11 @@ def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) 
     if m.run_dir is not None:
         with _naming_disk_full(m.run_dir):
             write_final(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run.step, run.tokens, row)
-    where = f" -> {m.run_dir}" if m.run_dir is not None else ""
-    sink.write(f"{m.name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
-               f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
-               f"dead {100 * row.get('dead_fraction', float('nan')):.1f}%{where}")
+    sink.write(_summary(m.name, run, row, m.run_dir))
+
+
+def _summary(name: str, run: _Run, row: dict[str, Any], run_dir: Optional[Path]) -> str:
+    where = f" -> {run_dir}" if run_dir is not None else ""
+    return (f"{name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
+            f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
+            f"dead {100 * row.get('dead_fraction', float('nan')):.1f}%{where}")
