@@ -493,7 +493,8 @@ def build_cache(
     t0 = time.perf_counter()
     source = LiveSource(
         lm, dataset, hook, context_length, batch_size, text_column, split, seed,
-        exclude_special_tokens, repeat=False, progress=progress, encoding=encoding,
+        exclude_special_tokens, repeat=False, progress=progress, encoding=encoding, rank=world.rank,
+        world_size=world.size,
     )
     start = shards[-1]["next"] if shards else {"context": 0, "skip_rows": 0}
     source.load_state_dict({"epoch": 0, "contexts_done": start["context"], "contexts_total": start["context"]})
