@@ -153,3 +153,28 @@ def test_kill_9_under_torchrun_then_resume_equals_the_uninterrupted_job(two_rank
     for name in mine:
         assert mine[name].equal(theirs[name]), f"{name} differs after kill -9 and resume"
     assert metric_rows(killed) == metric_rows(whole)
+
+
+def test_sweep_under_torchrun_is_sae_parallel_equals_one_process_and_rank_0_writes_sweep_json(two_rank_cache, tmp_path):
+    tmp, cache, config, _ = two_rank_cache
+    run = Path(config).read_text().split("[sae]")[0]  # out_dir, [model] and [data] (with the cache)
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(run + "\n".join([
+        "[train]", "tokens = 512", "batch_size = 128", "checkpoint_every = 2", "log_every = 1", "lr = 1e-3",
+        "[[methods]]", 'name = "topk"', "sae = { architecture = \"topk\", d_sae = 64, k = 4 }",
+        "[[methods]]", 'name = "topk+momentum"', "sae = { architecture = \"topk\", d_sae = 64, k = 4 }",
+        'penalties = [{ name = "momentum" }]',
+    ]) + "\n")
+    single, double = tmp_path / "single", tmp_path / "double"
+    result = CliRunner().invoke(app, ["sweep", str(sweep), "--no-report", "--set", f"out_dir={json.dumps(str(single))}"])
+    assert result.exit_code == 0, result.output
+    torchrun(tmp_path, "sweep", str(sweep), "--no-report", "--set", f"out_dir={json.dumps(str(double))}")
+    for name in ("run_0", "run_1"):
+        assert_close_runs(single / name, double / name)
+        assert json.loads((double / name / "config.json").read_text())["train"]["parallel"] == "sae"
+    rank0, rank1 = writes(tmp_path, 0), writes(tmp_path, 1)
+    assert any(p.endswith("sweep.json") for p in rank0) and not any(p.endswith("sweep.json") for p in rank1)
+    # one SAE per rank (placed by cost: the momentum run is the heavier): each run dir is written
+    # whole by the one rank that trained it
+    dirs = [{Path(p).relative_to(double).parts[0] for p in w if Path(p).parent != double} for w in (rank0, rank1)]
+    assert dirs == [{"run_1"}, {"run_0"}]
