@@ -152,7 +152,7 @@ def evaluate(
     ("seed": 1), plus runner keys hook/cache_dir/device/dtype. cache_dir: "default" (the featsep
     cache), a folder, or None (memory only).
     share=(rank, world_size): a torchrun rank evaluates targets rank, rank + N, ... only (output
-    folders as for the whole input); [] when its share is empty.
+    folders as for the whole input); always a list, [] when its share is empty.
     Returns {eval_name: SAEBench-schema dict} for one SAE, a list of those for a list.
     """
     evals = list(evals)
@@ -201,7 +201,7 @@ def evaluate(
                 _write(t, spec.name, outputs[i][spec.name], out_dir, per_target)
             if verbose:
                 print(f"{spec.name}: {len(saes)} SAE(s) on {lm.name} {h} in {wall:.1f} s")
-    single = not isinstance(sae_or_path, (list, tuple)) and len(targets) == 1
+    single = not isinstance(sae_or_path, (list, tuple)) and len(targets) == 1 and share == (0, 1)
     return outputs[0] if single else outputs
 
 
