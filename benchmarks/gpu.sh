@@ -158,10 +158,12 @@ except ImportError:
     sys.exit(0)
 from featsep.config import SweepConfig, load_config
 from featsep.data import ActivationStream
+from featsep.sweep import expand_sweep
 
 cfg = load_config(sys.argv[1], [], model=SweepConfig)
 device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-d_sae, k = cfg.methods[0].sae.d_sae, cfg.methods[0].sae.k
+topk = expand_sweep(cfg)[0].sae  # run_0: the plain TopK SAE
+d_sae, k = topk.d_sae, topk.k
 stream = ActivationStream.from_cache(cfg.data.cache, batch_size=cfg.train.batch_size)
 if hasattr(sparsify, "SparseCoder"):
     coder = sparsify.SparseCoder(stream.d_in, sparsify.SparseCoderConfig(num_latents=d_sae, k=k), device=device)
