@@ -155,7 +155,8 @@ def test_kill_9_under_torchrun_then_resume_equals_the_uninterrupted_job(two_rank
     assert metric_rows(killed) == metric_rows(whole)
 
 
-def test_sweep_under_torchrun_is_sae_parallel_equals_one_process_and_rank_0_writes_sweep_json(two_rank_cache, tmp_path):
+def test_sweep_under_torchrun_is_sae_parallel_equals_one_process_and_rank_0_writes_sweep_json(
+        two_rank_cache, checkpoint_corpus, tmp_path):
     tmp, cache, config, _ = two_rank_cache
     run = Path(config).read_text().split("[sae]")[0]  # out_dir, [model] and [data] (with the cache)
     sweep = tmp_path / "sweep.toml"
@@ -164,17 +165,25 @@ def test_sweep_under_torchrun_is_sae_parallel_equals_one_process_and_rank_0_writ
         "[[methods]]", 'name = "topk"', "sae = { architecture = \"topk\", d_sae = 64, k = 4 }",
         "[[methods]]", 'name = "topk+momentum"', "sae = { architecture = \"topk\", d_sae = 64, k = 4 }",
         'penalties = [{ name = "momentum" }]',
+        "[eval]", 'evals = ["core"]', "[eval.settings]", f"cache_dir = {json.dumps(str(tmp_path / 'eval-cache'))}",
+        "[eval.settings.core]", f"dataset = {json.dumps(str(checkpoint_corpus))}", "context_size = 16",
+        "batch_size_prompts = 2", "n_eval_reconstruction_batches = 1", "n_eval_sparsity_variance_batches = 1",
     ]) + "\n")
     single, double = tmp_path / "single", tmp_path / "double"
-    result = CliRunner().invoke(app, ["sweep", str(sweep), "--no-report", "--set", f"out_dir={json.dumps(str(single))}"])
+    result = CliRunner().invoke(app, ["sweep", str(sweep), "--no-report", "--no-eval", "--set", f"out_dir={json.dumps(str(single))}"])
     assert result.exit_code == 0, result.output
     torchrun(tmp_path, "sweep", str(sweep), "--no-report", "--set", f"out_dir={json.dumps(str(double))}")
     for name in ("run_0", "run_1"):
         assert_close_runs(single / name, double / name)
         assert json.loads((double / name / "config.json").read_text())["train"]["parallel"] == "sae"
-    rank0, rank1 = writes(tmp_path, 0), writes(tmp_path, 1)
+    rank0, rank1 = ([p for p in writes(tmp_path, r) if Path(p).is_relative_to(double)] for r in (0, 1))
     assert any(p.endswith("sweep.json") for p in rank0) and not any(p.endswith("sweep.json") for p in rank1)
-    # one SAE per rank (placed by cost: the momentum run is the heavier): each run dir is written
-    # whole by the one rank that trained it
-    dirs = [{Path(p).relative_to(double).parts[0] for p in w if Path(p).parent != double} for w in (rank0, rank1)]
-    assert dirs == [{"run_1"}, {"run_0"}]
+    # one SAE per rank (placed by cost: the momentum run is the heavier): each run's training
+    # files are written by the one rank that trained it
+    trained = [{Path(p).relative_to(double).parts[0] for p in w
+                if Path(p).parent != double and "eval_results" not in p and not p.endswith("final_info.json")}
+               for w in (rank0, rank1)]
+    assert trained == [{"run_1"}, {"run_0"}]
+    # the evals: one SAE each, rank r evaluating run_r, results in both run dirs
+    evaluated = [{Path(p).relative_to(double).parts[0] for p in w if "core_eval_results" in p} for w in (rank0, rank1)]
+    assert evaluated == [{"run_0"}, {"run_1"}]
