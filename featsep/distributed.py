@@ -156,16 +156,6 @@ class World:
             return mask
         return self.all_reduce(mask.to(torch.uint8), "max").bool()
 
-    def all_reduce_flat_(self, tensors: Sequence[Tensor], op: str = "mean") -> None:
-        """Reduce several tensors in place with one collective (flattened into one buffer)."""
-        if not self.distributed or not tensors:
-            return
-        flat = self.all_reduce(torch.cat([t.reshape(-1) for t in tensors]), op)
-        offset = 0
-        for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
-
     # --- small objects and broadcast -------------------------------------------------------
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's `obj` (picklable; between the job's own processes only), in rank order."""

@@ -5,9 +5,9 @@ checkpoints that resume exactly, and run directories that hold every result.
 """
 
 from featsep.train.schedule import WarmupDecay
-from featsep.train.trainer import NonFiniteLossError, train
+from featsep.train.trainer import NonFiniteLossError, sae_owners, train
 
-__all__ = ["train", "NonFiniteLossError", "WarmupDecay"]
+__all__ = ["train", "NonFiniteLossError", "WarmupDecay", "sae_owners"]
 
 
 def _make_package_callable() -> None:

@@ -386,6 +386,7 @@ class _Run:
         self.device = device
         self.all_dirs = all_dirs
         self.world, self.groups, self.any_penalty = world, groups, any_penalty
+        self.rows: dict[int, dict[str, Any]] = {}  # the latest logged row of every SAE this rank heard of
         self.sae_world, self.data_world, _ = world.split(groups) if world.distributed else (world, world, 0)
         use_bf16 = cfg.autocast_bf16 and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
@@ -527,11 +528,11 @@ class _Run:
                 _globalise_last(m, self.sae_world)
             row = _log_row(m, self.step, self.tokens, window_tokens, window_s)
             m.last["row"] = row
-            m.last["logged_step"] = self.step
             if m.writer:
                 rows[m.index] = row
         if self.groups > 1:  # every SAE's row on every rank (the progress bar shows SAE 0's)
             rows = {i: row for part in self.world.all_gather_object(rows) for i, row in part.items()}
+        self.rows.update(rows)
         for index in sorted(rows):
             where = sink.run_dirs[index]
             with _naming_disk_full(None if where is None else rd.RunDir(where).metrics_file):
@@ -595,15 +596,17 @@ def train(
     dirs = rd.run_dirs(out_dir, names)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
-    if not resume:
-        for d in dirs:
-            if d is not None and rd.RunDir(d).holds_training():
-                raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
-                                      "or choose another out_dir")
-    dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
     world = World.from_env() if world is None else world
+    if not resume:  # decided by rank 0 before any rank writes (another rank could see its first files)
+        taken = next((d for d in dirs if d is not None and rd.RunDir(d).holds_training()), None) \
+            if world.rank == 0 else None
+        taken = world.broadcast_object(taken)
+        if taken is not None:
+            raise FileExistsError(f"{taken} already holds a training run; pass resume=True to continue it, "
+                                  "or choose another out_dir")
+    dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
     groups = _sae_groups(cfg, world)
-    owners = partition([_cost(sae, plist) for sae, plist in zip(saes, penalty_lists)], groups)
+    owners = _owners(saes, penalty_lists, groups)
     group = world.rank % groups
     schedule = WarmupDecay(cfg.lr_warmup_steps, total, cfg.lr_decay_fraction)
     members = [
@@ -627,7 +630,7 @@ def train(
                                resume=start is not None)
     sink = MetricsSink(names, written, external, total, start or 0, progress and world.rank == 0)
     try:
-        for note in notes:  # e.g. a corrupted checkpoint passed over: one line beside the progress bar
+        for note in notes if world.rank == 0 else []:  # e.g. a corrupted checkpoint passed over: one line
             sink.write(note) if progress else warnings.warn(note, stacklevel=2)
         if resume and start is None:  # killed before its first checkpoint: nothing to continue from
             some = any(rd.RunDir(d).has_checkpoints() for d in dirs)
@@ -652,12 +655,31 @@ def train(
             if m.writer:
                 _finish(m, resolved, run, sink)
         if groups > 1:
+            for i in range(len(saes)):  # rank 0's lines (the progress bar's) for the other groups' SAEs too
+                if owners[i] != world.rank:
+                    sink.write(_summary(names[i], run, run.rows.get(i, {}), dirs[i]))
             _share_trained(saes, penalty_lists, owners, world, dev)
     finally:
         sink.close()
         for m in members:
             m.sae.__dict__.pop("world", None)  # back to the class's single-process World
     return saes
+
+
+def sae_owners(saes: Union[SAE, Sequence[SAE]], penalties: PenaltiesArg = None, *, config: Optional[TrainConfig] = None,
+               names: Optional[Sequence[str]] = None, world: Optional[World] = None, **settings: Any) -> list[int]:
+    """The rank that writes each SAE's run dir in train() with the same arguments (the first
+    rank of the SAE's group: 0 for every SAE in data parallel); e.g. to let that rank evaluate it."""
+    cfg = _train_config(config, settings)
+    saes = _as_sae_list(saes)
+    penalty_lists = _assign_penalties(penalties, _names(names, len(saes)))
+    world = World.from_env() if world is None else world
+    return _owners(saes, penalty_lists, _sae_groups(cfg, world))
+
+
+def _owners(saes: list[SAE], penalty_lists: list[list[Penalty]], groups: int) -> list[int]:
+    """Group of each SAE, which is also the global rank of the group's first rank (r % groups)."""
+    return partition([_cost(sae, plist) for sae, plist in zip(saes, penalty_lists)], groups)
 
 
 def _sae_groups(cfg: TrainConfig, world: World) -> int:
@@ -765,7 +787,11 @@ def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) 
     if m.run_dir is not None:
         with _naming_disk_full(m.run_dir):
             write_final(m.run_dir, m.sae, m.penalties, _member_training(m, resolved), run.step, run.tokens, row)
-    where = f" -> {m.run_dir}" if m.run_dir is not None else ""
-    sink.write(f"{m.name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
-               f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
-               f"dead {100 * row.get('dead_fraction', float('nan')):.1f}%{where}")
+    sink.write(_summary(m.name, run, row, m.run_dir))
+
+
+def _summary(name: str, run: _Run, row: dict[str, Any], run_dir: Optional[Path]) -> str:
+    where = f" -> {run_dir}" if run_dir is not None else ""
+    return (f"{name}: {run.step} steps, {run.tokens:,} tokens, loss {row.get('loss', float('nan')):.4g}, "
+            f"L0 {row.get('l0', float('nan')):.1f}, FVU {row.get('fvu', float('nan')):.3f}, "
+            f"dead {100 * row.get('dead_fraction', float('nan')):.1f}%{where}")
