@@ -37,11 +37,19 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def _rank() -> int:
+    """This process's rank in a torchrun job (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0") or 0) if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else 0
+
+
 @contextlib.contextmanager
 def _user_errors():
-    """User errors, and a full disk (OSError ENOSPC), as one line and exit code 2."""
+    """User errors, and a full disk (OSError ENOSPC), as one line and exit code 2. Under
+    torchrun only rank 0 prints progress (stdout); every rank's error still reaches stderr."""
+    quiet = open(os.devnull, "w") if _rank() > 0 else None
     try:
-        yield
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            yield
     except _user_error_types() as e:
         if os.environ.get("FEATSEP_DEBUG"):
             raise
@@ -54,6 +62,9 @@ def _user_errors():
         typer.secho(f"error: no space left on device{where}; free space or choose another out_dir",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    finally:
+        if quiet:
+            quiet.close()
 
 
 @app.command()
@@ -110,7 +121,10 @@ def cache(
         target = out or cfg.data.cache  # the cache the config's training reads: harvest the text it names
         if target is None:
             raise ValueError("no output directory: pass --out DIR (or set data.cache in the config)")
-        cache_from_config(cfg.model, cfg.data, tokens, target, resume=resume)
+        from featsep.pipeline import world
+
+        job = world()  # under torchrun each rank harvests its share into its own shards
+        cache_from_config(cfg.model, cfg.data, tokens, target, resume=resume, world=job, progress=job.rank == 0)
 
 
 @app.command()
@@ -156,6 +170,7 @@ def eval_(
     With --out-dir, results go there only; the run dirs stay untouched."""
     with _user_errors():
         from featsep.evals import run_eval_cli
+        from featsep.pipeline import world
 
         run_eval_cli(
             target,
@@ -163,6 +178,7 @@ def eval_(
             settings=set_ or [],
             model=model,
             out_dir=str(out_dir) if out_dir else None,
+            world=world(),  # under torchrun each rank evaluates its share of a sweep's SAEs
         )
 
 
@@ -219,7 +235,7 @@ def sweep(
 
         cfg = load_config(config, set_ or [], model=SweepConfig)
         out = run_sweep(cfg, evaluate=not no_eval)
-        if report_:
+        if report_ and _rank() == 0:  # run_sweep returns on every rank after the last one's work
             from featsep.report import build_report
 
             typer.echo(f"report: {build_report(out)}")

@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from featsep.config import ConfigError, PenaltySection, RunConfig, SAESection, apply_overrides, validate
 from featsep.data.config import DataConfig
@@ -20,6 +20,9 @@ from featsep.io import ensure_writable_dir, format_bytes
 from featsep.lm.config import ModelConfig
 from featsep.rundir import RunDir
 from featsep.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from featsep.distributed import World
 
 # What a continued run may change: how it logs and checkpoints, where it computes, how long it
 # trains, what is evaluated. Everything else (the SAE, its penalties, the activations, the
@@ -211,6 +214,21 @@ def _check_sequence_mode(specs: list[RunSpec], data: DataConfig) -> None:
         )
 
 
+def world() -> "World":
+    """The torchrun job this process is part of (one process outside torchrun)."""
+    from featsep.distributed import World
+
+    return World.from_env()
+
+
+def parallel_mode(train: TrainConfig, n_saes: int, world_size: int) -> TrainConfig:
+    """[train] parallel as written, else: SAE parallel when a pass has at least one SAE per
+    rank (no gradient all-reduce, only the batch gathered), data parallel otherwise."""
+    if world_size < 2 or "parallel" in train.model_fields_set:
+        return train
+    return train.model_copy(update={"parallel": "sae" if n_saes >= world_size else "data"})
+
+
 def train_specs(
     specs: list[RunSpec],
     *,
@@ -226,7 +244,8 @@ def train_specs(
 
     single_run: out_dir IS the run dir (featsep train); otherwise runs go to out_dir/<name>.
     Runs with checkpoints resume (all of them from the last step they share); runs killed
-    before their first checkpoint start again from step 0."""
+    before their first checkpoint start again from step 0. Under torchrun each rank streams
+    its share of every global batch (stream_from_config) and train() joins them."""
     from featsep.data import stream_from_config
     from featsep.train import train as train_saes
 
@@ -241,7 +260,10 @@ def train_specs(
             f"train.tokens={train.tokens} is less than one batch (train.batch_size={train.batch_size})"
         )
     _check_sequence_mode(specs, data)
-    stream = stream_from_config(model, data, train.batch_size, lm=lm)
+    job = world()
+    stream = stream_from_config(model, data, train.batch_size, lm=lm, rank=job.rank, world_size=job.size,
+                                pin_memory=device.startswith("cuda"),
+                                reduce_sum=(lambda t: job.all_reduce(t, "sum")) if job.distributed else None)
     check_free_space(out_dir, specs, stream.d_in)  # again: the width is certain now
     # Estimated from the stream's first chunks (the same ones on a resume), so every SAE's
     # cfg.json records the factor its inputs were scaled by.
@@ -252,15 +274,18 @@ def train_specs(
     resume = any(RunDir(d).holds_training() for d in run_dirs)
     if any(RunDir(d).has_checkpoints() for d in run_dirs):
         print(f"resuming {len(specs)} run(s) from their last checkpoint")
+    job.barrier()  # every rank has read the run dirs before any writes to them
     started = time.time()
     if single_run or len(specs) == 1:
         target, names = run_dirs[0], [specs[0].name]
     else:
         target, names = out_dir, [s.name for s in specs]
     train_saes(
-        saes, stream, steps, penalties=penalties, config=train.model_copy(update={"device": device}),
-        out_dir=target, names=names, resume=resume, run_config=shared_config,
+        saes, stream, steps, penalties=penalties,
+        config=parallel_mode(train, len(specs), job.size).model_copy(update={"device": device}),
+        out_dir=target, names=names, resume=resume, run_config=shared_config, world=job,
     )
+    job.barrier()  # each run dir finished (by its writer rank) before any rank evaluates it
     minutes = (time.time() - started) / 60
     print(
         f"trained {len(specs)} SAE(s) on {steps * train.batch_size:,} activations in {minutes:.1f} min "
@@ -270,9 +295,11 @@ def train_specs(
 
 
 def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig, lm=None) -> None:
-    """Run the configured evals on run dirs, skipping evals a run already has results for."""
+    """Run the configured evals on run dirs, skipping evals a run already has results for.
+    Under torchrun each rank evaluates its share of the runs; all return after the last."""
     from featsep.evals import evaluate
 
+    job = world()
     todo: dict[tuple[str, ...], list[Path]] = {}
     for run_dir in run_dirs:
         missing = missing_evals(run_dir, eval_cfg.evals)
@@ -283,7 +310,9 @@ def evaluate_runs(run_dirs: list[Path], eval_cfg: EvalConfig, model: ModelConfig
             settings = json.loads(json.dumps(eval_cfg.settings))  # a private copy
             own = name == model.name
             evaluate([str(d) for d in dirs], evals=group, model=lm if lm is not None and own else name,
-                     settings=settings, device=model.device, dtype=model.dtype if own else "auto")
+                     settings=settings, device=model.device, dtype=model.dtype if own else "auto",
+                     share=(job.rank, job.size), verbose=job.rank == 0)
+    job.barrier()
 
 
 def missing_evals(run_dir: Path, evals: list[str]) -> tuple[str, ...]:
@@ -321,7 +350,9 @@ def run_from_config(cfg: RunConfig, resume: bool = False) -> Path:
     check_outputs(out, [spec], cfg.model, cfg.data)
     changes = check_continuation(out, _view(cfg), lambda saved: _view(
         validate(RunConfig, {**saved, "out_dir": str(out)}, source=str(RunDir(out).config_file))))
-    if changes:
+    job = world()
+    job.barrier()  # every rank has compared before rank 0 records
+    if changes and job.rank == 0:
         record_changes([out], changes, as_written(cfg))
     if is_trained(out):
         print(f"{out} is already trained; delete it or choose another out_dir to train again")

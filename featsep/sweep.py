@@ -21,6 +21,7 @@ from featsep.pipeline import (
     record_changes,
     run_view,
     train_specs,
+    world,
 )
 from featsep.rundir import read_sweep_manifest, write_sweep_manifest
 
@@ -116,9 +117,13 @@ def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
         if found:
             changes += found
             continued.append(out / spec.name)
-    write_sweep_manifest(out, sweep_manifest(cfg, specs))
-    if changes:
-        record_changes(continued, changes, cfg.model_dump(mode="json"))
+    job = world()
+    job.barrier()  # every rank has compared the run dirs before rank 0 writes
+    if job.rank == 0:
+        write_sweep_manifest(out, sweep_manifest(cfg, specs))
+        if changes:
+            record_changes(continued, changes, cfg.model_dump(mode="json"))
+    job.barrier()
 
     todo = [s for s in specs if not is_trained(out / s.name)]
     done = len(specs) - len(todo)

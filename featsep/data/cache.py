@@ -32,6 +32,7 @@ from featsep.data.errors import CacheError, DataError
 from featsep.data.harvest import ActivationChunk, LiveSource, first_chunks_factor
 from featsep.data.sources import ArraySource
 from featsep.data.config import DataConfig
+from featsep.distributed import World
 from featsep.io import atomic_target, file_sha256, format_bytes, remove_stale_temp_files, write_json_atomic
 from featsep.lm.config import ModelConfig
 
@@ -47,17 +48,27 @@ REBUILD = ("fix: rebuild the cache (the same `featsep cache ...` command with --
 # Settings that must match for a resumed build to continue the same cache.
 IDENTITY_FIELDS = (
     "model", "hook", "dataset", "text_column", "split", "seed", "context_length", "batch_size",
-    "exclude_special_tokens", "dtype", "normalize", "shard_tokens", "d_in", "encoding",
+    "exclude_special_tokens", "dtype", "normalize", "shard_tokens", "d_in", "encoding", "world_size",
 )
-IDENTITY_BEFORE = {"encoding": "utf-8"}  # values of identity fields that older manifests do not record
+IDENTITY_BEFORE = {"encoding": "utf-8", "world_size": 1}  # values of identity fields that older manifests do not record
 
 
-def _shard_name(i: int) -> str:
-    return f"shard_{i:05d}.npy"
+def _shard_name(i: int, part: str = "") -> str:
+    return f"shard_{part}{i:05d}.npy"
 
 
-def _index_name(i: int) -> str:
-    return f"shard_{i:05d}.index.npy"
+def _index_name(i: int, part: str = "") -> str:
+    return f"shard_{part}{i:05d}.index.npy"
+
+
+def _part(rank: int, world_size: int) -> str:
+    """The file-name part of a torchrun rank's shards ("" for one process): shard_r001_00000.npy."""
+    return f"r{rank:03d}_" if world_size > 1 else ""
+
+
+def _part_manifest(part: str) -> str:
+    """The manifest a rank keeps of its own shards (resume reads it); manifest.json lists all."""
+    return f"manifest.{part.rstrip('_')}.json" if part else MANIFEST
 
 
 @contextlib.contextmanager
@@ -98,16 +109,16 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> dict:
     return {"bytes": path.stat().st_size, "sha256": digest}
 
 
-def _save_shard(out: Path, i: int, acts: np.ndarray, index: np.ndarray) -> dict:
+def _save_shard(out: Path, i: int, acts: np.ndarray, index: np.ndarray, part: str = "") -> dict:
     """Both files of shard i, or neither (a failed index write removes the activations file)."""
-    a = _save_npy_atomic(out / _shard_name(i), acts)
+    a = _save_npy_atomic(out / _shard_name(i, part), acts)
     try:
-        x = _save_npy_atomic(out / _index_name(i), index)
+        x = _save_npy_atomic(out / _index_name(i, part), index)
     except BaseException:
-        (out / _shard_name(i)).unlink(missing_ok=True)
+        (out / _shard_name(i, part)).unlink(missing_ok=True)
         raise
     return {
-        "file": _shard_name(i), "index_file": _index_name(i), "rows": len(acts),
+        "file": _shard_name(i, part), "index_file": _index_name(i, part), "rows": len(acts),
         "bytes": a["bytes"], "sha256": a["sha256"], "index_bytes": x["bytes"], "index_sha256": x["sha256"],
     }
 
@@ -193,9 +204,10 @@ class ActivationCache:
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _bad(self, shard: int, what: str) -> CacheError:
+        entry = self.manifest["shards"][shard]
         return CacheError(
             f"activation cache {self.path}: shard {shard} is corrupted: {what}. Fix: delete "
-            f"{_shard_name(shard)} and {_index_name(shard)} and run the same `featsep cache ...` "
+            f"{entry['file']} and {entry['index_file']} and run the same `featsep cache ...` "
             "command again with resume (it re-harvests only the missing shards), or rebuild the cache"
         )
 
@@ -321,8 +333,8 @@ class _LazyIndex:
 # ----------------------------------------------------------------------------- building
 
 
-def _read_manifest(out: Path) -> Optional[dict]:
-    path = out / MANIFEST
+def _read_manifest(out: Path, name: str = MANIFEST) -> Optional[dict]:
+    path = out / name
     if not path.is_file():
         return None
     try:
@@ -331,19 +343,19 @@ def _read_manifest(out: Path) -> Optional[dict]:
         raise CacheError(f"{path} is corrupted; delete {out} (or pass resume=False) and build again") from None
 
 
-def _is_complete(out: Path, shards: list[dict]) -> bool:
-    old = _read_manifest(out)
+def _is_complete(out: Path, shards: list[dict], part: str = "") -> bool:
+    old = _read_manifest(out, _part_manifest(part))
     return bool(shards) and old is not None and old.get("status") == "complete" and old["shards"] == shards
 
 
-def _valid_prefix(out: Path, shards: list[dict]) -> list[dict]:
+def _valid_prefix(out: Path, shards: list[dict], part: str = "") -> list[dict]:
     """The finished shards, up to the first missing/truncated/corrupted one (or one whose
     manifest entry was edited: only the names this module writes are read)."""
     good = []
     for i, entry in enumerate(shards):
         ok = (
             isinstance(entry, dict) and all(k in entry for k in (*SHARD_FIELDS, "start", "next"))
-            and entry["file"] == _shard_name(i) and entry["index_file"] == _index_name(i)
+            and entry["file"] == _shard_name(i, part) and entry["index_file"] == _index_name(i, part)
         ) and all(
             (out / entry[f]).is_file()
             and (out / entry[f]).stat().st_size == entry[b]
@@ -356,15 +368,17 @@ def _valid_prefix(out: Path, shards: list[dict]) -> list[dict]:
     return good
 
 
-def _reusable_shards(out: Path, settings: dict, tokens: int, resume: bool) -> tuple[list[dict], Optional[float]]:
+def _reusable_shards(out: Path, settings: dict, tokens: int, resume: bool,
+                     part: str = "") -> tuple[list[dict], Optional[float]]:
     """Shards of an earlier build of the same cache that can be kept, and its factor.
 
     Keeps the verified full shards up to the first bad one (a corrupted shard is rebuilt);
-    deletes every other shard file. With resume=False, or no manifest, starts from scratch.
+    deletes every other shard file (of this rank's `part` only, under torchrun). With
+    resume=False, or no manifest, starts from scratch.
     """
-    old = _read_manifest(out)
+    old = _read_manifest(out, _part_manifest(part))
     if old is None:
-        if any(out.glob("shard_*.npy")):
+        if not part and any(out.glob("shard_*.npy")):
             raise CacheError(
                 f"{out} holds shard files but no {MANIFEST}; it is not a featsep cache (or its manifest "
                 "was lost): pass an empty --out directory"
@@ -381,18 +395,18 @@ def _reusable_shards(out: Path, settings: dict, tokens: int, resume: bool) -> tu
                 f"{out} already holds a cache built with other settings ({detail}); use another "
                 "--out directory, or pass resume=False to overwrite it"
             )
-        valid = _valid_prefix(out, old.get("shards", []))
+        valid = _valid_prefix(out, old.get("shards", []), part)
         if old.get("status") == "complete" and old.get("tokens_requested") == tokens and len(valid) == len(old["shards"]):
             return valid, old.get("normalization_factor")
         # Only full shards can be continued; a short (final) shard is redone.
         shards = [s for s in valid if s["rows"] == settings["shard_tokens"]][: tokens // settings["shard_tokens"]]
         factor = old.get("normalization_factor")
     keep = {s["file"] for s in shards} | {s["index_file"] for s in shards}
-    for f in out.glob("shard_*.npy"):
+    for f in out.glob(f"shard_{part}*.npy"):
         if f.name not in keep:
             f.unlink()
     if not resume:
-        (out / MANIFEST).unlink(missing_ok=True)
+        (out / _part_manifest(part)).unlink(missing_ok=True)
     return shards, factor
 
 
@@ -418,6 +432,7 @@ def build_cache(
     progress: bool = True,
     max_shards: Optional[int] = None,
     model_dtype: str = _MODEL.dtype,
+    world: Optional[World] = None,
 ) -> Path:
     """Harvest `tokens` activation rows (special positions excluded) into `out_dir`; returns it.
 
@@ -425,6 +440,12 @@ def build_cache(
     written (not text tokens: BOS/EOS/pad positions are not cached). If the corpus runs out
     first, the cache is finished with what there is and a warning. max_shards stops after that
     many new shards, leaving an unfinished cache to resume (for tests and time-boxed jobs).
+
+    world: a torchrun job (featsep.distributed.World). Rank r harvests every N-th LM batch of
+    contexts (LiveSource) into its own shards (shard_r00r_*.npy, its own manifest.r00r.json, so
+    each rank resumes its part), its share of `tokens`; the normalisation factor is one, from
+    every rank's first chunks; rank 0 then writes manifest.json listing every rank's shards, a
+    cache that any world size reads (a resume needs the same world size).
     """
     if tokens < 1:
         raise DataError(f"tokens must be >= 1, got {tokens}")
@@ -444,23 +465,36 @@ def build_cache(
     else:
         lm = model
     out.mkdir(parents=True, exist_ok=True)
+    world = world or World.single()
+    own = _part(world.rank, world.size)
+    requested, tokens = tokens, tokens // world.size + (world.rank < tokens % world.size)
     settings = {
         "model": lm.name, "hook": hook, "dataset": dataset, "text_column": text_column, "split": split,
         "seed": seed, "context_length": context_length, "batch_size": batch_size,
         "exclude_special_tokens": exclude_special_tokens, "dtype": dtype, "normalize": normalize,
-        "shard_tokens": shard_tokens, "d_in": lm.d_model, "encoding": encoding,
+        "shard_tokens": shard_tokens, "d_in": lm.d_model, "encoding": encoding, "world_size": world.size,
     }
 
-    shards, factor = _reusable_shards(out, settings, tokens, resume)
-    remove_stale_temp_files(out)  # leftovers of a killed write (shards and manifest)
-    if _is_complete(out, shards):
-        print(f"cache {out} is already complete ({sum(s['rows'] for s in shards):,} tokens); nothing to do")
+    shards, factor = _reusable_shards(out, settings, tokens, resume, own)
+    if world.rank == 0:
+        remove_stale_temp_files(out)  # leftovers of a killed write (shards and manifest)
+        if world.distributed:
+            (out / MANIFEST).unlink(missing_ok=True)  # rewritten from the parts at the end
+    world.barrier()  # no rank writes before those are gone
+    if normalize and world.distributed:  # one factor: a resumed part's, else all first chunks'
+        factor = next((f for f in world.all_gather_object(factor) if f is not None), None)
+    if _is_complete(out, shards, own) and not (normalize and factor is None):
+        if not world.distributed:
+            print(f"cache {out} is already complete ({sum(s['rows'] for s in shards):,} tokens); nothing to do")
+            return out
+        _write_world_manifest(out, world, shards, "complete", settings, requested, factor if normalize else None)
         return out
 
     t0 = time.perf_counter()
     source = LiveSource(
         lm, dataset, hook, context_length, batch_size, text_column, split, seed,
-        exclude_special_tokens, repeat=False, progress=progress, encoding=encoding,
+        exclude_special_tokens, repeat=False, progress=progress, encoding=encoding, rank=world.rank,
+        world_size=world.size,
     )
     start = shards[-1]["next"] if shards else {"context": 0, "skip_rows": 0}
     source.load_state_dict({"epoch": 0, "contexts_done": start["context"], "contexts_total": start["context"]})
@@ -477,12 +511,13 @@ def build_cache(
 
     try:  # closes the harvest's progress bar, so an error line starts a line of its own
         if normalize and factor is None:
-            factor, pending = first_chunks_factor(iter(fetch, None), norm_estimate_batches, acts=lambda item: item[1].acts)
+            factor, pending = first_chunks_factor(iter(fetch, None), norm_estimate_batches, acts=lambda item: item[1].acts,
+                                                  reduce_sum=(lambda t: world.all_reduce(t, "sum")) if world.distributed else None)
         scale = factor if normalize else 1.0
 
         def write_manifest(status: str) -> None:
-            with _disk_full_is_one_line(out / MANIFEST):
-                write_json_atomic(out / MANIFEST, {
+            with _disk_full_is_one_line(out / _part_manifest(own)):
+                write_json_atomic(out / _part_manifest(own), {
                     "format": FORMAT, "format_version": FORMAT_VERSION, "status": status, **settings,
                     "tokens_requested": tokens, "tokens": sum(s["rows"] for s in shards),
                     "normalization_factor": factor if normalize else None,
@@ -517,7 +552,7 @@ def build_cache(
             if filled == 0:
                 break
             i = len(shards)
-            shards.append({**_save_shard(out, i, acts[:filled], index[:filled]), "start": start, "next": next_pos})
+            shards.append({**_save_shard(out, i, acts[:filled], index[:filled], own), "start": start, "next": next_pos})
             start = next_pos
             written += filled
             new_shards += 1
@@ -529,8 +564,13 @@ def build_cache(
                     "the cache holds what there is", stacklevel=2,
                 )
             write_manifest("complete")
+            status = "complete"
+        else:
+            status = "incomplete"
     finally:
         chunks.close()
+    if world.distributed:
+        _write_world_manifest(out, world, shards, status, settings, requested, factor if normalize else None)
     elapsed = time.perf_counter() - t0
     size = sum(s["bytes"] + s["index_bytes"] for s in shards)
     new_rows = written - sum(s["rows"] for s in shards[: len(shards) - new_shards])
@@ -539,6 +579,26 @@ def build_cache(
         f"{format_bytes(size)}; this run {new_rows:,} tokens in {elapsed:.1f} s ({new_rows / max(elapsed, 1e-9):,.0f} tok/s)",
     )
     return out
+
+
+def _write_world_manifest(out: Path, world: World, shards: list[dict], status: str, settings: dict,
+                          requested: int, factor: Optional[float]) -> None:
+    """Rank 0 writes manifest.json: every rank's shards in rank order, complete when every
+    part is (collective: every rank calls it; the others return after the barrier)."""
+    parts = world.all_gather_object((shards, status))
+    if world.rank == 0:
+        every = [entry for part_shards, _ in parts for entry in part_shards]
+        done = all(st == "complete" for _, st in parts)
+        with _disk_full_is_one_line(out / MANIFEST):
+            write_json_atomic(out / MANIFEST, {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "status": "complete" if done else "incomplete",
+                **settings, "tokens_requested": requested, "tokens": sum(e["rows"] for e in every),
+                "normalization_factor": factor,
+                "normalization": "x * normalization_factor, factor = sqrt(d / mean ||x||^2)" if factor else "none",
+                "index_columns": ["context", "position", "token"], "shards": every,
+                "parts": [_part_manifest(_part(r, world.size)) for r in range(world.size)],
+            })
+    world.barrier()
 
 
 def cache_from_config(model: ModelConfig, data: DataConfig, tokens: int, out_dir, lm=None, **options) -> Path:

@@ -11,7 +11,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -91,21 +91,32 @@ def estimate_normalization_factor(acts: Sequence[Tensor] | Tensor) -> float:
         acts = [acts]
     total = sum(float(a.double().pow(2).sum()) for a in acts)
     n = sum(a.shape[0] for a in acts)
-    if n == 0:
+    return _factor(total, n, acts[0].shape[-1] if n else 1)
+
+
+def first_chunks_factor(chunks: Iterator, n: int, acts=lambda chunk: chunk.acts,
+                        reduce_sum: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[float, list]:
+    """The normalisation factor from the first `n` chunks of a source, and those chunks (the
+    caller still uses them: the stream feeds its buffer, the cache its first shard). `acts`
+    reads the activations of one item (the cache's items carry their first context too).
+    reduce_sum: sums a float64 tensor [sum ||x||^2, rows] over the ranks of a torchrun job, so
+    every rank gets the one factor of all the ranks' first chunks."""
+    first = list(islice(chunks, n))
+    if reduce_sum is None:
+        return estimate_normalization_factor([acts(c) for c in first]), first
+    stats = torch.tensor([sum(float(acts(c).double().pow(2).sum()) for c in first),
+                          float(sum(acts(c).shape[0] for c in first))], dtype=torch.float64)
+    total, rows = (float(v) for v in reduce_sum(stats))
+    return _factor(total, int(rows), acts(first[0]).shape[-1] if first else 1), first
+
+
+def _factor(total_sq: float, rows: int, d: int) -> float:
+    if rows == 0:
         raise DataError("no activations to estimate the normalisation factor from (corpus too small?)")
-    d = acts[0].shape[-1]
-    mean_sq = total / n
+    mean_sq = total_sq / rows
     if not math.isfinite(mean_sq) or mean_sq <= 0:
         raise DataError(f"activations have mean squared norm {mean_sq}; cannot normalise (NaN/zero activations?)")
     return math.sqrt(d / mean_sq)
-
-
-def first_chunks_factor(chunks: Iterator, n: int, acts=lambda chunk: chunk.acts) -> tuple[float, list]:
-    """The normalisation factor from the first `n` chunks of a source, and those chunks (the
-    caller still uses them: the stream feeds its buffer, the cache its first shard). `acts`
-    reads the activations of one item (the cache's items carry their first context too)."""
-    first = list(islice(chunks, n))
-    return estimate_normalization_factor([acts(c) for c in first]), first
 
 
 class LiveSource:
@@ -132,7 +143,14 @@ class LiveSource:
         repeat: bool = True,
         progress: bool = False,
         encoding: str = "utf-8",
+        rank: int = 0,
+        world_size: int = 1,
     ):
+        """rank / world_size: a torchrun rank runs the LM on every world_size-th LM batch of
+        contexts (batch b goes to rank b % world_size): the ranks' contexts are disjoint, their
+        ids global, and each context's activations are those of a single-process harvest."""
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not one of the {world_size} ranks of the job")
         lm.hook_layer(hook)  # a bad hook fails before any work
         if lm.tokenizer is None:
             raise DataError(f"{lm.name} has no tokenizer; wrap it with LanguageModel.from_hf(model, tokenizer)")
@@ -141,6 +159,7 @@ class LiveSource:
         self.text_column, self.split, self.seed, self.encoding = text_column, split, seed, encoding
         self.exclude_special_tokens, self.repeat, self.progress = exclude_special_tokens, repeat, progress
         self.d_in = lm.d_model
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.contexts_done = 0  # in this epoch
         self.contexts_total = 0  # over all epochs: the context id of the next row
@@ -173,9 +192,13 @@ class LiveSource:
             while True:
                 special = self.lm.special_token_ids if self.exclude_special_tokens else set()
                 for ids in batched_rows(self.rows(), self.lm_batch_size):
-                    chunk = harvest_batch(self.lm, ids, self.hook, self.contexts_total, special)
+                    # positions are multiples of lm_batch_size within an epoch, so this is the batch's number
+                    mine = (self.contexts_done // self.lm_batch_size) % self.world_size == self.rank
+                    chunk = harvest_batch(self.lm, ids, self.hook, self.contexts_total, special) if mine else None
                     self.contexts_done += ids.shape[0]
                     self.contexts_total += ids.shape[0]
+                    if chunk is None:
+                        continue
                     if bar is not None:
                         bar.update(ids.numel())
                     yield chunk

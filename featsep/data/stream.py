@@ -18,7 +18,7 @@ re-pack the text up to the recorded context but never re-run the LM for it.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -50,16 +50,28 @@ class ActivationStream:
         normalization_factor: Optional[float] = None,
         norm_estimate_batches: int = _DATA.norm_estimate_batches,
         prescaled: bool = False,
+        rows_of: tuple[int, int] = (0, 1),
+        pin_memory: bool = False,
+        reduce_sum: Optional[Callable[[Tensor], Tensor]] = None,
     ):
         """shuffle_buffer: contexts the mixing buffer holds (x context_length rows; at least
         2 x batch_size); 0 or sequence_mode keeps source order. normalize: scale rows by a
         factor estimated from the first norm_estimate_batches source chunks (or the one given).
         prescaled: the source is already scaled (a normalised cache); the factor is only reported.
+        rows_of=(rank, world_size): yield only rows [rank B/N, (rank+1) B/N) of each batch of
+        batch_size=B rows (a torchrun rank's slice of the global batch every rank builds alike).
+        pin_memory: batches in page-locked memory, so .to("cuda", non_blocking=True) is an
+        asynchronous copy. reduce_sum: sums the normalisation statistics over the ranks of a
+        torchrun job (featsep.data.harvest.first_chunks_factor), for one factor on every rank.
         """
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}")
         if norm_estimate_batches < 1:
             raise DataError(f"norm_estimate_batches must be >= 1, got {norm_estimate_batches}")
+        rank, size = rows_of
+        if not 0 <= rank < size or batch_size % size:
+            raise DataError(f"a batch of {batch_size} rows does not split over {size} ranks (rank {rank}); "
+                            f"use a batch size divisible by {size}")
         self.source = source
         self.d_in = source.d_in
         self.batch_size = batch_size
@@ -68,6 +80,7 @@ class ActivationStream:
         self.normalization_factor = normalization_factor
         self.norm_estimate_batches = norm_estimate_batches
         self.prescaled = prescaled
+        self.rows_of, self.pin_memory, self.reduce_sum = rows_of, pin_memory, reduce_sum
         self.buffer = MixingBuffer(
             self.d_in, batch_size, shuffle_buffer * context_length, shuffle=not self.sequence_mode, seed=seed
         )
@@ -98,8 +111,14 @@ class ActivationStream:
         repeat: bool = True,
         progress: bool = False,
         encoding: str = _DATA.encoding,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = False,
+        reduce_sum: Optional[Callable[[Tensor], Tensor]] = None,
     ) -> "ActivationStream":
-        """Harvest live: lm is a featsep.lm.LanguageModel or a model name for load_lm."""
+        """Harvest live: lm is a featsep.lm.LanguageModel or a model name for load_lm.
+        rank / world_size: this torchrun rank harvests its share of the contexts only
+        (LiveSource), and batch_size is its own rows per step."""
         if isinstance(lm, str):
             from featsep.lm import load_lm
 
@@ -107,12 +126,13 @@ class ActivationStream:
         source = LiveSource(
             lm, dataset, hook, context_length=context_length, lm_batch_size=lm_batch_size,
             text_column=text_column, split=split, seed=seed, exclude_special_tokens=exclude_special_tokens,
-            repeat=repeat, progress=progress, encoding=encoding,
+            repeat=repeat, progress=progress, encoding=encoding, rank=rank, world_size=world_size,
         )
         return cls(
             source, batch_size=batch_size, shuffle_buffer=shuffle_buffer, context_length=context_length,
             sequence_mode=sequence_mode, seed=seed, normalize=normalize,
             normalization_factor=normalization_factor, norm_estimate_batches=norm_estimate_batches,
+            pin_memory=pin_memory, reduce_sum=reduce_sum,
         )
 
     @classmethod
@@ -126,8 +146,12 @@ class ActivationStream:
         seed: int = _DATA.seed,
         repeat: bool = True,
         verify: bool = True,
+        rows_of: tuple[int, int] = (0, 1),
+        pin_memory: bool = False,
     ) -> "ActivationStream":
-        """Read an activation cache (see featsep.data.cache); rows come as they were stored."""
+        """Read an activation cache (see featsep.data.cache); rows come as they were stored.
+        rows_of=(rank, world_size): every rank reads the same global batches of batch_size rows
+        and keeps its slice, so training equals one process on the same cache."""
         cache = path if isinstance(path, ActivationCache) else ActivationCache(path, verify=verify)
         shuffle = not (sequence_mode or shuffle_buffer == 0)
         source = cache.source(shuffle=shuffle, seed=seed, repeat=repeat)
@@ -135,6 +159,7 @@ class ActivationStream:
             source, batch_size=batch_size, shuffle_buffer=shuffle_buffer, context_length=cache.context_length,
             sequence_mode=sequence_mode, seed=seed,
             normalize=False, normalization_factor=cache.normalization_factor, prescaled=True,
+            rows_of=rows_of, pin_memory=pin_memory,
         )
 
     @classmethod
@@ -177,7 +202,8 @@ class ActivationStream:
     def _start(self) -> Iterator[ActivationChunk]:
         chunks = self.source.chunks()
         if self.normalize and self.normalization_factor is None:
-            self.normalization_factor, first = first_chunks_factor(chunks, self.norm_estimate_batches)
+            self.normalization_factor, first = first_chunks_factor(chunks, self.norm_estimate_batches,
+                                                                   reduce_sum=self.reduce_sum)
             self.buffer.add(first, self._scale)
         return chunks
 
@@ -204,8 +230,13 @@ class ActivationStream:
         if batch is None:
             raise StopIteration
         self.tokens_seen += self.batch_size
+        rank, size = self.rows_of
+        if size > 1:
+            per = self.batch_size // size
+            batch = batch[rank * per:(rank + 1) * per]
+        acts = batch.acts.pin_memory() if self.pin_memory else batch.acts
         self.last_index = batch.index
-        return batch.acts
+        return acts
 
     @property
     def last_context_ids(self) -> Optional[Tensor]:
@@ -259,10 +290,19 @@ class ActivationStream:
         )
 
 
-def stream_from_config(model: ModelConfig, data: DataConfig, batch_size: int, lm=None) -> ActivationStream:
+def stream_from_config(model: ModelConfig, data: DataConfig, batch_size: int, lm=None, rank: int = 0,
+                       world_size: int = 1, pin_memory: bool = False,
+                       reduce_sum: Optional[Callable[[Tensor], Tensor]] = None) -> ActivationStream:
     """The stream the [model] and [data] sections ask for: data.cache when set, else live.
 
-    lm: an already loaded LanguageModel to reuse (default: load model.name)."""
+    lm: an already loaded LanguageModel to reuse (default: load model.name). rank / world_size:
+    a torchrun rank's disjoint, deterministic share of the global batches of batch_size rows:
+    from a cache, rows [rank B/N, (rank+1) B/N) of each global batch (so the job trains on the
+    batches one process would); live, the contexts of every world_size-th LM batch, shuffled
+    into B/N rows per step on each rank (reduce_sum: one normalisation factor for all ranks)."""
+    if batch_size % world_size:
+        raise DataError(f"train.batch_size={batch_size} does not split over {world_size} ranks; "
+                        f"use a batch size divisible by {world_size}")
     if data.cache:
         cache = ActivationCache(data.cache)
         for key, wanted in (("hook", model.hook), ("model", model.name), ("context_length", data.context_length)):
@@ -273,16 +313,16 @@ def stream_from_config(model: ModelConfig, data: DataConfig, batch_size: int, lm
                 )
         return ActivationStream.from_cache(
             cache, batch_size=batch_size, shuffle_buffer=data.shuffle_buffer,
-            sequence_mode=data.sequence_mode, seed=data.seed,
+            sequence_mode=data.sequence_mode, seed=data.seed, rows_of=(rank, world_size), pin_memory=pin_memory,
         )
     if lm is None:
         from featsep.lm import load_lm
 
         lm = load_lm(model.name, device=model.device, dtype=model.dtype)
     return ActivationStream.from_lm(
-        lm, data.dataset, model.hook, batch_size=batch_size, context_length=data.context_length,
+        lm, data.dataset, model.hook, batch_size=batch_size // world_size, context_length=data.context_length,
         lm_batch_size=model.batch_size, text_column=data.text_column, split=data.split, seed=data.seed,
         shuffle_buffer=data.shuffle_buffer, sequence_mode=data.sequence_mode, normalize=data.normalize,
         norm_estimate_batches=data.norm_estimate_batches, exclude_special_tokens=data.exclude_special_tokens,
-        encoding=data.encoding,
+        encoding=data.encoding, rank=rank, world_size=world_size, pin_memory=pin_memory, reduce_sum=reduce_sum,
     )

@@ -150,6 +150,7 @@ def evaluate(
     device: str = "auto",
     dtype: str = "auto",
     verbose: bool = True,
+    share: tuple[int, int] = (0, 1),
 ):
     """Run `evals` (e.g. ["core", "sparse_probing", "absorption"]) on SAEs.
 
@@ -164,6 +165,8 @@ def evaluate(
     settings: {"core": {...}, "absorption": {...}} and/or keys shared by several evals
     ("seed": 1), plus runner keys hook/cache_dir/device/dtype. cache_dir: "default" (the featsep
     cache), a folder, or None (memory only).
+    share=(rank, world_size): a torchrun rank evaluates targets rank, rank + N, ... only (output
+    folders as for the whole input); always a list, [] when its share is empty.
     Returns {eval_name: SAEBench-schema dict} for one SAE, a list of those for a list.
     """
     evals = list(evals)
@@ -181,6 +184,10 @@ def evaluate(
     targets = resolve_targets(sae_or_path)
     if out_dir is not None and per_target:
         check_unique_names(targets)
+    if share != (0, 1):
+        targets = targets[share[0]::share[1]]
+        if not targets:
+            return []
     lm = _load_model(model, targets, runner.get("device", device), runner.get("dtype", dtype))
 
     groups: dict[str, list[int]] = {}
@@ -209,7 +216,7 @@ def evaluate(
                 _write(t, spec.name, outputs[i][spec.name], out_dir, per_target)
             if verbose:
                 print(f"{spec.name}: {len(saes)} SAE(s) on {lm.name} {h} in {wall:.1f} s")
-    single = not isinstance(sae_or_path, (list, tuple)) and len(targets) == 1
+    single = not isinstance(sae_or_path, (list, tuple)) and len(targets) == 1 and share == (0, 1)
     return outputs[0] if single else outputs
 
 
@@ -240,19 +247,29 @@ def run_eval_cli(
     settings: Optional[list[str]] = None,
     model: Optional[str] = None,
     out_dir: Optional[str] = None,
+    world=None,
 ):
     """`featsep eval TARGET --evals core,absorption --set core.n_eval_reconstruction_batches=4`.
 
     settings: "key=value" strings (values parsed as TOML): "core.dataset=bbc-news",
-    "seed=1" (every eval that has it), "hook=blocks.8.hook_resid_post", "cache_dir=/tmp/c"."""
+    "seed=1" (every eval that has it), "hook=blocks.8.hook_resid_post", "cache_dir=/tmp/c".
+    world: a torchrun job (featsep.distributed.World): each rank evaluates its share of the
+    SAEs, and rank 0 prints every result after the others finished."""
     from featsep.settings import apply_overrides
 
     nested = apply_overrides({}, settings or [])
-    results = evaluate(target, evals=evals, model=model, out_dir=out_dir, settings=nested)
-    for per_sae in results if isinstance(results, list) else [results]:
+    share = (0, 1) if world is None else (world.rank, world.size)
+    returned = evaluate(target, evals=evals, model=model, out_dir=out_dir, settings=nested, share=share,
+                        verbose=share[0] == 0)
+    results = returned if isinstance(returned, list) else [returned]
+    if world is not None and world.distributed:
+        returned = results = [r for part in world.all_gather_object(results) for r in part]  # also the barrier
+        if world.rank != 0:
+            return returned
+    for per_sae in results:
         for name, result in per_sae.items():
             print(f"== {result['sae_lens_id']}: {name}")
             for category, values in result["eval_result_metrics"].items():
                 shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
                 print(f"  {category}: {shown}")
-    return results
+    return returned

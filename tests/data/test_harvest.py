@@ -57,3 +57,37 @@ def test_live_stream_normalises_from_first_batches(word_lm, word_corpus):
     assert (raw * factor).pow(2).sum(1).mean().item() == pytest.approx(D, rel=1e-5)
     n = min(len(raw), len(seq))
     torch.testing.assert_close(seq[:n], raw[:n] * stream.normalization_factor, rtol=1e-6, atol=1e-6)
+
+
+def test_live_source_ranks_split_lm_batches_disjointly_and_match_one_process(word_lm, word_corpus):
+    from featsep.data import LiveSource
+
+    def chunks(rank=0, world_size=1):
+        source = LiveSource(word_lm, word_corpus, HOOK, context_length=16, lm_batch_size=4, repeat=False,
+                            rank=rank, world_size=world_size)
+        return list(source.chunks())
+
+    whole = chunks()
+    parts = [chunks(r, 3) for r in range(3)]
+    # rank r holds LM batches r, r+3, ...: the single-process chunks, dealt round-robin
+    assert [len(p) for p in parts] == [len(whole[r::3]) for r in range(3)]
+    for r, part in enumerate(parts):
+        for mine, theirs in zip(part, whole[r::3]):
+            assert torch.equal(mine.index, theirs.index) and torch.equal(mine.acts, theirs.acts)
+    with pytest.raises(Exception, match="rank 3 is not one of the 3 ranks"):
+        LiveSource(word_lm, word_corpus, HOOK, rank=3, world_size=3)
+
+
+def test_first_chunks_factor_summed_over_ranks_is_the_factor_of_all_their_chunks():
+    from featsep.data.harvest import ActivationChunk, first_chunks_factor
+
+    g = torch.Generator().manual_seed(0)
+    ranks = [[ActivationChunk(torch.randn(n, 8, generator=g) * (r + 1), torch.zeros(n, 3, dtype=torch.long))
+              for n in (5, 7, 3)] for r in range(2)]
+    stats = [torch.tensor([sum(float(c.acts.double().pow(2).sum()) for c in part[:2]), 12.0], dtype=torch.float64)
+             for part in ranks]
+    total = stats[0] + stats[1]  # what an all-reduce "sum" over the two ranks returns
+    for part in ranks:
+        factor, first = first_chunks_factor(iter(part), 2, reduce_sum=lambda t: total)
+        assert factor == pytest.approx(estimate_normalization_factor([c.acts for p in ranks for c in p[:2]]), rel=1e-12)
+        assert first == part[:2]

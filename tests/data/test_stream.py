@@ -140,3 +140,58 @@ def test_real_gemma_stream_and_cache(tmp_path):
                       shard_tokens=400, norm_estimate_batches=1, progress=False)
     acts, _ = ActivationCache(out).to_tensor()
     torch.testing.assert_close(acts[:512], batch, rtol=0, atol=0)
+
+
+def test_rank_row_slices_of_each_batch_make_up_the_one_process_batch():
+    acts = torch.randn(4, 64, 8)
+    whole = ActivationStream.from_tensor(acts, batch_size=32, shuffle_buffer=2, repeat=False)
+    ranks = [ActivationStream.from_tensor(acts, batch_size=32, shuffle_buffer=2, repeat=False) for _ in range(4)]
+    for stream, rank in zip(ranks, range(4)):
+        stream.rows_of = (rank, 4)
+    for batch in whole:
+        parts = [next(s) for s in ranks]
+        assert torch.equal(torch.cat(parts), batch)
+        assert torch.equal(torch.cat([s.last_index for s in ranks]), whole.last_index)
+    with pytest.raises(DataError, match="does not split over 3 ranks"):
+        ActivationStream.from_tensor(acts, batch_size=32).__class__(ranks[0].source, batch_size=32, rows_of=(0, 3))
+
+
+def test_pin_memory_pins_each_batch(monkeypatch):
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self.clone())
+    stream = ActivationStream.from_tensor(torch.randn(256, 8), batch_size=32, repeat=False)
+    stream.pin_memory = True
+    batches = list(stream)
+    assert pinned == [torch.Size([32, 8])] * len(batches) == [torch.Size([32, 8])] * 8
+
+
+HOST_SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero")
+
+
+def test_harvest_loop_makes_no_host_sync_per_step(word_lm, word_corpus, monkeypatch):
+    """On a GPU each of these waits for the device; counted here on CPU (no CUDA needed) over
+    the steady state of the live harvest loop (LM forward, special-token filter, mixing
+    buffer, batches), by the code that makes the call: featsep's makes none; transformers'
+    mask preparation makes one per LM forward (its packed-sequence check of the position ids;
+    only a 4D mask avoids it, and that loses SDPA's causal fast path)."""
+    import traceback
+
+    stream = ActivationStream.from_lm(word_lm, word_corpus, HOOK, **stream_kwargs(normalize=False))
+    next(stream)  # warm-up: the text source and the buffer's first fill
+    calls = {"featsep": 0, "transformers": 0, "other": 0}
+    forwards = [0]
+    for name in HOST_SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            caller = next(f.filename for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
+            calls[next((k for k in ("featsep", "transformers") if f"/{k}/" in caller), "other")] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    forward = word_lm.forward_to_hook
+    monkeypatch.setattr(word_lm, "forward_to_hook", lambda *a: forwards.__setitem__(0, forwards[0] + 1) or forward(*a))
+    for _ in range(20):
+        next(stream)
+    monkeypatch.undo()
+    assert forwards[0] > 10
+    assert calls == {"featsep": 0, "transformers": forwards[0], "other": 0}

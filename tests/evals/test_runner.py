@@ -180,3 +180,22 @@ def test_foreign_sae_dirs_and_hub_references_are_targets(tmp_path, monkeypatch):
     snapshot = tmp_path / "hf" / "models--someone--saes" / "snapshots" / ("cd" * 20)
     assert resolve_refs(["hf://someone/saes", str(folder)]) == [snapshot, str(folder)]
     assert resolve_targets(resolve_refs("hf://someone/saes/ae.pt"))[0].sae.architecture == "topk"
+
+
+def test_shares_of_a_sweep_dir_split_its_runs_and_each_equals_the_whole_call(letters_lm, letters_corpus, tmp_path):
+    """share=(rank, N), what each torchrun rank passes: disjoint shares that cover every run,
+    each run's result the one a single call gives it."""
+    sweep = tmp_path / "sweep"
+    for i in range(3):
+        save_sae(make_sae("topk", d_in=D, d_sae=32, k=2 + i, hook_name=HOOK, model_name="tiny", seed=i),
+                 sweep / f"run_{i}" / "sae")
+    settings = {"core": {"dataset": letters_corpus, "context_size": 16, "batch_size_prompts": 2,
+                         "n_eval_reconstruction_batches": 1, "n_eval_sparsity_variance_batches": 1}}
+    kw = dict(evals=["core"], model=letters_lm, settings=settings, cache_dir=tmp_path / "cache", verbose=False)
+    whole = evaluate(str(sweep), out_dir=tmp_path / "whole", **kw)
+    parts = [evaluate(str(sweep), out_dir=tmp_path / "parts", share=(rank, 2), **kw) for rank in range(2)]
+    assert [len(p) for p in parts] == [2, 1]
+    assert evaluate(str(sweep / "run_0"), out_dir=tmp_path / "none", share=(1, 2), **kw) == []
+    metrics = lambda r: r["core"]["eval_result_metrics"]  # noqa: E731
+    assert [metrics(r) for r in parts[0] + parts[1]] == [metrics(whole[i]) for i in (0, 2, 1)]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["run_0", "run_1", "run_2"]
