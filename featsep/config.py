@@ -187,7 +187,7 @@ class BaselineConfig(Strict):
     evals on the same data, and reported as a baseline: `sae` (or `saes`) a local path (SAELens,
     Gemma Scope, sparsify, dictionary_learning or featsep layout) or a hub reference
     (hf://ORG/REPO/PATH, saelens:RELEASE/SAE_ID), fetched when the sweep runs, never when the
-    config is read."""
+    config is read (an existing local path is checked then; a missing one when the sweep starts)."""
 
     name: str = Field(min_length=1, description="the baseline's name in the report (its frontier line)")
     sae: str | None = Field(None, description="one SAE: a path or hub reference")
@@ -206,11 +206,8 @@ class BaselineConfig(Strict):
             raise ValueError(f"baseline {self.name!r}: give sae = \"PATH_OR_REF\" or saes = [...], exactly one")
         if len(set(self.refs)) != len(self.refs):
             raise ValueError(f"baseline {self.name!r} lists an SAE twice")
-        for ref in self.refs:
-            if not is_sae_ref(ref):
-                if not Path(ref).expanduser().exists():
-                    raise ValueError(f"baseline {self.name!r}: {ref} does not exist; give the SAE's folder or "
-                                     "weights file, or a hub reference (hf://ORG/REPO/PATH)")
+        for ref in self.refs:  # a path not there yet (written by an earlier step) is refused when the sweep starts
+            if not is_sae_ref(ref) and Path(ref).expanduser().exists():
                 sae_format(Path(ref).expanduser())
         return self
 

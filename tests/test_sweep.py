@@ -384,7 +384,7 @@ def test_a_sweep_evaluates_and_reports_foreign_baselines(tiny_llama_dir, checkpo
 @pytest.mark.parametrize("baseline, message", [
     ({"name": "b", "sea": "x"}, "sea"),
     ({"name": "b"}, "give sae = \"PATH_OR_REF\" or saes = [...], exactly one"),
-    ({"name": "b", "sae": "/no/such/sae"}, "/no/such/sae does not exist"),
+    ({"name": "b", "sae": "/"}, "'/' holds no SAE featsep can load"),
     ({"name": "topk", "sae": "hf://google/gemma-scope-2b-pt-res/layer_1/width_16k/average_l0_82"}, "already a method's"),
     ({"name": "gs", "sae": "hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"},
      "reads blocks.12.hook_resid_post (its layer folder says so) but the sweep's model.hook is blocks.1.hook_resid_post"),
@@ -407,8 +407,9 @@ def test_baseline_that_does_not_fit_the_model_is_refused_before_the_model_loads(
     monkeypatch.setattr(featsep.pipeline, "train_specs", lambda *a, **k: pytest.fail("the model was loaded"))
     wide = _saelens_jumprelu(tmp_path / "wide", d_in=16)
     other = _saelens_jumprelu(tmp_path / "other", hook="blocks.0.hook_resid_post")
-    for path, message in ((wide, "has d_in=16 but"), (other, "reads blocks.0.hook_resid_post, not the sweep's")):
-        cfg = validate(SweepConfig, _baseline_cfg(tiny_llama_dir, checkpoint_corpus, tmp_path / path.name,
+    for path, message in ((wide, "has d_in=16 but"), (other, "reads blocks.0.hook_resid_post, not the sweep's"),
+                          (tmp_path / "not-yet", f"SAE {tmp_path / 'not-yet'} does not exist")):
+        cfg = validate(SweepConfig, _baseline_cfg(tiny_llama_dir, checkpoint_corpus, tmp_path / "out" / path.name,
                                                   [{"name": "b", "sae": str(path)}]))
-        with pytest.raises(ConfigError, match=re.escape(message)):
+        with pytest.raises((ConfigError, FileNotFoundError), match=re.escape(message)):
             run_sweep(cfg)

@@ -50,6 +50,9 @@ def describe(source: str, name: Optional[str] = None, model: Optional[str] = Non
     from featsep.sae.foreign import resolve_sae_ref
 
     path = resolve_sae_ref(source).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"SAE {source} does not exist; give the SAE's folder or weights file, or a hub "
+                                "reference (hf://ORG/REPO/PATH, saelens:RELEASE/SAE_ID)")
     fmt = sae_format(path)
     sae = load_sae(path)
     model = model or sae.cfg.model_name
