@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from featsep.io import file_sha256
-from featsep.rundir import BaselineRecord, RunDir
+from featsep.rundir import BaselineRecord, ConfigRecord, RunDir
 from featsep.version import __version__
 
 # the file whose bytes are the SAE, per layout (sae.foreign's names; featsep's own SAE dir last)
@@ -81,7 +81,7 @@ def write_baseline(run_dir: str | Path, record: BaselineRecord, run_config: Opti
     if existing is None and (run.holds_training() or run.sae_dir.is_dir()):
         raise FileExistsError(f"{run.path} holds a trained run; write the baseline into another dir")
     run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config({"featsep_version": __version__, "baseline": record.model_dump(), "run_config": run_config})
+    run.write_config(ConfigRecord(featsep_version=__version__, baseline=record, run_config=run_config).model_dump())
     return run
 
 
