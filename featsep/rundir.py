@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from featsep.io import write_bytes_atomic, write_json_atomic
 from featsep.settings import one_line
@@ -143,6 +143,14 @@ class ConfigRecord(BaseModel):
     penalties: list[dict[str, Any]] = []
     train: dict[str, Any] = {}
     baseline: Optional[BaselineRecord] = None
+
+    @model_serializer(mode="wrap")
+    def _baseline_only_when_set(self, handler):
+        """A trained run's config.json keeps its keys (no "baseline": null)."""
+        out = handler(self)
+        if out.get("baseline") is None:
+            out.pop("baseline", None)
+        return out
 
 
 @dataclass
