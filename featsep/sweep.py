@@ -4,7 +4,8 @@ A sweep config lists methods (an SAE architecture plus penalties) and a grid ove
 method's parameters; `expand_sweep` turns it into runs named run_0, run_1, ... in a stable
 order (with `seeds`, each grid point once per seed, its seeds next to each other), and `run_sweep` trains every unfinished run in one pass over the language model (or
 cache), evaluates them sharing the model's work, and leaves out_dir/run_i/ run dirs plus
-out_dir/sweep.json for `featsep report`.
+out_dir/sweep.json for `featsep report`. `[[baselines]]` (released SAEs) become baseline run dirs
+baseline_0, baseline_1, ... (featsep.evals.baselines), evaluated with the runs.
 """
 
 from __future__ import annotations
