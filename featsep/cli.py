@@ -156,6 +156,11 @@ def eval_(
     set_: Optional[List[str]] = SetOption,
     model: Optional[str] = typer.Option(None, help="language model (default: the SAE's own)"),
     out_dir: Optional[Path] = typer.Option(None, help="where to write results (default: the run dir)"),
+    hook: Optional[str] = typer.Option(None, help="the hook the SAE reads, e.g. blocks.12.hook_resid_post "
+                                       "(default: the SAE's own; same as --set hook=...)"),
+    baseline_dir: Optional[Path] = typer.Option(
+        None, help="make TARGET (one SAE, e.g. a released one) a baseline run dir here: its identity (format, "
+                   "source, sha256), the evals and the competition analysis, read by `featsep report` like a trained run"),
 ) -> None:
     """Evaluate SAE(s) with SAEBench-faithful metrics; results merge into final_info.json.
 
@@ -167,7 +172,8 @@ def eval_(
     file with a text and a label column, e.g. --set sparse_probing.datasets=/data/labels.jsonl (columns:
     sparse_probing.text_column, sparse_probing.label_column).
 
-    With --out-dir, results go there only; the run dirs stay untouched."""
+    With --out-dir, results go there only; the run dirs stay untouched. With --baseline-dir, TARGET becomes a
+    baseline: model and hook come from the SAE's config, else --model/--hook are asked for."""
     with _user_errors():
         from featsep.evals import run_eval_cli
         from featsep.pipeline import world
@@ -179,6 +185,8 @@ def eval_(
             model=model,
             out_dir=str(out_dir) if out_dir else None,
             world=world(),  # under torchrun each rank evaluates its share of a sweep's SAEs
+            hook=hook,
+            baseline_dir=str(baseline_dir) if baseline_dir else None,
         )
 
 

@@ -182,6 +182,47 @@ class MethodConfig(Strict):
         return self
 
 
+class BaselineConfig(Strict):
+    """A released SAE (or several, one frontier) evaluated beside a sweep's methods with the same
+    evals on the same data, and reported as a baseline: `sae` (or `saes`) a local path (SAELens,
+    Gemma Scope, sparsify, dictionary_learning or featsep layout) or a hub reference
+    (hf://ORG/REPO/PATH, saelens:RELEASE/SAE_ID), fetched when the sweep runs, never when the
+    config is read (an existing local path is checked then; a missing one when the sweep starts)."""
+
+    name: str = Field(min_length=1, description="the baseline's name in the report (its frontier line)")
+    sae: str | None = Field(None, description="one SAE: a path or hub reference")
+    saes: list[str] = Field(default_factory=list, description="several SAEs of one family (e.g. L0s), one frontier")
+
+    @property
+    def refs(self) -> list[str]:
+        return [self.sae] if self.sae is not None else list(self.saes)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaselineConfig":
+        from featsep.evals.baselines import sae_format
+        from featsep.sae.foreign import is_sae_ref
+
+        if (self.sae is None) == (not self.saes):
+            raise ValueError(f"baseline {self.name!r}: give sae = \"PATH_OR_REF\" or saes = [...], exactly one")
+        if len(set(self.refs)) != len(self.refs):
+            raise ValueError(f"baseline {self.name!r} lists an SAE twice")
+        for ref in self.refs:  # a path not there yet (written by an earlier step) is refused when the sweep starts
+            if not is_sae_ref(ref) and Path(ref).expanduser().exists():
+                sae_format(Path(ref).expanduser())
+        return self
+
+
+def baseline_hook_mismatch(ref: str, hook: str) -> str | None:
+    """Why `ref` cannot serve `hook`, when its path alone tells (Gemma Scope's layer_L folders),
+    without fetching anything; None when it fits or only loading tells."""
+    from featsep.sae.foreign import gemma_scope_metadata
+
+    found = gemma_scope_metadata(Path(ref.split(":", 1)[-1])).get("hook_name")
+    if found is not None and found != hook:
+        return f"{ref} reads {found} (its layer folder says so) but the sweep's model.hook is {hook}"
+    return None
+
+
 class SweepConfig(Strict):
     """Many runs that share the model, data and training budget (one LM pass for all)."""
 
@@ -192,6 +233,9 @@ class SweepConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     methods: list[MethodConfig]
+    baselines: list[BaselineConfig] = Field(
+        default_factory=list, description="released SAEs evaluated and reported beside the methods"
+    )
     max_saes_per_pass: int = Field(
         0, ge=0, description="train at most this many SAEs on one activation pass (0: all at once)"
     )
@@ -204,6 +248,19 @@ class SweepConfig(Strict):
     def _seeds_are_distinct(self) -> "SweepConfig":
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds {self.seeds} repeat a seed; each seed must appear once")
+        return self
+
+    @model_validator(mode="after")
+    def _baselines_fit(self) -> "SweepConfig":
+        names = [m.name for m in self.methods]
+        for baseline in self.baselines:
+            if baseline.name in names:
+                raise ValueError(f"baseline name {baseline.name!r} is already a method's or another baseline's; "
+                                 "names must be unique")
+            names.append(baseline.name)
+            for ref in baseline.refs:
+                if (why := baseline_hook_mismatch(ref, self.model.hook)) is not None:
+                    raise ValueError(f"baseline {baseline.name!r}: {why}; drop it or pick the SAE of that layer")
         return self
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from featsep.io import write_bytes_atomic, write_json_atomic
 from featsep.settings import one_line
@@ -113,8 +113,27 @@ class EvalRecord(BaseModel):
         return set(walk(self.eval_result_metrics, ()))
 
 
+class BaselineRecord(BaseModel):
+    """config.json's "baseline": a released SAE evaluated here, not trained here (evals.baselines).
+
+    source: the path or hub reference as given; path: where its files were found; sha256: of its
+    weights file; model_name/hook_name: what it is evaluated with."""
+
+    name: str
+    source: str
+    path: str
+    format: str
+    sha256: str
+    architecture: str
+    d_in: int
+    d_sae: int
+    model_name: str
+    hook_name: str
+
+
 class ConfigRecord(BaseModel):
-    """config.json: what rebuilds and resumes the run (run_config is the caller's whole config)."""
+    """config.json: what rebuilds and resumes the run (run_config is the caller's whole config);
+    a baseline run dir has `baseline` instead of the trained SAE's blocks."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -123,6 +142,15 @@ class ConfigRecord(BaseModel):
     sae: dict[str, Any] = {}
     penalties: list[dict[str, Any]] = []
     train: dict[str, Any] = {}
+    baseline: Optional[BaselineRecord] = None
+
+    @model_serializer(mode="wrap")
+    def _baseline_only_when_set(self, handler):
+        """A trained run's config.json keeps its keys (no "baseline": null)."""
+        out = handler(self)
+        if out.get("baseline") is None:
+            out.pop("baseline", None)
+        return out
 
 
 @dataclass

@@ -4,11 +4,13 @@ A sweep config lists methods (an SAE architecture plus penalties) and a grid ove
 method's parameters; `expand_sweep` turns it into runs named run_0, run_1, ... in a stable
 order (with `seeds`, each grid point once per seed, its seeds next to each other), and `run_sweep` trains every unfinished run in one pass over the language model (or
 cache), evaluates them sharing the model's work, and leaves out_dir/run_i/ run dirs plus
-out_dir/sweep.json for `featsep report`.
+out_dir/sweep.json for `featsep report`. `[[baselines]]` (released SAEs) become baseline run dirs
+baseline_0, baseline_1, ... (featsep.evals.baselines), evaluated with the runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from featsep.config import ConfigError, SweepConfig, validate
@@ -16,6 +18,7 @@ from featsep.pipeline import (
     RunSpec,
     check_continuation,
     check_outputs,
+    d_in_without_loading,
     evaluate_runs,
     is_trained,
     record_changes,
@@ -69,14 +72,77 @@ def _run_entry(spec: RunSpec) -> dict:
     return entry
 
 
-def sweep_manifest(cfg: SweepConfig, specs: list[RunSpec]) -> dict:
-    """sweep.json: what the report needs to group runs into methods and label them."""
+@dataclass
+class BaselineSpec:
+    """One released SAE of a sweep: its run-dir name, label, baseline name (its method) and source."""
+
+    name: str
+    label: str
+    method: str
+    source: str
+
+
+def expand_baselines(cfg: SweepConfig) -> list[BaselineSpec]:
+    """The sweep's baselines as run dirs baseline_0, baseline_1, ... in config order; a baseline
+    of several SAEs labels each by its reference's last part (e.g. average_l0_82)."""
+    out = []
+    for baseline in cfg.baselines:
+        for ref, part in zip(baseline.refs, _distinct_parts(baseline.refs)):
+            label = baseline.name if len(baseline.refs) == 1 else f"{baseline.name} ({part})"
+            out.append(BaselineSpec(f"baseline_{len(out)}", label, baseline.name, ref))
+    return out
+
+
+def _distinct_parts(refs: list[str]) -> list[str]:
+    """What tells the references apart: their path parts after the common leading and trailing
+    ones (.../average_l0_22 vs .../average_l0_82 -> average_l0_22, average_l0_82)."""
+    parts = [ref.rstrip("/").split("/") for ref in refs]
+    head = 0
+    while all(len(p) > head + 1 for p in parts) and len({p[head] for p in parts}) == 1:
+        head += 1
+    tail = 0
+    while all(len(p) > head + tail + 1 for p in parts) and len({p[-1 - tail] for p in parts}) == 1:
+        tail += 1
+    return ["/".join(p[head:len(p) - tail]) for p in parts]
+
+
+def _baseline_entry(spec: BaselineSpec) -> dict:
+    return {"run": spec.name, "label": spec.label, "method": spec.method, "baseline": True, "source": spec.source}
+
+
+def sweep_manifest(cfg: SweepConfig, specs: list[RunSpec], baselines: list[BaselineSpec] = ()) -> dict:
+    """sweep.json: what the report needs to group runs into methods and label them; baselines
+    listed apart (their runs are not trained, and adding one never renames a trained run)."""
     return {
         "name": cfg.name,
         "config": cfg.model_dump(mode="json"),
         "runs": [_run_entry(s) for s in specs],
-        "labels": {s.name: s.label for s in specs},
+        "baselines": [_baseline_entry(b) for b in baselines],
+        "labels": {s.name: s.label for s in [*specs, *baselines]},
     }
+
+
+def prepare_baselines(cfg: SweepConfig, out: Path, baselines: list[BaselineSpec]) -> list[Path]:
+    """Before the model loads: fetch and load each baseline, refuse one whose hook (when it records
+    one) is not the sweep's or whose width is not the model's (when known without loading it),
+    and write its baseline run dir (evaluated with the sweep's model and hook)."""
+    from featsep.evals.baselines import describe, write_baseline
+    from featsep.sae.foreign import featsep_hook
+
+    d_in = d_in_without_loading(cfg.model, cfg.data)
+    dirs = []
+    for spec in baselines:
+        record, sae = describe(spec.source, name=spec.label, model=cfg.model.name, hook=cfg.model.hook)
+        own = featsep_hook(sae.cfg.hook_name)[0] if sae.cfg.hook_name else None
+        if own and own != cfg.model.hook:
+            raise ConfigError(f"baseline {spec.label!r} ({spec.source}) reads {own}, not the sweep's model.hook "
+                              f"{cfg.model.hook}; drop it or pick the SAE of that layer")
+        if d_in is not None and record.d_in != d_in:
+            raise ConfigError(f"baseline {spec.label!r} ({spec.source}) has d_in={record.d_in} but {cfg.model.name} "
+                              f"gives {d_in}-wide activations; it was trained on another model")
+        write_baseline(out / spec.name, record, run_config=cfg.model_dump(mode="json"))
+        dirs.append(out / spec.name)
+    return dirs
 
 
 def _view(cfg: SweepConfig, spec: RunSpec) -> dict:
@@ -117,13 +183,22 @@ def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
         if found:
             changes += found
             continued.append(out / spec.name)
+    baselines = expand_baselines(cfg)
     job = world()
     job.barrier()  # every rank has compared the run dirs before rank 0 writes
     if job.rank == 0:
-        write_sweep_manifest(out, sweep_manifest(cfg, specs))
-        if changes:
-            record_changes(continued, changes, cfg.model_dump(mode="json"))
-    job.barrier()
+        try:  # fetches, checks and writes the baseline run dirs: one rank only
+            prepare_baselines(cfg, out, baselines)
+            write_sweep_manifest(out, sweep_manifest(cfg, specs, baselines))
+            if changes:
+                record_changes(continued, changes, cfg.model_dump(mode="json"))
+        except Exception as e:  # every rank stops with it (none waits at the next collective)
+            job.broadcast_object(str(e))
+            raise
+    failure = job.broadcast_object(None)  # also the barrier
+    if failure is not None:
+        raise ConfigError(f"rank 0 refused the sweep: {failure}")
+    baseline_dirs = [out / b.name for b in baselines]
 
     todo = [s for s in specs if not is_trained(out / s.name)]
     done = len(specs) - len(todo)
@@ -140,6 +215,7 @@ def run_sweep(cfg: SweepConfig, evaluate: bool = True) -> Path:
             shared_config=cfg.model_dump(mode="json"),
         )
     if evaluate and cfg.eval.evals:
-        evaluate_runs([out / s.name for s in specs], cfg.eval, cfg.model)
-    print(f"sweep: {len(specs)} runs in {out}; `featsep report {out}` builds the report")
+        evaluate_runs([out / s.name for s in specs] + baseline_dirs, cfg.eval, cfg.model)
+    shown = f" and {len(baselines)} baseline(s)" if baselines else ""
+    print(f"sweep: {len(specs)} runs{shown} in {out}; `featsep report {out}` builds the report")
     return out

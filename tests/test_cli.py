@@ -149,3 +149,43 @@ def test_eval_of_a_hub_reference_from_the_hf_cache(tmp_path, tiny_llama_dir, che
     assert json.loads((tmp_path / "dl" / "config.json").read_text())["featsep_extra"] == {"exported_from": ref}
     x = torch.randn(8, 32, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(featsep.load_sae(tmp_path / "dl")(x), sae(x), rtol=0, atol=1e-5)
+
+
+def test_eval_of_a_released_sae_into_a_baseline_run_dir(tmp_path, tiny_llama_dir, checkpoint_corpus):
+    """featsep eval PATH --baseline-dir: identity, core and competition in a run dir `featsep report`
+    reads; an SAE without a recorded model or hook is asked for them, one line, exit 2."""
+    import featsep
+    from featsep.io import file_sha256
+    from featsep.sae.io import export_sae
+
+    export_sae(featsep.save_sae(featsep.make_sae("topk", d_in=32, d_sae=64, k=4), tmp_path / "sae"),
+               tmp_path / "released", fmt="saelens")  # records neither model nor hook
+    base = ["eval", str(tmp_path / "released"), "--evals", "core", "--baseline-dir", str(tmp_path / "b")]
+    assert _one_error_line(CliRunner().invoke(app, base)) == (
+        f"SAE {tmp_path / 'released'} records no model; pass --model NAME (the language model it was trained on)")
+    assert _one_error_line(CliRunner().invoke(app, base + ["--model", str(tiny_llama_dir)])) == (
+        f"SAE {tmp_path / 'released'} records no hook; pass --hook blocks.L.hook_resid_post (where it reads the "
+        "residual stream)")
+    assert not (tmp_path / "b").exists()
+    settings = [f"core.dataset={json.dumps(str(checkpoint_corpus))}", "core.context_size=16",
+                "core.batch_size_prompts=2", "core.n_eval_reconstruction_batches=1",
+                "core.n_eval_sparsity_variance_batches=1", f"competition.dataset={json.dumps(str(checkpoint_corpus))}",
+                "competition.n_tokens=256", "competition.batch_size=64", "competition.context_size=16",
+                f"cache_dir={json.dumps(str(tmp_path / 'cache'))}"]
+    args = base + ["--model", str(tiny_llama_dir), "--hook", HOOK]
+    for s in settings:
+        args += ["--set", s]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    config = json.loads((tmp_path / "b" / "config.json").read_text())["baseline"]
+    assert config["source"] == str(tmp_path / "released") and config["format"] == "saelens"
+    assert config["sha256"] == file_sha256(tmp_path / "released" / "sae_weights.safetensors")
+    assert (config["model_name"], config["hook_name"]) == (str(tiny_llama_dir), HOOK)
+    assert sorted(p.name for p in (tmp_path / "b" / "eval_results").iterdir()) == [
+        "competition_eval_results.json", "core_eval_results.json"]
+    done = CliRunner().invoke(app, ["report", str(tmp_path / "b")])
+    assert done.exit_code == 0, done.output
+    summary = (tmp_path / "b" / "report" / "summary.md").read_text()
+    assert f"baseline: {tmp_path / 'released'}" in summary and "(baseline)" in summary
+    both = CliRunner().invoke(app, args + ["--out-dir", str(tmp_path / "o")])
+    assert _one_error_line(both) == "give either --out-dir or --baseline-dir: a baseline run dir holds its own results"

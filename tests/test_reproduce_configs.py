@@ -177,3 +177,18 @@ def test_hub_model_read_from_the_sae(tmp_path):
         for target in (sae, str(tmp_path / model_name.replace("/", "_"))):
             settings, _ = resolve_settings(["sparse_probing"], {}, sae_or_path=target)
             assert (settings["sparse_probing"].datasets == SAEBENCH_DEFAULTS["sparse_probing"]["datasets"]) is hub
+
+
+def test_gemma2_study_lists_gemma_scope_at_every_released_l0_without_fetching(monkeypatch, tmp_path):
+    """The study's Gemma Scope baselines: layer 12, width 16k, the five average_l0 folders SAELens's
+    release list names for gemma-scope-2b-pt-res; reading the config touches no hub and no cache."""
+    import featsep.sae.foreign
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(featsep.sae.foreign, "_hf_download", lambda *a, **k: pytest.fail("fetched while validating"))
+    cfg = load_config(EXAMPLES / "separation-study-gemma2.toml", model=SweepConfig)
+    (baseline,) = cfg.baselines
+    prefix = "hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_"
+    assert baseline.refs == [prefix + str(l0) for l0 in (22, 41, 82, 176, 445)]
+    assert cfg.model.hook == "blocks.12.hook_resid_post"
+    assert not (tmp_path / "empty-cache").exists()

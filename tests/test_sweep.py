@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -295,3 +296,120 @@ def test_evaluate_runs_sends_each_eval_to_its_model(tmp_path, monkeypatch):
         "evals": ["core", "unlearning"], "models": {"unlearning": "smollm2-135m-instruct"}}})
     evaluate_runs([tmp_path / "run"], cfg.eval, cfg.model)
     assert calls == [(["core"], "gemma-3-270m", "float32"), (["unlearning"], "smollm2-135m-instruct", "auto")]
+
+
+# --- baselines: released SAEs beside the trained methods -------------------------------------------
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _saelens_jumprelu(path, d_in=32, hook=HOOK):
+    """A SAELens 6 JumpReLU dir in that library's layout (cfg.json with metadata + safetensors)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(5)
+    path.mkdir(parents=True)
+    (path / "cfg.json").write_text(json.dumps({
+        "d_in": d_in, "d_sae": 48, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": False,
+        "normalize_activations": "none", "reshape_activations": "none", "architecture": "jumprelu",
+        "metadata": {"model_name": "tiny", "hook_name": hook, "hook_head_index": None, "prepend_bos": True,
+                     "context_size": 16, "dataset_path": "local", "sae_lens_version": "6.5.1"}}))
+    save_file({"W_enc": torch.randn(d_in, 48, generator=g) * 0.3, "b_enc": torch.zeros(48),
+               "W_dec": torch.randn(48, d_in, generator=g) * 0.3, "b_dec": torch.zeros(d_in),
+               "threshold": torch.full((48,), 0.05)}, str(path / "sae_weights.safetensors"))
+    return path
+
+
+def _sparsify(path, k):
+    from featsep.sae import make_sae, save_sae
+    from featsep.sae.io import export_sae
+
+    sae = make_sae("topk", d_in=32, d_sae=64, k=k, hook_name=HOOK, seed=k)
+    export_sae(save_sae(sae, path.with_name(path.name + "-featsep")), path, fmt="sparsify")
+    return path
+
+
+def _baseline_cfg(model_dir, corpus, out_dir, baselines) -> dict:
+    data = _shared(model_dir, corpus, out_dir)
+    data["methods"] = [{"name": "topk", "sae": {"architecture": "topk", "d_sae": 64, "k": 4}}]
+    data["baselines"] = baselines
+    data["eval"] = {"evals": ["core", "competition"], "settings": {
+        "core": {"dataset": str(corpus), "context_size": 16, "batch_size_prompts": 2,
+                 "n_eval_reconstruction_batches": 1, "n_eval_sparsity_variance_batches": 1},
+        "competition": {"dataset": str(corpus), "n_tokens": 256, "batch_size": 64, "context_size": 16}}}
+    return data
+
+
+def test_a_sweep_evaluates_and_reports_foreign_baselines(tiny_llama_dir, checkpoint_corpus, tmp_path):
+    from featsep.report import build_report
+    from featsep.report.collect import collect
+    from featsep.rundir import RunDir
+
+    jr = _saelens_jumprelu(tmp_path / "released" / "saelens-jr")
+    # sparsify keeps each SAE in a folder named by its hookpoint
+    sp2, sp8 = _sparsify(tmp_path / "released" / "k2" / HOOK, 2), _sparsify(tmp_path / "released" / "k8" / HOOK, 8)
+    cfg = validate(SweepConfig, _baseline_cfg(tiny_llama_dir, checkpoint_corpus, tmp_path / "study", [
+        {"name": "saelens-jr", "sae": str(jr)}, {"name": "sparsify", "saes": [str(sp2), str(sp8)]}]))
+    out = run_sweep(cfg)
+
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [r["run"] for r in manifest["runs"]] == ["run_0"]
+    assert manifest["baselines"] == [
+        {"run": "baseline_0", "label": "saelens-jr", "method": "saelens-jr", "baseline": True, "source": str(jr)},
+        {"run": "baseline_1", "label": "sparsify (k2)", "method": "sparsify", "baseline": True, "source": str(sp2)},
+        {"run": "baseline_2", "label": "sparsify (k8)", "method": "sparsify", "baseline": True, "source": str(sp8)}]
+    for name, fmt in (("baseline_0", "saelens"), ("baseline_1", "sparsify"), ("baseline_2", "sparsify")):
+        run = RunDir(out / name)
+        assert run.read_config().baseline.format == fmt and run.read_config().baseline.hook_name == HOOK
+        assert run.eval_names() == ["competition", "core"] and run.read_training() is None
+    assert RunDir(out / "run_0").eval_names() == ["competition", "core"]
+
+    records = {r.run: r for r in collect(out).records}
+    assert records["baseline_1"].method == records["baseline_2"].method == "sparsify (baseline)"
+    assert records["baseline_0"].baseline["source"] == str(jr) and records["run_0"].baseline is None
+    assert records["baseline_2"].metrics["core.l0"] == pytest.approx(8.0)
+    for rec in records.values():  # training numbers of a baseline are missing, not zero
+        assert any(k.startswith("train.") for k in rec.metrics) == (rec.baseline is None)
+    page = build_report(out)
+    summary = (page.parent / "summary.md").read_text()
+    assert f"baseline: {sp8}" in summary and "trained here" in summary
+    assert "sparsify (baseline)" in summary and "not trained here" in summary
+    assert "topk vs sparsify (baseline) at matched L0 4: ahead on" in summary
+    assert (page.parent / "figures" / "frontier.png").is_file()
+    # run again: baselines and the trained run are kept, nothing is evaluated twice
+    before = (out / "baseline_0" / "eval_results" / "core_eval_results.json").read_bytes()
+    run_sweep(cfg)
+    assert (out / "baseline_0" / "eval_results" / "core_eval_results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("baseline, message", [
+    ({"name": "b", "sea": "x"}, "sea"),
+    ({"name": "b"}, "give sae = \"PATH_OR_REF\" or saes = [...], exactly one"),
+    ({"name": "b", "sae": "/"}, "'/' holds no SAE featsep can load"),
+    ({"name": "topk", "sae": "hf://google/gemma-scope-2b-pt-res/layer_1/width_16k/average_l0_82"}, "already a method's"),
+    ({"name": "gs", "sae": "hf://google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82"},
+     "reads blocks.12.hook_resid_post (its layer folder says so) but the sweep's model.hook is blocks.1.hook_resid_post"),
+])
+def test_baseline_config_errors_are_one_line_when_the_file_is_read(baseline, message, monkeypatch, tmp_path,
+                                                                  tiny_llama_dir, checkpoint_corpus):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # validation never fetches
+    data = _baseline_cfg(tiny_llama_dir, checkpoint_corpus, tmp_path / "out", [baseline])
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        validate(SweepConfig, data)
+    assert len(str(e.value).splitlines()) <= 2  # validate's "invalid config:" header, then the one error
+    if baseline.get("sea"):
+        assert "name, sae, saes" in str(e.value)
+
+
+def test_baseline_that_does_not_fit_the_model_is_refused_before_the_model_loads(tiny_llama_dir, checkpoint_corpus,
+                                                                                tmp_path, monkeypatch):
+    import featsep.pipeline
+
+    monkeypatch.setattr(featsep.pipeline, "train_specs", lambda *a, **k: pytest.fail("the model was loaded"))
+    wide = _saelens_jumprelu(tmp_path / "wide", d_in=16)
+    other = _saelens_jumprelu(tmp_path / "other", hook="blocks.0.hook_resid_post")
+    for path, message in ((wide, "has d_in=16 but"), (other, "reads blocks.0.hook_resid_post, not the sweep's"),
+                          (tmp_path / "not-yet", f"SAE {tmp_path / 'not-yet'} does not exist")):
+        cfg = validate(SweepConfig, _baseline_cfg(tiny_llama_dir, checkpoint_corpus, tmp_path / "out" / path.name,
+                                                  [{"name": "b", "sae": str(path)}]))
+        with pytest.raises((ConfigError, FileNotFoundError), match=re.escape(message)):
+            run_sweep(cfg)

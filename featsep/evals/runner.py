@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+from featsep.evals.baselines import describe, load_baseline, read_baseline, write_baseline
 from featsep.evals.common.context import EvalContext, check_sae_fits, default_cache_dir
 from featsep.evals.registry import available_evals, get_eval
 from featsep.evals.schema import eval_output
@@ -45,6 +46,8 @@ def _resolve_one(item, index: int) -> Target:
         return Target(load_sae(path), path.parent.name if path.is_file() else path.name)
     if (run.sae_dir / CFG_FILENAME).exists():
         return Target(load_sae(run.sae_dir), path.name, run_dir=run)
+    if read_baseline(run) is not None:
+        return Target(load_baseline(run), path.name, run_dir=run)
     raise ValueError(
         f"{str(path)!r} is neither an SAE directory ({CFG_FILENAME} + sae_weights.safetensors) nor a run directory "
         f"(holding {run.sae_dir.name}/) nor a foreign SAE (SAELens, sparsify, dictionary_learning, Gemma Scope); "
@@ -59,9 +62,11 @@ def _run_dirs_below(item) -> list[Path]:
     if not isinstance(item, (str, Path)):
         return []
     path = Path(item).expanduser()
-    if not path.is_dir() or (path / CFG_FILENAME).exists() or RunDir(path).sae_dir.is_dir():
+    if (not path.is_dir() or (path / CFG_FILENAME).exists() or RunDir(path).sae_dir.is_dir()
+            or read_baseline(RunDir(path)) is not None):
         return []
-    return sorted(p for p in path.iterdir() if (RunDir(p).sae_dir / CFG_FILENAME).exists())
+    return sorted(p for p in path.iterdir()
+                  if (RunDir(p).sae_dir / CFG_FILENAME).exists() or read_baseline(RunDir(p)) is not None)
 
 
 def resolve_refs(sae_or_path):
@@ -241,6 +246,35 @@ def _write(target: Target, name: str, result: dict, out_dir, per_target: bool) -
                                   section=spec.final_info_section)
 
 
+BASELINE_EVALS = ("competition",)  # a baseline run dir always holds the competition analysis
+
+
+def evaluate_baseline(
+    sae: str | Path,
+    run_dir: str | Path,
+    evals: Sequence[str] = ("core",),
+    model=None,
+    hook: Optional[str] = None,
+    settings: Optional[dict] = None,
+    **kwargs,
+) -> Path:
+    """A released SAE (a path or hub reference) as a baseline run dir: its identity
+    (evals.baselines), then `evals` plus the competition analysis, results in the run dir as a
+    trained run's are, so `featsep report` reads it beside trained runs. model/hook default to
+    the SAE's own; without them, one line asks for --model / --hook before anything loads."""
+    if _run_dirs_below(sae) or (isinstance(sae, (str, Path)) and RunDir(sae).holds_results()):
+        raise ValueError(f"{sae} is a run or sweep dir; a baseline run dir is made from one SAE (its folder, "
+                         "weights file or hub reference)")
+    name = model if model is None or isinstance(model, str) else model.name  # a LanguageModel object
+    record, _ = describe(str(sae), name=Path(run_dir).name, model=name, hook=hook)
+    write_baseline(run_dir, record)
+    evals = list(dict.fromkeys(list(evals) + list(BASELINE_EVALS)))
+    todo = [e for e in evals if not RunDir(run_dir).has_eval(e)]
+    if todo:
+        evaluate(str(run_dir), evals=todo, model=model or record.model_name, settings=settings, **kwargs)
+    return Path(run_dir)
+
+
 def run_eval_cli(
     target: str,
     evals: list[str],
@@ -248,19 +282,33 @@ def run_eval_cli(
     model: Optional[str] = None,
     out_dir: Optional[str] = None,
     world=None,
+    hook: Optional[str] = None,
+    baseline_dir: Optional[str] = None,
 ):
     """`featsep eval TARGET --evals core,absorption --set core.n_eval_reconstruction_batches=4`.
 
     settings: "key=value" strings (values parsed as TOML): "core.dataset=bbc-news",
     "seed=1" (every eval that has it), "hook=blocks.8.hook_resid_post", "cache_dir=/tmp/c".
     world: a torchrun job (featsep.distributed.World): each rank evaluates its share of the
-    SAEs, and rank 0 prints every result after the others finished."""
+    SAEs, and rank 0 prints every result after the others finished.
+    baseline_dir: write a baseline run dir there instead (evaluate_baseline; rank 0 only)."""
     from featsep.settings import apply_overrides
 
     nested = apply_overrides({}, settings or [])
+    if baseline_dir is not None:
+        if out_dir is not None:
+            raise ValueError("give either --out-dir or --baseline-dir: a baseline run dir holds its own results")
+        if world is not None and world.rank != 0:
+            world.barrier()
+            return None
+        run = evaluate_baseline(target, baseline_dir, evals, model=model, hook=hook, settings=nested)
+        print(f"baseline run dir: {run} (`featsep report {run}` reads it)")
+        if world is not None:
+            world.barrier()
+        return run
     share = (0, 1) if world is None else (world.rank, world.size)
     returned = evaluate(target, evals=evals, model=model, out_dir=out_dir, settings=nested, share=share,
-                        verbose=share[0] == 0)
+                        verbose=share[0] == 0, hook=hook)
     results = returned if isinstance(returned, list) else [returned]
     if world is not None and world.distributed:
         returned = results = [r for part in world.all_gather_object(results) for r in part]  # also the barrier

@@ -25,6 +25,7 @@ from featsep.rundir import (
     FINAL_INFO_FILE,
     METRICS_FILE,
     SWEEP_FILE,
+    BaselineRecord,
     ConfigRecord,
     EvalRecord,
     RunDir,
@@ -84,6 +85,7 @@ class RunRecord:
     point: Optional[str] = None  # its grid point, shared by the point's seeds (sweep.json)
     spreads: dict[str, float] = field(default_factory=dict)  # key -> sample std over seeds (seeds.py)
     seeds: list[int] = field(default_factory=list)  # the seeds a mean over seeds is made of
+    baseline: Optional[dict[str, Any]] = None  # a released SAE evaluated here: rundir.BaselineRecord's fields
 
     @property
     def l0(self) -> Optional[float]:
@@ -180,6 +182,16 @@ def _summarise_config(cfg: ConfigRecord) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+BASELINE_SUFFIX = " (baseline)"  # on a baseline's method name, so every table, legend and finding says so
+
+
+def baseline_config(record: BaselineRecord) -> dict[str, Any]:
+    """What the configuration table shows of a baseline: where it came from and which bytes."""
+    return {"baseline.source": record.source, "baseline.format": record.format,
+            "baseline.sha256": record.sha256[:12], "sae.architecture": record.architecture,
+            "sae.d_sae": record.d_sae, "model": record.model_name, "hook": record.hook_name}
+
+
 def _method_name(entry: dict[str, Any], config: dict[str, Any], training: Optional[TrainingResults]) -> str:
     """sweep.json's method (+ penalty when not already in it), else architecture+penalties."""
     method = entry.get("method") or entry.get("architecture")
@@ -261,11 +273,15 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
     found: list[str] = []
 
     config: dict[str, Any] = {}
+    baseline: Optional[BaselineRecord] = None
     try:
         cfg = rd.read_config()
-        config = _summarise_config(cfg) if cfg is not None else {}
+        baseline = cfg.baseline if cfg is not None else None
+        config = _summarise_config(cfg) if cfg is not None and baseline is None else {}
     except ValueError as e:
         notes.append(f"{CONFIG_FILE}: unreadable ({e}); ignored")
+    if baseline is not None:
+        config = baseline_config(baseline)
 
     log = rd.read_metrics_log()
     if log.skipped:
@@ -312,14 +328,19 @@ def load_run(path: Path, run: str, entry: Optional[dict] = None, label: Optional
     missing = [s for s in EXPECTED_SECTIONS if s not in found]
     if missing:
         notes.append("no " + ", ".join(SECTION_BY_NAME[s].title for s in missing) + " results")
-    if not log.rows:
-        notes.append(f"no training log ({METRICS_FILE})")
-    method = _method_name(entry, config, training)
+    if baseline is not None:
+        notes.append("baseline: not trained here, so no training metrics")
+        method = str(entry.get("method") or baseline.name) + BASELINE_SUFFIX
+    else:
+        if not log.rows:
+            notes.append(f"no training log ({METRICS_FILE})")
+        method = _method_name(entry, config, training)
     label = label or entry.get("label") or _default_label(run, method, config, metrics)
     return RunRecord(run=run, label=str(label), method=method, path=path, metrics=metrics,
                      history=log.rows, config=config, details=details, eval_configs=eval_configs,
                      statuses=statuses, caveats=caveats, sections=found, notes=notes,
-                     seed=entry.get("seed"), point=entry.get("point"))
+                     seed=entry.get("seed"), point=entry.get("point"),
+                     baseline=baseline.model_dump() if baseline is not None else None)
 
 
 def _natural_key(text: str) -> list:
@@ -361,7 +382,8 @@ def collect(path: str | Path, labels: Optional[dict[str, str]] = None) -> Sweep:
     except ValueError as e:
         notes.append(f"{SWEEP_FILE}: unreadable ({e}); ignored")
         sweep_meta = {}
-    entries = {str(e.get("run")): e for e in sweep_meta.get("runs", []) if isinstance(e, dict) and e.get("run")}
+    listed = [*sweep_meta.get("runs", []), *sweep_meta.get("baselines", [])]
+    entries = {str(e.get("run")): e for e in listed if isinstance(e, dict) and e.get("run")}
     all_labels = {**(sweep_meta.get("labels") or {}), **(labels or {})}
 
     run_dirs = _find_run_dirs(root)
@@ -399,6 +421,11 @@ def iter_details(blob: Any, name: str = "details") -> Iterator[tuple[str, Any]]:
         for item in blob:
             if isinstance(item, dict):
                 yield from iter_details(item, name)
+
+
+def baseline_methods(records: Iterable[RunRecord]) -> set[str]:
+    """The methods that are released SAEs evaluated here, not trained here."""
+    return {r.method for r in records if r.baseline is not None}
 
 
 def methods_of(records: Iterable[RunRecord]) -> list[str]:

@@ -19,7 +19,14 @@ import matplotlib.patches
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from featsep.report.collect import SECTION_BY_NAME, RunRecord, iter_details, methods_of, penalty_stat_keys
+from featsep.report.collect import (
+    SECTION_BY_NAME,
+    RunRecord,
+    baseline_methods,
+    iter_details,
+    methods_of,
+    penalty_stat_keys,
+)
 from featsep.report.metrics import metric, probing_datasets, probing_top_k_key, scr_key, tpp_key, value_caveats
 from featsep.report.seeds import SPREAD_NOTE, has_spreads
 from featsep.report.tables import MISSING
@@ -46,6 +53,7 @@ PANEL_SIZE = (5.6, 4.2)
 LOG_SPAN = 10.0  # log-scale an axis when its values span more than this factor
 MAX_PENALTY_PANELS = 12
 MIB = 2.0**20
+BASELINE_LINE = "--"  # a baseline's frontier (a released SAE family) is dashed
 
 
 @dataclass
@@ -120,8 +128,10 @@ def _wants_log(values: list[float]) -> bool:
     return len(positive) >= 2 and max(positive) / min(positive) > LOG_SPAN
 
 
-def _method_legend(fig: Figure, style: Style, methods: list[str]) -> None:
-    handles = [Line2D([], [], color=style.colors[m], marker="o", lw=2.5, label=m) for m in methods]
+def _method_legend(fig: Figure, style: Style, methods: list[str], baselines: frozenset[str] = frozenset()) -> None:
+    """baselines: methods drawn dashed (released SAEs, not trained here)."""
+    handles = [Line2D([], [], color=style.colors[m], marker="o", lw=2.5, label=m,
+                      ls=BASELINE_LINE if m in baselines else "-") for m in methods]
     fig.legend(handles=handles, title="method", loc="outside right upper", frameon=False)
 
 
@@ -183,6 +193,7 @@ def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str
     fig, axes = _panels(len(keys), ncols=len(keys) if len(keys) <= 3 else 2)
     l0s = [r.l0 for r in records if r.l0]
     methods = []
+    baselines = baseline_methods(records)
     for ax, key in zip(axes, keys):
         for method in methods_of(records):
             runs = sorted((r for r in records if r.method == method and r.l0 and key in r.metrics), key=lambda r: r.l0)
@@ -191,7 +202,8 @@ def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str
             if method not in methods:
                 methods.append(method)
             color = style.colors[method]
-            ax.plot([r.l0 for r in runs], [r.metrics[key] for r in runs], color=color, lw=2, alpha=0.8)
+            ax.plot([r.l0 for r in runs], [r.metrics[key] for r in runs], color=color, lw=2, alpha=0.8,
+                    ls=BASELINE_LINE if method in baselines else "-")
             for r in runs:
                 ax.plot(r.l0, r.metrics[key], marker=style.markers[r.run], color=color, ms=9, ls="none",
                         mec="black", mew=0.6)
@@ -211,7 +223,7 @@ def metric_vs_l0(records: list[RunRecord], style: Style, keys: list[Optional[str
         ax.set_ylabel(metric(key).axis)
         ax.set_title(metric(key).name[0].upper() + metric(key).name[1:])
     fig.suptitle(title, fontsize=16)
-    _method_legend(fig, style, methods)
+    _method_legend(fig, style, methods, baselines)
     _marker_legend(fig, style, plotted)
     return fig
 
@@ -258,7 +270,10 @@ def _l0_figure(keys: Callable[[list[RunRecord]], list[Optional[str]]], title: st
         probing = probing_datasets(records) if any(k.startswith("sparse_probing.") for k in shown) else None
         seeds = [f"Points with seeds are their mean; {SPREAD_NOTE.replace('±', 'error bars')}"] \
             if has_spreads(plotted) else []
-        return ([_marker_text(style, plotted)] + seeds + ([probing] if probing else [])
+        dashed = sorted(baseline_methods(plotted))
+        baselines = [f"Dashed: baselines (released SAEs evaluated here, not trained here): {', '.join(dashed)}."] \
+            if dashed else []
+        return ([_marker_text(style, plotted)] + baselines + seeds + ([probing] if probing else [])
                 + _caveat_notes(plotted, shown))
 
     return draw, describe

@@ -7,8 +7,10 @@ L0 ranges do not overlap and no matched comparison is possible.
 
 from __future__ import annotations
 
-from featsep.report.collect import RunRecord, methods_of
-from featsep.report.frontier import matched_grid, matched_values
+import math
+
+from featsep.report.collect import RunRecord, baseline_methods, methods_of
+from featsep.report.frontier import frontier, interpolate, l0_range, matched_grid, matched_values
 from featsep.report.metrics import comparison_keys, metric, value_caveats, verdict
 
 
@@ -69,6 +71,40 @@ def _status_finding(records: list[RunRecord], key: str) -> str | None:
     return f"Caveat on {metric(key).name}: " + " ".join(by_note) if by_note else None
 
 
+def baseline_findings(records: list[RunRecord]) -> list[str]:
+    """Each trained method against each baseline, at the geometric middle of the L0 range the two
+    share: where it leads, trails, or is within the metric's minimum gap (noise)."""
+    baselines = baseline_methods(records)
+    out = []
+    for method in (m for m in methods_of(records) if m not in baselines):
+        for base in (b for b in methods_of(records) if b in baselines):
+            ranges = [l0_range(records, m) for m in (method, base)]
+            if None in ranges:
+                continue
+            lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
+            if lo > hi:
+                out.append(f"{method} vs {base}: L0 ranges do not overlap ({_range_text(ranges[0])} vs "
+                           f"{_range_text(ranges[1])}); no matched comparison.")
+                continue
+            l0 = math.sqrt(lo * hi)
+            ahead, behind, even = [], [], []
+            for key in comparison_keys(records):
+                values = {m: v for m in (method, base)
+                          if (v := interpolate(frontier(records, m, key), l0)) is not None}
+                spreads = {m: v for m in (method, base)
+                           if (v := interpolate(frontier(records, m, key, spread=True), l0)) is not None}
+                v = verdict(key, values, spreads)
+                if v is None:
+                    continue
+                text = f"{metric(key).name} {fmt(values[method])} vs {fmt(values[base])}"
+                (even if v.best is None else ahead if v.best == method else behind).append(text)
+            parts = [f"{label}: {', '.join(items)}" for label, items in
+                     (("ahead on", ahead), ("behind on", behind), ("within noise on", even)) if items]
+            if parts:
+                out.append(f"{method} vs {base} at matched L0 {fmt(l0)}: " + "; ".join(parts) + ".")
+    return out
+
+
 def _health_findings(records: list[RunRecord]) -> list[str]:
     """Runs whose numbers say the SAE is broken, whatever the comparison says."""
     out = []
@@ -110,6 +146,7 @@ def main_findings(records: list[RunRecord]) -> list[str]:
             findings.append(text)
             if (caveat := _status_finding(records, key)) is not None:
                 findings.append(caveat)
+    findings.extend(baseline_findings(records))
     findings.extend(_health_findings(records))
     findings.extend(_eval_caveats(records))
     return findings

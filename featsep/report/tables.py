@@ -116,13 +116,23 @@ def key_table(records: list[RunRecord]) -> Table:
     """One row per run: the headline metrics."""
     keys = _key_columns(records)
     caveats = _Caveats()
-    rows = [[r.label, r.method, with_spread(r, "core.l0", r.l0)]
+    sources = any(r.baseline is not None for r in records)
+    rows = [[r.label, r.method] + ([source_of(r)] if sources else []) + [with_spread(r, "core.l0", r.l0)]
             + [caveats.cell(with_spread(r, k, r.metrics.get(k)), value_caveats(r, k)) for k in keys]
             for r in records]
     note = caveats.note("L0 from the core eval (else the last training log value).", _seed_note(records),
-                        _probing_note(records, keys))
-    return Table("Runs: headline metrics", ["run", "method", "L0"] + [metric(k).name for k in keys], rows,
-                 note=note, id="runs")
+                        _probing_note(records, keys), BASELINE_NOTE if sources else None)
+    return Table("Runs: headline metrics", ["run", "method"] + (["source"] if sources else []) + ["L0"]
+                 + [metric(k).name for k in keys], rows, note=note, id="runs")
+
+
+BASELINE_NOTE = (f"A baseline is a released SAE evaluated here with the same evals on the same data; it was not "
+                 f"trained here, so its training numbers are {MISSING}, never a value.")
+
+
+def source_of(rec: RunRecord) -> str:
+    """Where a run's SAE came from: trained here, or the baseline's path or hub reference."""
+    return "trained here" if rec.baseline is None else f"baseline: {rec.baseline['source']}"
 
 
 def matched_table(records: list[RunRecord]) -> Optional[Table]:

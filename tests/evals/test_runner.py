@@ -199,3 +199,54 @@ def test_shares_of_a_sweep_dir_split_its_runs_and_each_equals_the_whole_call(let
     metrics = lambda r: r["core"]["eval_result_metrics"]  # noqa: E731
     assert [metrics(r) for r in parts[0] + parts[1]] == [metrics(whole[i]) for i in (0, 2, 1)]
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["run_0", "run_1", "run_2"]
+
+
+def _small_settings(corpus) -> dict:
+    return {"core": {"dataset": corpus, "context_size": 16, "batch_size_prompts": 4,
+                     "n_eval_reconstruction_batches": 1, "n_eval_sparsity_variance_batches": 1},
+            "competition": {"dataset": corpus, "n_tokens": 256, "batch_size": 64, "context_size": 16}}
+
+
+def test_a_released_sae_becomes_a_baseline_run_dir(letters_lm, letters_corpus, tmp_path):
+    """A SAELens dir (no model recorded): its identity, core and the competition analysis land in a
+    run dir through rundir; its weights are checked on every load; re-running keeps its results."""
+    from featsep.evals.runner import evaluate_baseline
+    from featsep.io import file_sha256
+    from featsep.rundir import RunDir
+    from featsep.sae.io import export_sae
+
+    sae = make_sae("topk", d_in=D, d_sae=32, k=4, hook_name=HOOK)
+    export_sae(save_sae(sae, tmp_path / "sae"), tmp_path / "released", fmt="saelens")
+    run = tmp_path / "baseline"
+    evaluate_baseline(str(tmp_path / "released"), run, ["core"], model=letters_lm,
+                      settings=_small_settings(letters_corpus), cache_dir=None, verbose=False)
+    record = RunDir(run).read_config().baseline
+    assert (record.format, record.source, record.model_name, record.hook_name) == (
+        "saelens", str(tmp_path / "released"), letters_lm.name, HOOK)
+    assert record.sha256 == file_sha256(tmp_path / "released" / "sae_weights.safetensors")
+    assert (record.architecture, record.d_in, record.d_sae) == ("topk", D, 32)
+    assert RunDir(run).eval_names() == ["competition", "core"]
+    info = RunDir(run).read_final_info()
+    assert "core evaluation results" in info and "competition evaluation results" in info
+    assert RunDir(run).read_training() is None and not RunDir(run).metrics_file.exists()
+    before = RunDir(run).eval_result_path("core").read_bytes()
+    evaluate_baseline(str(tmp_path / "released"), run, ["core"], model=letters_lm, cache_dir=None, verbose=False)
+    assert RunDir(run).eval_result_path("core").read_bytes() == before  # nothing left to run
+    # the run dir is an eval target like a trained run; changed weights are refused, not evaluated
+    (tmp_path / "released" / "sae_weights.safetensors").write_bytes(
+        (tmp_path / "sae" / "sae_weights.safetensors").read_bytes() + b" ")
+    with pytest.raises(ValueError, match="changed since"):
+        evaluate(str(run), evals=["core"], model=letters_lm, cache_dir=None, verbose=False)
+
+
+def test_a_baseline_without_model_or_hook_asks_for_them(tmp_path):
+    from featsep.evals.runner import evaluate_baseline
+    from featsep.sae.io import export_sae
+
+    export_sae(save_sae(make_sae("topk", d_in=D, d_sae=16, k=2), tmp_path / "sae"), tmp_path / "released",
+               fmt="saelens")
+    with pytest.raises(ValueError, match=r"records no model; pass --model NAME"):
+        evaluate_baseline(str(tmp_path / "released"), tmp_path / "b", ["core"])
+    with pytest.raises(ValueError, match=r"records no hook; pass --hook blocks.L.hook_resid_post"):
+        evaluate_baseline(str(tmp_path / "released"), tmp_path / "b", ["core"], model="tiny")
+    assert not (tmp_path / "b").exists()
