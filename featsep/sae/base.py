@@ -107,6 +107,14 @@ def linear_warmup(value: float, step: int, warmup_steps: int) -> float:
 
 
 @torch.no_grad()
+def lr_rule(optimizer: str, base: dict[str, float]) -> float:
+    """base[optimizer]; an optimizer without a rule here gets one line naming those that have one."""
+    if optimizer not in base:
+        raise ValueError(f"no default learning rate for optimizer {optimizer!r}; give lr=... or use one of: "
+                         f"{', '.join(sorted(base))}")
+    return base[optimizer]
+
+
 def geometric_median(points: Tensor, iters: int = 8, eps: float = 1e-8) -> Tensor:
     """Weiszfeld's algorithm: the point minimising the summed Euclidean distance. A robust
     b_dec init (Bricken et al.; the TopK baseline) that outliers such as BOS cannot drag."""
@@ -180,8 +188,10 @@ class SAE(nn.Module):
         buffers (e.g. tokens since each latent fired)."""
         raise NotImplementedError
 
-    def default_lr(self) -> float:
-        return 2e-4 / (self.cfg.d_sae / 16384) ** 0.5
+    def default_lr(self, optimizer: str = "adam") -> float:
+        """The LR rule in d_sae for each optimizer (featsep.train.optim names; fitted in
+        docs/lr-sweep.md)."""
+        return lr_rule(optimizer, {"adam": 2e-4, "signsgd_schedulefree": 5e-3}) / (self.cfg.d_sae / 16384) ** 0.5
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
@@ -228,7 +238,7 @@ class SAE(nn.Module):
         """Anthropic-style resampling (Bricken et al. 2023): each dead latent gets a decoder row
         pointing at an input the SAE reconstructs badly (sampled with probability ~ squared
         error), an encoder column along it at 0.2 x the mean alive encoder norm, b_enc = 0,
-        and fresh Adam moments. Live latents are untouched. Returns how many were resampled."""
+        and fresh Adam moments (schedule-free: z set to the new weights). Live latents are untouched. Returns how many were resampled."""
         dead = self.dead_mask().nonzero().squeeze(1)
         if dead.numel() == 0:
             return 0
@@ -248,10 +258,12 @@ class SAE(nn.Module):
         self.tokens_since_fired[dead] = 0
         if optimizer is not None:
             for param, where in ((self.W_dec, (dead,)), (self.W_enc, (slice(None), dead)), (self.b_enc, (dead,))):
+                state = optimizer.state.get(param, {})
                 for moment in ("exp_avg", "exp_avg_sq"):
-                    state = optimizer.state.get(param, {})
                     if moment in state:
                         state[moment][where] = 0
+                if "z" in state:  # schedule-free's base iterate follows the new weights
+                    state["z"][where] = param[where]
         return int(dead.numel())
 
     def finish_output(self, x: Tensor, out: SAEOutput, l0: Tensor) -> SAEOutput:

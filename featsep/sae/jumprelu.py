@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from featsep.codes import Codes
-from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, register
+from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, lr_rule, register
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -88,8 +88,8 @@ class JumpReLUSAE(SAE):
         pre = self.pre_activations(x)
         return pre * (pre > self.threshold).to(pre.dtype)
 
-    def default_lr(self) -> float:
-        return 7e-5  # Rajamanoharan et al.
+    def default_lr(self, optimizer: str = "adam") -> float:
+        return lr_rule(optimizer, {"adam": 7e-5, "signsgd_schedulefree": SF_PLACEHOLDER})
 
     def training_forward(self, x: Tensor, step: int, total_steps: int) -> SAEOutput:
         pre = self.pre_activations(x)

@@ -1,6 +1,6 @@
 """The training loop: one stream of activation batches feeds one or many SAEs.
 
-Each SAE has its own Adam optimizer, LR schedule and penalties; every batch trains all of
+Each SAE has its own optimizer (featsep.train.optim), LR schedule and penalties; every batch trains all of
 them (one language-model pass serves a whole sweep). Losses are dicts of named terms, summed
 as coefficient * term and each logged by name.
 """
@@ -28,6 +28,7 @@ from featsep.train import checkpoint as ckpt
 from featsep import rundir as rd
 from featsep.train.artifacts import write_config, write_final
 from featsep.train.config import MemberTraining, TrainConfig
+from featsep.train.optim import make_optimizer, use_averaged_parameters
 from featsep.train.logger import ExternalLoggers, MetricsSink, scalar_stats
 from featsep.train.schedule import WarmupDecay, make_scheduler
 
@@ -169,11 +170,11 @@ def _total_steps(batches: Iterable, steps: Optional[int], lr_decay_fraction: flo
         return None
 
 
-def _lrs(lr: Union[None, float, Sequence[Optional[float]]], saes: list[SAE]) -> list[float]:
+def _lrs(lr: Union[None, float, Sequence[Optional[float]]], saes: list[SAE], optimizer: str) -> list[float]:
     per_sae = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(saes)
     if len(per_sae) != len(saes):
         raise ValueError(f"got {len(per_sae)} learning rates for {len(saes)} SAEs")
-    out = [float(sae.default_lr() if value is None else value) for value, sae in zip(per_sae, saes)]
+    out = [float(sae.default_lr(optimizer) if value is None else value) for value, sae in zip(per_sae, saes)]
     for value in out:
         if not value > 0:
             raise ValueError(f"learning rate {value} must be positive")
@@ -466,11 +467,13 @@ def train(
     penalties: None; a list aligned with saes (each a Penalty, a list of them, or None); or a
         dict {sae index or name: Penalty or list}. Each SAE needs its own penalty objects.
     config: a TrainConfig (the [train] section); `settings` are its fields as keywords
-        (checkpoint_every=, log_every=, lr_warmup_steps=, lr_decay_fraction=, adam_betas=,
-        seed=, device=, autocast_bf16=, wandb=, tensorboard=), applied on top of it.
+        (optimizer=, checkpoint_every=, log_every=, lr_warmup_steps=, lr_decay_fraction=,
+        adam_betas=, schedule_free_beta=, seed=, device=, autocast_bf16=, wandb=, tensorboard=),
+        applied on top of it. optimizer: "adam" or "signsgd_schedulefree" (sign-SGD whose
+        averaged weights are the ones saved and returned; checkpoints keep the training iterate).
         lr_warmup_steps, lr_decay_fraction: linear warm-up; linear decay to 0 over that final
-        fraction of the steps. device "auto": where the first SAE is; bf16 autocast only on CUDA.
-    lr: None (config.lr, else each SAE's default_lr()), a float, or one value per SAE.
+        fraction of the steps (None: the optimizer's default). device "auto": where the first SAE is; bf16 autocast only on CUDA.
+    lr: None (config.lr, else each SAE's default_lr(optimizer)), a float, or one value per SAE.
     out_dir: None writes nothing. One SAE: out_dir is its run dir; several: out_dir/<name>.
         A run dir gets config.json, checkpoints/ (the last 2), metrics.jsonl, sae/ and
         final_info.json.
@@ -485,8 +488,9 @@ def train(
     saes = _as_sae_list(saes)
     names = _names(names, len(saes))
     penalty_lists = _assign_penalties(penalties, names)
-    total = _total_steps(batches, steps, cfg.lr_decay_fraction)
-    lrs = _lrs(cfg.lr if lr is None else lr, saes)
+    decay_fraction = cfg.decay_fraction()
+    total = _total_steps(batches, steps, decay_fraction)
+    lrs = _lrs(cfg.lr if lr is None else lr, saes, cfg.optimizer)
     dirs = rd.run_dirs(out_dir, names)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -496,13 +500,14 @@ def train(
                 raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
                                       "or choose another out_dir")
     dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
-    schedule = WarmupDecay(cfg.lr_warmup_steps, total, cfg.lr_decay_fraction)
+    schedule = WarmupDecay(cfg.lr_warmup_steps, total, decay_fraction)
     members = [
-        _build_member(i, name, sae, plist, d, lr_i, cfg.adam_betas, schedule, dev)
+        _build_member(i, name, sae, plist, d, lr_i, cfg, schedule, dev)
         for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
     ]
     # what config.json and final_info record for each SAE: the settings as resolved for this run
     resolved = {**cfg.model_dump(exclude={"tokens", "batch_size", "lr"}), "steps": total, "device": str(dev),
+                "lr_decay_fraction": decay_fraction,
                 "names": names, "out_dir": None if out_dir is None else str(out_dir)}
     run = _Run(members, batches, total, cfg)
     for d in run.run_dirs:
@@ -554,11 +559,11 @@ def _train_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> Tr
 
 
 def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run_dir: Optional[Path], lr: float,
-                  adam_betas: tuple[float, float], schedule: WarmupDecay, device: torch.device) -> _Member:
+                  cfg: TrainConfig, schedule: WarmupDecay, device: torch.device) -> _Member:
     sae.to(device).train()
     for pen in penalties:  # moved in place: the caller's objects are the ones that train
         pen.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(adam_betas))
+    optimizer = make_optimizer(cfg.optimizer, sae.parameters(), lr, cfg)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
     return _Member(index, name, sae, penalties, run_dir, lr, optimizer, make_scheduler(optimizer, schedule), fired)
 
@@ -584,7 +589,9 @@ def _start_run_dir(m: _Member, resolved: dict[str, Any], run_config: Optional[di
 
 
 def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) -> None:
-    """Final artifacts and the one-line summary of one SAE."""
+    """Final artifacts and the one-line summary of one SAE. An optimizer that averages
+    (schedule-free) leaves its averaged weights in the SAE: those are saved and returned."""
+    use_averaged_parameters(m.optimizer)
     row = m.last.get("row")
     if row is None and m.run_dir is not None:  # a resumed run that had already finished
         logged = rd.RunDir(m.run_dir).read_metrics()
