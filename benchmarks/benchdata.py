@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from featsep.evals.synthetic import SyntheticSpec, make_synthetic
@@ -15,28 +16,22 @@ from featsep.evals.synthetic import SyntheticSpec, make_synthetic
 SYNTHETIC = SyntheticSpec(n_features=2048, d=256, avg_active=20.0, max_firing_prob=0.3, n_parents=32,
                           children_per_parent=3, n_pairs=32, noise_std=0.01)
 HELDOUT_ROWS = 16384
-GEMMA_CACHE = Path("/work/cache/g270m-l8")  # featsep cache examples/offline-default.toml --tokens 1200000 --out ...
-
-
-def synthetic_rows(tokens: int, seed: int = 0):
-    """(data, train rows [tokens, d], held-out rows [HELDOUT_ROWS, d]) from one generator."""
-    data = make_synthetic(SYNTHETIC, seed=seed)
-    train, _ = data.sample(tokens, torch.Generator().manual_seed(seed + 1))
-    heldout, _ = data.sample(HELDOUT_ROWS, torch.Generator().manual_seed(seed + 2))
-    return data, train, heldout
+# featsep cache examples/offline-default.toml --tokens 1200000 --out /work/cache/g270m-l8, stopped
+# after its first full shard (262,144 rows) on a CPU too busy to finish: the shards are read directly
+GEMMA_CACHE = Path("/work/cache/g270m-l8")
 
 
 def gemma_rows(tokens: int, cache: Path = GEMMA_CACHE):
-    """(None, train rows, held-out rows): the cache's last HELDOUT_ROWS rows are held out, the
-    train rows are the first `tokens` of the rest (fewer when the cache is shorter). Scaled so
-    mean ||x||^2 = d, as featsep's stream normalises (both trainers read the same rows)."""
-    from featsep.data.cache import ActivationCache
-
-    acts, _ = ActivationCache(cache).to_tensor()
-    scale = (acts.shape[1] / acts[:65536].pow(2).sum(1).mean()).sqrt()
-    acts = acts * scale
+    """(None, train rows, held-out rows) from the cache's full shards (already normalised to
+    mean ||x||^2 = d by the cache): the last HELDOUT_ROWS rows are held out; the rest repeat
+    (epochs, in the same order) up to `tokens` train rows."""
+    shards = sorted(p for p in cache.glob("shard_*.npy") if not p.name.endswith(".index.npy"))
+    if not shards:
+        raise FileNotFoundError(f"no shard_*.npy in {cache}")
+    acts = torch.cat([torch.from_numpy(np.load(p, allow_pickle=False)) for p in shards]).float()
     train, heldout = acts[:-HELDOUT_ROWS], acts[-HELDOUT_ROWS:]
-    return None, train[:tokens].contiguous(), heldout.contiguous()
+    epochs = -(-tokens // len(train))
+    return None, train.repeat(epochs, 1)[:tokens].contiguous(), heldout.contiguous()
 
 
 @torch.no_grad()

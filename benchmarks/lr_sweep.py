@@ -8,6 +8,12 @@ lr is given as c = lr * sqrt(d_sae / 16384), the constant of the rule lr = c / s
     python benchmarks/lr_sweep.py                           # synthetic, TopK/BatchTopK/Matryoshka
     python benchmarks/lr_sweep.py --data gemma --archs topk # the gemma-3-270m layer-8 cache
     python benchmarks/lr_sweep.py --plot docs/lr-sweep.png --from results.json
+    python benchmarks/lr_sweep.py --penalty-check          # penalties under each optimiser
+
+--penalty-check: for each optimiser, TopK SAEs on the same synthetic batches with a momentum or
+temporal penalty at its default weight, at 30x it, and at weight 0 (the penalty only watches: its
+term and statistics without any effect on training). A penalty works under an optimiser when its
+term ends lower with the weight on than with it at 0, and its statistics move the same way.
 """
 
 from __future__ import annotations
@@ -53,6 +59,38 @@ def sweep(data_name: str, arch: str, optimizer: str, d_saes: list[int], cs: list
     return rows
 
 
+def penalty_check(optimizer: str, tokens: int, batch: int, d_sae: int, k: int, out: Path) -> list[dict]:
+    import tempfile
+
+    from featsep.rundir import RunDir
+
+    data, train, _ = synthetic_rows(tokens)
+    saes, pens, names = [], [], []
+    for pen in ("momentum", "temporal"):
+        default = featsep.make_penalty(pen, d_sae=d_sae).cfg.weight
+        for factor in (0.0, 1.0, 30.0):
+            torch.manual_seed(0)
+            saes.append(featsep.make_sae("topk", d_in=train.shape[1], d_sae=d_sae, k=k))
+            pens.append([featsep.make_penalty(pen, d_sae=d_sae, weight=default * factor)])
+            names.append(f"{pen}_x{factor:g}")
+    with tempfile.TemporaryDirectory() as tmp:
+        featsep.train(saes, list(train.split(batch)), penalties=pens, names=names, optimizer=optimizer,
+                      progress=False, seed=0, out_dir=tmp, log_every=5)
+        rows = []
+        for name, plist in zip(names, pens):
+            metrics = RunDir(Path(tmp) / name).read_metrics()
+            pen = plist[0]
+            term = f"loss/{pen.name}"
+            stats = {k: v for k, v in pen.stats().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            row = {"optimizer": optimizer, "run": name, "first_term": metrics[0][term], "last_term": metrics[-1][term],
+                   "fvu": metrics[-1]["fvu"], **{f"stat/{k}": v for k, v in stats.items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    with out.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
 def plot(rows: list[dict], out: Path) -> None:
     import matplotlib
 
@@ -88,6 +126,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append the result rows (JSON lines) here")
+    ap.add_argument("--penalty-check", type=Path, help="run the penalty check, rows appended to this file")
     ap.add_argument("--plot", type=Path, help="draw the figure from --from's rows")
     ap.add_argument("--from", dest="source", type=Path, nargs="+", help="JSON-lines result files to plot")
     args = ap.parse_args()
@@ -96,6 +135,10 @@ def main() -> None:
         plot(rows, args.plot)
         return
     torch.set_num_threads(args.threads)
+    if args.penalty_check:
+        for opt in args.optimizers:
+            penalty_check(opt, args.tokens, 1024, 2048, args.k, args.penalty_check)
+        return
     for arch in args.archs:
         for opt in args.optimizers:
             rows = sweep(args.data, arch, opt, args.d_sae, GRID[opt], args.tokens, args.batch, args.k)
