@@ -21,6 +21,14 @@ HELDOUT_ROWS = 16384
 GEMMA_CACHE = Path("/work/cache/g270m-l8")
 
 
+def synthetic_rows(tokens: int, seed: int = 0):
+    """(data, train rows [tokens, d], held-out rows [HELDOUT_ROWS, d]) from one generator."""
+    data = make_synthetic(SYNTHETIC, seed=seed)
+    train, _ = data.sample(tokens, torch.Generator().manual_seed(seed + 1))
+    heldout, _ = data.sample(HELDOUT_ROWS, torch.Generator().manual_seed(seed + 2))
+    return data, train, heldout
+
+
 def gemma_rows(tokens: int, cache: Path = GEMMA_CACHE):
     """(None, train rows, held-out rows) from the cache's full shards (already normalised to
     mean ||x||^2 = d by the cache): the last HELDOUT_ROWS rows are held out; the rest repeat

@@ -115,6 +115,24 @@ def plot(rows: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def table(rows: list[dict]) -> str:
+    """The Markdown table of docs/lr-sweep.md: one line per result, best FVU of each group in bold."""
+    best = {}
+    for r in rows:
+        key = (r["data"], r["arch"], r["optimizer"], r["d_sae"])
+        best[key] = min(best.get(key, 9.0), r["fvu"])
+    lines = ["| data | arch | optimizer | d_sae | c | lr | FVU | dead | mean best cos | recovered >= 0.9 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fvu = f"{r['fvu']:.3f}"
+        if r["fvu"] == best[(r["data"], r["arch"], r["optimizer"], r["d_sae"])]:
+            fvu = f"**{fvu}**"
+        syn = f"{r['mean_best_cos']:.3f} | {100 * r['recovered_0.9']:.1f}%" if "mean_best_cos" in r else "- | -"
+        lines.append(f"| {r['data']} | {r['arch']} | {r['optimizer']} | {r['d_sae']} | {r['c']:g} | {r['lr']:.2e} | "
+                     f"{fvu} | {100 * r['dead']:.1f}% | {syn} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=["synthetic", "gemma"], default="synthetic")
@@ -124,24 +142,29 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=300_000)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--c-adam", type=float, nargs="+", default=GRID["adam"], help="the grid of c for adam")
+    ap.add_argument("--c-sf", type=float, nargs="+", default=GRID["signsgd_schedulefree"],
+                    help="the grid of c for signsgd_schedulefree")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append the result rows (JSON lines) here")
     ap.add_argument("--penalty-check", type=Path, help="run the penalty check, rows appended to this file")
-    ap.add_argument("--plot", type=Path, help="draw the figure from --from's rows")
+    ap.add_argument("--plot", type=Path, help="draw the figure from --from's rows and print their table")
     ap.add_argument("--from", dest="source", type=Path, nargs="+", help="JSON-lines result files to plot")
     args = ap.parse_args()
     if args.plot:
         rows = [json.loads(line) for f in args.source for line in f.read_text().splitlines() if line.startswith("{")]
         plot(rows, args.plot)
+        print(table(rows))
         return
     torch.set_num_threads(args.threads)
     if args.penalty_check:
         for opt in args.optimizers:
             penalty_check(opt, args.tokens, 1024, 2048, args.k, args.penalty_check)
         return
+    grid = {"adam": args.c_adam, "signsgd_schedulefree": args.c_sf}
     for arch in args.archs:
         for opt in args.optimizers:
-            rows = sweep(args.data, arch, opt, args.d_sae, GRID[opt], args.tokens, args.batch, args.k)
+            rows = sweep(args.data, arch, opt, args.d_sae, grid[opt], args.tokens, args.batch, args.k)
             if args.out:
                 with args.out.open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -188,9 +188,11 @@ class SAE(nn.Module):
         buffers (e.g. tokens since each latent fired)."""
         raise NotImplementedError
 
+    default_optimizer: ClassVar[str] = "adam"  # what train() uses when [train] optimizer is None
+
     def default_lr(self, optimizer: str = "adam") -> float:
         """The LR rule in d_sae for each optimizer (featsep.train.optim names; fitted in
-        docs/lr-sweep.md)."""
+        docs/lr-sweep.md: sign-SGD's constant is 25x Adam's because its steps are per coordinate)."""
         return lr_rule(optimizer, {"adam": 2e-4, "signsgd_schedulefree": 5e-3}) / (self.cfg.d_sae / 16384) ** 0.5
 
     @torch.no_grad()

@@ -40,6 +40,8 @@ class TopKConfig(SAEConfigBase):
 @register("topk")
 class TopKSAE(SAE):
     config_class = TopKConfig
+    # docs/lr-sweep.md: at matched tokens it beats Adam at the reference rule (2e-4/sqrt(n/16384))
+    default_optimizer = "signsgd_schedulefree"
     saelens_architecture = "topk"
     topk_like = True
     cfg: TopKConfig

@@ -18,7 +18,8 @@ DEFAULT_DECAY_FRACTION = 0.2  # of an optimizer that decays (adam)
 class TrainConfig(Strict):
     tokens: int = Field(2_000_000, gt=0, description="activations to train on (pipeline)")
     batch_size: int = Field(4096, gt=0, description="activations per SAE step (pipeline)")
-    optimizer: str = Field("adam", description="adam or signsgd_schedulefree (featsep.train.optim)")
+    optimizer: Optional[str] = Field(None, description="adam or signsgd_schedulefree (featsep.train.optim); "
+                                     "None: each SAE's default_optimizer")
     lr: Optional[float] = Field(None, gt=0, description="None: the architecture's default rule for the optimizer")
     lr_warmup_steps: int = Field(0, ge=0)
     lr_decay_fraction: Optional[float] = Field(
@@ -37,14 +38,15 @@ class TrainConfig(Strict):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, value):
-        optimizer_spec(value)  # one line listing the valid names
+        if value is not None:
+            optimizer_spec(value)  # one line listing the valid names
         return value
 
-    def decay_fraction(self) -> float:
-        """lr_decay_fraction as it applies: None resolved by the optimizer."""
+    def decay_fraction(self, optimizer: str) -> float:
+        """lr_decay_fraction as it applies to an SAE trained with `optimizer`: None resolved by it."""
         if self.lr_decay_fraction is not None:
             return self.lr_decay_fraction
-        return DEFAULT_DECAY_FRACTION if optimizer_spec(self.optimizer).decays else 0.0
+        return DEFAULT_DECAY_FRACTION if optimizer_spec(optimizer).decays else 0.0
 
     @field_validator("device", mode="before")
     @classmethod

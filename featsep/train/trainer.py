@@ -61,6 +61,8 @@ class _Member:
     penalties: list[Penalty]
     run_dir: Optional[Path]
     lr: float
+    optimizer_name: str
+    decay_fraction: float
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     fired: Tensor  # bool [d_sae]: latents that fired since the last log (fallback dead fraction)
@@ -170,11 +172,11 @@ def _total_steps(batches: Iterable, steps: Optional[int], lr_decay_fraction: flo
         return None
 
 
-def _lrs(lr: Union[None, float, Sequence[Optional[float]]], saes: list[SAE], optimizer: str) -> list[float]:
+def _lrs(lr: Union[None, float, Sequence[Optional[float]]], saes: list[SAE], optimizers: list[str]) -> list[float]:
     per_sae = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(saes)
     if len(per_sae) != len(saes):
         raise ValueError(f"got {len(per_sae)} learning rates for {len(saes)} SAEs")
-    out = [float(sae.default_lr(optimizer) if value is None else value) for value, sae in zip(per_sae, saes)]
+    out = [float(sae.default_lr(opt) if value is None else value) for value, sae, opt in zip(per_sae, saes, optimizers)]
     for value in out:
         if not value > 0:
             raise ValueError(f"learning rate {value} must be positive")
@@ -470,7 +472,8 @@ def train(
         (optimizer=, checkpoint_every=, log_every=, lr_warmup_steps=, lr_decay_fraction=,
         adam_betas=, schedule_free_beta=, seed=, device=, autocast_bf16=, wandb=, tensorboard=),
         applied on top of it. optimizer: "adam" or "signsgd_schedulefree" (sign-SGD whose
-        averaged weights are the ones saved and returned; checkpoints keep the training iterate).
+        averaged weights are the ones saved and returned; checkpoints keep the training iterate);
+        None: each SAE's default_optimizer (TopK family: signsgd_schedulefree; others: adam).
         lr_warmup_steps, lr_decay_fraction: linear warm-up; linear decay to 0 over that final
         fraction of the steps (None: the optimizer's default). device "auto": where the first SAE is; bf16 autocast only on CUDA.
     lr: None (config.lr, else each SAE's default_lr(optimizer)), a float, or one value per SAE.
@@ -488,9 +491,10 @@ def train(
     saes = _as_sae_list(saes)
     names = _names(names, len(saes))
     penalty_lists = _assign_penalties(penalties, names)
-    decay_fraction = cfg.decay_fraction()
-    total = _total_steps(batches, steps, decay_fraction)
-    lrs = _lrs(cfg.lr if lr is None else lr, saes, cfg.optimizer)
+    optimizers = [cfg.optimizer or sae.default_optimizer for sae in saes]
+    decays = [cfg.decay_fraction(opt) for opt in optimizers]
+    total = _total_steps(batches, steps, max(decays))
+    lrs = _lrs(cfg.lr if lr is None else lr, saes, optimizers)
     dirs = rd.run_dirs(out_dir, names)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -500,14 +504,13 @@ def train(
                 raise FileExistsError(f"{d} already holds a training run; pass resume=True to continue it, "
                                       "or choose another out_dir")
     dev = saes[0].W_dec.device if cfg.device == "auto" else torch.device(cfg.device)
-    schedule = WarmupDecay(cfg.lr_warmup_steps, total, decay_fraction)
     members = [
-        _build_member(i, name, sae, plist, d, lr_i, cfg, schedule, dev)
-        for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
+        _build_member(i, name, sae, plist, d, lr_i, cfg, opt, WarmupDecay(cfg.lr_warmup_steps, total, decay), dev)
+        for i, (name, sae, plist, d, lr_i, opt, decay) in enumerate(
+            zip(names, saes, penalty_lists, dirs, lrs, optimizers, decays))
     ]
     # what config.json and final_info record for each SAE: the settings as resolved for this run
     resolved = {**cfg.model_dump(exclude={"tokens", "batch_size", "lr"}), "steps": total, "device": str(dev),
-                "lr_decay_fraction": decay_fraction,
                 "names": names, "out_dir": None if out_dir is None else str(out_dir)}
     run = _Run(members, batches, total, cfg)
     for d in run.run_dirs:
@@ -559,17 +562,19 @@ def _train_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> Tr
 
 
 def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run_dir: Optional[Path], lr: float,
-                  cfg: TrainConfig, schedule: WarmupDecay, device: torch.device) -> _Member:
+                  cfg: TrainConfig, optimizer_name: str, schedule: WarmupDecay, device: torch.device) -> _Member:
     sae.to(device).train()
     for pen in penalties:  # moved in place: the caller's objects are the ones that train
         pen.to(device)
-    optimizer = make_optimizer(cfg.optimizer, sae.parameters(), lr, cfg)
+    optimizer = make_optimizer(optimizer_name, sae.parameters(), lr, cfg)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
-    return _Member(index, name, sae, penalties, run_dir, lr, optimizer, make_scheduler(optimizer, schedule), fired)
+    return _Member(index, name, sae, penalties, run_dir, lr, optimizer_name, schedule.decay_fraction, optimizer,
+                   make_scheduler(optimizer, schedule), fired)
 
 
 def _member_training(m: _Member, resolved: dict[str, Any]) -> MemberTraining:
-    return MemberTraining(**resolved, name=m.name, index=m.index, lr=m.lr)
+    return MemberTraining(**{**resolved, "optimizer": m.optimizer_name, "lr_decay_fraction": m.decay_fraction},
+                          name=m.name, index=m.index, lr=m.lr)
 
 
 def _remove_stale_temp_files(run_dir: Path) -> None:

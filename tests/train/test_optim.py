@@ -63,9 +63,9 @@ def test_registry_names_and_unknown_name_is_one_line():
 
 
 def test_train_config_resolves_the_decay_by_optimizer_and_checks_beta():
-    assert TrainConfig().decay_fraction() == 0.2
-    assert TrainConfig(optimizer=SF).decay_fraction() == 0.0  # its averaging replaces the decay
-    assert TrainConfig(optimizer=SF, lr_decay_fraction=0.1).decay_fraction() == 0.1  # asked for: honoured
+    assert TrainConfig().decay_fraction("adam") == 0.2
+    assert TrainConfig().decay_fraction(SF) == 0.0  # its averaging replaces the decay
+    assert TrainConfig(lr_decay_fraction=0.1).decay_fraction(SF) == 0.1  # asked for: honoured
     for beta in (0.0, 1.5):
         with pytest.raises(ValueError, match="schedule_free_beta"):
             TrainConfig(schedule_free_beta=beta)
@@ -144,3 +144,17 @@ def test_default_lr_follows_the_optimizer():
     assert sae.default_lr("signsgd_schedulefree") / sae.default_lr("adam") > 5  # sign steps are per coordinate
     with pytest.raises(ValueError, match="no default learning rate for optimizer 'lion'"):
         sae.default_lr("lion")
+
+
+def test_each_sae_gets_its_architecture_s_default_optimizer_and_schedule(tmp_path):
+    """optimizer None: TopK trains with sign-SGD schedule-free (no decay), ReLU+L1 with Adam
+    (decay 0.2), side by side in one run; the logged lr shows each one's own schedule."""
+    relu = make_sae("relu_l1", d_in=D_IN, d_sae=D_SAE)
+    saes = train([topk(), relu], make_batches(10), steps=10, names=["t", "r"], out_dir=tmp_path, progress=False,
+                 log_every=1)
+    for name, sae, opt, decay in (("t", saes[0], SF, 0.0), ("r", relu, "adam", 0.2)):
+        recorded = RunDir(tmp_path / name).read_config().train
+        assert (recorded["optimizer"], recorded["lr_decay_fraction"]) == (opt, decay)
+        assert recorded["lr"] == sae.default_lr(opt)
+        lrs = [row["lr"] for row in RunDir(tmp_path / name).read_metrics()]
+        assert (lrs[-1] == lrs[0]) == (decay == 0.0)  # Adam's last two steps decay; schedule-free's do not
