@@ -89,7 +89,7 @@ class JumpReLUSAE(SAE):
         return pre * (pre > self.threshold).to(pre.dtype)
 
     def default_lr(self, optimizer: str = "adam") -> float:
-        return lr_rule(optimizer, {"adam": 7e-5, "signsgd_schedulefree": SF_PLACEHOLDER})
+        return lr_rule(optimizer, {"adam": 7e-5, "signsgd_schedulefree": 1e-3})
 
     def training_forward(self, x: Tensor, step: int, total_steps: int) -> SAEOutput:
         pre = self.pre_activations(x)
