@@ -56,7 +56,7 @@ class _SelectedPreActivations(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, W_enc, b_dec, indices, keep = ctx.saved_tensors
-        d, n = W_enc.shape
+        n = W_enc.shape[1]
         grad = torch.where(keep, grad, 0).to(W_enc.dtype)  # padding/unselected: no gradient
         flat_idx, flat_grad = indices.flatten(), grad.flatten()
         need = ctx.needs_input_grad
@@ -64,10 +64,13 @@ class _SelectedPreActivations(torch.autograd.Function):
         if need[3] or need[4]:
             grad_b_enc = W_enc.new_zeros(n).index_add_(0, flat_idx, flat_grad)
         if need[2]:
-            # row i of grad W_enc^T sums grad[b, j] * (x[b] - b_dec) over the entries picking i
-            centred = (x - b_dec).to(W_enc.dtype)
-            rows = (grad[:, :, None] * centred[:, None, :]).reshape(-1, d)
-            grad_W = W_enc.new_zeros(n, d).index_add_(0, flat_idx, rows).T
+            # grad W_enc^T = G^T (x - b_dec), G [B, d_sae] holding grad at the picked entries:
+            # a sparse-dense product with B k non-zeros (no [B, k, d] product, no dense G)
+            batch, k = indices.shape
+            rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+            G_T = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_grad, (n, batch),
+                                          check_invariants=False)  # valid by construction
+            grad_W = torch.sparse.mm(G_T, (x - b_dec).to(W_enc.dtype)).T
         if need[1]:
             grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad, mode="sum").to(x.dtype)
         if need[4]:
