@@ -112,14 +112,17 @@ class TopKSAE(SAE):
         return {"auxk": self.auxk_loss(x, x_hat, pre)}
 
     def auxk_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor) -> Tensor:
-        """The AuxK reconstruction of the residual, scaled by min(n_dead / aux_k, 1): 0 (with
-        zero gradients) when no latent is dead.
+        """The AuxK reconstruction of the residual, scaled by min(n_dead / aux_k, 1); 0 when no
+        latent is dead.
 
-        Without a host sync, so the number of dead latents stays on the device: the selection
-        always takes min(aux_k, d_sae) latents, those that are not dead (pre-activation -inf
-        after the mask) being unkept entries with value 0. That is the same set of dead latents
-        and the same loss as selecting min(aux_k, n_dead), at the price of an aux selection
-        and decode even when nothing is dead (early training)."""
+        Without a host sync, so the number of dead latents stays on the device. Before any
+        latent can be dead (a host-side bound, `may_have_dead_latents`) the term is a plain 0.
+        After, the selection always takes min(aux_k, d_sae) latents, those that are not dead
+        (pre-activation -inf after the mask) being unkept entries with value 0: the same dead
+        latents and the same loss as selecting min(aux_k, n_dead), at the price of a full-width
+        aux selection and decode even when few or none are dead (then the scale is 0)."""
+        if not self.may_have_dead_latents():
+            return x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
         dead = self.dead_mask()
         k_aux = min(self.cfg.aux_k, self.cfg.d_sae)
         masked = pre.detach().masked_fill(~dead, float("-inf"))
