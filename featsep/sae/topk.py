@@ -15,7 +15,7 @@ from torch import Tensor
 
 from featsep.codes import Codes
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, mse_loss, register
-from featsep.sae.sparse import dense_decode_reference, dense_encode_reference, sparse_decode, sparse_encode
+from featsep.sae.sparse import dense_decode_reference, sparse_decode, sparse_encode
 
 # "auto" decodes sparsely once the dictionary is this many times larger than k: below it a
 # dense matmul on a small [B, d_sae] is as cheap and simpler.
