@@ -146,6 +146,8 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(n, d, dtype=dtype, device=cfg.device))
         self.b_dec = nn.Parameter(torch.zeros(d, dtype=dtype, device=cfg.device))
         self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long, device=cfg.device))
+        # host-side upper bound on tokens_since_fired, valid while the buffer's version is this
+        self._silence_bound = (0, self.tokens_since_fired._version)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -167,8 +169,11 @@ class SAE(nn.Module):
         b_dec enters a second time in an exactly-zero term, (b_dec - b_dec.detach()) W_enc, that
         carries its gradient as one vector-matrix product; the plain formula would make autograd
         compute the whole [B, d_in] input gradient, a matmul as large as the encoder, only to
-        sum it over the batch."""
+        sum it over the batch. Without autograd (the sparse encoder's forward) one addmm adds
+        b_enc inside the matmul instead of in a second pass over [B, d_sae]."""
         b_dec = self.b_dec
+        if not torch.is_grad_enabled() and x.dim() == 2:
+            return torch.addmm(self.b_enc, x - b_dec, self.W_enc)
         return (x - b_dec.detach()) @ self.W_enc + (self.b_enc - (b_dec - b_dec.detach()) @ self.W_enc)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -228,10 +233,25 @@ class SAE(nn.Module):
         """Bool [d_sae]: latents silent for at least `dead_tokens_threshold` tokens."""
         return self.tokens_since_fired >= self.cfg.dead_tokens_threshold
 
+    def may_have_dead_latents(self) -> bool:
+        """False only when no latent can be dead yet, known without a host sync: record_firing
+        grows a host-side bound on tokens_since_fired by each batch's tokens. When the buffer
+        was written elsewhere (a checkpoint load, resampling, a test) the bound is re-read once
+        (one sync)."""
+        bound, version = self._silence_bound
+        if version != self.tokens_since_fired._version:
+            bound = int(self.tokens_since_fired.max()) if self.tokens_since_fired.numel() else 0
+            self._silence_bound = (bound, self.tokens_since_fired._version)
+        return bound >= self.cfg.dead_tokens_threshold
+
     @torch.no_grad()
     def record_firing(self, fired: Tensor, n_tokens: int) -> None:
+        bound, version = self._silence_bound
+        known = version == self.tokens_since_fired._version
         self.tokens_since_fired.add_(n_tokens)
         self.tokens_since_fired.masked_fill_(fired, 0)
+        if known:
+            self._silence_bound = (bound + n_tokens, self.tokens_since_fired._version)
 
     @torch.no_grad()
     def resample_dead_latents(

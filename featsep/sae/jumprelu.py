@@ -100,7 +100,7 @@ class JumpReLUSAE(SAE):
             x_hat=self.decode(codes),
             terms={"l0": l0},
             coefficients={"l0": linear_warmup(self.cfg.l0_coefficient, step, self.cfg.l0_warmup_steps)},
-            codes=Codes.from_dense(codes),
+            codes=Codes.from_dense(codes, nonnegative=True),  # theta > 0
         )
         return self.finish_output(x, out, l0.detach())
 

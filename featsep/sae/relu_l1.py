@@ -46,7 +46,7 @@ class ReLUL1SAE(SAE):
             x_hat=self.decode(codes),
             terms={"l1": weighted.sum(dim=-1).mean()},
             coefficients={"l1": self.l1_coefficient_at(step)},
-            codes=Codes.from_dense(codes),
+            codes=Codes.from_dense(codes, nonnegative=True),
         )
         return self.finish_output(x, out, (codes != 0).sum(dim=-1).float().mean())
 

@@ -69,6 +69,7 @@ class _Member:
     last: dict[str, Any] = field(default_factory=dict)  # detached results of the latest step
     busy_s: float = 0.0  # CPU: time spent in this SAE's steps since the last log (its own cost)
     busy_events: list = field(default_factory=list)  # CUDA: (start, end) timing events, read at log
+    nonfinite: dict = field(default_factory=dict)  # device-side record of the first non-finite step
 
     @property
     def dtype(self) -> torch.dtype:
@@ -228,9 +229,7 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
             terms.update(pen_terms)
             coefficients.update(pen.coefficients())
     loss = sum(coefficients.get(name, 1.0) * term.float() for name, term in terms.items())
-    if not torch.isfinite(loss):
-        bad = next((n for n, t in terms.items() if not torch.isfinite(t.detach()).all()), "total loss")
-        raise NonFiniteLossError(m.name, step, bad, m.run_dir)
+    _note_nonfinite(m, step, loss, terms)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     sae.before_optimizer_step()
@@ -246,6 +245,28 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
     opt.step()
     sae.after_optimizer_step(step, x, opt)
     m.scheduler.step()
+
+
+def _note_nonfinite(m: _Member, step: int, loss: Tensor, terms: dict[str, Tensor]) -> None:
+    """Record on the device the first step whose loss is not finite, and which of its terms
+    were: no host sync per step. `_raise_if_nonfinite` reads it before every metrics row and
+    checkpoint (and at the end), so a bad step still stops the run, named, before anything is
+    written from it; the steps between it and that check run on (on NaN weights) and are lost."""
+    rec = m.nonfinite
+    if not rec:
+        rec.update(step=torch.full((), -1, dtype=torch.long, device=loss.device), finite={})
+    first = ~torch.isfinite(loss.detach()) & (rec["step"] < 0)
+    rec["step"] = torch.where(first, step, rec["step"])
+    for name, term in terms.items():
+        ok = torch.isfinite(term.detach()).all()
+        rec["finite"][name] = torch.where(first, ok, rec["finite"].get(name, torch.ones_like(ok)))
+
+
+def _raise_if_nonfinite(m: _Member) -> None:
+    """NonFiniteLossError naming the first non-finite step and term, if there was one (syncs)."""
+    if m.nonfinite and int(m.nonfinite["step"]) >= 0:
+        bad = next((n for n, ok in m.nonfinite["finite"].items() if not bool(ok)), "total loss")
+        raise NonFiniteLossError(m.name, int(m.nonfinite["step"]), bad, m.run_dir)
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -335,6 +356,8 @@ class _Run:
 
     # checkpoints
     def save_checkpoints(self) -> None:
+        for m in self.members:
+            _raise_if_nonfinite(m)
         if not self.run_dirs:
             return
         shared = {
@@ -425,6 +448,8 @@ class _Run:
         last = self.members[0].last
         if "terms" in last and last.get("logged_step") != self.step:
             self.log(sink, window_tokens, time.perf_counter() - window_start)
+        for m in self.members:
+            _raise_if_nonfinite(m)
 
     def row_positions(self, it: Iterator) -> Optional[tuple[Tensor, Tensor]]:
         """(context ids, positions) of the batch's rows on the device, once per step, when the
@@ -437,6 +462,8 @@ class _Run:
         return index[:, 0], index[:, 1]
 
     def log(self, sink: MetricsSink, window_tokens: int, window_s: float) -> None:
+        for m in self.members:
+            _raise_if_nonfinite(m)
         for m in self.members:
             row = _log_row(m, self.step, self.tokens, window_tokens, window_s)
             m.last["row"] = row
