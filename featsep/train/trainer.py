@@ -280,7 +280,7 @@ def _tensor_bytes(obj: Any) -> int:
 
 
 def _state_bytes(m: _Member) -> int:
-    """Memory this SAE keeps between steps: parameters and buffers, Adam moments, penalty state."""
+    """Memory this SAE keeps between steps: parameters and buffers, optimizer state, penalty state."""
     return (
         _tensor_bytes(m.sae.state_dict())
         + _tensor_bytes(m.optimizer.state_dict()["state"])
