@@ -44,12 +44,15 @@ class Codes:
     """A batch of codes; build with `Codes.from_dense` or `Codes.from_topk` (see the module
     docstring for the two forms and what `selected` / `active` mean)."""
 
-    __slots__ = ("d_sae", "_dense", "_values", "_indices", "_selected", "_active", "context_ids", "position_ids")
+    __slots__ = ("d_sae", "nonnegative", "_dense", "_values", "_indices", "_selected", "_active", "context_ids", "position_ids")
 
     def __init__(self, d_sae: int, *, dense: Optional[Tensor] = None, values: Optional[Tensor] = None,
                  indices: Optional[Tensor] = None, selected: Optional[Tensor] = None,
-                 active: Optional[Tensor] = None):
+                 active: Optional[Tensor] = None, nonnegative: bool = False):
         self.d_sae = d_sae
+        # the producer guarantees no negative value (ReLU-like SAEs): consumers that treat
+        # signed codes differently skip checking, which would be a host sync per step
+        self.nonnegative = nonnegative
         self._dense, self._values, self._indices = dense, values, indices
         self._selected, self._active = selected, active
         self.context_ids: Optional[Tensor] = None  # set by with_positions
@@ -57,20 +60,23 @@ class Codes:
 
     # --- construction ----------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, codes: Tensor) -> "Codes":
-        """Dense codes [B, d_sae]; the TopK form is listed only if asked for."""
+    def from_dense(cls, codes: Tensor, nonnegative: bool = False) -> "Codes":
+        """Dense codes [B, d_sae]; the TopK form is listed only if asked for. nonnegative: the
+        producer guarantees codes >= 0."""
         if not torch.is_tensor(codes) or not codes.is_floating_point():
             raise TypeError(f"codes must be a floating-point tensor, got {type(codes).__name__} "
                             f"{getattr(codes, 'dtype', '')}; pass the SAE's latent activations")
         if codes.dim() != 2:
             raise ValueError(f"codes must be 2-D [batch, d_sae], got shape {tuple(codes.shape)}; "
                              "flatten leading dimensions first")
-        return cls(codes.shape[1], dense=codes)
+        return cls(codes.shape[1], dense=codes, nonnegative=nonnegative)
 
     @classmethod
-    def from_topk(cls, values: Tensor, indices: Tensor, d_sae: int, selected: Optional[Tensor] = None) -> "Codes":
+    def from_topk(cls, values: Tensor, indices: Tensor, d_sae: int, selected: Optional[Tensor] = None,
+                  nonnegative: bool = False) -> "Codes":
         """The TopK form: values [B, k] (float) at latents indices [B, k]; `selected` (bool
-        [B, k], default all) marks the real selections, the rest being padding (value 0)."""
+        [B, k], default all) marks the real selections, the rest being padding (value 0);
+        nonnegative: the producer guarantees values >= 0."""
         if not torch.is_tensor(values) or not values.is_floating_point() or values.dim() != 2:
             raise TypeError(f"TopK values must be a 2-D floating-point tensor [batch, k], got "
                             f"{type(values).__name__} {tuple(getattr(values, 'shape', ()))}")
@@ -87,7 +93,7 @@ class Codes:
             raise ValueError(f"selected must be a bool tensor of shape {tuple(values.shape)}, got "
                              f"{selected.dtype} {tuple(selected.shape)}")
         return cls(d_sae, values=values, indices=indices.long(), selected=selected,
-                   active=selected & (values.detach() != 0))
+                   active=selected & (values.detach() != 0), nonnegative=nonnegative)
 
     def with_positions(self, context_ids: Optional[Tensor], position_ids: Optional[Tensor]) -> "Codes":
         """These codes with the text context and position of each row attached (int64 [B])."""

@@ -140,7 +140,10 @@ def _sae_parallel_saes():
 
 def _run(kind: str, world: World, out: Path, **kw):
     saes, pens = _dp_saes() if kind == "dp" else _sae_parallel_saes()
-    settings = dict(lr=3e-3, progress=False, log_every=2, checkpoint_every=2, lr_decay_fraction=0.4)
+    # Adam for every SAE: sign-SGD (the TopK family's default) steps by sign(gradient), so a
+    # gradient component at rounding level flips between one and N ranks and moves its weight by
+    # a whole lr; equality to 1e-5 is a statement about the gradients, which Adam preserves.
+    settings = dict(lr=3e-3, progress=False, log_every=2, checkpoint_every=2, lr_decay_fraction=0.4, optimizer="adam")
     if kind == "sae":
         settings["parallel"] = "sae"
     settings.update(kw)

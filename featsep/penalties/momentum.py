@@ -102,7 +102,7 @@ class MomentumPenalty(Penalty):
         if self.momentum is None:
             self.momentum = torch.zeros(n, dtype=state_dtype(codes), device=codes.device)
         held = codes.values if codes.has_topk else codes.dense()
-        if bool((held.detach() < 0).any()):
+        if not codes.nonnegative and bool((held.detach() < 0).any()):
             loss = self._signed(codes.dense())
         else:
             rowsum, diag, weighted_rowsum = normalised_rowsums(codes)

@@ -108,6 +108,14 @@ def linear_warmup(value: float, step: int, warmup_steps: int) -> float:
 
 
 @torch.no_grad()
+def lr_rule(optimizer: str, base: dict[str, float]) -> float:
+    """base[optimizer]; an optimizer without a rule here gets one line naming those that have one."""
+    if optimizer not in base:
+        raise ValueError(f"no default learning rate for optimizer {optimizer!r}; give lr=... or use one of: "
+                         f"{', '.join(sorted(base))}")
+    return base[optimizer]
+
+
 def geometric_median(points: Tensor, iters: int = 8, eps: float = 1e-8) -> Tensor:
     """Weiszfeld's algorithm: the point minimising the summed Euclidean distance. A robust
     b_dec init (Bricken et al.; the TopK baseline) that outliers such as BOS cannot drag."""
@@ -143,6 +151,8 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(n, d, dtype=dtype, device=cfg.device))
         self.b_dec = nn.Parameter(torch.zeros(d, dtype=dtype, device=cfg.device))
         self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long, device=cfg.device))
+        # host-side upper bound on tokens_since_fired, valid while the buffer's version is this
+        self._silence_bound = (0, self.tokens_since_fired._version)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -164,8 +174,11 @@ class SAE(nn.Module):
         b_dec enters a second time in an exactly-zero term, (b_dec - b_dec.detach()) W_enc, that
         carries its gradient as one vector-matrix product; the plain formula would make autograd
         compute the whole [B, d_in] input gradient, a matmul as large as the encoder, only to
-        sum it over the batch."""
+        sum it over the batch. Without autograd (the sparse encoder's forward) one addmm adds
+        b_enc inside the matmul instead of in a second pass over [B, d_sae]."""
         b_dec = self.b_dec
+        if not torch.is_grad_enabled() and x.dim() == 2:
+            return torch.addmm(self.b_enc, x - b_dec, self.W_enc)
         return (x - b_dec.detach()) @ self.W_enc + (self.b_enc - (b_dec - b_dec.detach()) @ self.W_enc)
 
     def encode(self, x: Tensor) -> Tensor:
@@ -185,8 +198,12 @@ class SAE(nn.Module):
         buffers (e.g. tokens since each latent fired)."""
         raise NotImplementedError
 
-    def default_lr(self) -> float:
-        return 2e-4 / (self.cfg.d_sae / 16384) ** 0.5
+    default_optimizer: ClassVar[str] = "adam"  # what train() uses when [train] optimizer is None
+
+    def default_lr(self, optimizer: str = "adam") -> float:
+        """The LR rule in d_sae for each optimizer (featsep.train.optim names; fitted in
+        docs/lr-sweep.md: sign-SGD's constant is 25x Adam's because its steps are per coordinate)."""
+        return lr_rule(optimizer, {"adam": 2e-4, "signsgd_schedulefree": 5e-3}) / (self.cfg.d_sae / 16384) ** 0.5
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
@@ -221,10 +238,25 @@ class SAE(nn.Module):
         """Bool [d_sae]: latents silent for at least `dead_tokens_threshold` tokens."""
         return self.tokens_since_fired >= self.cfg.dead_tokens_threshold
 
+    def may_have_dead_latents(self) -> bool:
+        """False only when no latent can be dead yet, known without a host sync: record_firing
+        grows a host-side bound on tokens_since_fired by each batch's tokens. When the buffer
+        was written elsewhere (a checkpoint load, resampling, a test) the bound is re-read once
+        (one sync)."""
+        bound, version = self._silence_bound
+        if version != self.tokens_since_fired._version:
+            bound = int(self.tokens_since_fired.max()) if self.tokens_since_fired.numel() else 0
+            self._silence_bound = (bound, self.tokens_since_fired._version)
+        return bound >= self.cfg.dead_tokens_threshold
+
     @torch.no_grad()
     def record_firing(self, fired: Tensor, n_tokens: int) -> None:
+        bound, version = self._silence_bound
+        known = version == self.tokens_since_fired._version
         self.tokens_since_fired.add_(n_tokens)
         self.tokens_since_fired.masked_fill_(fired, 0)
+        if known:
+            self._silence_bound = (bound + n_tokens, self.tokens_since_fired._version)
 
     @torch.no_grad()
     def resample_dead_latents(
@@ -233,7 +265,7 @@ class SAE(nn.Module):
         """Anthropic-style resampling (Bricken et al. 2023): each dead latent gets a decoder row
         pointing at an input the SAE reconstructs badly (sampled with probability ~ squared
         error), an encoder column along it at 0.2 x the mean alive encoder norm, b_enc = 0,
-        and fresh Adam moments. Live latents are untouched. Returns how many were resampled."""
+        and fresh Adam moments (schedule-free: z set to the new weights). Live latents are untouched. Returns how many were resampled."""
         dead = self.dead_mask().nonzero().squeeze(1)
         if dead.numel() == 0:
             return 0
@@ -253,10 +285,12 @@ class SAE(nn.Module):
         self.tokens_since_fired[dead] = 0
         if optimizer is not None:
             for param, where in ((self.W_dec, (dead,)), (self.W_enc, (slice(None), dead)), (self.b_enc, (dead,))):
+                state = optimizer.state.get(param, {})
                 for moment in ("exp_avg", "exp_avg_sq"):
-                    state = optimizer.state.get(param, {})
                     if moment in state:
                         state[moment][where] = 0
+                if "z" in state:  # schedule-free's base iterate follows the new weights
+                    state["z"][where] = param[where]
         return int(dead.numel())
 
     def finish_output(self, x: Tensor, out: SAEOutput, l0: Tensor) -> SAEOutput:

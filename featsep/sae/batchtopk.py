@@ -41,6 +41,12 @@ class BatchTopKSAE(TopKSAE):
         return pre.relu() * (pre > self.threshold)
 
     def select(self, pre: Tensor) -> Codes:
+        """The batch's k*B largest ReLU'd pre-activations, packed to [B, k_max].
+
+        k_max (the busiest row's count) is read on the host: the one host sync of the step,
+        kept because the padded width is what Codes and the tests pin, and any fixed width would
+        be either lossy or d_sae wide. Everything else stays on the device (counts by
+        index_add: bincount syncs on CUDA)."""
         batch, n = pre.shape
         if self.world.distributed:
             flat_values, flat_idx = self.select_global(pre.relu().flatten(), batch * self.world.size)
@@ -50,7 +56,7 @@ class BatchTopKSAE(TopKSAE):
         if self.training:
             self.update_threshold(flat_values)
         # pack into [B, k_max]: the position of each entry within its row
-        counts = torch.bincount(rows, minlength=batch)
+        counts = torch.zeros(batch, dtype=torch.long, device=pre.device).index_add_(0, rows, torch.ones_like(rows))
         order = torch.argsort(rows, stable=True)
         rows, cols, flat_values = rows[order], cols[order], flat_values[order]
         starts = torch.cumsum(counts, 0) - counts
@@ -59,7 +65,7 @@ class BatchTopKSAE(TopKSAE):
         values = flat_values.new_zeros(batch, k_max).index_put((rows, slot), flat_values)
         indices = cols.new_zeros(batch, k_max).index_put((rows, slot), cols)
         selected = torch.arange(k_max, device=pre.device) < counts[:, None]
-        return Codes.from_topk(values, indices, n, selected)
+        return Codes.from_topk(values, indices, n, selected, nonnegative=True)
 
     def select_global(self, flat: Tensor, global_batch: int) -> tuple[Tensor, Tensor]:
         """This rank's share of the global batch's top k*B: each rank's local top-(k*B) values

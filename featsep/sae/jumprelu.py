@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from featsep.codes import Codes
-from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, register
+from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, lr_rule, register
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -88,8 +88,8 @@ class JumpReLUSAE(SAE):
         pre = self.pre_activations(x)
         return pre * (pre > self.threshold).to(pre.dtype)
 
-    def default_lr(self) -> float:
-        return 7e-5  # Rajamanoharan et al.
+    def default_lr(self, optimizer: str = "adam") -> float:
+        return lr_rule(optimizer, {"adam": 7e-5, "signsgd_schedulefree": 1e-3})
 
     def training_forward(self, x: Tensor, step: int, total_steps: int) -> SAEOutput:
         pre = self.pre_activations(x)
@@ -100,7 +100,7 @@ class JumpReLUSAE(SAE):
             x_hat=self.decode(codes),
             terms={"l0": l0},
             coefficients={"l0": linear_warmup(self.cfg.l0_coefficient, step, self.cfg.l0_warmup_steps)},
-            codes=Codes.from_dense(codes),
+            codes=Codes.from_dense(codes, nonnegative=True),  # theta > 0
         )
         return self.finish_output(x, out, l0.detach())
 

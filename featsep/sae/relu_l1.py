@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor
 
 from featsep.codes import Codes
-from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, register
+from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, linear_warmup, lr_rule, register
 
 
 class ReLUL1Config(SAEConfigBase):
@@ -33,8 +33,8 @@ class ReLUL1SAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         return self.pre_activations(x).relu()
 
-    def default_lr(self) -> float:
-        return 3e-4
+    def default_lr(self, optimizer: str = "adam") -> float:
+        return lr_rule(optimizer, {"adam": 3e-4, "signsgd_schedulefree": 2e-3})
 
     def l1_coefficient_at(self, step: int) -> float:
         return linear_warmup(self.cfg.l1_coefficient, step, self.cfg.l1_warmup_steps)
@@ -46,7 +46,7 @@ class ReLUL1SAE(SAE):
             x_hat=self.decode(codes),
             terms={"l1": weighted.sum(dim=-1).mean()},
             coefficients={"l1": self.l1_coefficient_at(step)},
-            codes=Codes.from_dense(codes),
+            codes=Codes.from_dense(codes, nonnegative=True),
         )
         return self.finish_output(x, out, (codes != 0).sum(dim=-1).float().mean())
 

@@ -1,13 +1,22 @@
-"""Decoding from TopK form (values/indices [B, k]) without building dense [B, d_sae] codes.
+"""The TopK family's sparse paths and the naive references they must equal (tests compare
+outputs and gradients of both in float64).
 
-`sparse_decode` is the fast path; `dense_decode_reference` is the naive definition it must
-equal (tests compare outputs and gradients of both in float64).
+Decoding from TopK form (values/indices [B, k]) without building dense [B, d_sae] codes:
+`sparse_decode` (fast) and `dense_decode_reference`.
+
+Encoding: the forward needs the dense pre-activations [B, d_sae] to select, but the
+backward only needs the k selected entries of each row. `sparse_encode` takes the selected
+pre-activations (computed without autograd) and gives W_enc, b_enc, b_dec and the input their
+gradients through those entries only: O(B k d), no [B, d_sae] tensor in the backward
+(sparsify's fused encoder does the same). `dense_encode_reference` is autograd through the
+dense pre-activations and a gather.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,3 +41,56 @@ def dense_decode_reference(
     """The naive definition: scatter into dense codes [B, d_sae], then codes @ W_dec."""
     out = scatter_dense(values, indices, W_dec.shape[0]).to(W_dec.dtype) @ W_dec
     return out if b_dec is None else out + b_dec
+
+
+class _SelectedPreActivations(torch.autograd.Function):
+    """Identity on the selected pre-activations [B, k]; the backward scatters their gradient
+    into W_enc, b_enc, b_dec and x through the selected (indices, keep) entries only."""
+
+    @staticmethod
+    def forward(ctx, picked: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
+                indices: Tensor, keep: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, indices, keep)
+        return picked.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, W_enc, b_dec, indices, keep = ctx.saved_tensors
+        n = W_enc.shape[1]
+        grad = torch.where(keep, grad, 0).to(W_enc.dtype)  # padding/unselected: no gradient
+        flat_idx, flat_grad = indices.flatten(), grad.flatten()
+        need = ctx.needs_input_grad
+        grad_x = grad_W = grad_b_enc = grad_b_dec = None
+        if need[3] or need[4]:
+            grad_b_enc = W_enc.new_zeros(n).index_add_(0, flat_idx, flat_grad)
+        if need[2]:
+            # grad W_enc^T = G^T (x - b_dec), G [B, d_sae] holding grad at the picked entries:
+            # a sparse-dense product with B k non-zeros (no [B, k, d] product, no dense G)
+            batch, k = indices.shape
+            rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+            G_T = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_grad, (n, batch),
+                                          check_invariants=False)  # valid by construction
+            grad_W = torch.sparse.mm(G_T, (x - b_dec).to(W_enc.dtype)).T
+        if need[1]:
+            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad, mode="sum").to(x.dtype)
+        if need[4]:
+            grad_b_dec = -(W_enc @ grad_b_enc)  # = -grad_x.sum(0), without the [B, d] product
+        return None, grad_x, grad_W, grad_b_enc if need[3] else None, grad_b_dec, None, None
+
+
+def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor, indices: Tensor,
+                  keep: Optional[Tensor] = None) -> Tensor:
+    """pre[b, indices[b, j]] (0 where not `keep`), differentiable w.r.t. x, W_enc, b_enc and
+    b_dec through the kept entries only. `pre` is (x - b_dec) W_enc + b_enc computed without
+    autograd (the forward needs it whole anyway, to select)."""
+    if keep is None:
+        keep = torch.ones_like(indices, dtype=torch.bool)
+    picked = torch.where(keep, pre.detach().gather(1, indices), 0)
+    return _SelectedPreActivations.apply(picked, x, W_enc, b_enc, b_dec, indices, keep)
+
+
+def dense_encode_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, indices: Tensor,
+                           keep: Optional[Tensor] = None) -> Tensor:
+    """The naive definition: autograd through the dense pre-activations, then a gather."""
+    picked = ((x - b_dec) @ W_enc + b_enc).gather(1, indices)
+    return picked if keep is None else torch.where(keep, picked, 0)

@@ -7,7 +7,7 @@ min(n_dead / aux_k, 1) as in SAELens.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import torch
 from pydantic import Field, model_validator
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from featsep.codes import Codes
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, mse_loss, register
-from featsep.sae.sparse import dense_decode_reference, sparse_decode
+from featsep.sae.sparse import dense_decode_reference, sparse_decode, sparse_encode
 
 # "auto" decodes sparsely once the dictionary is this many times larger than k: below it a
 # dense matmul on a small [B, d_sae] is as cheap and simpler.
@@ -29,6 +29,10 @@ class TopKConfig(SAEConfigBase):
     sparse_decoder: Union[bool, Literal["auto"]] = Field(
         "auto", description="decode from (values, indices) without dense codes; auto: when d_sae >= 16 k"
     )
+    sparse_encoder: Union[bool, Literal["auto"]] = Field(
+        "auto", description="backpropagate the encoder through the selected entries only (O(B k d)); "
+        "False: autograd through the dense pre-activations (the reference); auto: when d_sae >= 16 k"
+    )
 
     @model_validator(mode="after")
     def _k_fits(self):
@@ -40,6 +44,8 @@ class TopKConfig(SAEConfigBase):
 @register("topk")
 class TopKSAE(SAE):
     config_class = TopKConfig
+    # docs/lr-sweep.md: at matched tokens it beats Adam at the reference rule (2e-4/sqrt(n/16384))
+    default_optimizer = "signsgd_schedulefree"
     saelens_architecture = "topk"
     topk_like = True
     cfg: TopKConfig
@@ -48,6 +54,20 @@ class TopKSAE(SAE):
     def sparse(self) -> bool:
         mode = self.cfg.sparse_decoder
         return self.cfg.d_sae >= _AUTO_SPARSE_RATIO * self.cfg.k if mode == "auto" else bool(mode)
+
+    @property
+    def sparse_encoder(self) -> bool:
+        mode = self.cfg.sparse_encoder
+        return self.cfg.d_sae >= _AUTO_SPARSE_RATIO * self.cfg.k if mode == "auto" else bool(mode)
+
+    def encode_selected(self, x: Tensor, pre: Tensor, indices: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        """The pre-activations at (row, indices) [B, k'], 0 where not `keep`, differentiable
+        through those entries: on the sparse path `pre` was computed without autograd and the
+        backward is O(B k d); on the reference path autograd runs through the dense `pre`."""
+        if self.sparse_encoder:
+            return sparse_encode(x, self.W_enc, self.b_enc, self.b_dec, pre, indices, keep)
+        picked = pre.gather(1, indices)
+        return picked if keep is None else torch.where(keep, picked, 0)
 
     def decode_top(self, values: Tensor, indices: Tensor, with_bias: bool = True) -> Tensor:
         """Decode the TopK form on the configured path (sparse fast path or dense reference)."""
@@ -64,11 +84,15 @@ class TopKSAE(SAE):
     def select(self, pre: Tensor) -> Codes:
         """Training-time selection: the active latents' (values, indices) [B, k']."""
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-        return Codes.from_topk(values.relu(), indices, self.cfg.d_sae)
+        return Codes.from_topk(values.relu(), indices, self.cfg.d_sae, nonnegative=True)
 
     def training_forward(self, x: Tensor, step: int, total_steps: int) -> SAEOutput:
-        pre = self.pre_activations(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.sparse_encoder):
+            pre = self.pre_activations(x)
         codes = self.select(pre)
+        if self.sparse_encoder:  # the same selection, its values now carrying the sparse backward
+            values = self.encode_selected(x, pre, codes.indices, codes.selected).relu()
+            codes = Codes.from_topk(values, codes.indices, self.cfg.d_sae, codes.selected, nonnegative=True)
         if self.sparse:
             x_hat = self.decode_top(codes.values, codes.indices)
         else:  # the dense codes are built once (kept in `codes`), for the decode and any penalty
@@ -90,16 +114,25 @@ class TopKSAE(SAE):
         return {"auxk": self.auxk_loss(x, x_hat, pre)}
 
     def auxk_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor) -> Tensor:
-        """0 when no latent is dead; else the AuxK reconstruction of the residual."""
-        dead = self.dead_mask()
-        n_dead = int(dead.sum())
-        if n_dead == 0:
+        """The AuxK reconstruction of the residual, scaled by min(n_dead / aux_k, 1); 0 when no
+        latent is dead.
+
+        Without a host sync, so the number of dead latents stays on the device. Before any
+        latent can be dead (a host-side bound, `may_have_dead_latents`) the term is a plain 0.
+        After, the selection always takes min(aux_k, d_sae) latents, those that are not dead
+        (pre-activation -inf after the mask) being unkept entries with value 0: the same dead
+        latents and the same loss as selecting min(aux_k, n_dead), at the price of a full-width
+        aux selection and decode even when few or none are dead (then the scale is 0)."""
+        if not self.may_have_dead_latents():
             return x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
-        scale = min(n_dead / self.cfg.aux_k, 1.0)
-        k_aux = min(self.cfg.aux_k, n_dead)
-        values, indices = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1, sorted=False)
-        residual_hat = self.decode_top(values.relu(), indices, with_bias=False)
-        return scale * mse_loss((x - x_hat).detach(), residual_hat)
+        dead = self.dead_mask()
+        k_aux = min(self.cfg.aux_k, self.cfg.d_sae)
+        masked = pre.detach().masked_fill(~dead, float("-inf"))
+        indices = masked.topk(k_aux, dim=-1, sorted=False).indices
+        values = self.encode_selected(x, pre, indices, dead[indices]).relu()
+        residual_hat = self.decode_top(values, indices, with_bias=False)
+        mse = mse_loss((x - x_hat).detach(), residual_hat)
+        return (dead.sum().to(mse.dtype) / self.cfg.aux_k).clamp(max=1.0) * mse
 
     def to_cfg_dict(self) -> dict:
         d = super().to_cfg_dict()

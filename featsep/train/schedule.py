@@ -29,6 +29,7 @@ class WarmupDecay:
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.decay_steps = round(decay_fraction * total_steps) if total_steps else 0
+        self.decay_fraction = decay_fraction
 
     def __call__(self, step: int) -> float:
         factor = 1.0

@@ -1,6 +1,6 @@
 """The training loop: one stream of activation batches feeds one or many SAEs.
 
-Each SAE has its own Adam optimizer, LR schedule and penalties; every batch trains all of
+Each SAE has its own optimizer (featsep.train.optim), LR schedule and penalties; every batch trains all of
 them (one language-model pass serves a whole sweep). Losses are dicts of named terms, summed
 as coefficient * term and each logged by name.
 """
@@ -29,6 +29,7 @@ from featsep.train import checkpoint as ckpt
 from featsep import rundir as rd
 from featsep.train.artifacts import write_config, write_final
 from featsep.train.config import MemberTraining, TrainConfig
+from featsep.train.optim import make_optimizer, use_averaged_parameters
 from featsep.train.logger import ExternalLoggers, MetricsSink, scalar_stats
 from featsep.train.schedule import WarmupDecay, make_scheduler
 
@@ -61,6 +62,8 @@ class _Member:
     penalties: list[Penalty]
     run_dir: Optional[Path]
     lr: float
+    optimizer_name: str
+    decay_fraction: float
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     fired: Tensor  # bool [d_sae]: latents that fired since the last log (fallback dead fraction)
@@ -68,6 +71,7 @@ class _Member:
     busy_s: float = 0.0  # CPU: time spent in this SAE's steps since the last log (its own cost)
     busy_events: list = field(default_factory=list)  # CUDA: (start, end) timing events, read at log
     writer: bool = True  # this rank writes the run dir (its SAE group's first rank); others only read it
+    nonfinite: dict = field(default_factory=dict)  # device-side record of the first non-finite step
 
     @property
     def dtype(self) -> torch.dtype:
@@ -171,11 +175,11 @@ def _total_steps(batches: Iterable, steps: Optional[int], lr_decay_fraction: flo
         return None
 
 
-def _lrs(lr: Union[None, float, Sequence[Optional[float]]], saes: list[SAE]) -> list[float]:
+def _lrs(lr: Union[None, float, Sequence[Optional[float]]], saes: list[SAE], optimizers: list[str]) -> list[float]:
     per_sae = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(saes)
     if len(per_sae) != len(saes):
         raise ValueError(f"got {len(per_sae)} learning rates for {len(saes)} SAEs")
-    out = [float(sae.default_lr() if value is None else value) for value, sae in zip(per_sae, saes)]
+    out = [float(sae.default_lr(opt) if value is None else value) for value, sae, opt in zip(per_sae, saes, optimizers)]
     for value in out:
         if not value > 0:
             raise ValueError(f"learning rate {value} must be positive")
@@ -255,9 +259,8 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
             terms.update(pen_terms)
             coefficients.update(pen.coefficients())
     loss = sum(coefficients.get(name, 1.0) * term.float() for name, term in terms.items())
-    if not world.distributed and not torch.isfinite(loss):
-        bad = next((n for n, t in terms.items() if not torch.isfinite(t.detach()).all()), "total loss")
-        raise NonFiniteLossError(m.name, step, bad, m.run_dir)
+    if not world.distributed:  # distributed: the loss rides in the gradients' all-reduce instead
+        _note_nonfinite(m, step, loss, terms)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if world.distributed:
@@ -279,6 +282,28 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
     m.scheduler.step()
 
 
+def _note_nonfinite(m: _Member, step: int, loss: Tensor, terms: dict[str, Tensor]) -> None:
+    """Record on the device the first step whose loss is not finite, and which of its terms
+    were: no host sync per step. `_raise_if_nonfinite` reads it before every metrics row and
+    checkpoint (and at the end), so a bad step still stops the run, named, before anything is
+    written from it; the steps between it and that check run on (on NaN weights) and are lost."""
+    rec = m.nonfinite
+    if not rec:
+        rec.update(step=torch.full((), -1, dtype=torch.long, device=loss.device), finite={})
+    first = ~torch.isfinite(loss.detach()) & (rec["step"] < 0)
+    rec["step"] = torch.where(first, step, rec["step"])
+    for name, term in terms.items():
+        ok = torch.isfinite(term.detach()).all()
+        rec["finite"][name] = torch.where(first, ok, rec["finite"].get(name, torch.ones_like(ok)))
+
+
+def _raise_if_nonfinite(m: _Member) -> None:
+    """NonFiniteLossError naming the first non-finite step and term, if there was one (syncs)."""
+    if m.nonfinite and int(m.nonfinite["step"]) >= 0:
+        bad = next((n for n, ok in m.nonfinite["finite"].items() if not bool(ok)), "total loss")
+        raise NonFiniteLossError(m.name, int(m.nonfinite["step"]), bad, m.run_dir)
+
+
 def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, Tensor):
         return obj.numel() * obj.element_size()
@@ -290,7 +315,7 @@ def _tensor_bytes(obj: Any) -> int:
 
 
 def _state_bytes(m: _Member) -> int:
-    """Memory this SAE keeps between steps: parameters and buffers, Adam moments, penalty state."""
+    """Memory this SAE keeps between steps: parameters and buffers, optimizer state, penalty state."""
     return (
         _tensor_bytes(m.sae.state_dict())
         + _tensor_bytes(m.optimizer.state_dict()["state"])
@@ -398,6 +423,8 @@ class _Run:
 
     # checkpoints
     def save_checkpoints(self) -> None:
+        for m in self.members:
+            _raise_if_nonfinite(m)
         if all(d is None for d in self.all_dirs):
             return
         mine = {
@@ -510,6 +537,8 @@ class _Run:
                 self.save_checkpoints()
         if logged != self.step:
             self.log(sink, window_tokens, time.perf_counter() - window_start)
+        for m in self.members:
+            _raise_if_nonfinite(m)
 
     def row_positions(self, it: Iterator) -> Optional[tuple[Tensor, Tensor]]:
         """(context ids, positions) of the batch's rows on the device, once per step, when the
@@ -523,6 +552,8 @@ class _Run:
 
     def log(self, sink: MetricsSink, window_tokens: int, window_s: float) -> None:
         rows = {}
+        for m in self.members:
+            _raise_if_nonfinite(m)
         for m in self.members:
             if self.sae_world.distributed:
                 _globalise_last(m, self.sae_world)
@@ -564,11 +595,14 @@ def train(
     penalties: None; a list aligned with saes (each a Penalty, a list of them, or None); or a
         dict {sae index or name: Penalty or list}. Each SAE needs its own penalty objects.
     config: a TrainConfig (the [train] section); `settings` are its fields as keywords
-        (checkpoint_every=, log_every=, lr_warmup_steps=, lr_decay_fraction=, adam_betas=,
-        seed=, device=, autocast_bf16=, wandb=, tensorboard=), applied on top of it.
+        (optimizer=, checkpoint_every=, log_every=, lr_warmup_steps=, lr_decay_fraction=,
+        adam_betas=, schedule_free_beta=, seed=, device=, autocast_bf16=, wandb=, tensorboard=),
+        applied on top of it. optimizer: "adam" or "signsgd_schedulefree" (sign-SGD whose
+        averaged weights are the ones saved and returned; checkpoints keep the training iterate);
+        None: each SAE's default_optimizer (TopK family: signsgd_schedulefree; others: adam).
         lr_warmup_steps, lr_decay_fraction: linear warm-up; linear decay to 0 over that final
-        fraction of the steps. device "auto": where the first SAE is; bf16 autocast only on CUDA.
-    lr: None (config.lr, else each SAE's default_lr()), a float, or one value per SAE.
+        fraction of the steps (None: the optimizer's default). device "auto": where the first SAE is; bf16 autocast only on CUDA.
+    lr: None (config.lr, else each SAE's default_lr(optimizer)), a float, or one value per SAE.
     out_dir: None writes nothing. One SAE: out_dir is its run dir; several: out_dir/<name>.
         A run dir gets config.json, checkpoints/ (the last 2), metrics.jsonl, sae/ and
         final_info.json.
@@ -591,8 +625,10 @@ def train(
     saes = _as_sae_list(saes)
     names = _names(names, len(saes))
     penalty_lists = _assign_penalties(penalties, names)
-    total = _total_steps(batches, steps, cfg.lr_decay_fraction)
-    lrs = _lrs(cfg.lr if lr is None else lr, saes)
+    optimizers = [cfg.optimizer or sae.default_optimizer for sae in saes]
+    decays = [cfg.decay_fraction(opt) for opt in optimizers]
+    total = _total_steps(batches, steps, max(decays))
+    lrs = _lrs(cfg.lr if lr is None else lr, saes, optimizers)
     dirs = rd.run_dirs(out_dir, names)
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
@@ -608,10 +644,11 @@ def train(
     groups = _sae_groups(cfg, world)
     owners = _owners(saes, penalty_lists, groups)
     group = world.rank % groups
-    schedule = WarmupDecay(cfg.lr_warmup_steps, total, cfg.lr_decay_fraction)
     members = [
-        _build_member(i, name, sae, plist, d, lr_i, cfg.adam_betas, schedule, dev, writer=world.rank == owners[i])
-        for i, (name, sae, plist, d, lr_i) in enumerate(zip(names, saes, penalty_lists, dirs, lrs))
+        _build_member(i, name, sae, plist, d, lr_i, cfg, opt, WarmupDecay(cfg.lr_warmup_steps, total, decay), dev,
+                      writer=world.rank == owners[i])
+        for i, (name, sae, plist, d, lr_i, opt, decay) in enumerate(
+            zip(names, saes, penalty_lists, dirs, lrs, optimizers, decays))
         if owners[i] == group
     ]
     # what config.json and final_info record for each SAE: the settings as resolved for this run
@@ -746,19 +783,20 @@ def _train_config(config: Optional[TrainConfig], settings: dict[str, Any]) -> Tr
 
 
 def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run_dir: Optional[Path], lr: float,
-                  adam_betas: tuple[float, float], schedule: WarmupDecay, device: torch.device,
+                  cfg: TrainConfig, optimizer_name: str, schedule: WarmupDecay, device: torch.device,
                   writer: bool = True) -> _Member:
     sae.to(device).train()
     for pen in penalties:  # moved in place: the caller's objects are the ones that train
         pen.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=tuple(adam_betas))
+    optimizer = make_optimizer(optimizer_name, sae.parameters(), lr, cfg)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
-    return _Member(index, name, sae, penalties, run_dir, lr, optimizer, make_scheduler(optimizer, schedule), fired,
-                   writer=writer)
+    return _Member(index, name, sae, penalties, run_dir, lr, optimizer_name, schedule.decay_fraction, optimizer,
+                   make_scheduler(optimizer, schedule), fired, writer=writer)
 
 
 def _member_training(m: _Member, resolved: dict[str, Any]) -> MemberTraining:
-    return MemberTraining(**resolved, name=m.name, index=m.index, lr=m.lr)
+    return MemberTraining(**{**resolved, "optimizer": m.optimizer_name, "lr_decay_fraction": m.decay_fraction},
+                          name=m.name, index=m.index, lr=m.lr)
 
 
 def _remove_stale_temp_files(run_dir: Path) -> None:
@@ -778,7 +816,9 @@ def _start_run_dir(m: _Member, resolved: dict[str, Any], run_config: Optional[di
 
 
 def _finish(m: _Member, resolved: dict[str, Any], run: _Run, sink: MetricsSink) -> None:
-    """Final artifacts and the one-line summary of one SAE."""
+    """Final artifacts and the one-line summary of one SAE. An optimizer that averages
+    (schedule-free) leaves its averaged weights in the SAE: those are saved and returned."""
+    use_averaged_parameters(m.optimizer)
     row = m.last.get("row")
     if row is None and m.run_dir is not None:  # a resumed run that had already finished
         logged = rd.RunDir(m.run_dir).read_metrics()

@@ -79,6 +79,26 @@ def test_momentum_signed_codes_use_dense_formula():
         torch.testing.assert_close(pen.momentum, ref.m)
 
 
+@pytest.mark.parametrize("form", ["dense", "topk"])
+def test_momentum_trusts_codes_known_nonnegative(monkeypatch, form):
+    """Codes flagged nonnegative (every built-in SAE's) skip the sign check, a host sync per
+    step, with the same loss, gradient and momentum as unflagged codes that are checked."""
+    values, indices = topk_batch(2)
+    make = (lambda v, nn: Codes.from_dense(dense(v, indices), nonnegative=nn)) if form == "dense" else \
+        (lambda v, nn: Codes.from_topk(v, indices, N, nonnegative=nn))
+    pens = [make_penalty("momentum", d_sae=N) for _ in range(2)]
+    checked = [grad_of(lambda v: pens[0](make(v, False))["momentum"], values) for _ in range(2)]
+    bools = []
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: bools.append(t) or bool(t.item()))
+    trusted = [grad_of(lambda v: pens[1](make(v, True))["momentum"], values) for _ in range(2)]
+    monkeypatch.undo()
+    assert bools == []
+    for (a, ga), (b, gb) in zip(checked, trusted):
+        assert torch.equal(a, b) and torch.equal(ga, gb)
+    assert torch.equal(pens[0].momentum, pens[1].momentum)
+    assert make(values, True).with_selected_firing().nonnegative  # copies keep the flag
+
+
 def test_momentum_state_roundtrip_stats_and_independence():
     a, b = make_penalty("momentum", d_sae=N, tau=0.2), make_penalty("momentum", d_sae=N, tau=0.2)
     other = make_penalty("momentum", d_sae=N, tau=0.2)

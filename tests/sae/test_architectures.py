@@ -118,6 +118,23 @@ def test_tokens_since_fired_bookkeeping():
     assert torch.equal(sae.tokens_since_fired, before)  # eval mode does no bookkeeping
 
 
+def test_may_have_dead_latents_bounds_the_buffer_without_reading_it():
+    sae = featsep.make_sae("topk", d_in=D, d_sae=N, k=K, dead_tokens_threshold=3 * B)
+    x = data()
+    for step in range(4):
+        assert sae.may_have_dead_latents() == (step * B >= 3 * B)  # the bound: B tokens a step
+        assert sae.may_have_dead_latents() or not sae.dead_mask().any()
+        out = sae.training_forward(x, step, 4)
+        assert (out.terms["auxk"] == 0) or sae.may_have_dead_latents()
+    assert sae.dead_mask().any()  # the same batch: the silent latents are dead by now
+    sae.tokens_since_fired.zero_()  # written elsewhere: the bound is re-read
+    assert not sae.may_have_dead_latents()
+    sae.tokens_since_fired[5] = 3 * B
+    assert sae.may_have_dead_latents()
+    sae.load_state_dict({**sae.state_dict(), "tokens_since_fired": torch.zeros(N, dtype=torch.long)})
+    assert not sae.may_have_dead_latents()
+
+
 # --- relu_l1 ----------------------------------------------------------------------------
 def test_relu_l1_warmup_coefficient_values():
     sae = featsep.make_sae("relu_l1", d_in=D, d_sae=N)  # defaults: 0.04 over 1000 steps

@@ -1,10 +1,12 @@
-"""The sparse TopK decoder equals the dense reference: outputs and every gradient, float64."""
+"""The sparse TopK decoder and encoder backward equal their dense references: outputs and
+every gradient, float64."""
 
 import pytest
 import torch
 
 import featsep
-from featsep.sae.sparse import dense_decode_reference, sparse_decode
+from featsep.sae.sparse import dense_decode_reference, dense_encode_reference, sparse_decode, sparse_encode
+from featsep.train import train
 
 D, N, K, B = 10, 80, 5, 24
 
@@ -84,3 +86,83 @@ def test_pre_activations_equal_the_plain_formula_with_gradients():
     assert torch.equal(fast, plain)
     for a, b in zip(torch.autograd.grad(fast, params, g), torch.autograd.grad(plain, params, g)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_encode_equals_reference_with_padding_and_duplicates():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(D, N, generator=g, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(N, generator=g, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, N, (B, K), generator=g)
+    idx[:, -1] = idx[:, 0]  # two rows pick latent 0 twice, as BatchTopK's padding does
+    keep = torch.rand(B, K, generator=g) > 0.3
+    keep[:, 0] = True
+    grad_out = torch.randn(B, K, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        pre = (x - b_dec) @ W + b_enc
+    params = (x, W, b_enc, b_dec)
+    fast = sparse_encode(x, W, b_enc, b_dec, pre, idx, keep)
+    ref = dense_encode_reference(x, W, b_enc, b_dec, idx, keep)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(fast[~keep], torch.zeros(int((~keep).sum()), dtype=torch.float64))
+    for a, r in zip(torch.autograd.grad(fast, params, grad_out), torch.autograd.grad(ref, params, grad_out)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    # unkept entries get no gradient: the gradients ignore grad_out there
+    masked = torch.where(keep, grad_out, 0)
+    ref = dense_encode_reference(x, W, b_enc, b_dec, idx, keep)
+    for a, r in zip(torch.autograd.grad(sparse_encode(x, W, b_enc, b_dec, pre, idx, keep), params, grad_out),
+                    torch.autograd.grad(ref, params, masked)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def encoder_twins(arch, **params):
+    saes = [featsep.make_sae(arch, d_in=D, d_sae=N, k=K, dtype="float64", sparse_encoder=sparse, aux_k=16, **params)
+            for sparse in (True, False)]
+    saes[1].load_state_dict(saes[0].state_dict())
+    assert saes[0].sparse_encoder and not saes[1].sparse_encoder
+    return saes
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+@pytest.mark.parametrize("dead", [True, False], ids=["auxk-active", "auxk-inactive"])
+@pytest.mark.parametrize("sparse_decoder", [True, False])
+def test_sparse_encoder_equals_dense_reference(arch, dead, sparse_decoder):
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.3
+    saes = encoder_twins(arch, sparse_decoder=sparse_decoder, dead_tokens_threshold=B if dead else 10 * B)
+    with torch.no_grad():
+        for sae in saes:
+            sae.b_dec.normal_(generator=torch.Generator().manual_seed(2))
+            sae.b_enc[: N // 2] = -100.0 if dead else 0.0  # silent latents, dead after step 0
+    outs = []
+    for sae in saes:
+        sae.training_forward(x, 0, 2)
+        out = sae.training_forward(x, 1, 2)
+        assert (out.terms["auxk"] > 0) == dead
+        loss = sum(out.coefficients.get(k, 1.0) * v for k, v in out.terms.items())
+        loss.backward()
+        outs.append(out)
+    s, d = outs
+    torch.testing.assert_close(s.x_hat, d.x_hat, rtol=1e-12, atol=1e-12)
+    assert s.terms.keys() == d.terms.keys()
+    for k in s.terms:
+        torch.testing.assert_close(s.terms[k], d.terms[k], rtol=1e-12, atol=1e-12)
+    assert torch.equal(s.codes.indices, d.codes.indices) and torch.equal(s.codes.selected, d.codes.selected)
+    torch.testing.assert_close(s.codes.values, d.codes.values, rtol=1e-12, atol=1e-12)
+    for (name, p), q in zip(saes[0].named_parameters(), saes[1].parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-11, atol=1e-11, msg=name)
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_sparse_encoder_trains_like_the_dense_reference():
+    """A few trainer steps (float32, latents dying mid-run so AuxK switches on) end at the same
+    weights on both paths, within float32 rounding."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(B, D, generator=gen) for _ in range(8)]
+    saes = [featsep.make_sae("batchtopk", d_in=D, d_sae=N, k=K, sparse_encoder=sparse, aux_k=16,
+                             dead_tokens_threshold=2 * B) for sparse in (True, False)]
+    for sae in saes:
+        train([sae], batches, progress=False, lr=1e-2)
+    assert saes[0].dead_mask().any()
+    for (name, p), q in zip(saes[0].state_dict().items(), saes[1].state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
