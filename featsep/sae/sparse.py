@@ -43,6 +43,27 @@ def dense_decode_reference(
     return out if b_dec is None else out + b_dec
 
 
+def encoder_weight_grad(indices: Tensor, grad: Tensor, centred: Tensor, n: int, by_latent: Optional[bool] = None) -> Tensor:
+    """grad W_enc^T [n, d] = G^T (x - b_dec), G [B, n] holding `grad` at the picked entries,
+    in O(B k d) without a dense G or a [B k, d] product.
+
+    CPU: one sparse-dense product (COO, B k non-zeros), the fastest there. CUDA (by_latent):
+    an embedding_bag whose bags are the latents (entries sorted by latent, per-latent offsets
+    from a cumulative count), which never syncs; coalescing a sparse tensor would (its size
+    depends on the data)."""
+    batch, k = indices.shape
+    flat_idx, flat_grad = indices.flatten(), grad.flatten()
+    rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+    if by_latent if by_latent is not None else centred.is_cuda:
+        order = flat_idx.argsort()
+        counts = torch.zeros(n, dtype=torch.long, device=indices.device).index_add_(0, flat_idx, torch.ones_like(flat_idx))
+        offsets = torch.cumsum(counts, 0) - counts
+        return F.embedding_bag(rows[order], centred, offsets, per_sample_weights=flat_grad[order], mode="sum")
+    G_T = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_grad, (n, batch),
+                                  check_invariants=False)  # valid by construction
+    return torch.sparse.mm(G_T, centred)
+
+
 class _SelectedPreActivations(torch.autograd.Function):
     """Identity on the selected pre-activations [B, k]; the backward scatters their gradient
     into W_enc, b_enc, b_dec and x through the selected (indices, keep) entries only."""
@@ -64,13 +85,7 @@ class _SelectedPreActivations(torch.autograd.Function):
         if need[3] or need[4]:
             grad_b_enc = W_enc.new_zeros(n).index_add_(0, flat_idx, flat_grad)
         if need[2]:
-            # grad W_enc^T = G^T (x - b_dec), G [B, d_sae] holding grad at the picked entries:
-            # a sparse-dense product with B k non-zeros (no [B, k, d] product, no dense G)
-            batch, k = indices.shape
-            rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
-            G_T = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_grad, (n, batch),
-                                          check_invariants=False)  # valid by construction
-            grad_W = torch.sparse.mm(G_T, (x - b_dec).to(W_enc.dtype)).T
+            grad_W = encoder_weight_grad(indices, grad, (x - b_dec).to(W_enc.dtype), n).T
         if need[1]:
             grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad, mode="sum").to(x.dtype)
         if need[4]:

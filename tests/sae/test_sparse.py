@@ -5,7 +5,13 @@ import pytest
 import torch
 
 import featsep
-from featsep.sae.sparse import dense_decode_reference, dense_encode_reference, sparse_decode, sparse_encode
+from featsep.sae.sparse import (
+    dense_decode_reference,
+    dense_encode_reference,
+    encoder_weight_grad,
+    sparse_decode,
+    sparse_encode,
+)
 from featsep.train import train
 
 D, N, K, B = 10, 80, 5, 24
@@ -114,6 +120,19 @@ def test_sparse_encode_equals_reference_with_padding_and_duplicates():
     for a, r in zip(torch.autograd.grad(sparse_encode(x, W, b_enc, b_dec, pre, idx, keep), params, grad_out),
                     torch.autograd.grad(ref, params, masked)):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_both_encoder_weight_gradients_equal_the_dense_product():
+    """The CPU (sparse-dense product) and CUDA (embedding_bag by latent) ways, both run here."""
+    g = torch.Generator().manual_seed(6)
+    idx = torch.randint(0, N, (B, K), generator=g)
+    idx[:, -1] = 0  # padding-like repeats of latent 0
+    grad = torch.randn(B, K, generator=g, dtype=torch.float64)
+    centred = torch.randn(B, D, generator=g, dtype=torch.float64)
+    dense_G = torch.zeros(B, N, dtype=torch.float64).scatter_add(1, idx, grad)
+    for by_latent in (False, True):
+        torch.testing.assert_close(encoder_weight_grad(idx, grad, centred, N, by_latent), dense_G.T @ centred,
+                                   rtol=1e-12, atol=1e-12)
 
 
 def encoder_twins(arch, **params):
