@@ -32,6 +32,8 @@ class TrainConfig(Strict):
     seed: int = 42
     device: str = Field("auto", description="auto: where the SAEs are (the pipeline puts them on cuda if available)")
     autocast_bf16: bool = Field(True, description="bf16 autocast for the SAE on GPU (never on CPU)")
+    compile: bool = Field(False, description="torch.compile each SAE's training forward (worth it on GPU "
+                          "for long runs: the first steps pay the compilation)")
     wandb: bool = False
     tensorboard: bool = False
     parallel: Literal["data", "sae"] = Field(
@@ -80,6 +82,7 @@ class MemberTraining(Strict):
     log_every: int
     seed: int
     autocast_bf16: bool
+    compile: bool = False
     wandb: bool
     tensorboard: bool
     parallel: Literal["data", "sae"] = "data"

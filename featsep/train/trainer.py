@@ -72,6 +72,7 @@ class _Member:
     busy_events: list = field(default_factory=list)  # CUDA: (start, end) timing events, read at log
     writer: bool = True  # this rank writes the run dir (its SAE group's first rank); others only read it
     nonfinite: dict = field(default_factory=dict)  # device-side record of the first non-finite step
+    compiled: Optional[Any] = None  # torch.compile of sae.training_forward ([train] compile); the SAE stays plain
 
     @property
     def dtype(self) -> torch.dtype:
@@ -244,7 +245,7 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
     sae, opt = m.sae, m.optimizer
     x = x.to(dtype=m.dtype)
     with autocast:
-        out = sae.training_forward(x, step, total or UNKNOWN_TOTAL_STEPS)
+        out = (m.compiled or sae.training_forward)(x, step, total or UNKNOWN_TOTAL_STEPS)
         if positions is not None and m.penalties:
             out.codes = out.codes.with_positions(*positions)
         terms = dict(out.terms)
@@ -596,7 +597,8 @@ def train(
         dict {sae index or name: Penalty or list}. Each SAE needs its own penalty objects.
     config: a TrainConfig (the [train] section); `settings` are its fields as keywords
         (optimizer=, checkpoint_every=, log_every=, lr_warmup_steps=, lr_decay_fraction=,
-        adam_betas=, schedule_free_beta=, seed=, device=, autocast_bf16=, wandb=, tensorboard=),
+        adam_betas=, schedule_free_beta=, seed=, device=, autocast_bf16=, compile=, wandb=,
+        tensorboard=),
         applied on top of it. optimizer: "adam" or "signsgd_schedulefree" (sign-SGD whose
         averaged weights are the ones saved and returned; checkpoints keep the training iterate);
         None: each SAE's default_optimizer (TopK family: signsgd_schedulefree; others: adam).
@@ -790,8 +792,9 @@ def _build_member(index: int, name: str, sae: SAE, penalties: list[Penalty], run
         pen.to(device)
     optimizer = make_optimizer(optimizer_name, sae.parameters(), lr, cfg)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=device)
+    compiled = torch.compile(sae.training_forward) if cfg.compile else None
     return _Member(index, name, sae, penalties, run_dir, lr, optimizer_name, schedule.decay_fraction, optimizer,
-                   make_scheduler(optimizer, schedule), fired, writer=writer)
+                   make_scheduler(optimizer, schedule), fired, writer=writer, compiled=compiled)
 
 
 def _member_training(m: _Member, resolved: dict[str, Any]) -> MemberTraining:

@@ -526,3 +526,21 @@ def test_resume_with_real_penalties(tmp_path, penalty):
         assert_same_weights(a, b)
     row = RunDir(tmp_path / "full" / "sae_0").read_metrics()[-1]
     assert f"loss/{penalty}" in row and row[f"{penalty}/steps"] == 16.0
+
+
+@pytest.mark.slow
+def test_compiled_training_forward_equals_eager():
+    """[train] compile = true: torch.compile of each SAE's training forward (about 40 s of
+    compilation on CPU, hence slow); the weights after 6 steps equal the eager run's, and the
+    returned SAE carries no compiled attribute."""
+    import featsep
+
+    x = torch.randn(256, 32, generator=torch.Generator().manual_seed(0))
+    trained = []
+    for compile in (False, True):
+        sae = featsep.make_sae("topk", d_in=32, d_sae=128, k=4, b_dec_init="zeros", seed=0)
+        featsep.train([sae], [x] * 6, 6, progress=False, optimizer="adam", lr=1e-3, compile=compile)
+        trained.append(sae)
+    assert "training_forward" not in vars(trained[1])
+    for name, eager in trained[0].state_dict().items():
+        torch.testing.assert_close(trained[1].state_dict()[name], eager, rtol=1e-5, atol=1e-6)
