@@ -225,9 +225,7 @@ def _average_gradients(m: _Member, world: World, loss: Tensor, terms: dict[str, 
     grads = [p.grad for p in m.sae.parameters() if p.grad is not None]  # the same set on every rank
     dtype = grads[0].dtype if grads else torch.float32
     flat = world.all_reduce(torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(dtype)]), "sum")
-    if not torch.isfinite(flat[-1]):
-        bad = next((n for n, t in terms.items() if not torch.isfinite(t.detach()).all()), "total loss (on another rank)")
-        raise NonFiniteLossError(m.name, step, bad, m.run_dir)
+    _note_nonfinite(m, step, flat[-1], terms, unnamed="total loss (on another rank)")
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g) / world.size)
@@ -260,7 +258,7 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
             terms.update(pen_terms)
             coefficients.update(pen.coefficients())
     loss = sum(coefficients.get(name, 1.0) * term.float() for name, term in terms.items())
-    if not world.distributed:  # distributed: the loss rides in the gradients' all-reduce instead
+    if not world.distributed:  # distributed: the ranks' summed loss, from the gradients' all-reduce
         _note_nonfinite(m, step, loss, terms)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -283,14 +281,14 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
     m.scheduler.step()
 
 
-def _note_nonfinite(m: _Member, step: int, loss: Tensor, terms: dict[str, Tensor]) -> None:
+def _note_nonfinite(m: _Member, step: int, loss: Tensor, terms: dict[str, Tensor], unnamed: str = "total loss") -> None:
     """Record on the device the first step whose loss is not finite, and which of its terms
     were: no host sync per step. `_raise_if_nonfinite` reads it before every metrics row and
     checkpoint (and at the end), so a bad step still stops the run, named, before anything is
     written from it; the steps between it and that check run on (on NaN weights) and are lost."""
     rec = m.nonfinite
     if not rec:
-        rec.update(step=torch.full((), -1, dtype=torch.long, device=loss.device), finite={})
+        rec.update(step=torch.full((), -1, dtype=torch.long, device=loss.device), finite={}, unnamed=unnamed)
     first = ~torch.isfinite(loss.detach()) & (rec["step"] < 0)
     rec["step"] = torch.where(first, step, rec["step"])
     for name, term in terms.items():
@@ -301,7 +299,7 @@ def _note_nonfinite(m: _Member, step: int, loss: Tensor, terms: dict[str, Tensor
 def _raise_if_nonfinite(m: _Member) -> None:
     """NonFiniteLossError naming the first non-finite step and term, if there was one (syncs)."""
     if m.nonfinite and int(m.nonfinite["step"]) >= 0:
-        bad = next((n for n, ok in m.nonfinite["finite"].items() if not bool(ok)), "total loss")
+        bad = next((n for n, ok in m.nonfinite["finite"].items() if not bool(ok)), m.nonfinite["unnamed"])
         raise NonFiniteLossError(m.name, int(m.nonfinite["step"]), bad, m.run_dir)
 
 
