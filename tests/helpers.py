@@ -76,3 +76,11 @@ def hf_cache_repo(cache, repo_id: str, folder, commit: str = "0123456789abcdef01
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / ref).write_text(commit)
     return snapshot
+
+
+def killed_after(items, n):
+    """A data source that dies (like a killed process) when asked for item n."""
+    for i, x in enumerate(items):
+        if i == n:
+            raise KeyboardInterrupt("simulated kill")
+        yield x

@@ -21,6 +21,7 @@ from featsep.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from tests.helpers import killed_after
 
 D_IN, D_SAE, BATCH = 8, 16, 32
 RUN = dict(steps=12, lr=1e-2, lr_warmup_steps=2, lr_decay_fraction=0.25, checkpoint_every=4, log_every=1,
@@ -36,13 +37,6 @@ def topk(seed: int = 0):
 def batches(n: int = 12) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(2)
     return [torch.randn(BATCH, D_IN, generator=gen) for _ in range(n)]
-
-
-def killed_after(items, n):
-    for i, x in enumerate(items):
-        if i == n:
-            raise KeyboardInterrupt("simulated kill")
-        yield x
 
 
 def same_weights(a, b) -> bool:

@@ -18,6 +18,7 @@ from featsep.train.optim import (
     optimizer_names,
     use_averaged_parameters,
 )
+from tests.helpers import killed_after
 
 D_IN, D_SAE, BATCH = 8, 16, 32
 SF = "signsgd_schedulefree"
@@ -30,13 +31,6 @@ def topk(seed: int = 1):
 def make_batches(n: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(2)
     return [torch.randn(BATCH, D_IN, generator=gen) for _ in range(n)]
-
-
-def killed_after(batches, n):
-    for i, x in enumerate(batches):
-        if i == n:
-            raise KeyboardInterrupt("simulated kill")
-        yield x
 
 
 def run_kw(**kw):

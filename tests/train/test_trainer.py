@@ -16,6 +16,7 @@ from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, register
 from featsep.rundir import RunDir
 from featsep.train import NonFiniteLossError, WarmupDecay, train
 from featsep.train.checkpoint import load_checkpoint
+from tests.helpers import killed_after
 
 D_IN, D_SAE, BATCH = 8, 16, 32
 
@@ -211,14 +212,6 @@ def test_logged_lr_follows_schedule(tmp_path):
 
 
 # --- checkpoint / resume -------------------------------------------------------------------------
-def killed_after(batches, n):
-    """A data source that dies (like a killed process) when asked for batch n."""
-    for i, x in enumerate(batches):
-        if i == n:
-            raise KeyboardInterrupt("simulated kill")
-        yield x
-
-
 def run_kw(**kw):
     base = dict(steps=23, lr=1e-2, lr_warmup_steps=3, lr_decay_fraction=0.3, checkpoint_every=5, log_every=2,
                 progress=False, seed=7)
