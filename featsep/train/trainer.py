@@ -697,6 +697,8 @@ def train(
                     sink.write(_summary(names[i], run, run.rows.get(i, {}), dirs[i]))
             _share_trained(saes, penalty_lists, owners, world, dev)
     finally:
+        for m in members:  # the SAEs handed back compute their statistics over their own batch again
+            vars(m.sae).pop("world", None)
         sink.close()
         for m in members:
             m.sae.__dict__.pop("world", None)  # back to the class's single-process World
