@@ -16,7 +16,7 @@ import copy
 import itertools
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, create_model, model_validator
 
@@ -139,12 +139,14 @@ class MethodPoint(Strict):
 
     sae: SAESection  # type: ignore[valid-type]
     penalties: list[PenaltySection] = Field(default_factory=list)  # type: ignore[valid-type]
+    lr: Optional[float] = Field(None, gt=0, description="this method's learning rate (None: [train] lr, "
+                                "else the SAE's rule for the optimizer)")
 
 
 class MethodConfig(Strict):
     """One method of a sweep: an SAE (+ penalties) and a grid over its parameters.
 
-    grid keys are dotted paths into this method, e.g. "sae.k" or "penalties.0.weight";
+    grid keys are dotted paths into this method, e.g. "sae.k", "penalties.0.weight" or "lr";
     every combination of their values becomes one run. The method's own sae/penalties tables
     need only be valid once a grid point is applied (d_sae 8 with k = [1, 2] in the grid is
     fine), and every point is checked when the file is read.
@@ -153,6 +155,8 @@ class MethodConfig(Strict):
     name: str
     sae: dict[str, Any]
     penalties: list[dict[str, Any]] = Field(default_factory=list)
+    # methods trained together may need different rates (e.g. a recipe's TopK and ReLU runs)
+    lr: Optional[float] = Field(None, gt=0, description="None: [train] lr, else each SAE's rule")
     grid: dict[str, list[Any]] = Field(default_factory=dict)
 
     def combinations(self) -> list[tuple[dict[str, Any], MethodPoint]]:
@@ -161,11 +165,11 @@ class MethodConfig(Strict):
         for key in keys:
             if not self.grid[key]:
                 raise ValueError(f"grid[{key!r}] must be a non-empty list")
-            if key.split(".")[0] not in ("sae", "penalties"):
-                raise ValueError(f"grid key {key!r} must start with 'sae.' or 'penalties.'")
+            if key != "lr" and key.split(".")[0] not in ("sae", "penalties"):
+                raise ValueError(f"grid key {key!r} must be 'lr' or start with 'sae.' or 'penalties.'")
         out = []
         for combo in itertools.product(*(self.grid[k] for k in keys)):
-            tree = copy.deepcopy({"sae": self.sae, "penalties": self.penalties})
+            tree = copy.deepcopy({"sae": self.sae, "penalties": self.penalties, "lr": self.lr})
             for key, value in zip(keys, combo):
                 set_dotted(tree, key, copy.deepcopy(value), f"grid key {key!r}")
             try:

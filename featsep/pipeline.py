@@ -43,6 +43,8 @@ class RunSpec:
     params: dict[str, Any] = field(default_factory=dict)
     # a sweep's per-run seed (SAE init and resampling); None: the SAE takes data.seed as before
     seed: Optional[int] = None
+    # the method's learning rate; None: [train] lr, else the SAE's rule for its optimizer
+    lr: Optional[float] = None
 
 
 def is_trained(run_dir: Path) -> bool:
@@ -281,7 +283,7 @@ def train_specs(
     else:
         target, names = out_dir, [s.name for s in specs]
     train_saes(
-        saes, stream, steps, penalties=penalties,
+        saes, stream, steps, penalties=penalties, lr=[train.lr if s.lr is None else s.lr for s in specs],
         config=parallel_mode(train, len(specs), job.size).model_copy(update={"device": device}),
         out_dir=target, names=names, resume=resume, run_config=shared_config, world=job,
     )

@@ -52,7 +52,8 @@ def expand_sweep(cfg: SweepConfig) -> list[RunSpec]:
             for seed in cfg.seeds if cfg.seeds is not None else [None]:
                 shown = params if seed is None else {**params, "seed": seed}
                 specs.append(RunSpec(name=f"run_{len(specs)}", label=_label(method.name, shown), method=method.name,
-                                     sae=point.sae, penalties=list(point.penalties), params=params, seed=seed))
+                                     sae=point.sae, penalties=list(point.penalties), params=params, seed=seed,
+                                     lr=point.lr))
     if not specs:
         raise ConfigError("the sweep has no methods; add at least one [[methods]] table")
     return specs

@@ -32,7 +32,7 @@ def _sweep_cfg(model_dir, corpus, out_dir) -> SweepConfig:
             "penalties": [{"name": "momentum"}],
             "grid": {"penalties.0.weight": [0.1]},
         },
-        {"name": "relu_l1", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2}},
+        {"name": "relu_l1", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2}, "lr": 3e-3},
     ]
     return validate(SweepConfig, data)
 
@@ -45,6 +45,15 @@ def test_expand_sweep_grid_order_labels_and_overrides(tiny_llama_dir, checkpoint
     assert specs[2].penalties[0].name == "momentum"
     assert specs[2].penalties[0].weight == 0.1
     assert [s.method for s in specs] == ["topk", "topk", "topk+momentum", "relu_l1"]
+    assert [s.lr for s in specs] == [None, None, None, 3e-3]
+
+
+def test_a_grid_over_the_methods_lr():
+    cfg = validate(SweepConfig, {"methods": [{"name": "m", "sae": {"architecture": "topk", "d_sae": 8, "k": 2},
+                                              "lr": 1e-3, "grid": {"lr": [2e-3, 4e-3]}}]})
+    specs = expand_sweep(cfg)
+    assert [s.lr for s in specs] == [2e-3, 4e-3]
+    assert [s.label for s in specs] == ["m (lr=0.002)", "m (lr=0.004)"]
 
 
 def test_expand_sweep_product_of_two_keys():
@@ -61,7 +70,8 @@ def test_expand_sweep_product_of_two_keys():
 @pytest.mark.parametrize(
     "method, message",
     [
-        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"train.lr": [1]}}, "must start with"),
+        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"train.lr": [1]}}, "must be 'lr' or start with"),
+        ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"lr": [1e-3, -1]}}, "lr"),
         ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"sae.k": []}}, "non-empty list"),
         ({"name": "m", "sae": {"architecture": "topk"}, "grid": {"penalties.0.weight": [1]}}, "'penalties' is an empty list"),
     ],
@@ -89,6 +99,9 @@ def test_sweep_trains_every_run_once_and_skips_finished_runs(tiny_llama_dir, che
         assert is_trained(run)
         lines = (run / "metrics.jsonl").read_text().splitlines()
         assert json.loads(lines[-1])["step"] == 8  # 1024 tokens / 128 per batch
+    # the method's lr for relu_l1, [train] lr for the others
+    lrs = [json.loads((out / f"run_{i}" / "metrics.jsonl").read_text().splitlines()[0])["lr"] for i in range(4)]
+    assert lrs == [1e-3, 1e-3, 1e-3, 3e-3]
     momentum_log = json.loads((out / "run_2" / "metrics.jsonl").read_text().splitlines()[-1])
     assert any(k.startswith("loss/momentum") for k in momentum_log)
     sae_cfg = json.loads((out / "run_0" / "sae" / "cfg.json").read_text())
@@ -207,7 +220,7 @@ def _seeded_cfg(out_dir=None, seeds=(1, 2), model_dir=None, corpus=None) -> Swee
     data["seeds"] = list(seeds)
     data["methods"] = [
         {"name": "topk", "sae": {"architecture": "topk", "d_sae": 64}, "grid": {"sae.k": [2, 4]}},
-        {"name": "relu_l1", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2}},
+        {"name": "relu_l1", "sae": {"architecture": "relu_l1", "d_sae": 64, "l1_warmup_steps": 2}, "lr": 3e-3},
     ]
     return validate(SweepConfig, data)
 
