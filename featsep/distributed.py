@@ -26,6 +26,19 @@ from torch import Tensor
 from featsep.codes import Codes
 
 REDUCE_OPS = ("sum", "mean", "max", "min")
+# process groups by their global ranks, made once per default group: train() splits the world on
+# every call, and each torch.distributed.new_group is a collective and a communicator that
+# lives until the process ends
+_GROUPS: dict[str, Any] = {"default": None, "by_ranks": {}}
+
+
+def _group_of(ranks: tuple[int, ...]) -> Any:
+    default = dist.group.WORLD
+    if _GROUPS["default"] is not default:  # a new (or re-initialised) job: old groups are gone
+        _GROUPS.update(default=default, by_ranks={})
+    if ranks not in _GROUPS["by_ranks"]:
+        _GROUPS["by_ranks"][ranks] = dist.new_group(list(ranks))
+    return _GROUPS["by_ranks"][ranks]
 
 
 @dataclass(frozen=True)
@@ -81,9 +94,10 @@ class World:
     def subgroup(self, members: Sequence[int]) -> "World":
         """The World of `members` (group ranks of this world) for a rank among them; a single
         World for a rank outside it or a one-member list. Every rank of this world must call it
-        with the same list, in the same order (torch.distributed.new_group is collective)."""
+        with the same list, in the same order (torch.distributed.new_group is collective, and
+        the first call for a set of ranks makes the group every later call reuses)."""
         members = list(members)
-        group = dist.new_group([self.ranks[m] for m in members]) if len(members) > 1 else None
+        group = _group_of(tuple(self.ranks[m] for m in members)) if len(members) > 1 else None
         if group is None or self.rank not in members:
             return World(ranks=(self.ranks[self.rank],), backend=self.backend, local_rank=self.local_rank)
         return World(members.index(self.rank), len(members), group, tuple(self.ranks[m] for m in members),

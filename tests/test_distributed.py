@@ -191,6 +191,16 @@ def _worker(rank: int, tmp: str, port: int, ranks: int = RANKS) -> None:
         result["nan"] = None
     except NonFiniteLossError as e:
         result["nan"] = (e.step, e.term)
+    # train() splits the world on every call: the process groups are made once
+    made = []
+    new_group = torch.distributed.new_group
+    torch.distributed.new_group = lambda *a, **k: made.append(a) or new_group(*a, **k)
+    try:
+        splits = [world.split(1), world.split(1), world.split(2), world.split(2)]
+    finally:
+        torch.distributed.new_group = new_group
+    result["split"] = {"made": len(made), "same": splits[0][0].group is splits[1][0].group is splits[2][1].group,
+                       "sizes": [(s.size, d.size, g) for s, d, g in splits]}
     _run("dp", world, root / "stopped", limit=3)
     _run("dp", world, root / "stopped", resume=True)
     # the differentiable gather: a loss mixing rows, every rank computing it identically
@@ -321,6 +331,15 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(job):
     _, results = job
     assert results[0]["nan"] == (0, "total loss (on another rank)")
     assert results[1]["nan"] == (0, "mse")
+
+
+def test_split_makes_each_process_group_once(job):
+    """The dp and sae runs before already made the group of ranks (0, 1): none is made again."""
+    _, results = job
+    for rank, r in enumerate(results):
+        assert r["split"]["made"] == 0
+        assert r["split"]["same"]
+        assert r["split"]["sizes"] == [(2, 1, 0), (2, 1, 0), (1, 2, rank), (1, 2, rank)]
 
 
 def test_gather_gradient_equals_autograd_on_the_whole_batch(job):
