@@ -37,7 +37,7 @@ GRID = {"adam": [5e-4, 1e-3, 2e-3, 4e-3], "signsgd_schedulefree": [1.25e-3, 2.5e
 
 def sweep(data_name: str, arch: str, optimizer: str, d_saes: list[int], cs: list[float], tokens: int,
           batch: int, k: int) -> list[dict]:
-    data, train, heldout = synthetic_rows(tokens) if data_name == "synthetic" else gemma_rows(tokens)
+    data, train, heldout, density = (*synthetic_rows(tokens), None) if data_name == "synthetic" else gemma_rows(tokens)
     batches = list(train.split(batch))
     saes, lrs, keys = [], [], []
     for n in d_saes:
@@ -52,7 +52,7 @@ def sweep(data_name: str, arch: str, optimizer: str, d_saes: list[int], cs: list
     rows = []
     for (n, c), lr, sae in zip(keys, lrs, saes):
         row = {"data": data_name, "arch": arch, "optimizer": optimizer, "d_sae": n, "c": c, "lr": lr,
-               "tokens": len(train), **score(sae, heldout, data)}
+               "tokens": len(train), **score(sae, heldout, data, density)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"# {data_name} {arch} {optimizer}: {len(saes)} SAEs in {seconds:.0f} s", flush=True)

@@ -59,7 +59,8 @@ def setup() -> None:
 
 
 def write_activations(name: str, work: Path):
-    """(train .npy path, held-out rows, synthetic data or None), the file written once."""
+    """(train .npy path, held-out rows, synthetic data or None, dead-count rows or None: the
+    default, synthetic_density), the file written once."""
     data_name, tokens, _ = BUDGETS[name]
     path = work / f"{name}.npy"
     if data_name == "synthetic":
@@ -75,12 +76,12 @@ def write_activations(name: str, work: Path):
             out.flush()
             del out
             path.with_suffix(".tmp.npy").rename(path)
-        return path, heldout, data
-    _, train, heldout = gemma_rows(tokens)
+        return path, heldout, data, None
+    _, train, heldout, density = gemma_rows(tokens)
     if not path.exists():
         np.save(path.with_suffix(".tmp.npy"), train.numpy())
         path.with_suffix(".tmp.npy").rename(path)
-    return path, heldout, None
+    return path, heldout, None, density
 
 
 def run_featsep(acts: Path, d_sae: int, out: Path) -> tuple[featsep.SAE, float]:
@@ -120,11 +121,11 @@ def main() -> None:
     for name in args.budgets:
         if BUDGETS[name][0] == "gemma" and not any(GEMMA_CACHE.glob("shard_*.npy")):
             print(f"{name} skipped: no cache at {GEMMA_CACHE}; build it with featsep cache "
-                  f"examples/offline-default.toml --tokens 1200000 --out {GEMMA_CACHE}")
+                  f"examples/offline-default.toml --tokens 1450000 --out {GEMMA_CACHE}")
             continue
         work = args.work / name
         work.mkdir(parents=True, exist_ok=True)
-        acts, heldout, data = write_activations(name, work)
+        acts, heldout, data, density = write_activations(name, work)
         tokens = BATCH * (np.load(acts, mmap_mode="r").shape[0] // BATCH)
         trainers = [("featsep", run_featsep)] + ([("sparsify", run_sparsify)] if have_sparsify else [])
         for trainer, fn in trainers:
@@ -133,7 +134,7 @@ def main() -> None:
                 shutil.rmtree(out)
             sae, seconds = fn(acts, BUDGETS[name][2], out)
             row = {"budget": name, "trainer": trainer, "tokens": tokens, "tokens_per_s": tokens / seconds,
-                   **score(sae, heldout, data)}
+                   **score(sae, heldout, data, density)}
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.json:
