@@ -91,7 +91,8 @@ def test_momentum_recipe():
         assert point.sae.l1_coefficient == ref["l1_penalty"] == info["sparsity_penalty"]
         assert point.sae.l1_warmup_steps == 0 and point.sae.resample_every == 0  # resample_steps None
         sae = make_sae(point.sae.architecture, d_in=8, **point.sae.params())
-        assert sae.default_lr() == ref["lr"] == info["learning_rate"]
+        assert point.lr is None and cfg.train.lr is None
+        assert sae.default_lr(cfg.train.optimizer) == ref["lr"] == info["learning_rate"]
     # run_5 (the reference file itself): beta 0.95, tau 0.4, l2 0.3 (the plot script's label)
     final = runs["momentum beta=0.95 tau=0.4 l2=0.3"].penalties[0]
     assert (final.name, final.mode, final.beta, final.tau, final.weight) == ("momentum", "reference", 0.95, 0.4, 0.3)
@@ -104,7 +105,7 @@ def test_momentum_recipe():
     topk = runs["topk baseline n=16384"].sae
     assert (topk.d_sae, topk.k, topk.aux_k, topk.aux_coefficient, topk.dead_tokens_threshold) == (
         16384, 320, D_IN // 2, 1 / 32, 10_000_000)
-    assert make_sae("topk", d_in=8, **topk.params()).default_lr() == 2e-4
+    assert runs["topk baseline n=16384"].lr == 2e-4 / (topk.d_sae / 16384) ** 0.5  # TopKTrainer's rule
 
 
 def test_temporal_recipe():
