@@ -202,8 +202,10 @@ class SAE(nn.Module):
 
     def default_lr(self, optimizer: str = "adam") -> float:
         """The LR rule in d_sae for each optimizer (featsep.train.optim names; fitted in
-        docs/lr-sweep.md: sign-SGD's constant is 25x Adam's because its steps are per coordinate)."""
-        return lr_rule(optimizer, {"adam": 2e-4, "signsgd_schedulefree": 5e-3}) / (self.cfg.d_sae / 16384) ** 0.5
+        docs/lr-sweep.md). Adam's constant is 10x the reference runs' (dictionary_learning's
+        TopKTrainer, 2e-4): at their rate a 1M-10M-token run is far from converged; recipes that
+        reproduce them set lr themselves."""
+        return lr_rule(optimizer, {"adam": 2e-3, "signsgd_schedulefree": 5e-3}) / (self.cfg.d_sae / 16384) ** 0.5
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:

@@ -213,7 +213,7 @@ def test_topk_codes_and_default_lr():
     assert ((codes != 0).sum(-1) <= K).all() and (codes >= 0).all()
     pre = sae.pre_activations(x)
     assert torch.equal(codes.max(-1).values, pre.max(-1).values.relu())
-    assert featsep.make_sae("topk", d_in=D, d_sae=16384 * 4, k=K).default_lr() == pytest.approx(1e-4)
+    assert featsep.make_sae("topk", d_in=D, d_sae=16384 * 4, k=K).default_lr() == pytest.approx(1e-3)
 
 
 def test_auxk_zero_without_dead_latents_and_trains_only_dead_ones():

@@ -135,18 +135,26 @@ def test_saved_and_returned_weights_are_the_averaged_ones(tmp_path):
 
 def test_default_lr_follows_the_optimizer():
     sae = make_sae("topk", d_in=D_IN, d_sae=16384 * 4, k=3)
-    assert sae.default_lr("signsgd_schedulefree") / sae.default_lr("adam") > 5  # sign steps are per coordinate
+    assert sae.default_lr("adam") == pytest.approx(1e-3) and sae.default_lr("signsgd_schedulefree") == pytest.approx(2.5e-3)
     with pytest.raises(ValueError, match="no default learning rate for optimizer 'lion'"):
         sae.default_lr("lion")
 
 
 def test_each_sae_gets_its_architecture_s_default_optimizer_and_schedule(tmp_path):
-    """optimizer None: TopK trains with sign-SGD schedule-free (no decay), ReLU+L1 with Adam
-    (decay 0.2), side by side in one run; the logged lr shows each one's own schedule."""
+    """optimizer None: each SAE trains with its class's default_optimizer, its own lr rule and
+    that optimizer's schedule, side by side in one run (TopK and ReLU+L1: Adam, decay 0.2; a
+    TopK class defaulting to sign-SGD schedule-free: no decay); the logged lr shows each."""
+    from featsep.sae.topk import TopKConfig, TopKSAE
+
+    class SignTopK(TopKSAE):
+        default_optimizer = SF
+
     relu = make_sae("relu_l1", d_in=D_IN, d_sae=D_SAE)
-    saes = train([topk(), relu], make_batches(10), steps=10, names=["t", "r"], out_dir=tmp_path, progress=False,
-                 log_every=1)
-    for name, sae, opt, decay in (("t", saes[0], SF, 0.0), ("r", relu, "adam", 0.2)):
+    sign = SignTopK(TopKConfig(d_in=D_IN, d_sae=D_SAE, k=3))
+    saes = train([topk(), relu, sign], make_batches(10), steps=10, names=["t", "r", "s"], out_dir=tmp_path,
+                 progress=False, log_every=1)
+    assert len({sae.default_lr("adam") for sae in saes[:2]}) == 2
+    for name, sae, opt, decay in (("t", saes[0], "adam", 0.2), ("r", relu, "adam", 0.2), ("s", sign, SF, 0.0)):
         recorded = RunDir(tmp_path / name).read_config().train
         assert (recorded["optimizer"], recorded["lr_decay_fraction"]) == (opt, decay)
         assert recorded["lr"] == sae.default_lr(opt)
