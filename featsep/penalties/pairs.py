@@ -9,13 +9,14 @@ How the batch's pairs are found (coactive_pairs). The codes' entries are read in
 (featsep.codes.Entries: free for the TopK form, BatchTopK's own form; no rows padded to a
 host-read width) and sorted by (row, firing first, latent), so each row's firing entries are
 contiguous and sorted by latent: in row b the entries at positions f < g make the pair
-(idx[f], idx[g]) with idx[f] < idx[g]. Every firing entry is an "anchor" for the g - f pairs after it; anchors are
-ordered by latent (a CSC view of the batch), and the entry pairs are generated anchor-range by
-anchor-range, each range holding about `chunk_elements` entry pairs. A range covers whole
-latents, so its keys (first latent in the range) are disjoint from, and sorted before, the next
-range's: the batch's sorted unique keys are the concatenation of the per-range uniques, with no
-global sort or merge, and peak memory is bounded by one range. Inside a range the keys are
-offset to the range's first latent, which keeps them in int32 (a faster sort) for most n.
+(idx[f], idx[g]) with idx[f] < idx[g]. Every firing entry is an "anchor" for the g - f pairs
+after it; anchors are ordered by latent (a CSC view of the batch), and the entry pairs are
+generated anchor-range by anchor-range, each range holding about `chunk_elements` entry pairs.
+A range covers whole latents, so its keys (first latent in the range) are disjoint from, and
+sorted before, the next range's: the batch's sorted unique keys are the concatenation of the
+per-range uniques, with no global sort or merge, and peak memory is bounded by one range.
+Inside a range the keys are offset to the range's first latent, which keeps them in int32 (a
+faster sort) for most n.
 
 The penalties never hold all the batch's pairs (at n = 65536, k = 160, batch 4096 there are
 ~50M): pair_loss streams the ranges through a callback that weighs each range's pairs (and may
