@@ -117,9 +117,9 @@ def test_no_host_sync_with_the_momentum_penalty(monkeypatch, arch, sparse):
 
 
 def test_batchtopk_adds_no_sync_to_the_orthogonality_penalty(monkeypatch):
-    """The pair machinery reads its chunk cuts on the host (one sync a step, whatever the SAE):
-    BatchTopK's codes add none (the pairs are found from the flat form, not rows padded to a
-    host-read width)."""
+    """The pair machinery reads data-dependent sizes on the host (its chunk cuts and pair
+    counts: a few syncs a step, whatever the SAE); BatchTopK's codes add none (the pairs are
+    found from the flat form, not from rows padded to a host-read width)."""
     counts = {}
     for arch in ("topk", "batchtopk"):
         sae = featsep.make_sae(arch, d_in=D, d_sae=N, k=K)
