@@ -1,23 +1,29 @@
 """`Codes`: the one type for a batch of SAE latent activations, from the SAE's training forward
 through the trainer to the penalties and the evals.
 
-A Codes holds the TopK form (values / indices [B, k]), the dense form [B, d_sae], or both, and
-builds the missing one on first use (then keeps it). Both forms are kept because each side
-pays for the other: TopK-like SAEs select (values, indices), and densifying costs O(B d_sae) a
-step; dense SAEs (ReLU, JumpReLU) produce [B, d_sae], and listing its non-zeros costs a top-k
-and a host sync (the largest row L0) a step, which e.g. momentum never needs. So nothing is
-converted unless a consumer asks, and consumers that can work on either form use
-`has_topk` to take the one already there.
+A Codes holds one or more of three forms, and builds a missing one on first use (then keeps it):
+- TopK form: values / indices [B, k] (row b's k' entries in row b);
+- flat (coordinate) form, `Entries`: values / rows / cols [m], grouped by row (rows
+  non-decreasing), with per-row `offsets` [B] into them. BatchTopK selects k B entries of the
+  whole batch, unevenly spread over the rows: m is fixed (k B in one process), where the TopK
+  form's width would be the busiest row's count, a host value (a sync per step);
+- dense form [B, d_sae].
+Each side pays for the others: densifying costs O(B d_sae) a step; listing a dense form's
+non-zeros, or packing the flat form into rows, needs a host sync (the widest row) a step. So
+nothing is converted unless a consumer asks, and consumers that can work on several forms use
+`has_topk` / `has_flat` to take the one already there; `flat()` is free for the TopK form (a
+reshape), so per-entry consumers (dense(), fired(), l0(), momentum) use it and never sync.
 
-The TopK form's entries:
-- `selected`: the entry is a real selection. BatchTopK pads every row to the busiest row's
-  length with (latent 0, value 0.0) entries, which are not selected.
+The entries (in both sparse forms):
+- `selected`: the entry is a real selection. Padding (the TopK form of BatchTopK codes, padded
+  to the busiest row, or a rank's unkept candidates in the flat form under torchrun) is a
+  (latent 0 or any, value 0.0) entry that is not selected.
 - `active`: selected and non-zero: the entry fires (co-activation statistics, `fired()`).
 Padding has value 0 and is never active, so it adds nothing to sums, and `dense()` /
-`active_dense()` accumulate with scatter_add: a padded (0, 0.0) entry can never overwrite latent
-0's real value (a plain scatter with repeated indices keeps an arbitrary one of them). For dense
-codes the TopK form lists each row's non-zeros (k = the largest row L0, padded with inactive
-zeros), and selected == active.
+`active_dense()` accumulate (scatter_add / index_add): a padded (0, 0.0) entry can never
+overwrite latent 0's real value (a plain scatter with repeated indices keeps an arbitrary one of
+them). For dense codes the TopK form lists each row's non-zeros (k = the largest row L0, padded
+with inactive zeros), and selected == active.
 
 context_ids / position_ids [B] (int64, optional) say which text context and position each row
 came from (ActivationStream in sequence mode), for penalties that care about token order.
@@ -26,7 +32,7 @@ came from (ActivationStream in sequence mode), for penalties that care about tok
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -40,21 +46,48 @@ def scatter_dense(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
     return values.new_zeros(values.shape[0], d_sae).scatter_add(1, indices, values)
 
 
-class Codes:
-    """A batch of codes; build with `Codes.from_dense` or `Codes.from_topk` (see the module
-    docstring for the two forms and what `selected` / `active` mean)."""
+def row_offsets(rows: Tensor, batch: int) -> Tensor:
+    """Where each row's entries start in `rows` (grouped by row, non-decreasing): [B] int64,
+    from a per-row count on the device (bincount would sync on CUDA)."""
+    counts = torch.zeros(batch, dtype=torch.long, device=rows.device).index_add_(0, rows, torch.ones_like(rows))
+    return torch.cumsum(counts, 0) - counts
 
-    __slots__ = ("d_sae", "nonnegative", "_dense", "_values", "_indices", "_selected", "_active", "context_ids", "position_ids")
+
+class Entries(NamedTuple):
+    """The flat form: entry e is `values[e]` at (rows[e], cols[e]); entries grouped by row with
+    rows non-decreasing, row b's entries at offsets[b] .. offsets[b + 1] - 1 (embedding_bag's
+    bags); selected / active as in the module docstring. values [m] is differentiable."""
+
+    values: Tensor
+    rows: Tensor
+    cols: Tensor
+    selected: Tensor
+    active: Tensor
+    offsets: Tensor
+
+    def to(self, device) -> "Entries":
+        return Entries(*(t.to(device) for t in self))
+
+
+class Codes:
+    """A batch of codes; build with `Codes.from_dense`, `Codes.from_topk` or `Codes.from_flat`
+    (see the module docstring for the forms and what `selected` / `active` mean)."""
+
+    __slots__ = ("d_sae", "nonnegative", "_dense", "_values", "_indices", "_selected", "_active", "_entries",
+                 "_batch", "context_ids", "position_ids")
 
     def __init__(self, d_sae: int, *, dense: Optional[Tensor] = None, values: Optional[Tensor] = None,
                  indices: Optional[Tensor] = None, selected: Optional[Tensor] = None,
-                 active: Optional[Tensor] = None, nonnegative: bool = False):
+                 active: Optional[Tensor] = None, entries: Optional[Entries] = None, batch: Optional[int] = None,
+                 nonnegative: bool = False):
         self.d_sae = d_sae
         # the producer guarantees no negative value (ReLU-like SAEs): consumers that treat
         # signed codes differently skip checking, which would be a host sync per step
         self.nonnegative = nonnegative
         self._dense, self._values, self._indices = dense, values, indices
         self._selected, self._active = selected, active
+        self._entries = entries
+        self._batch = batch if batch is not None else (dense if dense is not None else values).shape[0]
         self.context_ids: Optional[Tensor] = None  # set by with_positions
         self.position_ids: Optional[Tensor] = None
 
@@ -95,6 +128,37 @@ class Codes:
         return cls(d_sae, values=values, indices=indices.long(), selected=selected,
                    active=selected & (values.detach() != 0), nonnegative=nonnegative)
 
+    @classmethod
+    def from_flat(cls, values: Tensor, rows: Tensor, cols: Tensor, batch_size: int, d_sae: int,
+                  selected: Optional[Tensor] = None, nonnegative: bool = False,
+                  offsets: Optional[Tensor] = None) -> "Codes":
+        """The flat form: values [m] (float) at (rows [m], cols [m]) of a [batch_size, d_sae]
+        batch, entries grouped by row with rows non-decreasing (not checked: a check would
+        sync); `selected` (bool [m], default all) marks the real selections, the values of the
+        others are zeroed; offsets (optional): each row's first entry, if the caller has them."""
+        if not torch.is_tensor(values) or not values.is_floating_point() or values.dim() != 1:
+            raise TypeError(f"flat values must be a 1-D floating-point tensor [m], got "
+                            f"{type(values).__name__} {tuple(getattr(values, 'shape', ()))}")
+        for name, t in (("rows", rows), ("cols", cols)):
+            if not torch.is_tensor(t) or t.shape != values.shape or t.dtype not in _INDEX_DTYPES:
+                raise ValueError(f"flat {name} must be an integer tensor of shape {tuple(values.shape)} "
+                                 f"(one per value), got {getattr(t, 'dtype', type(t).__name__)} "
+                                 f"{tuple(getattr(t, 'shape', ()))}")
+            if t.device != values.device:
+                raise ValueError(f"flat values are on {values.device} but {name} on {t.device}")
+        if selected is None:
+            selected = torch.ones_like(values, dtype=torch.bool)
+        elif selected.shape != values.shape or selected.dtype != torch.bool:
+            raise ValueError(f"selected must be a bool tensor of shape {tuple(values.shape)}, got "
+                             f"{selected.dtype} {tuple(selected.shape)}")
+        else:
+            values = torch.where(selected, values, 0)
+        rows, cols = rows.long(), cols.long()
+        if offsets is None:
+            offsets = row_offsets(rows, batch_size)
+        entries = Entries(values, rows, cols, selected, selected & (values.detach() != 0), offsets)
+        return cls(d_sae, entries=entries, batch=batch_size, nonnegative=nonnegative)
+
     def with_positions(self, context_ids: Optional[Tensor], position_ids: Optional[Tensor]) -> "Codes":
         """These codes with the text context and position of each row attached (int64 [B])."""
         out = copy.copy(self)
@@ -111,17 +175,29 @@ class Codes:
         """These codes with every selected entry counted as firing, zero values included (the
         reference code's one-hot-of-the-TopK-indices masks). Dense codes list only non-zeros,
         so for them this is the same codes."""
-        if self._values is None or self._selected is self._active:
-            return self
-        out = copy.copy(self)
-        out._active = self._selected
-        return out
+        if self._values is not None and self._selected is not self._active:
+            out = copy.copy(self)
+            out._active = self._selected
+            if self._entries is not None:
+                out._entries = self._entries._replace(active=self._entries.selected)
+            return out
+        if self._entries is not None and self._entries.selected is not self._entries.active:
+            out = copy.copy(self)
+            out._entries = self._entries._replace(active=self._entries.selected)
+            return out
+        return self
 
-    # --- the two forms ---------------------------------------------------------------------
+    # --- the three forms -------------------------------------------------------------------
     @property
     def has_topk(self) -> bool:
         """Whether the TopK form is held (or was built already): reading it costs nothing."""
         return self._values is not None
+
+    @property
+    def has_flat(self) -> bool:
+        """Whether the flat form is held (or was built already). `flat()` is also free when
+        `has_topk` (a reshape); from dense codes it lists their non-zeros (a host sync)."""
+        return self._entries is not None
 
     @property
     def has_dense(self) -> bool:
@@ -138,11 +214,37 @@ class Codes:
         self._active = self._values.detach() != 0
         self._selected = self._active
 
+    def _pack_rows(self) -> None:
+        """The flat form packed into [B, k_max], k_max being the busiest row's count: a host
+        sync, so nothing on the training path asks for it (the flat form serves decode,
+        encoder backward, dense(), fired(), l0(), momentum and the gathers)."""
+        e, batch = self._entries, self._batch
+        counts = torch.diff(e.offsets, append=e.offsets.new_tensor([e.rows.numel()]))
+        slot = torch.arange(e.rows.numel(), device=e.rows.device) - e.offsets[e.rows]
+        k_max = int(counts.max()) if batch and e.rows.numel() else 0
+        # unselected flat entries (value 0) become padding too: at (row, latent 0), not selected
+        self._values = e.values.new_zeros(batch, k_max).index_put((e.rows, slot), e.values)
+        self._indices = e.cols.new_zeros(batch, k_max).index_put((e.rows, slot), torch.where(e.selected, e.cols, 0))
+        self._selected = torch.zeros(batch, k_max, dtype=torch.bool, device=e.rows.device).index_put(
+            (e.rows, slot), e.selected)
+        self._active = torch.zeros_like(self._selected).index_put((e.rows, slot), e.active)
+
     def _topk_form(self) -> "Codes":
-        """These codes with the TopK form listed (from the dense form, once)."""
+        """These codes with the TopK form built (from the flat or the dense form, once)."""
         if self._values is None:
-            self._list_nonzeros()
+            self._pack_rows() if self._entries is not None else self._list_nonzeros()
         return self
+
+    def flat(self) -> Entries:
+        """The flat form (built once): free from the TopK form (a reshape, rows in order), a
+        host sync from dense codes (their non-zeros are listed first)."""
+        if self._entries is None:
+            self._topk_form()
+            batch, k = self._values.shape
+            rows = torch.arange(batch, device=self._values.device)
+            self._entries = Entries(self._values.reshape(-1), rows.repeat_interleave(k), self._indices.reshape(-1),
+                                    self._selected.reshape(-1), self._active.reshape(-1), rows * k)
+        return self._entries
 
     @property
     def values(self) -> Tensor:
@@ -164,39 +266,53 @@ class Codes:
         """Bool [B, k]: the entries that fire."""
         return self._topk_form()._active
 
+    def _scatter(self, values: Tensor) -> Tensor:
+        """Per-entry `values` of the flat form summed into [B, d_sae] (index_add: repeats add)."""
+        e = self._entries
+        flat = values.new_zeros(self._batch * self.d_sae).index_add(0, e.rows * self.d_sae + e.cols, values)
+        return flat.view(self._batch, self.d_sae)
+
     def dense(self) -> Tensor:
         """Dense [B, d_sae] codes (differentiable w.r.t. the values); built once."""
         if self._dense is None:
-            self._dense = scatter_dense(self._values, self._indices, self.d_sae)
+            if self._values is not None:
+                self._dense = scatter_dense(self._values, self._indices, self.d_sae)
+            else:
+                self._dense = self._scatter(self._entries.values)
         return self._dense
 
     def active_dense(self) -> Tensor:
         """Float 0/1 mask [B, d_sae] (detached, the codes' dtype) of the firing entries."""
-        if self._values is None:
-            return (self._dense.detach() != 0).to(self._dense.dtype)
-        return scatter_dense(self._active.to(self._values.dtype), self._indices, self.d_sae)
+        if self._values is not None:
+            return scatter_dense(self._active.to(self._values.dtype), self._indices, self.d_sae)
+        if self._entries is not None:
+            return self._scatter(self._entries.active.to(self._entries.values.dtype))
+        return (self._dense.detach() != 0).to(self._dense.dtype)
 
     # --- summaries (no host sync) ----------------------------------------------------------
     def fired(self) -> Tensor:
         """Bool [d_sae]: which latents fired anywhere in the batch."""
-        if self._values is None:
+        if self._values is None and self._entries is None:
             return (self._dense.detach() != 0).any(dim=0)
-        counts = torch.zeros(self.d_sae, device=self.device).index_add_(
-            0, self._indices.flatten(), self._active.flatten().float())
+        e = self.flat()
+        counts = torch.zeros(self.d_sae, device=self.device).index_add_(0, e.cols, e.active.float())
         return counts > 0
 
     def l0(self) -> Tensor:
         """Mean number of firing latents per row (a detached scalar)."""
-        firing = (self._dense.detach() != 0) if self._values is None else self._active
-        return firing.float().sum(dim=-1).mean()
+        if self._values is None and self._entries is None:
+            return (self._dense.detach() != 0).float().sum(dim=-1).mean()
+        return self.flat().active.float().sum() / max(self._batch, 1)
 
     # --- plumbing --------------------------------------------------------------------------
     def _held(self) -> Tensor:
-        return self._values if self._values is not None else self._dense
+        if self._values is not None:
+            return self._values
+        return self._entries.values if self._entries is not None else self._dense
 
     @property
     def batch_size(self) -> int:
-        return self._held().shape[0]
+        return self._batch
 
     @property
     def device(self) -> torch.device:
@@ -210,12 +326,13 @@ class Codes:
         out = copy.copy(self)
         for name in self.__slots__[1:]:
             value = getattr(self, name)
-            if torch.is_tensor(value):
+            if torch.is_tensor(value) or isinstance(value, Entries):
                 setattr(out, name, value.to(device))
         return out
 
     def __repr__(self) -> str:
-        forms = [f for f, held in (("topk", self._values is not None), ("dense", self._dense is not None)) if held]
+        forms = [f for f, held in (("topk", self._values is not None), ("flat", self._entries is not None),
+                                   ("dense", self._dense is not None)) if held]
         k = f", k={self._values.shape[1]}" if self._values is not None else ""
         ids = ", with context ids" if self.context_ids is not None else ""
         return f"Codes(batch={self.batch_size}, d_sae={self.d_sae}{k}, held={'+'.join(forms)}{ids})"

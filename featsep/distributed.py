@@ -216,12 +216,20 @@ class _GatherRows(torch.autograd.Function):
 
 def gather_codes(world: World, codes: Codes) -> Codes:
     """The codes of the world's global batch on every rank, differentiable w.r.t. this rank's
-    values: the TopK form when held (rows padded to the largest k' of any rank with unselected
-    (latent 0, 0.0) entries, as featsep.codes pads), else the dense form; context and position
-    ids gathered too. Penalties called on them see the global batch and keep identical state."""
+    values: the flat form when held (BatchTopK: every rank's fixed-size entries, rows shifted to
+    the global batch's, so no host value is read), else the TopK form (rows padded to the
+    largest k' of any rank with unselected (latent 0, 0.0) entries, as featsep.codes pads), else
+    the dense form; context and position ids gathered too. Penalties called on them see the
+    global batch and keep identical state."""
     if not world.distributed:
         return codes
-    if codes.has_topk:
+    if codes.has_flat:
+        e, batch = codes.flat(), codes.batch_size
+        packed = world.all_gather_rows(torch.where(e.selected, e.cols, -1 - e.cols))  # sign carries `selected`
+        out = Codes.from_flat(world.gather_rows(e.values), world.all_gather_rows(e.rows + world.rank * batch),
+                              torch.where(packed >= 0, packed, -1 - packed), batch * world.size, codes.d_sae,
+                              packed >= 0, nonnegative=codes.nonnegative)
+    elif codes.has_topk:
         values, indices, selected = codes.values, codes.indices, codes.selected
         k = int(world.all_reduce(torch.tensor([values.shape[1]], device=values.device), "max")[0])
         pad = k - values.shape[1]

@@ -120,6 +120,70 @@ def test_batchtopk_padding_is_unselected():
     torch.testing.assert_close(codes.dense(), x.relu(), rtol=0, atol=0)  # latent 0 of row 1 kept
 
 
+def flat_batch():
+    """padded_batch's selections in the flat form: row 0 has 2 entries, row 1 four (one a
+    selected zero) plus an unselected candidate (value zeroed), row 2 none."""
+    values = torch.tensor([2.0, 1.5, 0.5, 0.0, 3.0, 1.0, 7.0], dtype=DT)
+    rows = torch.tensor([0, 0, 1, 1, 1, 1, 1])
+    cols = torch.tensor([0, 7, 3, 5, 0, 9, 4])
+    selected = torch.tensor([True, True, True, True, True, True, False])
+    return values, rows, cols, selected
+
+
+def test_flat_form_equals_the_padded_one_without_building_it():
+    values, rows, cols, selected = flat_batch()
+    v = values.clone().requires_grad_()
+    codes = Codes.from_flat(v, rows, cols, 3, N, selected, nonnegative=True)
+    pv, pi, ps = padded_batch()
+    padded = Codes.from_topk(pv, pi, N, ps)
+    assert codes.has_flat and not codes.has_topk and codes.batch_size == 3
+    assert torch.equal(codes.flat().offsets, torch.tensor([0, 2, 7]))
+    assert codes.flat().values[6] == 0  # the unselected candidate's value is zeroed
+    torch.testing.assert_close(codes.dense(), naive_dense(pv, pi, ps), rtol=0, atol=0)
+    torch.testing.assert_close(codes.active_dense(), padded.active_dense(), rtol=0, atol=0)
+    assert torch.equal(codes.fired(), padded.fired()) and float(codes.l0()) == pytest.approx(5 / 3)
+    assert not codes.has_topk  # none of those packed the rows
+    w = torch.arange(3 * N, dtype=DT).view(3, N)
+    (grad,) = torch.autograd.grad((codes.dense() * w).sum(), v)
+    torch.testing.assert_close(grad, torch.where(selected, w[rows, cols], 0))
+    fires = codes.with_selected_firing()
+    assert torch.equal(fires.flat().active, selected) and fires.l0() == 2.0 and codes.l0() == 5 / 3
+    # the padded form, on demand (a host sync): same rows, padded to the busiest row's 4 + 1
+    assert codes.values.shape == (3, 5) and torch.equal(codes.selected.sum(1), torch.tensor([2, 4, 0]))
+    torch.testing.assert_close(naive_dense(codes.values, codes.indices, codes.selected), naive_dense(pv, pi, ps))
+    assert torch.equal(codes.indices[~codes.selected], torch.zeros(9, dtype=torch.long))  # padding: latent 0
+    moved = codes.to("meta")
+    assert moved.flat().rows.device.type == "meta" and moved.batch_size == 3
+    # the TopK form's flat view is a reshape, rows in order
+    e = padded.flat()
+    assert torch.equal(e.rows, torch.arange(3).repeat_interleave(4)) and torch.equal(e.offsets, torch.tensor([0, 4, 8]))
+    assert torch.equal(e.cols, pi.flatten()) and torch.equal(e.active, padded.active.flatten())
+
+
+def test_flat_form_errors():
+    values, rows, cols, selected = flat_batch()
+    with pytest.raises(TypeError, match="1-D floating-point"):
+        Codes.from_flat(values.view(1, -1), rows, cols, 3, N)
+    with pytest.raises(ValueError, match="flat cols must be an integer tensor of shape"):
+        Codes.from_flat(values, rows, cols[:3], 3, N)
+    with pytest.raises(ValueError, match="selected must be a bool tensor"):
+        Codes.from_flat(values, rows, cols, 3, N, selected.long())
+
+
+def test_batchtopk_selects_in_the_flat_form():
+    sae = featsep.make_sae("batchtopk", d_in=N, d_sae=N, k=2, dtype="float64")
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(N, dtype=DT))
+    x = torch.randn(5, N, dtype=DT, generator=torch.Generator().manual_seed(0))
+    codes = sae.training_forward(x, 0, 1).codes
+    e = codes.flat()
+    assert codes.has_flat and not codes.has_topk and e.values.shape == (10,)  # k B entries, always
+    assert torch.equal(e.rows, e.rows.sort().values)  # grouped by row
+    ref = x.relu().flatten().topk(10)
+    torch.testing.assert_close(codes.dense().flatten()[ref.indices], ref.values, rtol=0, atol=0)
+    assert int((codes.dense() != 0).sum()) == int((ref.values != 0).sum())
+
+
 # --- context ids through the trainer -------------------------------------------------------------
 class RecordingPenalty(Penalty):
     """Records the ids each call sees; a zero loss."""

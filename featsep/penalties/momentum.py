@@ -63,22 +63,24 @@ def _safe_sqrt(x: Tensor) -> Tensor:
 
 def normalised_rowsums(codes: Codes):
     """For nonnegative codes: rowsum(G) [n], diag(G) [n], and w -> sum_i w_i rowsum_i(G),
-    all without forming G. Uses the TopK form when the codes hold it (O(B k)), else the dense
-    one (O(B n)); padded TopK entries have value 0 and add nothing."""
+    all without forming G. Uses the entries when the codes hold a sparse form (the flat form,
+    a reshape of the TopK form: O(B k), per-row sums by index_add over the rows, so BatchTopK's
+    uneven rows need no padding), else the dense form (O(B n)); unselected entries have value
+    0 and add nothing."""
     n = codes.d_sae
-    if not codes.has_topk:
+    if not (codes.has_topk or codes.has_flat):
         F = codes.dense()
         N = F / (F.norm(dim=0) + MOMENTUM_EPS)
         ones_dot = N.sum(1)
         return N.T @ ones_dot, (N * N).sum(0), lambda w: ((N @ w) * ones_dot).sum()
-    values, idx = codes.values, codes.indices
-    flat = idx.reshape(-1)
-    colnorm = _safe_sqrt(values.new_zeros(n).index_add(0, flat, (values * values).reshape(-1)))
-    N = values / (colnorm[idx] + MOMENTUM_EPS)
-    ones_dot = N.sum(1)
-    rowsum = values.new_zeros(n).index_add(0, flat, (N * ones_dot[:, None]).reshape(-1))
-    diag = values.new_zeros(n).index_add(0, flat, (N * N).reshape(-1))
-    return rowsum, diag, lambda w: ((N * w[idx]).sum(1) * ones_dot).sum()
+    e = codes.flat()
+    values, rows, cols, batch = e.values, e.rows, e.cols, codes.batch_size
+    colnorm = _safe_sqrt(values.new_zeros(n).index_add(0, cols, values * values))
+    N = values / (colnorm[cols] + MOMENTUM_EPS)
+    ones_dot = values.new_zeros(batch).index_add(0, rows, N)
+    rowsum = values.new_zeros(n).index_add(0, cols, N * ones_dot[rows])
+    diag = values.new_zeros(n).index_add(0, cols, N * N)
+    return rowsum, diag, lambda w: (values.new_zeros(batch).index_add(0, rows, N * w[cols]) * ones_dot).sum()
 
 
 @register("momentum")
@@ -101,7 +103,7 @@ class MomentumPenalty(Penalty):
         check_device(self.momentum, codes, "momentum penalty")
         if self.momentum is None:
             self.momentum = torch.zeros(n, dtype=state_dtype(codes), device=codes.device)
-        held = codes.values if codes.has_topk else codes.dense()
+        held = codes.flat().values if codes.has_topk or codes.has_flat else codes.dense()
         if not codes.nonnegative and bool((held.detach() < 0).any()):
             loss = self._signed(codes.dense())
         else:

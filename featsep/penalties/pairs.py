@@ -5,15 +5,18 @@ so everything is computed over those pairs: at most B k (k - 1) / 2 of them for 
 non-zeros per row, instead of n^2. A pair i < j is the int64 key i * n + j; sets of pairs are
 sorted key tensors, lookups use searchsorted and unions use a sorted merge (no re-sort).
 
-How the batch's pairs are found (coactive_pairs). Each row's firing entries are sorted by
-latent, so in row b the entries at positions f < g make the pair (idx[f], idx[g]) with
-idx[f] < idx[g]. Every firing entry is an "anchor" for the g - f pairs after it; anchors are
-ordered by latent (a CSC view of the batch), and the entry pairs are generated anchor-range by
-anchor-range, each range holding about `chunk_elements` entry pairs. A range covers whole
-latents, so its keys (first latent in the range) are disjoint from, and sorted before, the next
-range's: the batch's sorted unique keys are the concatenation of the per-range uniques, with no
-global sort or merge, and peak memory is bounded by one range. Inside a range the keys are
-offset to the range's first latent, which keeps them in int32 (a faster sort) for most n.
+How the batch's pairs are found (coactive_pairs). The codes' entries are read in the flat form
+(featsep.codes.Entries: free for the TopK form, BatchTopK's own form; no rows padded to a
+host-read width) and sorted by (row, firing first, latent), so each row's firing entries are
+contiguous and sorted by latent: in row b the entries at positions f < g make the pair
+(idx[f], idx[g]) with idx[f] < idx[g]. Every firing entry is an "anchor" for the g - f pairs
+after it; anchors are ordered by latent (a CSC view of the batch), and the entry pairs are
+generated anchor-range by anchor-range, each range holding about `chunk_elements` entry pairs.
+A range covers whole latents, so its keys (first latent in the range) are disjoint from, and
+sorted before, the next range's: the batch's sorted unique keys are the concatenation of the
+per-range uniques, with no global sort or merge, and peak memory is bounded by one range.
+Inside a range the keys are offset to the range's first latent, which keeps them in int32 (a
+faster sort) for most n.
 
 The penalties never hold all the batch's pairs (at n = 65536, k = 160, batch 4096 there are
 ~50M): pair_loss streams the ranges through a callback that weighs each range's pairs (and may
@@ -78,13 +81,14 @@ def merge_sorted_add(a_keys: Tensor, a_vals: Tensor, b_keys: Tensor, b_vals: Ten
 
 @dataclass
 class _Layout:
-    """The batch seen by anchors: rows sorted (firing entries first, by latent), anchors (flat
-    entries b * k + f) in latent order with their latent, pair count and first entry-pair offset.
-    Flat entry indices are int32 (B * k < 2^31), which halves the traffic of the per-pair passes."""
+    """The batch seen by anchors: entries sorted by row (firing entries first, by latent), anchors
+    (positions in that order) in latent order with their latent, pair count and first entry-pair
+    offset. Entry positions are int32 (m < 2^31), which halves the traffic of the per-pair passes."""
 
-    idx: Tensor  # [B * k] latents, rows sorted
-    vals: Tensor  # [B * k] detached values, rows sorted
-    order: Tensor  # [B, k] row sort permutation (sorted[b, f] = original[b, order[b, f]])
+    idx: Tensor  # [m] latents, sorted
+    vals: Tensor  # [m] detached values, sorted
+    rows: Tensor  # [m] row of each sorted entry
+    order: Tensor  # [m] the sort permutation (sorted[e] = flat entry order[e])
     anchor: Tensor  # [A] flat entries in latent order (int32)
     lat: Tensor  # [A] latent of each anchor
     count: Tensor  # [A] pairs each anchor starts
@@ -111,19 +115,22 @@ class _Layout:
 
 
 def _layout(codes: Codes) -> _Layout:
-    n, k = codes.d_sae, codes.indices.shape[1]
-    _, order = (codes.indices + n * (~codes.active).long()).sort(dim=1)
-    idx = codes.indices.gather(1, order).reshape(-1)
-    vals = codes.values.detach().gather(1, order)
-    firing = codes.active.sum(1, keepdim=True)
-    count = (firing - 1 - torch.arange(k, device=idx.device)).clamp_(min=0).reshape(-1)
+    n, e = codes.d_sae, codes.flat()
+    m = e.cols.numel()
+    key = e.rows * (n + 1) + torch.where(e.active, e.cols, n)  # by row; firing first, by latent
+    key, order = key.sort()
+    idx, rows = e.cols[order], e.rows[order]
+    vals = e.values.detach()[order]
+    firing = torch.zeros(codes.batch_size, dtype=torch.long, device=idx.device).index_add_(0, e.rows, e.active.long())
+    position = torch.arange(m, device=idx.device) - e.offsets[rows]  # within its row
+    count = (firing[rows] - 1 - position).clamp_(min=0)
     anchor = torch.argsort(idx, stable=True)
     count = count[anchor]
     keep = count > 0
     anchor, count = anchor[keep], count[keep]
     end = count.cumsum(0)
-    flat_dtype = torch.int32 if idx.numel() <= INT32_MAX else torch.long
-    return _Layout(idx, vals.reshape(-1), order, anchor.to(flat_dtype), idx[anchor], count, end - count,
+    flat_dtype = torch.int32 if m <= INT32_MAX else torch.long
+    return _Layout(idx, vals, rows, order, anchor.to(flat_dtype), idx[anchor], count, end - count,
                    int(end[-1]) if end.numel() else 0)
 
 
@@ -178,15 +185,16 @@ class _Chunker:
     """The batch's co-active pairs, one anchor range at a time (see the module docstring)."""
 
     def __init__(self, codes: Codes, chunk_elements: int, boundaries: Sequence[int] = ()):
-        self.n, (self.bsz, self.k) = codes.d_sae, codes.indices.shape
-        device = codes.indices.device
+        self.n, self.bsz = codes.d_sae, codes.batch_size
+        self.m = codes.flat().cols.numel()
+        device = codes.device
         cuts = sorted({0, self.bsz, *[b for b in boundaries if 0 < b < self.bsz]})
         self.nseg = max(len(cuts) - 1, 1)
         self.seg_of_row = None
         if self.nseg > 1:
             self.seg_of_row = torch.bucketize(torch.arange(self.bsz, device=device),
                                               torch.tensor(cuts[1:-1], device=device), right=True)
-        self.layout = _layout(codes) if self.k >= 2 and self.bsz > 0 else None
+        self.layout = _layout(codes) if self.m >= 2 and self.bsz > 0 else None
         self.ranges = _anchor_ranges(self.layout, chunk_elements) if self.layout is not None else []
         self.partner_key = self.layout.idx * self.nseg if self.layout is not None else None  # j's part of a local key
 
@@ -199,7 +207,7 @@ class _Chunker:
         key_dtype = torch.long if wide else torch.int32
         anchor_part = (lay.lat[r.a0:r.a1] - r.first) * (n * nseg)
         if nseg > 1:
-            anchor_part = anchor_part + self.seg_of_row[torch.div(lay.anchor[r.a0:r.a1], self.k, rounding_mode="floor")]
+            anchor_part = anchor_part + self.seg_of_row[lay.rows[lay.anchor[r.a0:r.a1].long()]]
         local = lay.repeat(anchor_part.to(key_dtype), r)
         local += self.partner_key.to(key_dtype).index_select(0, partner)
         uniq, inverse, counts = torch.unique(local, sorted=True, return_inverse=True, return_counts=True)
@@ -242,8 +250,8 @@ def coactive_pairs(codes: Codes, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -
     chunker = _Chunker(codes, chunk_elements)
     chunks = [chunker.chunk(r)[0] for r in chunker.ranges]
     if not chunks:
-        empty = torch.zeros(0, dtype=torch.long, device=codes.values.device)
-        return BatchPairs(empty, empty.int(), codes.values.detach().new_zeros(0))
+        empty = torch.zeros(0, dtype=torch.long, device=codes.device)
+        return BatchPairs(empty, empty.int(), codes.flat().values.detach().new_zeros(0))
     return BatchPairs(torch.cat([c.keys for c in chunks]), torch.cat([c.counts for c in chunks]),
                       torch.cat([c.gram for c in chunks]))
 
@@ -277,18 +285,18 @@ class _PairLoss(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         (coef,) = ctx.saved_tensors
         chunker, lay = ctx.chunker, ctx.chunker.layout
-        bsz, k = chunker.bsz, chunker.k
+        bsz, m = chunker.bsz, chunker.m
         if lay is None:
-            return coef.new_zeros(bsz, k), None, None, None, None
+            return coef.new_zeros(m), None, None, None, None
         vals = lay.vals.to(coef.dtype)
-        flat = coef.new_zeros(bsz * k)
+        flat = coef.new_zeros(m)
         for r in chunker.ranges:
             anchor, partner = lay.entry_pairs(r)
             g = coef[r.offset:r.offset + r.size] * grad_out
             flat.index_add_(0, anchor, g * vals.index_select(0, partner))
             g *= lay.repeat(vals.index_select(0, lay.anchor[r.a0:r.a1]), r)
             flat.index_add_(0, partner, g)
-        grad = coef.new_zeros(bsz, k).scatter_(1, lay.order, flat.view(bsz, k))
+        grad = coef.new_zeros(m).scatter_(0, lay.order, flat)
         return grad / max(bsz, 1), None, None, None, None
 
 
@@ -297,15 +305,15 @@ def pair_loss(codes: Codes, weigh: Weigh, chunk_elements: int = DEFAULT_CHUNK_EL
     """A loss summed over the batch's co-active pairs, streamed chunk by chunk: weigh(chunk)
     sees each chunk once, in key order (so it may also update pair state kept in key order), and
     returns the chunk's loss and its derivative w.r.t. chunk.gram. Differentiable w.r.t.
-    codes.values at firing entries (non-firing entries get no gradient). O(B k^2) time; memory:
+    the codes' values at firing entries (non-firing entries get no gradient). O(B k^2) time; memory:
     one chunk plus one number per entry pair (B k (k - 1) / 2), never all pairs at once."""
-    return _PairLoss.apply(codes.values, codes, weigh, chunk_elements, tuple(boundaries))
+    return _PairLoss.apply(codes.flat().values, codes, weigh, chunk_elements, tuple(boundaries))
 
 
 def diagonal_gram(codes: Codes) -> Tensor:
-    """D_ii = sum_b v_bi^2 / B, [n], differentiable w.r.t. codes.values."""
-    v = codes.values
-    return v.new_zeros(codes.d_sae).index_add(0, codes.indices.reshape(-1), (v * v).reshape(-1)) / max(codes.batch_size, 1)
+    """D_ii = sum_b v_bi^2 / B, [n], differentiable w.r.t. the codes' values."""
+    e = codes.flat()
+    return e.values.new_zeros(codes.d_sae).index_add(0, e.cols, e.values * e.values) / max(codes.batch_size, 1)
 
 
 def lookup(sorted_keys: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:

@@ -24,8 +24,8 @@ class BatchTopKConfig(TopKConfig):
 
 @register("batchtopk")
 class BatchTopKSAE(TopKSAE):
-    """Training codes come in TopK form padded to the busiest row: [B, k_max], the padding
-    being unselected (latent 0, value 0.0) entries (see featsep.codes)."""
+    """Training codes come in the flat form (featsep.codes.Entries): the batch's k*B selected
+    entries, grouped by row, decoded and backpropagated without padding the rows."""
 
     config_class = BatchTopKConfig
     saelens_architecture = "jumprelu"
@@ -41,46 +41,41 @@ class BatchTopKSAE(TopKSAE):
         return pre.relu() * (pre > self.threshold)
 
     def select(self, pre: Tensor) -> Codes:
-        """The batch's k*B largest ReLU'd pre-activations, packed to [B, k_max].
-
-        k_max (the busiest row's count) is read on the host: the one host sync of the step,
-        kept because the padded width is what Codes and the tests pin, and any fixed width would
-        be either lossy or d_sae wide. Everything else stays on the device (counts by
-        index_add: bincount syncs on CUDA)."""
+        """The batch's k*B largest ReLU'd pre-activations, in the flat form (featsep.codes):
+        topk over the flattened batch returns exactly k*B entries, so the form's size is fixed
+        and the step never reads a data-dependent width on the host (padding the rows to the
+        busiest one would: Codes does that only if a consumer asks for the TopK form). The
+        entries are sorted by flat index, hence grouped by row (the decode's bags)."""
         batch, n = pre.shape
+        flat = pre.relu().flatten()
         if self.world.distributed:
-            flat_values, flat_idx = self.select_global(pre.relu().flatten(), batch * self.world.size)
+            flat_values, flat_idx, keep = self.select_global(flat, batch * self.world.size)
         else:
-            flat_values, flat_idx = pre.relu().flatten().topk(min(self.cfg.k * batch, batch * n), sorted=False)
-        rows, cols = flat_idx // n, flat_idx % n
+            flat_values, flat_idx = flat.topk(min(self.cfg.k * batch, batch * n), sorted=False)
+            keep = None
         if self.training:
-            self.update_threshold(flat_values)
-        # pack into [B, k_max]: the position of each entry within its row
-        counts = torch.zeros(batch, dtype=torch.long, device=pre.device).index_add_(0, rows, torch.ones_like(rows))
-        order = torch.argsort(rows, stable=True)
-        rows, cols, flat_values = rows[order], cols[order], flat_values[order]
-        starts = torch.cumsum(counts, 0) - counts
-        slot = torch.arange(rows.numel(), device=pre.device) - starts[rows]
-        k_max = int(counts.max()) if rows.numel() else 1
-        values = flat_values.new_zeros(batch, k_max).index_put((rows, slot), flat_values)
-        indices = cols.new_zeros(batch, k_max).index_put((rows, slot), cols)
-        selected = torch.arange(k_max, device=pre.device) < counts[:, None]
-        return Codes.from_topk(values, indices, n, selected, nonnegative=True)
+            self.update_threshold(flat_values)  # unkept candidates are 0: never the smallest positive
+        flat_idx, order = flat_idx.sort()
+        flat_values = flat_values[order]
+        keep = None if keep is None else keep[order]
+        return Codes.from_flat(flat_values, flat_idx // n, flat_idx % n, batch, n, keep, nonnegative=True)
 
-    def select_global(self, flat: Tensor, global_batch: int) -> tuple[Tensor, Tensor]:
-        """This rank's share of the global batch's top k*B: each rank's local top-(k*B) values
-        are gathered (they hold the global top k*B), the k*B-th largest of them is the cut, and
-        every local value >= cut is kept. Ties at the cut are all kept (one process keeps an
-        arbitrary subset); a cut of 0 (fewer than k*B positive values) keeps only the positive
-        ones, where one process also selects some zeros (inactive, value 0: they change no
-        reconstruction, loss or firing count)."""
+    def select_global(self, flat: Tensor, global_batch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """This rank's share of the global batch's top k*B, as (values, flat indices, keep) of
+        this rank's local top-want candidates (want = k*B of the global batch, a fixed size):
+        the candidates are gathered (together they hold the global top k*B), the k*B-th largest
+        of them is the cut, and a candidate is kept where its value >= cut and > 0 (the others'
+        values are zeroed). A mask instead of nonzero() keeps the size fixed: no host sync.
+        Ties at the cut are all kept, among the candidates (one process keeps an arbitrary
+        subset); a cut of 0 (fewer than k*B positive values) keeps only the positive ones, where
+        one process also selects some zeros (inactive, value 0: they change no reconstruction,
+        loss or firing count)."""
         want = min(self.cfg.k * global_batch, global_batch * self.cfg.d_sae)
+        values, idx = flat.topk(min(want, flat.numel()), sorted=False)
         with torch.no_grad():
-            local_top = flat.detach().topk(min(want, flat.numel()), sorted=False).values
-            cut = self.world.all_gather_rows(local_top).topk(want, sorted=False).values.min()
-            keep = (flat.detach() >= cut) & (flat.detach() > 0)
-        idx = keep.nonzero().squeeze(1)
-        return flat[idx], idx
+            cut = self.world.all_gather_rows(values.detach()).topk(want, sorted=False).values.min()
+            keep = (values.detach() >= cut) & (values.detach() > 0)
+        return torch.where(keep, values, 0), idx, keep
 
     @torch.no_grad()
     def update_threshold(self, selected: Tensor) -> None:

@@ -54,11 +54,11 @@ class MatryoshkaSAE(BatchTopKSAE):
         self, x: Tensor, x_hat: Tensor, pre: Tensor, codes: Codes, metrics: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         terms = super().extra_terms(x, x_hat, pre, codes, metrics)
-        values, indices = codes.values, codes.indices
+        entries = codes.flat()  # BatchTopK's form (a reshape of the TopK form, if that is held)
         inner = x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
         for width in self.cfg.prefix_sizes[:-1]:
-            prefix_values = values * (indices < width).to(values.dtype)
-            mse = mse_loss(x, self.decode_top(prefix_values, indices))
+            prefix_values = entries.values * (entries.cols < width).to(entries.values.dtype)
+            mse = mse_loss(x, self.decode_flat(prefix_values, entries))
             metrics[f"mse_prefix_{width}"] = mse.detach()
             inner = inner + mse
         terms["matryoshka_mse"] = inner

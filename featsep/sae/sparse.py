@@ -10,6 +10,12 @@ pre-activations (computed without autograd) and gives W_enc, b_enc, b_dec and th
 gradients through those entries only: O(B k d), no [B, d_sae] tensor in the backward
 (sparsify's fused encoder does the same). `dense_encode_reference` is autograd through the
 dense pre-activations and a gather.
+
+The flat form (featsep.codes.Entries: values / rows / cols [m], grouped by row, per-row offsets;
+BatchTopK's k B entries of the batch) has the same pair: `sparse_decode_flat` /
+`dense_decode_flat_reference` and `sparse_encode_flat` / `dense_encode_flat_reference`. Row
+offsets computed on the device make the rows embedding_bag's bags, so neither path pads the
+rows to the busiest one (whose width would be a host sync).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featsep.codes import scatter_dense
+
+
+def _flat_dense(values: Tensor, rows: Tensor, cols: Tensor, batch: int, n: int) -> Tensor:
+    """Dense [batch, n] from flat entries (repeats add)."""
+    return values.new_zeros(batch, n).index_put((rows, cols), values, accumulate=True)
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor] = None) -> Tensor:
@@ -43,23 +54,46 @@ def dense_decode_reference(
     return out if b_dec is None else out + b_dec
 
 
-def encoder_weight_grad(indices: Tensor, grad: Tensor, centred: Tensor, n: int, by_latent: Optional[bool] = None) -> Tensor:
-    """grad W_enc^T [n, d] = G^T (x - b_dec), G [B, n] holding `grad` at the picked entries,
-    in O(B k d) without a dense G or a [B k, d] product.
+def sparse_decode_flat(values: Tensor, cols: Tensor, offsets: Tensor, W_dec: Tensor,
+                       b_dec: Optional[Tensor] = None) -> Tensor:
+    """Row b: sum of values[e] * W_dec[cols[e]] over its entries offsets[b] .. offsets[b + 1] - 1
+    (+ b_dec). One embedding_bag with the rows as bags: O(m d), sparse backward as in
+    sparse_decode, no padding."""
+    out = F.embedding_bag(cols, W_dec, offsets, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+    return out if b_dec is None else out + b_dec
 
-    CPU: one sparse-dense product (COO, B k non-zeros), the fastest there. CUDA (by_latent):
+
+def dense_decode_flat_reference(values: Tensor, rows: Tensor, cols: Tensor, batch: int, W_dec: Tensor,
+                                b_dec: Optional[Tensor] = None) -> Tensor:
+    """The naive definition: dense codes [B, d_sae] by index_put, then codes @ W_dec."""
+    out = _flat_dense(values, rows, cols, batch, W_dec.shape[0]).to(W_dec.dtype) @ W_dec
+    return out if b_dec is None else out + b_dec
+
+
+def encoder_weight_grad(indices: Tensor, grad: Tensor, centred: Tensor, n: int, by_latent: Optional[bool] = None) -> Tensor:
+    """grad W_enc^T [n, d] for the TopK form (indices, grad [B, k]): encoder_weight_grad_flat
+    with row b's entries in row b."""
+    batch, k = indices.shape
+    rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+    return encoder_weight_grad_flat(rows, indices.flatten(), grad.flatten(), centred, n, by_latent)
+
+
+def encoder_weight_grad_flat(rows: Tensor, cols: Tensor, grad: Tensor, centred: Tensor, n: int,
+                             by_latent: Optional[bool] = None) -> Tensor:
+    """grad W_enc^T [n, d] = G^T (x - b_dec), G [B, n] holding grad [m] at (rows, cols) [m],
+    in O(m d) without a dense G or an [m, d] product.
+
+    CPU: one sparse-dense product (COO, m non-zeros), the fastest there. CUDA (by_latent):
     an embedding_bag whose bags are the latents (entries sorted by latent, per-latent offsets
     from a cumulative count), which never syncs; coalescing a sparse tensor would (its size
     depends on the data)."""
-    batch, k = indices.shape
-    flat_idx, flat_grad = indices.flatten(), grad.flatten()
-    rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+    batch = centred.shape[0]
     if by_latent if by_latent is not None else centred.is_cuda:
-        order = flat_idx.argsort()
-        counts = torch.zeros(n, dtype=torch.long, device=indices.device).index_add_(0, flat_idx, torch.ones_like(flat_idx))
+        order = cols.argsort()
+        counts = torch.zeros(n, dtype=torch.long, device=cols.device).index_add_(0, cols, torch.ones_like(cols))
         offsets = torch.cumsum(counts, 0) - counts
-        return F.embedding_bag(rows[order], centred, offsets, per_sample_weights=flat_grad[order], mode="sum")
-    G_T = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_grad, (n, batch),
+        return F.embedding_bag(rows[order], centred, offsets, per_sample_weights=grad[order], mode="sum")
+    G_T = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (n, batch),
                                   check_invariants=False)  # valid by construction
     return torch.sparse.mm(G_T, centred)
 
@@ -108,4 +142,51 @@ def dense_encode_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tenso
                            keep: Optional[Tensor] = None) -> Tensor:
     """The naive definition: autograd through the dense pre-activations, then a gather."""
     picked = ((x - b_dec) @ W_enc + b_enc).gather(1, indices)
+    return picked if keep is None else torch.where(keep, picked, 0)
+
+
+class _SelectedFlatPreActivations(torch.autograd.Function):
+    """Identity on the selected pre-activations [m] of the flat form; the backward sends their
+    gradient to W_enc, b_enc, b_dec and x through the (rows, cols, keep) entries only."""
+
+    @staticmethod
+    def forward(ctx, picked: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
+                rows: Tensor, cols: Tensor, offsets: Tensor, keep: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, rows, cols, offsets, keep)
+        return picked.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, W_enc, b_dec, rows, cols, offsets, keep = ctx.saved_tensors
+        n = W_enc.shape[1]
+        grad = torch.where(keep, grad, 0).to(W_enc.dtype)  # unselected: no gradient
+        need = ctx.needs_input_grad
+        grad_x = grad_W = grad_b_enc = grad_b_dec = None
+        if need[3] or need[4]:
+            grad_b_enc = W_enc.new_zeros(n).index_add_(0, cols, grad)
+        if need[2]:
+            grad_W = encoder_weight_grad_flat(rows, cols, grad, (x - b_dec).to(W_enc.dtype), n).T
+        if need[1]:  # the rows are the bags (entries grouped by row)
+            grad_x = F.embedding_bag(cols, W_enc.T.contiguous(), offsets, per_sample_weights=grad,
+                                     mode="sum").to(x.dtype)
+        if need[4]:
+            grad_b_dec = -(W_enc @ grad_b_enc)
+        return None, grad_x, grad_W, grad_b_enc if need[3] else None, grad_b_dec, None, None, None, None
+
+
+def sparse_encode_flat(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor, rows: Tensor,
+                       cols: Tensor, offsets: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+    """pre[rows, cols] [m] (0 where not `keep`), differentiable w.r.t. x, W_enc, b_enc and b_dec
+    through the kept entries only; the flat form's sparse_encode (entries grouped by row,
+    `offsets` each row's first entry)."""
+    if keep is None:
+        keep = torch.ones_like(rows, dtype=torch.bool)
+    picked = torch.where(keep, pre.detach()[rows, cols], 0)
+    return _SelectedFlatPreActivations.apply(picked, x, W_enc, b_enc, b_dec, rows, cols, offsets, keep)
+
+
+def dense_encode_flat_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, rows: Tensor,
+                                cols: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+    """The naive definition: autograd through the dense pre-activations, then an index."""
+    picked = ((x - b_dec) @ W_enc + b_enc)[rows, cols]
     return picked if keep is None else torch.where(keep, picked, 0)

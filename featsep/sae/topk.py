@@ -13,9 +13,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from featsep.codes import Codes
+from featsep.codes import Codes, Entries
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, mse_loss, register
-from featsep.sae.sparse import dense_decode_reference, sparse_decode, sparse_encode
+from featsep.sae.sparse import (dense_decode_flat_reference, dense_decode_reference, sparse_decode, sparse_decode_flat,
+                                sparse_encode, sparse_encode_flat)
 
 # "auto" decodes sparsely once the dictionary is this many times larger than k: below it a
 # dense matmul on a small [B, d_sae] is as cheap and simpler.
@@ -75,6 +76,26 @@ class TopKSAE(SAE):
         decode = sparse_decode if self.sparse else dense_decode_reference
         return decode(values, indices, self.W_dec, self.b_dec if with_bias else None)
 
+    def decode_flat(self, values: Tensor, entries: Entries, with_bias: bool = True) -> Tensor:
+        """Decode `values` [m] at the flat form's entries on the configured path."""
+        b_dec = self.b_dec if with_bias else None
+        if self.sparse:
+            return sparse_decode_flat(values, entries.cols, entries.offsets, self.W_dec, b_dec)
+        return dense_decode_flat_reference(values, entries.rows, entries.cols, entries.offsets.shape[0], self.W_dec, b_dec)
+
+    def with_sparse_backward(self, x: Tensor, pre: Tensor, codes: Codes) -> Codes:
+        """The same selection, its values now carrying the sparse encoder backward (`pre` was
+        computed without autograd), in the form the selection came in."""
+        n = self.cfg.d_sae
+        if codes.has_topk:
+            values = self.encode_selected(x, pre, codes.indices, codes.selected).relu()
+            return Codes.from_topk(values, codes.indices, n, codes.selected, nonnegative=True)
+        e = codes.flat()
+        values = sparse_encode_flat(x, self.W_enc, self.b_enc, self.b_dec, pre, e.rows, e.cols, e.offsets,
+                                    e.selected).relu()
+        return Codes.from_flat(values, e.rows, e.cols, codes.batch_size, n, e.selected, nonnegative=True,
+                               offsets=e.offsets)
+
     # --- inference -------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
         pre = self.pre_activations(x)
@@ -91,13 +112,14 @@ class TopKSAE(SAE):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.sparse_encoder):
             pre = self.pre_activations(x)
         codes = self.select(pre)
-        if self.sparse_encoder:  # the same selection, its values now carrying the sparse backward
-            values = self.encode_selected(x, pre, codes.indices, codes.selected).relu()
-            codes = Codes.from_topk(values, codes.indices, self.cfg.d_sae, codes.selected, nonnegative=True)
-        if self.sparse:
-            x_hat = self.decode_top(codes.values, codes.indices)
-        else:  # the dense codes are built once (kept in `codes`), for the decode and any penalty
+        if self.sparse_encoder:
+            codes = self.with_sparse_backward(x, pre, codes)
+        if not self.sparse:  # the dense codes are built once (kept in `codes`), for the decode and any penalty
             x_hat = self.decode(codes.dense())
+        elif codes.has_topk:
+            x_hat = self.decode_top(codes.values, codes.indices)
+        else:  # BatchTopK's selection: the flat form
+            x_hat = self.decode_flat(codes.flat().values, codes.flat())
         metrics: dict[str, Tensor] = {}
         out = SAEOutput(
             x_hat=x_hat,

@@ -1,6 +1,7 @@
-"""BatchTopK-family codes (rows padded with unselected (latent 0, 0.0) entries) through every
-penalty equal the same penalty on the true dense codes: padding never overwrites or duplicates
-latent 0's real value or firing."""
+"""BatchTopK-family codes through every penalty equal the same penalty on the true dense codes,
+in both sparse forms: the flat form the SAE selects in (read as such: no penalty packs its rows,
+which would be a host sync) and rows padded with unselected (latent 0, 0.0) entries, where
+padding never overwrites or duplicates latent 0's real value or firing."""
 
 import pytest
 import torch
@@ -39,17 +40,21 @@ def true_dense_codes(sae, x: torch.Tensor, k: int = 2) -> torch.Tensor:
     return relu * keep.view_as(relu)
 
 
+@pytest.mark.parametrize("form", ["flat", "padded"])
 @pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
 @pytest.mark.parametrize("name,params", [pytest.param(n, p, id="-".join([n, *map(str, p.values())])) for n, p in PENALTIES])
-def test_padded_codes_equal_true_dense_codes(arch, name, params):
+def test_batchtopk_codes_equal_true_dense_codes(arch, name, params, form):
     sae = identity_encoder_sae(arch)
     pen, ref = featsep.make_penalty(name, d_sae=N, **params), featsep.make_penalty(name, d_sae=N, **params)
     for step in range(4):
         x = X.roll(step, dims=0)
         codes = sae.training_forward(x, step, 4).codes
-        latent0_fires = ((codes.indices == 0) & codes.active).any(dim=1)
-        assert (latent0_fires & (~codes.selected).any(dim=1)).any()  # in a row with padding
+        if form == "padded":
+            latent0_fires = ((codes.indices == 0) & codes.active).any(dim=1)
+            assert (latent0_fires & (~codes.selected).any(dim=1)).any()  # in a row with padding
+            codes = featsep.Codes.from_topk(codes.values, codes.indices, N, codes.selected, nonnegative=True)
         loss = pen(codes)[name]
+        assert codes.has_topk == (form == "padded")
         (grad,) = torch.autograd.grad(loss, sae.W_enc)
         ref_loss = ref(true_dense_codes(sae, x))[name]
         (ref_grad,) = torch.autograd.grad(ref_loss, sae.W_enc)

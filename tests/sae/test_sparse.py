@@ -5,12 +5,18 @@ import pytest
 import torch
 
 import featsep
+from featsep.codes import row_offsets
 from featsep.sae.sparse import (
+    dense_decode_flat_reference,
     dense_decode_reference,
+    dense_encode_flat_reference,
     dense_encode_reference,
     encoder_weight_grad,
+    encoder_weight_grad_flat,
     sparse_decode,
+    sparse_decode_flat,
     sparse_encode,
+    sparse_encode_flat,
 )
 from featsep.train import train
 
@@ -185,3 +191,105 @@ def test_sparse_encoder_trains_like_the_dense_reference():
     assert saes[0].dead_mask().any()
     for (name, p), q in zip(saes[0].state_dict().items(), saes[1].state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# --- the flat form (BatchTopK): entries grouped by row, uneven rows, some rows empty -------------
+def flat_entries(g, m=3 * B):
+    """m entries over B rows, sorted by row, with row 2 and the last row empty, repeated
+    (row, latent) pairs and unselected entries."""
+    rows = torch.randint(0, B - 1, (m,), generator=g)
+    rows[rows == 2] = 3
+    rows = rows.sort().values
+    cols = torch.randint(0, N, (m,), generator=g)
+    cols[1] = cols[0]
+    rows[1] = rows[0]  # a repeat of (row, latent)
+    keep = torch.rand(m, generator=g) > 0.3
+    return rows, cols, keep, row_offsets(rows, B)
+
+
+def test_sparse_decode_flat_equals_reference_with_empty_rows_and_repeats():
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(N, D, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    rows, cols, keep, offsets = flat_entries(g)
+    vals = torch.where(keep, torch.rand(rows.numel(), generator=g, dtype=torch.float64), 0).requires_grad_(True)
+    grad_out = torch.randn(B, D, generator=g, dtype=torch.float64)
+    fast = sparse_decode_flat(vals, cols, offsets, W, b)
+    ref = dense_decode_flat_reference(vals, rows, cols, B, W, b)
+    naive = torch.stack([b + sum((vals[e] * W[cols[e]] for e in range(rows.numel()) if rows[e] == r),
+                                 torch.zeros(D, dtype=torch.float64)) for r in range(B)])
+    torch.testing.assert_close(ref, naive, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast[2], b.detach().expand(D) + 0, rtol=0, atol=0)  # an empty row: the bias
+    for a, r in zip(torch.autograd.grad(fast, (vals, W, b), grad_out), torch.autograd.grad(ref, (vals, W, b), grad_out)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_encode_flat_equals_reference_through_the_kept_entries_only():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(B, D, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(D, N, generator=g, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(N, generator=g, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    rows, cols, keep, offsets = flat_entries(g)
+    grad_out = torch.randn(rows.numel(), generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        pre = (x - b_dec) @ W + b_enc
+    params = (x, W, b_enc, b_dec)
+    fast = sparse_encode_flat(x, W, b_enc, b_dec, pre, rows, cols, offsets, keep)
+    ref = dense_encode_flat_reference(x, W, b_enc, b_dec, rows, cols, keep)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(fast[~keep], torch.zeros(int((~keep).sum()), dtype=torch.float64))
+    # the reference sees the gradient at kept entries only (where() passes none elsewhere)
+    for a, r in zip(torch.autograd.grad(fast, params, grad_out), torch.autograd.grad(ref, params, grad_out)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    picked = ((x - b_dec) @ W + b_enc)[rows, cols]  # and the same as differentiating only the kept ones
+    masked = torch.where(keep, grad_out, 0)
+    fast = sparse_encode_flat(x, W, b_enc, b_dec, pre, rows, cols, offsets, keep)
+    for a, r in zip(torch.autograd.grad(fast, params, grad_out), torch.autograd.grad(picked, params, masked)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_both_flat_encoder_weight_gradients_equal_the_dense_product():
+    g = torch.Generator().manual_seed(9)
+    rows, cols, keep, _ = flat_entries(g)
+    grad = torch.where(keep, torch.randn(rows.numel(), generator=g, dtype=torch.float64), 0)
+    centred = torch.randn(B, D, generator=g, dtype=torch.float64)
+    dense_G = torch.zeros(B, N, dtype=torch.float64).index_put((rows, cols), grad, accumulate=True)
+    for by_latent in (False, True):
+        torch.testing.assert_close(encoder_weight_grad_flat(rows, cols, grad, centred, N, by_latent),
+                                   dense_G.T @ centred, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_flat_batchtopk_step_equals_the_padded_one(arch, sparse):
+    """The flat-form step (no host sync) against the step on the same selection packed into
+    rows padded to the busiest one (the implementation before the flat form): loss terms and
+    every gradient."""
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(10), dtype=torch.float64) + 0.3
+    saes = [featsep.make_sae(arch, d_in=D, d_sae=N, k=K, dtype="float64", sparse_encoder=sparse,
+                             sparse_decoder=sparse) for _ in range(2)]
+    saes[1].load_state_dict(saes[0].state_dict())
+    select = type(saes[1]).select
+
+    def padded(self, pre):
+        codes = select(self, pre)
+        assert not codes.has_topk  # BatchTopK selects in the flat form
+        return featsep.Codes.from_topk(codes.values, codes.indices, N, codes.selected, nonnegative=True)
+
+    saes[1].select = padded.__get__(saes[1])
+    outs = []
+    for sae in saes:
+        out = sae.training_forward(x, 0, 2)
+        sum(out.coefficients.get(k, 1.0) * v for k, v in out.terms.items()).backward()
+        outs.append(out)
+    flat, pad = outs
+    assert flat.codes.has_flat and not flat.codes.has_topk and pad.codes.has_topk
+    assert pad.codes.values.shape[1] > K  # uneven rows: the padded width is the busiest row's
+    torch.testing.assert_close(flat.x_hat, pad.x_hat, rtol=1e-12, atol=1e-12)
+    for k in flat.terms:
+        torch.testing.assert_close(flat.terms[k], pad.terms[k], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(flat.codes.dense(), pad.codes.dense(), rtol=0, atol=0)
+    for (name, p), q in zip(saes[0].named_parameters(), saes[1].parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-11, atol=1e-11, msg=name)
