@@ -46,6 +46,21 @@ def scatter_dense(values: Tensor, indices: Tensor, d_sae: int) -> Tensor:
     return values.new_zeros(values.shape[0], d_sae).scatter_add(1, indices, values)
 
 
+def flat_dense(values: Tensor, rows: Tensor, cols: Tensor, batch: int, d_sae: int) -> Tensor:
+    """Dense [batch, d_sae] from flat entries: values [m] at (rows, cols) [m], repeats adding."""
+    return values.new_zeros(batch * d_sae).index_add(0, rows * d_sae + cols, values).view(batch, d_sae)
+
+
+def _checked_selected(selected: Optional[Tensor], values: Tensor) -> Tensor:
+    """`selected` (default: all of `values`' entries), refused unless a bool mask of its shape."""
+    if selected is None:
+        return torch.ones_like(values, dtype=torch.bool)
+    if selected.shape != values.shape or selected.dtype != torch.bool:
+        raise ValueError(f"selected must be a bool tensor of shape {tuple(values.shape)}, got "
+                         f"{selected.dtype} {tuple(selected.shape)}")
+    return selected
+
+
 def row_offsets(rows: Tensor, batch: int) -> Tensor:
     """Where each row's entries start in `rows` (grouped by row, non-decreasing): [B] int64,
     from a per-row count on the device (bincount would sync on CUDA)."""
@@ -120,11 +135,7 @@ class Codes:
             raise TypeError(f"TopK indices must be an integer tensor, got {indices.dtype}")
         if indices.device != values.device:
             raise ValueError(f"TopK values are on {values.device} but indices on {indices.device}")
-        if selected is None:
-            selected = torch.ones_like(indices, dtype=torch.bool)
-        elif selected.shape != values.shape or selected.dtype != torch.bool:
-            raise ValueError(f"selected must be a bool tensor of shape {tuple(values.shape)}, got "
-                             f"{selected.dtype} {tuple(selected.shape)}")
+        selected = _checked_selected(selected, values)
         return cls(d_sae, values=values, indices=indices.long(), selected=selected,
                    active=selected & (values.detach() != 0), nonnegative=nonnegative)
 
@@ -146,12 +157,9 @@ class Codes:
                                  f"{tuple(getattr(t, 'shape', ()))}")
             if t.device != values.device:
                 raise ValueError(f"flat values are on {values.device} but {name} on {t.device}")
-        if selected is None:
-            selected = torch.ones_like(values, dtype=torch.bool)
-        elif selected.shape != values.shape or selected.dtype != torch.bool:
-            raise ValueError(f"selected must be a bool tensor of shape {tuple(values.shape)}, got "
-                             f"{selected.dtype} {tuple(selected.shape)}")
-        else:
+        given = selected is not None
+        selected = _checked_selected(selected, values)
+        if given:
             values = torch.where(selected, values, 0)
         rows, cols = rows.long(), cols.long()
         if offsets is None:
@@ -175,17 +183,16 @@ class Codes:
         """These codes with every selected entry counted as firing, zero values included (the
         reference code's one-hot-of-the-TopK-indices masks). Dense codes list only non-zeros,
         so for them this is the same codes."""
-        if self._values is not None and self._selected is not self._active:
-            out = copy.copy(self)
+        topk = self._values is not None and self._selected is not self._active
+        flat = self._entries is not None and self._entries.selected is not self._entries.active
+        if not (topk or flat):
+            return self
+        out = copy.copy(self)
+        if topk:
             out._active = self._selected
-            if self._entries is not None:
-                out._entries = self._entries._replace(active=self._entries.selected)
-            return out
-        if self._entries is not None and self._entries.selected is not self._entries.active:
-            out = copy.copy(self)
+        if flat:
             out._entries = self._entries._replace(active=self._entries.selected)
-            return out
-        return self
+        return out
 
     # --- the three forms -------------------------------------------------------------------
     @property
@@ -266,19 +273,14 @@ class Codes:
         """Bool [B, k]: the entries that fire."""
         return self._topk_form()._active
 
-    def _scatter(self, values: Tensor) -> Tensor:
-        """Per-entry `values` of the flat form summed into [B, d_sae] (index_add: repeats add)."""
-        e = self._entries
-        flat = values.new_zeros(self._batch * self.d_sae).index_add(0, e.rows * self.d_sae + e.cols, values)
-        return flat.view(self._batch, self.d_sae)
-
     def dense(self) -> Tensor:
         """Dense [B, d_sae] codes (differentiable w.r.t. the values); built once."""
         if self._dense is None:
             if self._values is not None:
                 self._dense = scatter_dense(self._values, self._indices, self.d_sae)
             else:
-                self._dense = self._scatter(self._entries.values)
+                e = self._entries
+                self._dense = flat_dense(e.values, e.rows, e.cols, self._batch, self.d_sae)
         return self._dense
 
     def active_dense(self) -> Tensor:
@@ -286,23 +288,32 @@ class Codes:
         if self._values is not None:
             return scatter_dense(self._active.to(self._values.dtype), self._indices, self.d_sae)
         if self._entries is not None:
-            return self._scatter(self._entries.active.to(self._entries.values.dtype))
+            e = self._entries
+            return flat_dense(e.active.to(e.values.dtype), e.rows, e.cols, self._batch, self.d_sae)
         return (self._dense.detach() != 0).to(self._dense.dtype)
 
     # --- summaries (no host sync) ----------------------------------------------------------
     def fired(self) -> Tensor:
         """Bool [d_sae]: which latents fired anywhere in the batch."""
+        return self.firing_per_latent() > 0
+
+    def firing_per_latent(self) -> Tensor:
+        """Int64 [d_sae]: how many rows each latent fires in."""
         if self._values is None and self._entries is None:
-            return (self._dense.detach() != 0).any(dim=0)
+            return (self._dense.detach() != 0).sum(dim=0)
         e = self.flat()
-        counts = torch.zeros(self.d_sae, device=self.device).index_add_(0, e.cols, e.active.float())
-        return counts > 0
+        return torch.zeros(self.d_sae, dtype=torch.long, device=self.device).index_add_(0, e.cols, e.active.long())
+
+    def firing_per_row(self) -> Tensor:
+        """Int64 [B]: how many latents fire in each row."""
+        if self._values is None and self._entries is None:
+            return (self._dense.detach() != 0).sum(dim=1)
+        e = self.flat()
+        return torch.zeros(self._batch, dtype=torch.long, device=self.device).index_add_(0, e.rows, e.active.long())
 
     def l0(self) -> Tensor:
         """Mean number of firing latents per row (a detached scalar)."""
-        if self._values is None and self._entries is None:
-            return (self._dense.detach() != 0).float().sum(dim=-1).mean()
-        return self.flat().active.float().sum() / max(self._batch, 1)
+        return self.firing_per_row().float().mean()
 
     # --- plumbing --------------------------------------------------------------------------
     def _held(self) -> Tensor:

@@ -53,19 +53,19 @@ class BatchTopKSAE(TopKSAE):
         else:
             flat_values, flat_idx = flat.topk(min(self.cfg.k * batch, batch * n), sorted=False)
             keep = None
-        if self.training:
-            self.update_threshold(flat_values)  # unkept candidates are 0: never the smallest positive
         flat_idx, order = flat_idx.sort()
-        flat_values = flat_values[order]
         keep = None if keep is None else keep[order]
-        return Codes.from_flat(flat_values, flat_idx // n, flat_idx % n, batch, n, keep, nonnegative=True)
+        codes = Codes.from_flat(flat_values[order], flat_idx // n, flat_idx % n, batch, n, keep, nonnegative=True)
+        if self.training:  # unkept candidates are zeroed in the codes: never the smallest positive
+            self.update_threshold(codes.flat().values)
+        return codes
 
     def select_global(self, flat: Tensor, global_batch: int) -> tuple[Tensor, Tensor, Tensor]:
         """This rank's share of the global batch's top k*B, as (values, flat indices, keep) of
         this rank's local top-want candidates (want = k*B of the global batch, a fixed size):
         the candidates are gathered (together they hold the global top k*B), the k*B-th largest
-        of them is the cut, and a candidate is kept where its value >= cut and > 0 (the others'
-        values are zeroed). A mask instead of nonzero() keeps the size fixed: no host sync.
+        of them is the cut, and a candidate is kept where its value >= cut and > 0 (Codes.from_flat
+        zeroes the others). A mask instead of nonzero() keeps the size fixed: no host sync.
         Ties at the cut are all kept, among the candidates (one process keeps an arbitrary
         subset); a cut of 0 (fewer than k*B positive values) keeps only the positive ones, where
         one process also selects some zeros (inactive, value 0: they change no reconstruction,
@@ -75,7 +75,7 @@ class BatchTopKSAE(TopKSAE):
         with torch.no_grad():
             cut = self.world.all_gather_rows(values.detach()).topk(want, sorted=False).values.min()
             keep = (values.detach() >= cut) & (values.detach() > 0)
-        return torch.where(keep, values, 0), idx, keep
+        return values, idx, keep
 
     @torch.no_grad()
     def update_threshold(self, selected: Tensor) -> None:

@@ -26,12 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from featsep.codes import scatter_dense
-
-
-def _flat_dense(values: Tensor, rows: Tensor, cols: Tensor, batch: int, n: int) -> Tensor:
-    """Dense [batch, n] from flat entries (repeats add)."""
-    return values.new_zeros(batch, n).index_put((rows, cols), values, accumulate=True)
+from featsep.codes import flat_dense, scatter_dense
 
 
 def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor, b_dec: Optional[Tensor] = None) -> Tensor:
@@ -66,16 +61,8 @@ def sparse_decode_flat(values: Tensor, cols: Tensor, offsets: Tensor, W_dec: Ten
 def dense_decode_flat_reference(values: Tensor, rows: Tensor, cols: Tensor, batch: int, W_dec: Tensor,
                                 b_dec: Optional[Tensor] = None) -> Tensor:
     """The naive definition: dense codes [B, d_sae] by index_put, then codes @ W_dec."""
-    out = _flat_dense(values, rows, cols, batch, W_dec.shape[0]).to(W_dec.dtype) @ W_dec
+    out = flat_dense(values, rows, cols, batch, W_dec.shape[0]).to(W_dec.dtype) @ W_dec
     return out if b_dec is None else out + b_dec
-
-
-def encoder_weight_grad(indices: Tensor, grad: Tensor, centred: Tensor, n: int, by_latent: Optional[bool] = None) -> Tensor:
-    """grad W_enc^T [n, d] for the TopK form (indices, grad [B, k]): encoder_weight_grad_flat
-    with row b's entries in row b."""
-    batch, k = indices.shape
-    rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
-    return encoder_weight_grad_flat(rows, indices.flatten(), grad.flatten(), centred, n, by_latent)
 
 
 def encoder_weight_grad_flat(rows: Tensor, cols: Tensor, grad: Tensor, centred: Tensor, n: int,
@@ -98,44 +85,17 @@ def encoder_weight_grad_flat(rows: Tensor, cols: Tensor, grad: Tensor, centred: 
     return torch.sparse.mm(G_T, centred)
 
 
-class _SelectedPreActivations(torch.autograd.Function):
-    """Identity on the selected pre-activations [B, k]; the backward scatters their gradient
-    into W_enc, b_enc, b_dec and x through the selected (indices, keep) entries only."""
-
-    @staticmethod
-    def forward(ctx, picked: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor,
-                indices: Tensor, keep: Tensor) -> Tensor:
-        ctx.save_for_backward(x, W_enc, b_dec, indices, keep)
-        return picked.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, W_enc, b_dec, indices, keep = ctx.saved_tensors
-        n = W_enc.shape[1]
-        grad = torch.where(keep, grad, 0).to(W_enc.dtype)  # padding/unselected: no gradient
-        flat_idx, flat_grad = indices.flatten(), grad.flatten()
-        need = ctx.needs_input_grad
-        grad_x = grad_W = grad_b_enc = grad_b_dec = None
-        if need[3] or need[4]:
-            grad_b_enc = W_enc.new_zeros(n).index_add_(0, flat_idx, flat_grad)
-        if need[2]:
-            grad_W = encoder_weight_grad(indices, grad, (x - b_dec).to(W_enc.dtype), n).T
-        if need[1]:
-            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad, mode="sum").to(x.dtype)
-        if need[4]:
-            grad_b_dec = -(W_enc @ grad_b_enc)  # = -grad_x.sum(0), without the [B, d] product
-        return None, grad_x, grad_W, grad_b_enc if need[3] else None, grad_b_dec, None, None
-
-
 def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pre: Tensor, indices: Tensor,
                   keep: Optional[Tensor] = None) -> Tensor:
     """pre[b, indices[b, j]] (0 where not `keep`), differentiable w.r.t. x, W_enc, b_enc and
     b_dec through the kept entries only. `pre` is (x - b_dec) W_enc + b_enc computed without
-    autograd (the forward needs it whole anyway, to select)."""
-    if keep is None:
-        keep = torch.ones_like(indices, dtype=torch.bool)
-    picked = torch.where(keep, pre.detach().gather(1, indices), 0)
-    return _SelectedPreActivations.apply(picked, x, W_enc, b_enc, b_dec, indices, keep)
+    autograd (the forward needs it whole anyway, to select). The TopK form read as the flat one
+    (row b's k entries at b k .. b k + k - 1)."""
+    batch, k = indices.shape
+    rows = torch.arange(batch, device=indices.device)
+    picked = sparse_encode_flat(x, W_enc, b_enc, b_dec, pre, rows.repeat_interleave(k), indices.flatten(), rows * k,
+                                None if keep is None else keep.flatten())
+    return picked.view(batch, k)
 
 
 def dense_encode_reference(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, indices: Tensor,

@@ -11,7 +11,6 @@ from featsep.sae.sparse import (
     dense_decode_reference,
     dense_encode_flat_reference,
     dense_encode_reference,
-    encoder_weight_grad,
     encoder_weight_grad_flat,
     sparse_decode,
     sparse_decode_flat,
@@ -100,19 +99,25 @@ def test_pre_activations_equal_the_plain_formula_with_gradients():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_sparse_encode_equals_reference_with_padding_and_duplicates():
-    g = torch.Generator().manual_seed(5)
+def encoder_inputs(g):
+    """x, W_enc, b_enc, b_dec (leaves, float64) and their pre-activations computed without autograd."""
     x = torch.randn(B, D, generator=g, dtype=torch.float64, requires_grad=True)
     W = torch.randn(D, N, generator=g, dtype=torch.float64, requires_grad=True)
     b_enc = torch.randn(N, generator=g, dtype=torch.float64, requires_grad=True)
     b_dec = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        pre = (x - b_dec) @ W + b_enc
+    return x, W, b_enc, b_dec, pre
+
+
+def test_sparse_encode_equals_reference_with_padding_and_duplicates():
+    g = torch.Generator().manual_seed(5)
+    x, W, b_enc, b_dec, pre = encoder_inputs(g)
     idx = torch.randint(0, N, (B, K), generator=g)
     idx[:, -1] = idx[:, 0]  # two rows pick latent 0 twice, as BatchTopK's padding does
     keep = torch.rand(B, K, generator=g) > 0.3
     keep[:, 0] = True
     grad_out = torch.randn(B, K, generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        pre = (x - b_dec) @ W + b_enc
     params = (x, W, b_enc, b_dec)
     fast = sparse_encode(x, W, b_enc, b_dec, pre, idx, keep)
     ref = dense_encode_reference(x, W, b_enc, b_dec, idx, keep)
@@ -126,19 +131,6 @@ def test_sparse_encode_equals_reference_with_padding_and_duplicates():
     for a, r in zip(torch.autograd.grad(sparse_encode(x, W, b_enc, b_dec, pre, idx, keep), params, grad_out),
                     torch.autograd.grad(ref, params, masked)):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
-
-
-def test_both_encoder_weight_gradients_equal_the_dense_product():
-    """The CPU (sparse-dense product) and CUDA (embedding_bag by latent) ways, both run here."""
-    g = torch.Generator().manual_seed(6)
-    idx = torch.randint(0, N, (B, K), generator=g)
-    idx[:, -1] = 0  # padding-like repeats of latent 0
-    grad = torch.randn(B, K, generator=g, dtype=torch.float64)
-    centred = torch.randn(B, D, generator=g, dtype=torch.float64)
-    dense_G = torch.zeros(B, N, dtype=torch.float64).scatter_add(1, idx, grad)
-    for by_latent in (False, True):
-        torch.testing.assert_close(encoder_weight_grad(idx, grad, centred, N, by_latent), dense_G.T @ centred,
-                                   rtol=1e-12, atol=1e-12)
 
 
 def encoder_twins(arch, **params):
@@ -227,14 +219,9 @@ def test_sparse_decode_flat_equals_reference_with_empty_rows_and_repeats():
 
 def test_sparse_encode_flat_equals_reference_through_the_kept_entries_only():
     g = torch.Generator().manual_seed(8)
-    x = torch.randn(B, D, generator=g, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(D, N, generator=g, dtype=torch.float64, requires_grad=True)
-    b_enc = torch.randn(N, generator=g, dtype=torch.float64, requires_grad=True)
-    b_dec = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    x, W, b_enc, b_dec, pre = encoder_inputs(g)
     rows, cols, keep, offsets = flat_entries(g)
     grad_out = torch.randn(rows.numel(), generator=g, dtype=torch.float64)
-    with torch.no_grad():
-        pre = (x - b_dec) @ W + b_enc
     params = (x, W, b_enc, b_dec)
     fast = sparse_encode_flat(x, W, b_enc, b_dec, pre, rows, cols, offsets, keep)
     ref = dense_encode_flat_reference(x, W, b_enc, b_dec, rows, cols, keep)
