@@ -121,7 +121,7 @@ def _layout(codes: Codes) -> _Layout:
     key, order = key.sort()
     idx, rows = e.cols[order], e.rows[order]
     vals = e.values.detach()[order]
-    firing = torch.zeros(codes.batch_size, dtype=torch.long, device=idx.device).index_add_(0, e.rows, e.active.long())
+    firing = codes.firing_per_row()
     position = torch.arange(m, device=idx.device) - e.offsets[rows]  # within its row
     count = (firing[rows] - 1 - position).clamp_(min=0)
     anchor = torch.argsort(idx, stable=True)

@@ -353,9 +353,7 @@ class _SparseState:
     def _step_reference(self, codes: Codes) -> Tensor:
         cfg, n, B = self.cfg, self.n, codes.batch_size
         seen = self.count + B
-        e = codes.flat()  # free for the TopK form, BatchTopK's own: no rows padded
-        window_diag = self.window_diag + torch.zeros(n, dtype=torch.long, device=e.cols.device).index_add_(
-            0, e.cols, e.active.long())
+        window_diag = self.window_diag + codes.firing_per_latent()
         close = seen >= cfg.window_size
         rate = None
         if close:  # one rate per row, from the closing window's diagonal
@@ -417,9 +415,7 @@ class _SparseState:
         n = 65536, k = 160 that costs ~1 GB of peak memory)."""
         growth = self.last_growth
         if growth < 0:
-            e = codes.flat()
-            firing = torch.zeros(codes.batch_size, dtype=torch.long, device=e.rows.device).index_add_(
-                0, e.rows, e.active.long())
+            firing = codes.firing_per_row()
             growth = int((firing * (firing - 1) // 2).sum())
         return self.avg_keys.numel() + growth >= max(2 * self.pairs_after_prune, MIN_PAIRS_BEFORE_PRUNE)
 
