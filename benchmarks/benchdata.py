@@ -4,6 +4,7 @@ every SAE (featsep's or a peer's, loaded through featsep.load_sae) goes through.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -20,8 +21,9 @@ HELDOUT_ROWS = 16384
 # tokens). 16,384 rows are too few: a latent that fires once in 20k tokens, as the latents of
 # the synthetic data's rare features do, would count as dead (docs/lr-sweep.md).
 DENSITY_ROWS = 1_048_576
-# featsep cache examples/offline-default.toml --tokens 1450000 --out /work/cache/g270m-l8
-GEMMA_CACHE = Path("/work/cache/g270m-l8")
+# built by: featsep cache examples/offline-default.toml --tokens 1450000 --out cache/g270m-l8
+# (in the checkout; FEATSEP_BENCH_GEMMA_CACHE points elsewhere)
+GEMMA_CACHE = Path(os.environ.get("FEATSEP_BENCH_GEMMA_CACHE", Path(__file__).resolve().parents[1] / "cache" / "g270m-l8"))
 
 
 def synthetic_rows(tokens: int, seed: int = 0):

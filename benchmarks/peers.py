@@ -6,7 +6,10 @@ on it in its own virtualenv with its own Trainer and defaults (benchmarks/peers_
 then featsep.load_sae reads sparsify's folder and ONE function (benchdata.score) scores both
 on the same held-out rows. Same SAE size for both (d_sae latents, k 32), same tokens per step
 (4096), torch.set_num_threads(2) in both processes. tokens/s: the training call's wall time
-(featsep.train / sparsify's Trainer.fit), data reading included, for both.
+(featsep.train / sparsify's Trainer.fit), data reading included, for both; the file is read
+through once before each trainer (warm_page_cache), so neither measures the disk (a throttled
+disk here reads 8 MB/s: 8k tokens/s of d 256, whoever reads first) and the machine needs RAM
+for the file (10 GB at syn10m) or it says so.
 
     python benchmarks/peers.py --setup                 # build .bench-venvs/peers-sparsify once
     python benchmarks/peers.py                         # synthetic 1M + gemma-3-270m L8 1M
@@ -84,6 +87,25 @@ def write_activations(name: str, work: Path):
     return path, heldout, None, density
 
 
+def warm_page_cache(path: Path, chunk: int = 1 << 26) -> float:
+    """Read the file once (into the OS page cache) and return the seconds it took; warns when
+    the file is larger than the memory available, since then the trainers read the disk."""
+    size = path.stat().st_size
+    try:
+        available = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                             if line.startswith("MemAvailable")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        available = None
+    if available is not None and size > available:
+        print(f"warning: {path.name} ({size / 2**30:.1f} GiB) exceeds available memory "
+              f"({available / 2**30:.1f} GiB): tokens/s will include disk reads")
+    started = time.perf_counter()
+    with path.open("rb", buffering=0) as f:
+        while f.read(chunk):
+            pass
+    return time.perf_counter() - started
+
+
 def run_featsep(acts: Path, d_sae: int, out: Path) -> tuple[featsep.SAE, float]:
     rows = np.load(acts, mmap_mode="r")
     starts = range(0, len(rows) - BATCH + 1, BATCH)
@@ -132,6 +154,7 @@ def main() -> None:
             out = work / trainer
             if out.exists():
                 shutil.rmtree(out)
+            warm_page_cache(acts)
             sae, seconds = fn(acts, BUDGETS[name][2], out)
             row = {"budget": name, "trainer": trainer, "tokens": tokens, "tokens_per_s": tokens / seconds,
                    **score(sae, heldout, data, density)}
