@@ -203,6 +203,21 @@ def _worker(rank: int, tmp: str, port: int, ranks: int = RANKS) -> None:
                        "sizes": [(s.size, d.size, g) for s, d, g in splits]}
     _run("dp", world, root / "stopped", limit=3)
     _run("dp", world, root / "stopped", resume=True)
+    # TopK codes of a known width gather with no collective but the gathers themselves
+    codes = Codes.from_topk(torch.rand(GLOBAL_BATCH // ranks, 3, generator=torch.Generator().manual_seed(rank)),
+                            torch.arange(3).repeat(GLOBAL_BATCH // ranks, 1) + rank, D_SAE)
+    reduce, reductions = World.all_reduce, []
+    World.all_reduce = lambda *a, **k: reductions.append(a) or reduce(*a, **k)
+    try:
+        known = gather_codes(world, codes, width=3)
+        read = gather_codes(world, codes)
+    finally:
+        World.all_reduce = reduce
+    result["gather_width"] = {"reductions": len(reductions), "dense": known.dense(), "read": read.dense()}
+    try:
+        gather_codes(world, codes, width=4)
+    except ValueError as e:
+        result["gather_width"]["wrong"] = str(e)
     # the differentiable gather: a loss mixing rows, every rank computing it identically
     X = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     W = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
@@ -340,6 +355,15 @@ def test_split_makes_each_process_group_once(job):
         assert r["split"]["made"] == 0
         assert r["split"]["same"]
         assert r["split"]["sizes"] == [(2, 1, 0), (2, 1, 0), (1, 2, rank), (1, 2, rank)]
+
+
+def test_topk_codes_of_a_known_width_gather_without_reading_it(job):
+    """The trainer passes a TopK SAE's k: no all-reduce of the width (a host sync per step),
+    the same global codes as when the width is read, and a wrong width refused."""
+    for got in (r["gather_width"] for r in job[1]):
+        assert got["reductions"] == 1  # the call without the width reads it
+        assert torch.equal(got["dense"], got["read"]) and got["dense"].shape == (GLOBAL_BATCH, D_SAE)
+        assert "width 3 gathered as width 4" in got["wrong"]
 
 
 def test_gather_gradient_equals_autograd_on_the_whole_batch(job):
