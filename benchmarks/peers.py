@@ -133,8 +133,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
     ap.add_argument("--json", type=Path, help="append the result rows here")
     args = ap.parse_args()
-    if args.setup:
+    if args.setup:  # only the build: the benchmark is a separate, quiet run
         setup()
+        return
     torch.set_num_threads(THREADS)
     have_sparsify = (VENV / "bin" / "python").exists()
     if not have_sparsify:
