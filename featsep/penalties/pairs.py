@@ -310,6 +310,50 @@ def pair_loss(codes: Codes, weigh: Weigh, chunk_elements: int = DEFAULT_CHUNK_EL
     return _PairLoss.apply(codes.flat().values, codes, weigh, chunk_elements, tuple(boundaries))
 
 
+@dataclass
+class PairSlots:
+    """The batch's co-active pairs i < j in a table of fixed size, one slot per entry pair (B k
+    (k - 1) / 2): the pairs in key order first, then empty slots (count 0, gram 0). counts:
+    samples in which the pair fires (int32); gram: its D entry, differentiable w.r.t. the codes'
+    values at firing entries."""
+
+    counts: Tensor
+    gram: Tensor
+
+
+def fixed_width_entry_pairs(codes: Codes) -> int:
+    """How many entry pairs the TopK form's rows make (B k (k - 1) / 2): a shape, no sync."""
+    batch, width = codes.values.shape
+    return batch * width * (width - 1) // 2
+
+
+def pair_slots(codes: Codes) -> PairSlots:
+    """pair_loss's pairs without reading their number on the host, for codes in the TopK form:
+    every row's k entries make the same k (k - 1) / 2 entry pairs, so the table has a size known
+    from shapes, and sorting its keys and numbering the distinct ones (a cumsum) puts each pair
+    in a slot. No host sync (the streamed path reads its chunk cuts and pair counts), at the
+    price of memory for all entry pairs at once and of empty slots; autograd does the backward.
+    Non-firing entries (padding, zeros) count in no pair and get no gradient."""
+    values, indices, active = codes.values, codes.indices, codes.active
+    batch, width = values.shape
+    n = codes.d_sae
+    first, second = torch.triu_indices(width, width, 1, device=values.device)
+    key_dtype = torch.int32 if n * n <= INT32_MAX else torch.long  # int32 sorts faster
+    indices, by_latent = indices.to(key_dtype).sort(dim=1)  # then i < j at positions first < second
+    values, active = values.gather(1, by_latent), active.gather(1, by_latent)
+    keys = (indices.index_select(1, first) * n + indices.index_select(1, second)).reshape(-1)
+    fires = active.index_select(1, first) & active.index_select(1, second)
+    products = torch.where(fires, values.index_select(1, first) * values.index_select(1, second), 0.0).reshape(-1)
+    sorted_keys, order = keys.sort()
+    new = torch.ones_like(sorted_keys, dtype=torch.bool)
+    new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    slot = torch.empty_like(order).scatter_(0, order, new.cumsum(0) - 1)  # of each entry pair, unsorted
+    size = keys.numel()
+    counts = torch.zeros(size, dtype=torch.int32, device=keys.device).index_add_(0, slot, fires.reshape(-1).int())
+    gram = products.new_zeros(size).index_add(0, slot, products) / max(batch, 1)
+    return PairSlots(counts, gram)
+
+
 def diagonal_gram(codes: Codes) -> Tensor:
     """D_ii = sum_b v_bi^2 / B, [n], differentiable w.r.t. the codes' values."""
     e = codes.flat()

@@ -10,8 +10,9 @@ from tests.penalties.helpers import B, DT, N, dense, grad_of, topk_batch
 
 
 @pytest.mark.parametrize("normalize", ["latent", "pair", "none"])
-def test_orthogonality_equals_dense_reference(normalize):
-    pen = make_penalty("orthogonality", d_sae=N, normalize=normalize, chunk_elements=7)  # many chunks
+@pytest.mark.parametrize("chunk_elements", [7, 1 << 22])  # streamed in many chunks; the fixed-size table
+def test_orthogonality_equals_dense_reference(normalize, chunk_elements):
+    pen = make_penalty("orthogonality", d_sae=N, normalize=normalize, chunk_elements=chunk_elements)
     for step in range(2):
         values, indices = topk_batch(step)
         F = dense(values, indices)
@@ -36,3 +37,30 @@ def test_orthogonality_signed_codes():
     loss, grad = grad_of(lambda x: make_penalty("orthogonality", d_sae=N)(x)["orthogonality"], F)
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(grad[F != 0], ref_g[F != 0])
+
+
+def test_fixed_size_table_equals_streamed_pairs_with_padding_and_zeros():
+    """pair_slots (no host sync) against the streamed chunks on padded TopK codes with
+    unselected entries and selected zeros, both firing rules: loss, gradient and stats."""
+    values, indices = topk_batch(0)
+    values = values.clone()
+    values[:, -1] = 0.0  # selected zeros
+    selected = torch.ones_like(indices, dtype=torch.bool)
+    selected[::3, :2] = False  # padding
+    got = {}
+    for chunk_elements in (5, 1 << 22):
+        for firing in ("active", "selected"):
+            pen = make_penalty("orthogonality", d_sae=N, chunk_elements=chunk_elements)
+
+            def loss(v):
+                codes = Codes.from_topk(torch.where(selected, v, 0), indices, N, selected)
+                return pen(codes.with_selected_firing() if firing == "selected" else codes)["orthogonality"]
+
+            got[chunk_elements, firing] = (*grad_of(loss, values), pen.stats())
+    for firing in ("active", "selected"):
+        (l_s, g_s, st_s), (l_t, g_t, st_t) = got[5, firing], got[1 << 22, firing]
+        torch.testing.assert_close(l_t, l_s, rtol=1e-12, atol=0)
+        torch.testing.assert_close(g_t, g_s, rtol=1e-10, atol=1e-15)
+        assert st_t["coactive_pairs"] == st_s["coactive_pairs"] > 0
+        assert st_t["mean_coactivation"] == pytest.approx(st_s["mean_coactivation"], rel=1e-12)
+    assert got[1 << 22, "selected"][0] != got[1 << 22, "active"][0]  # the zeros count when selected fires

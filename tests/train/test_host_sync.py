@@ -116,15 +116,26 @@ def test_no_host_sync_with_the_momentum_penalty(monkeypatch, arch, sparse):
     assert steps_syncs(monkeypatch, sae, [featsep.make_penalty("momentum", d_sae=N)]) == {}
 
 
-def test_batchtopk_adds_no_sync_to_the_orthogonality_penalty(monkeypatch):
-    """The pair machinery reads data-dependent sizes on the host (its chunk cuts and pair
-    counts: a few syncs a step, whatever the SAE); BatchTopK's codes add none (the pairs are
-    found from the flat form, not from rows padded to a host-read width)."""
+@pytest.mark.parametrize("sparse", [True, False])
+def test_no_host_sync_with_the_orthogonality_penalty_on_topk_codes(monkeypatch, sparse):
+    """TopK codes' pairs fit a table whose size is known from shapes (pair_slots)."""
+    sae = featsep.make_sae("topk", d_in=D, d_sae=N, k=K, sparse_encoder=sparse, sparse_decoder=sparse)
+    assert steps_syncs(monkeypatch, sae, [featsep.make_penalty("orthogonality", d_sae=N)]) == {}
+
+
+def test_batchtopk_adds_no_sync_to_the_streamed_orthogonality_penalty(monkeypatch):
+    """The streamed pair machinery (BatchTopK's rows vary in width, and TopK codes too large for
+    one table) reads data-dependent sizes on the host (its chunk cuts and pair counts: a few
+    syncs a step, whatever the SAE); BatchTopK's codes add none (the pairs are found from the
+    flat form, not from rows padded to a host-read width)."""
+    from featsep.penalties import orthogonality
+
+    monkeypatch.setattr(orthogonality, "fixed_width_entry_pairs", lambda codes: float("inf"))  # TopK streams too
     counts = {}
     for arch in ("topk", "batchtopk"):
         sae = featsep.make_sae(arch, d_in=D, d_sae=N, k=K)
         counts[arch] = steps_syncs(monkeypatch, sae, [featsep.make_penalty("orthogonality", d_sae=N)])
-    assert counts["batchtopk"] == counts["topk"]
+    assert counts["batchtopk"] == counts["topk"] != {}
 
 
 def test_the_counter_sees_a_sync(monkeypatch):
