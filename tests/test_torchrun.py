@@ -187,3 +187,47 @@ def test_sweep_under_torchrun_is_sae_parallel_equals_one_process_and_rank_0_writ
     # the evals: one SAE each, rank r evaluating run_r, results in both run dirs
     evaluated = [{Path(p).relative_to(double).parts[0] for p in w if "core_eval_results" in p} for w in (rank0, rank1)]
     assert evaluated == [{"run_0"}, {"run_1"}]
+
+
+def test_live_harvest_under_torchrun_equals_one_process_on_the_ranks_joined_batches(
+        tiny_llama_dir, checkpoint_corpus, tmp_path):
+    """No cache: each rank runs the LM on its own LM batches (every second one) and the job
+    trains on the global batches their rows make, with one normalisation factor from both
+    ranks' statistics. One process fed those joined batches (the ranks' streams rebuilt here)
+    trains the same SAE; rank 1 writes nothing."""
+    from featsep.config import load_config
+    from featsep.data import stream_from_config
+    from featsep.lm import load_lm
+    from featsep.pipeline import RunSpec, build_sae, sae_metadata
+    from featsep.train import train
+
+    config = tiny_run_config(tmp_path, tiny_llama_dir, checkpoint_corpus, out_dir=tmp_path / "live")
+    torchrun(tmp_path, "train", config)
+    live = tmp_path / "live"
+    assert writes(tmp_path, 0) and writes(tmp_path, 1) == []
+    assert json.loads((live / "config.json").read_text())["train"]["world_size"] == 2
+
+    cfg = load_config(config)
+    lm = load_lm(cfg.model.name, device="cpu", dtype=cfg.model.dtype)
+
+    def streams(reduce_sum):
+        return [stream_from_config(cfg.model, cfg.data, cfg.train.batch_size, lm=lm, rank=r, world_size=2,
+                                   reduce_sum=reduce_sum) for r in (0, 1)]
+
+    local = []  # each rank's own normalisation statistics, then their sum as the all-reduce gives it
+    for s in streams(lambda t: local.append(t.clone()) or t):
+        s.ensure_normalization_factor()
+    joined = streams(lambda t: local[0] + local[1])
+    for s in joined:
+        s.ensure_normalization_factor()
+    assert joined[0].normalization_factor == joined[1].normalization_factor
+    steps = cfg.train.tokens // cfg.train.batch_size
+    # which rows make each global batch is what counts (their order does not change a TopK step)
+    batches = [torch.cat([next(joined[0]), next(joined[1])]) for _ in range(steps)]
+    spec = RunSpec(name="one", label="topk", method="topk", sae=cfg.sae)
+    sae = build_sae(spec, joined[0].d_in, sae_metadata(cfg.model, cfg.data, joined[0]), "cpu")
+    assert sae.cfg.normalization_factor == pytest.approx(
+        json.loads((live / "sae" / "cfg.json").read_text())["normalization_factor"], rel=1e-12)
+    train([sae], batches, steps, config=cfg.train, lr=cfg.train.lr, progress=False, out_dir=tmp_path / "one")
+    for name, mine in weights(live).items():
+        torch.testing.assert_close(mine, sae.state_dict()[name].to(mine.dtype), rtol=1e-4, atol=1e-5, msg=f"{name} differs")
