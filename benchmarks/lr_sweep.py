@@ -59,16 +59,17 @@ def sweep(data_name: str, arch: str, optimizer: str, d_saes: list[int], cs: list
     return rows
 
 
-def penalty_check(optimizer: str, tokens: int, batch: int, d_sae: int, k: int, out: Path) -> list[dict]:
+def penalty_check(optimizer: str, tokens: int, batch: int, d_sae: int, k: int, out: Path,
+                  penalties=("momentum", "temporal"), factors=(0.0, 1.0, 30.0)) -> list[dict]:
     import tempfile
 
     from featsep.rundir import RunDir
 
     data, train, _ = synthetic_rows(tokens)
     saes, pens, names = [], [], []
-    for pen in ("momentum", "temporal"):
+    for pen in penalties:
         default = featsep.make_penalty(pen, d_sae=d_sae).cfg.weight
-        for factor in (0.0, 1.0, 30.0):
+        for factor in factors:
             torch.manual_seed(0)
             saes.append(featsep.make_sae("topk", d_in=train.shape[1], d_sae=d_sae, k=k))
             pens.append([featsep.make_penalty(pen, d_sae=d_sae, weight=default * factor)])
@@ -148,6 +149,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append the result rows (JSON lines) here")
     ap.add_argument("--penalty-check", type=Path, help="run the penalty check, rows appended to this file")
+    ap.add_argument("--penalties", nargs="+", default=["momentum", "temporal"], help="penalties the check runs")
+    ap.add_argument("--factors", nargs="+", type=float, default=[0.0, 1.0, 30.0],
+                    help="multiples of each penalty's default weight the check runs")
     ap.add_argument("--plot", type=Path, help="draw the figure from --from's rows and print their table")
     ap.add_argument("--from", dest="source", type=Path, nargs="+", help="JSON-lines result files to plot")
     args = ap.parse_args()
@@ -159,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.penalty_check:
         for opt in args.optimizers:
-            penalty_check(opt, args.tokens, 1024, 2048, args.k, args.penalty_check)
+            penalty_check(opt, args.tokens, 1024, 2048, args.k, args.penalty_check, args.penalties, args.factors)
         return
     grid = {"adam": args.c_adam, "signsgd_schedulefree": args.c_sf}
     for arch in args.archs:
