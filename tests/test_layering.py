@@ -12,7 +12,8 @@ import featsep
 
 ROOT = Path(featsep.__file__).parent
 
-FOUNDATION = {"io", "registry", "settings", "codes", "rundir", "version", "hub", "hooknames", "distributed"}
+FOUNDATION = {"io", "registry", "settings", "codes", "rundir", "version", "hub", "hooknames", "distributed",
+              "device"}
 ORCHESTRATION = {"config", "pipeline", "sweep", "cli", "__init__", "__main__"}
 # unit -> the units it may import (its own unit always); docs/architecture.md's table
 ALLOWED = {

@@ -7,10 +7,11 @@ batch in which i and j fire together) and D = F^T F / B:
     loss = sum_{i != j} C_ij |D_ij| / s,   s = n ("latent", default), n(n-1) ("pair"), 1 ("none")
 
 Stateless. Exact and sparse: C_ij and D_ij vanish unless i and j fire together in some sample,
-so the sum runs over the co-active pairs of the batch (O(B k^2) time; see pairs.py). Codes in
-the TopK form whose B k (k - 1) / 2 entry pairs fit in `chunk_elements` take them all at once
-in a fixed-size table (pair_slots: no host sync, so a GPU step never waits); others stream
-chunks (pair_loss: O(chunk) memory, a few host reads a step). Gradients are exact at every non-zero entry; zero entries get none (ReLU, TopK and
+so the sum runs over the co-active pairs of the batch (O(B k^2) time; see pairs.py). On an
+accelerator, codes in the TopK form whose B k (k - 1) / 2 entry pairs fit in `chunk_elements`
+take them all at once in a fixed-size table (pair_slots: no host sync, so the step never
+waits); otherwise, and on the CPU where host reads are free and streaming is 1.1-1.2x faster,
+the pairs stream in chunks (pair_loss: O(chunk) memory, a few host reads a step). Gradients are exact at every non-zero entry; zero entries get none (ReLU, TopK and
 JumpReLU pass no gradient there anyway). Dense oracle: reference.orthogonality_dense.
 """
 
@@ -22,6 +23,7 @@ from pydantic import Field
 from torch import Tensor
 
 from featsep.codes import Codes
+from featsep.device import host_reads_are_free
 from featsep.penalties.base import Normalize, host_values, Penalty, PenaltyConfigBase, as_codes, register, scale_divisor
 from featsep.penalties.pairs import (DEFAULT_CHUNK_ELEMENTS, PairChunk, fixed_width_entry_pairs, pair_loss,
                                      pair_slots)
@@ -55,7 +57,8 @@ class OrthogonalityPenalty(Penalty):
             # each unordered pair stands for (i, j) and (j, i)
             return 2 * (rate * chunk.gram.abs()).sum() / divisor, 2 * rate * chunk.gram.sign() / divisor
 
-        if codes.has_topk and fixed_width_entry_pairs(codes) <= cfg.chunk_elements:
+        if (codes.has_topk and not host_reads_are_free(codes.device)
+                and fixed_width_entry_pairs(codes) <= cfg.chunk_elements):
             slots = pair_slots(codes)  # all pairs at once in a fixed-size table: no host sync
             rate = slots.counts.to(slots.gram.dtype) / batch
             loss = 2 * (rate * slots.gram.abs()).sum() / divisor

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from featsep.codes import Codes, Entries
+from featsep.device import host_reads_are_free
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, mse_loss, register
 from featsep.sae.sparse import (dense_decode_flat_reference, dense_decode_reference, sparse_decode, sparse_decode_flat,
                                 sparse_encode, sparse_encode_flat)
@@ -140,19 +141,29 @@ class TopKSAE(SAE):
         """The AuxK reconstruction of the residual, scaled by min(n_dead / aux_k, 1); 0 when no
         latent is dead.
 
-        Without a host sync, so the number of dead latents stays on the device. Before any
-        latent can be dead (a host-side bound, `may_have_dead_latents`) the term is a plain 0.
-        After, the selection always takes min(aux_k, d_sae) latents, those that are not dead
-        (pre-activation -inf after the mask) being unkept entries with value 0: the same dead
-        latents and the same loss as selecting min(aux_k, n_dead), at the price of a full-width
-        aux selection and decode even when few or none are dead (then the scale is 0)."""
+        Before any latent can be dead (a host-side bound, `may_have_dead_latents`) the term is
+        a plain 0. After, on the CPU (featsep.device) the dead latents are listed on the host and
+        the selection runs over them alone (nothing when none is dead). On accelerators, without
+        a host sync, the number of dead latents stays on the device: the selection always takes
+        min(aux_k, d_sae) latents, those that are not dead (pre-activation -inf after the mask)
+        being unkept entries with value 0: the same dead latents and the same loss, at the price
+        of a full-width aux selection and decode even when few or none are dead."""
+        zero = x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
         if not self.may_have_dead_latents():
-            return x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
+            return zero
         dead = self.dead_mask()
-        k_aux = min(self.cfg.aux_k, self.cfg.d_sae)
-        masked = pre.detach().masked_fill(~dead, float("-inf"))
-        indices = masked.topk(k_aux, dim=-1, sorted=False).indices
-        values = self.encode_selected(x, pre, indices, dead[indices]).relu()
+        if host_reads_are_free(pre.device):  # CPU: select among the dead latents only, if any
+            dead_ids = dead.nonzero().squeeze(1)
+            if dead_ids.numel() == 0:
+                return zero
+            picked = pre.detach().index_select(1, dead_ids).topk(min(self.cfg.aux_k, dead_ids.numel()), dim=-1,
+                                                                  sorted=False).indices
+            indices, keep = dead_ids[picked], None
+        else:
+            masked = pre.detach().masked_fill(~dead, float("-inf"))
+            indices = masked.topk(min(self.cfg.aux_k, self.cfg.d_sae), dim=-1, sorted=False).indices
+            keep = dead[indices]
+        values = self.encode_selected(x, pre, indices, keep).relu()
         residual_hat = self.decode_top(values, indices, with_bias=False)
         mse = mse_loss((x - x_hat).detach(), residual_hat)
         return (dead.sum().to(mse.dtype) / self.cfg.aux_k).clamp(max=1.0) * mse

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import featsep.device
 from featsep.penalties import make_penalty
 from featsep.codes import Codes
 from featsep.penalties.reference import orthogonality_dense
@@ -11,7 +12,8 @@ from tests.penalties.helpers import B, DT, N, dense, grad_of, topk_batch
 
 @pytest.mark.parametrize("normalize", ["latent", "pair", "none"])
 @pytest.mark.parametrize("chunk_elements", [7, 1 << 22])  # streamed in many chunks; the fixed-size table
-def test_orthogonality_equals_dense_reference(normalize, chunk_elements):
+def test_orthogonality_equals_dense_reference(monkeypatch, normalize, chunk_elements):
+    monkeypatch.setattr(featsep.device, "SYNC_FREE_EVERYWHERE", True)  # the table where it fits, as on a GPU
     pen = make_penalty("orthogonality", d_sae=N, normalize=normalize, chunk_elements=chunk_elements)
     for step in range(2):
         values, indices = topk_batch(step)
@@ -39,9 +41,10 @@ def test_orthogonality_signed_codes():
     torch.testing.assert_close(grad[F != 0], ref_g[F != 0])
 
 
-def test_fixed_size_table_equals_streamed_pairs_with_padding_and_zeros():
+def test_fixed_size_table_equals_streamed_pairs_with_padding_and_zeros(monkeypatch):
     """pair_slots (no host sync) against the streamed chunks on padded TopK codes with
     unselected entries and selected zeros, both firing rules: loss, gradient and stats."""
+    monkeypatch.setattr(featsep.device, "SYNC_FREE_EVERYWHERE", True)
     values, indices = topk_batch(0)
     values = values.clone()
     values[:, -1] = 0.0  # selected zeros

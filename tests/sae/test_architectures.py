@@ -239,6 +239,35 @@ def test_auxk_zero_without_dead_latents_and_trains_only_dead_ones():
     torch.testing.assert_close(out.terms["auxk"], ((e_hat - resid) ** 2).sum(-1).mean())
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("n_dead", [0, 5, 30])  # none, fewer than aux_k, more
+def test_auxk_listing_dead_latents_on_the_cpu_equals_the_sync_free_form(monkeypatch, arch, sparse, n_dead):
+    """The CPU selects among its dead latents only (featsep.device); accelerators select over
+    all latents with the others masked: the same term and gradients, whatever the number dead."""
+    import featsep.device
+
+    x = data().double()
+    got = []
+    for sync_free in (False, True):
+        monkeypatch.setattr(featsep.device, "SYNC_FREE_EVERYWHERE", sync_free)
+        sae = featsep.make_sae(arch, d_in=D, d_sae=N, k=K, aux_k=8, dead_tokens_threshold=100, dtype="float64",
+                               sparse_encoder=sparse, sparse_decoder=sparse)
+        dead = torch.zeros(N, dtype=torch.bool)
+        dead[torch.randperm(N, generator=torch.Generator().manual_seed(3))[:n_dead]] = True
+        sae.tokens_since_fired.copy_(torch.where(dead, 100, 99))  # the host bound: some may be dead
+        out = sae.training_forward(x, 1, 2)
+        term = out.terms["auxk"]
+        if term.requires_grad:  # the CPU's term is a plain 0 when none is dead
+            term.backward()
+        got.append((term.detach(), *(torch.zeros_like(p) if p.grad is None else p.grad
+                                      for p in (sae.W_enc, sae.b_enc, sae.W_dec))))
+    cpu, sync_free = got
+    assert (cpu[0] > 0) == (n_dead > 0)
+    for a, b in zip(cpu, sync_free):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
 # --- batchtopk ---------------------------------------------------------------------------
 def test_batchtopk_selects_exactly_k_times_batch_and_threshold_matches_inference():
     sae = featsep.make_sae("batchtopk", d_in=D, d_sae=N, k=K, threshold_lr=0.25)

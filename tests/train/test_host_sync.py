@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import featsep
+import featsep.device
 from featsep.train import trainer as trainer_module
 
 D, N, K, B, STEPS = 8, 64, 4, 32, 6
@@ -53,7 +54,9 @@ def counting_syncs(monkeypatch):
 
 def steps_syncs(monkeypatch, sae, penalties=()):
     """Host syncs counted in the trainer's loop, outside its log and checkpoint steps, the
-    non-finite check that precedes them and the data-dependent init (all allowed to sync)."""
+    non-finite check that precedes them and the data-dependent init (all allowed to sync), on
+    the paths an accelerator takes (the CPU's own read sizes on the host: featsep.device)."""
+    monkeypatch.setattr(featsep.device, "SYNC_FREE_EVERYWHERE", True)
     with counting_syncs(monkeypatch) as (calls, state):
         def quiet(method):
             def run(*args, **kwargs):
@@ -163,3 +166,18 @@ def test_no_host_sync_with_the_dense_temporal_penalty(monkeypatch, mode, arch):
     pen = featsep.make_penalty("temporal", d_sae=N, window_size=48, mode=mode, state="dense")
     assert steps_syncs(monkeypatch, sae, [pen]) == {}
     assert pen.stats()["windows_closed"] >= 3
+
+
+def test_the_cpu_reads_sizes_on_the_host(monkeypatch):
+    """Without the accelerator policy the CPU's AuxK lists its dead latents on the host (one
+    read a step): the harness tells the two policies apart."""
+    params = dict(ARCHS["topk"])
+    sae = featsep.make_sae("topk", d_in=D, d_sae=N, **params)
+    x = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    sae.tokens_since_fired.fill_(2 * B)
+    sae.may_have_dead_latents()  # the host bound, re-read once outside the count
+    pre = sae.pre_activations(x)
+    with counting_syncs(monkeypatch) as (calls, state):
+        state["on"] = True
+        sae.auxk_loss(x, torch.zeros_like(x), pre)
+    assert dict(calls) == {"nonzero": 1}
