@@ -89,7 +89,7 @@ class Codes:
     (see the module docstring for the forms and what `selected` / `active` mean)."""
 
     __slots__ = ("d_sae", "nonnegative", "_dense", "_values", "_indices", "_selected", "_active", "_entries",
-                 "_batch", "context_ids", "position_ids")
+                 "_batch", "_width_from_data", "context_ids", "position_ids")
 
     def __init__(self, d_sae: int, *, dense: Optional[Tensor] = None, values: Optional[Tensor] = None,
                  indices: Optional[Tensor] = None, selected: Optional[Tensor] = None,
@@ -102,6 +102,7 @@ class Codes:
         self._dense, self._values, self._indices = dense, values, indices
         self._selected, self._active = selected, active
         self._entries = entries
+        self._width_from_data = False  # set when the TopK form is packed to the busiest row
         self._batch = batch if batch is not None else (dense if dense is not None else values).shape[0]
         self.context_ids: Optional[Tensor] = None  # set by with_positions
         self.position_ids: Optional[Tensor] = None
@@ -124,7 +125,8 @@ class Codes:
                   nonnegative: bool = False) -> "Codes":
         """The TopK form: values [B, k] (float) at latents indices [B, k]; `selected` (bool
         [B, k], default all) marks the real selections, the rest being padding (value 0);
-        nonnegative: the producer guarantees values >= 0."""
+        nonnegative: the producer guarantees values >= 0. The width k is the producer's setting
+        (an SAE's k), the same on every rank of a job: gathering reads none (`width_from_data`)."""
         if not torch.is_tensor(values) or not values.is_floating_point() or values.dim() != 2:
             raise TypeError(f"TopK values must be a 2-D floating-point tensor [batch, k], got "
                             f"{type(values).__name__} {tuple(getattr(values, 'shape', ()))}")
@@ -211,8 +213,15 @@ class Codes:
         """Whether the dense form is held (or was built already)."""
         return self._dense is not None
 
+    @property
+    def width_from_data(self) -> bool:
+        """Whether the TopK form's width was read from the data (the busiest row, when packed
+        from the flat or dense form), so that it may differ between the ranks of a job."""
+        return self._width_from_data
+
     def _list_nonzeros(self) -> None:
         codes = self._dense
+        self._width_from_data = True
         k = int((codes != 0).sum(dim=1).max()) if codes.numel() else 0
         idx = torch.topk(codes.detach().abs(), k, dim=1).indices if k else \
             torch.zeros(codes.shape[0], 0, dtype=torch.long, device=codes.device)
@@ -226,6 +235,7 @@ class Codes:
         sync, so nothing on the training path asks for it (the flat form serves decode,
         encoder backward, dense(), fired(), l0(), momentum and the gathers)."""
         e, batch = self._entries, self._batch
+        self._width_from_data = True
         counts = torch.diff(e.offsets, append=e.offsets.new_tensor([e.rows.numel()]))
         slot = torch.arange(e.rows.numel(), device=e.rows.device) - e.offsets[e.rows]
         k_max = int(counts.max()) if batch and e.rows.numel() else 0

@@ -214,14 +214,14 @@ class _GatherRows(torch.autograd.Function):
         return total[world.rank * ctx.rows:(world.rank + 1) * ctx.rows], None
 
 
-def gather_codes(world: World, codes: Codes, width: Optional[int] = None) -> Codes:
+def gather_codes(world: World, codes: Codes) -> Codes:
     """The codes of the world's global batch on every rank, differentiable w.r.t. this rank's
     values: the flat form when held (BatchTopK: every rank's fixed-size entries, rows shifted to
-    the global batch's, so no host value is read), else the TopK form (rows padded to the
-    largest k' of any rank with unselected (latent 0, 0.0) entries, as featsep.codes pads), else
-    the dense form; context and position ids gathered too. Penalties called on them see the
-    global batch and keep identical state. `width`: the TopK form's width when it is a setting
-    (a TopK SAE's k), the same on every rank: then no rank reads the others' (a host sync)."""
+    the global batch's, so no host value is read), else the TopK form (at its width when that is
+    the producer's setting, a TopK SAE's k; a width read from the data is padded to the largest
+    of any rank with unselected (latent 0, 0.0) entries, as featsep.codes pads, a host read),
+    else the dense form; context and position ids gathered too. Penalties called on them see
+    the global batch and keep identical state."""
     if not world.distributed:
         return codes
     if codes.has_flat:
@@ -232,10 +232,9 @@ def gather_codes(world: World, codes: Codes, width: Optional[int] = None) -> Cod
                               packed >= 0, nonnegative=codes.nonnegative)
     elif codes.has_topk:
         values, indices, selected = codes.values, codes.indices, codes.selected
-        if width is not None and values.shape[1] != width:
-            raise ValueError(f"TopK codes of width {values.shape[1]} gathered as width {width}")
-        k = width if width is not None else int(
-            world.all_reduce(torch.tensor([values.shape[1]], device=values.device), "max")[0])
+        k = values.shape[1]
+        if codes.width_from_data:
+            k = int(world.all_reduce(torch.tensor([k], device=values.device), "max")[0])
         pad = k - values.shape[1]
         if pad:
             values = torch.nn.functional.pad(values, (0, pad))

@@ -73,7 +73,9 @@ def test_dense_codes_list_their_nonzeros_only_when_asked():
     assert torch.equal(codes.fired(), (F != 0).any(0)) and not codes.has_topk  # no listing for these
     assert float(codes.l0()) == pytest.approx(5 / 3) and not codes.has_topk
     torch.testing.assert_close(codes.active_dense(), (F != 0).to(DT))
+    assert not codes.width_from_data
     assert codes.values.shape == (3, 3) and codes.has_topk  # k = the busiest row's non-zeros
+    assert codes.width_from_data  # so ranks agree on it before gathering
     assert torch.equal(codes.selected, codes.active) and int(codes.active.sum()) == 5
     assert codes.with_selected_firing() is codes
     torch.testing.assert_close(naive_dense(codes.values, codes.indices, codes.active), F.detach(), rtol=0, atol=0)
@@ -149,7 +151,9 @@ def test_flat_form_equals_the_padded_one_without_building_it():
     fires = codes.with_selected_firing()
     assert torch.equal(fires.flat().active, selected) and fires.l0() == 2.0 and codes.l0() == 5 / 3
     # the padded form, on demand (a host sync): same rows, padded to the busiest row's 4 + 1
+    assert not codes.width_from_data
     assert codes.values.shape == (3, 5) and torch.equal(codes.selected.sum(1), torch.tensor([2, 4, 0]))
+    assert codes.width_from_data and not padded.width_from_data  # from_topk's width is the producer's
     torch.testing.assert_close(naive_dense(codes.values, codes.indices, codes.selected), naive_dense(pv, pi, ps))
     assert torch.equal(codes.indices[~codes.selected], torch.zeros(9, dtype=torch.long))  # padding: latent 0
     moved = codes.to("meta")

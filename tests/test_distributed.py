@@ -203,21 +203,27 @@ def _worker(rank: int, tmp: str, port: int, ranks: int = RANKS) -> None:
                        "sizes": [(s.size, d.size, g) for s, d, g in splits]}
     _run("dp", world, root / "stopped", limit=3)
     _run("dp", world, root / "stopped", resume=True)
-    # TopK codes of a known width gather with no collective but the gathers themselves
-    codes = Codes.from_topk(torch.rand(GLOBAL_BATCH // ranks, 3, generator=torch.Generator().manual_seed(rank)),
-                            torch.arange(3).repeat(GLOBAL_BATCH // ranks, 1) + rank, D_SAE)
+    # TopK codes gather at the producer's width with no collective but the gathers themselves;
+    # a width read from the data (rank r's busiest row holds r + 2 codes) is agreed by all-reduce
+    rows = GLOBAL_BATCH // ranks
+    given = Codes.from_topk(torch.rand(rows, 3, generator=torch.Generator().manual_seed(rank)),
+                            torch.arange(3).repeat(rows, 1) + rank, D_SAE)
+    dense = torch.zeros(rows, D_SAE)
+    dense[:, :rank + 2] = torch.rand(rows, rank + 2, generator=torch.Generator().manual_seed(rank)) + 0.5
+    packed = Codes.from_dense(dense)
+    assert packed.values.shape[1] == rank + 2  # the TopK form, listed from the dense one
     reduce, reductions = World.all_reduce, []
     World.all_reduce = lambda *a, **k: reductions.append(a) or reduce(*a, **k)
     try:
-        known = gather_codes(world, codes, width=3)
-        read = gather_codes(world, codes)
+        out = {}
+        for name, codes in (("given", given), ("packed", packed)):
+            before = len(reductions)
+            gathered = gather_codes(world, codes)
+            out[name] = {"reductions": len(reductions) - before, "width": gathered.values.shape[1],
+                         "dense": gathered.dense().detach(), "rows": world.all_gather_rows(codes.dense().detach())}
     finally:
         World.all_reduce = reduce
-    result["gather_width"] = {"reductions": len(reductions), "dense": known.dense(), "read": read.dense()}
-    try:
-        gather_codes(world, codes, width=4)
-    except ValueError as e:
-        result["gather_width"]["wrong"] = str(e)
+    result["gather_width"] = out
     # the differentiable gather: a loss mixing rows, every rank computing it identically
     X = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     W = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
@@ -357,13 +363,15 @@ def test_split_makes_each_process_group_once(job):
         assert r["split"]["sizes"] == [(2, 1, 0), (2, 1, 0), (1, 2, rank), (1, 2, rank)]
 
 
-def test_topk_codes_of_a_known_width_gather_without_reading_it(job):
-    """The trainer passes a TopK SAE's k: no all-reduce of the width (a host sync per step),
-    the same global codes as when the width is read, and a wrong width refused."""
+def test_topk_codes_gather_at_their_width_and_a_width_read_from_data_is_agreed(job):
+    """A TopK SAE's codes (from_topk: k is a setting) gather without an all-reduce of the width
+    (a host sync per step); codes packed to their busiest row agree on the widest rank's width.
+    Either way every rank holds the global batch's codes."""
     for got in (r["gather_width"] for r in job[1]):
-        assert got["reductions"] == 1  # the call without the width reads it
-        assert torch.equal(got["dense"], got["read"]) and got["dense"].shape == (GLOBAL_BATCH, D_SAE)
-        assert "width 3 gathered as width 4" in got["wrong"]
+        assert (got["given"]["reductions"], got["given"]["width"]) == (0, 3)
+        assert (got["packed"]["reductions"], got["packed"]["width"]) == (1, RANKS + 1)
+        for form in got.values():
+            assert torch.equal(form["dense"], form["rows"]) and form["dense"].shape == (GLOBAL_BATCH, D_SAE)
 
 
 def test_gather_gradient_equals_autograd_on_the_whole_batch(job):

@@ -248,9 +248,7 @@ def _train_step(m: _Member, x: Tensor, step: int, total: Optional[int], autocast
             out.codes = out.codes.with_positions(*positions)
         terms = dict(out.terms)
         coefficients = dict(out.coefficients)
-        # a TopK SAE's codes are k wide on every rank: gathering them reads no host value
-        width = sae.cfg.k if sae.topk_like else None
-        codes = gather_codes(world, out.codes, width) if m.penalties else out.codes
+        codes = gather_codes(world, out.codes) if m.penalties else out.codes
         for pen in m.penalties:
             pen_terms = pen(codes)
             clash = set(pen_terms) & set(terms)
