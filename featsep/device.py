@@ -4,7 +4,8 @@ On an accelerator a host read (`.item()`, `int()`, `nonzero()`, boolean-mask ind
 for every queued kernel, so the training step has sync-free forms of its data-dependent work
 (tests/train/test_host_sync.py counts the reads). On the CPU nothing is queued and the read is
 free, while a sync-free form pays for the worst case: AuxK selects over every latent at full
-width even when one is dead (3x the step of a TopK SAE at d 256, n 4096, k 32 on 2 threads).
+width even when few are dead (with 40 dead of 4096, d 256, batch 4096, 2 threads: 566 ms for a
+TopK SAE's forward and backward against 111 ms selecting among the dead ones).
 So the CPU reads the size and does only the work it needs; the two forms are equal (tests)."""
 
 from __future__ import annotations

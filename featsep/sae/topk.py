@@ -24,6 +24,11 @@ from featsep.sae.sparse import (dense_decode_flat_reference, dense_decode_refere
 _AUTO_SPARSE_RATIO = 16
 
 
+def _no_term(x_hat: Tensor) -> Tensor:
+    """A loss term that is 0 (at least float32, like the others)."""
+    return x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
+
+
 class TopKConfig(SAEConfigBase):
     k: int = Field(32, gt=0, description="active latents per token")
     aux_k: int = Field(512, gt=0, description="dead latents used by AuxK (capped at d_sae)")
@@ -148,14 +153,13 @@ class TopKSAE(SAE):
         min(aux_k, d_sae) latents, those that are not dead (pre-activation -inf after the mask)
         being unkept entries with value 0: the same dead latents and the same loss, at the price
         of a full-width aux selection and decode even when few or none are dead."""
-        zero = x_hat.new_zeros((), dtype=torch.promote_types(x_hat.dtype, torch.float32))
         if not self.may_have_dead_latents():
-            return zero
+            return _no_term(x_hat)
         dead = self.dead_mask()
         if host_reads_are_free(pre.device):  # CPU: select among the dead latents only, if any
             dead_ids = dead.nonzero().squeeze(1)
             if dead_ids.numel() == 0:
-                return zero
+                return _no_term(x_hat)
             picked = pre.detach().index_select(1, dead_ids).topk(min(self.cfg.aux_k, dead_ids.numel()), dim=-1,
                                                                   sorted=False).indices
             indices, keep = dead_ids[picked], None
