@@ -8,8 +8,8 @@ on the same held-out rows. Same SAE size for both (d_sae latents, k 32), same to
 (4096), torch.set_num_threads(2) in both processes. tokens/s: the training call's wall time
 (featsep.train / sparsify's Trainer.fit), data reading included, for both; the file is read
 through once before each trainer (warm_page_cache), so neither measures the disk (a throttled
-disk here reads 8 MB/s: 8k tokens/s of d 256, whoever reads first) and the machine needs RAM
-for the file (10 GB at syn10m) or it says so.
+disk has read 8 MB/s on some machines here: 8k tokens/s of d 256, whoever reads first) and
+the machine needs RAM for the file (10 GB at syn10m) or it says so.
 
     python benchmarks/peers.py --setup                 # build .bench-venvs/peers-sparsify once
     python benchmarks/peers.py                         # synthetic 1M + gemma-3-270m L8 1M
