@@ -21,9 +21,8 @@ HELDOUT_ROWS = 16384
 # tokens). 16,384 rows are too few: a latent that fires once in 20k tokens, as the latents of
 # the synthetic data's rare features do, would count as dead (docs/lr-sweep.md).
 DENSITY_ROWS = 1_048_576
-# built by: featsep cache examples/offline-default.toml --tokens 1100000 --out cache/g270m-l8
-# (all of bbc-news: 1,093,811 tokens)
-# (in the checkout; FEATSEP_BENCH_GEMMA_CACHE points elsewhere)
+# In the checkout (FEATSEP_BENCH_GEMMA_CACHE points elsewhere), built with all of bbc-news
+# (1,093,811 tokens): featsep cache examples/offline-default.toml --tokens 1100000 --out cache/g270m-l8
 GEMMA_CACHE = Path(os.environ.get("FEATSEP_BENCH_GEMMA_CACHE", Path(__file__).resolve().parents[1] / "cache" / "g270m-l8"))
 
 

@@ -59,8 +59,11 @@ def sweep(data_name: str, arch: str, optimizer: str, d_saes: list[int], cs: list
     return rows
 
 
+CHECKED_PENALTIES, WEIGHT_FACTORS = ("momentum", "temporal"), (0.0, 1.0, 30.0)
+
+
 def penalty_check(optimizer: str, tokens: int, batch: int, d_sae: int, k: int, out: Path,
-                  penalties=("momentum", "temporal"), factors=(0.0, 1.0, 30.0)) -> list[dict]:
+                  penalties=CHECKED_PENALTIES, factors=WEIGHT_FACTORS) -> list[dict]:
     import tempfile
 
     from featsep.rundir import RunDir
@@ -149,8 +152,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, help="append the result rows (JSON lines) here")
     ap.add_argument("--penalty-check", type=Path, help="run the penalty check, rows appended to this file")
-    ap.add_argument("--penalties", nargs="+", default=["momentum", "temporal"], help="penalties the check runs")
-    ap.add_argument("--factors", nargs="+", type=float, default=[0.0, 1.0, 30.0],
+    ap.add_argument("--penalties", nargs="+", default=list(CHECKED_PENALTIES), help="penalties the check runs")
+    ap.add_argument("--factors", nargs="+", type=float, default=list(WEIGHT_FACTORS),
                     help="multiples of each penalty's default weight the check runs")
     ap.add_argument("--plot", type=Path, help="draw the figure from --from's rows and print their table")
     ap.add_argument("--from", dest="source", type=Path, nargs="+", help="JSON-lines result files to plot")

@@ -11,8 +11,9 @@ so the sum runs over the co-active pairs of the batch (O(B k^2) time; see pairs.
 accelerator, codes in the TopK form whose B k (k - 1) / 2 entry pairs fit in `chunk_elements`
 take them all at once in a fixed-size table (pair_slots: no host sync, so the step never
 waits); otherwise, and on the CPU where host reads are free and streaming is 1.1-1.2x faster,
-the pairs stream in chunks (pair_loss: O(chunk) memory, a few host reads a step). Gradients are exact at every non-zero entry; zero entries get none (ReLU, TopK and
-JumpReLU pass no gradient there anyway). Dense oracle: reference.orthogonality_dense.
+the pairs stream in chunks (pair_loss: O(chunk) memory, a few host reads a step). Gradients
+are exact at every non-zero entry; zero entries get none (ReLU, TopK and JumpReLU pass no
+gradient there anyway). Dense oracle: reference.orthogonality_dense.
 """
 
 from __future__ import annotations
