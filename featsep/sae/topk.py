@@ -16,12 +16,16 @@ from torch import Tensor
 from featsep.codes import Codes, Entries
 from featsep.device import host_reads_are_free
 from featsep.sae.base import SAE, SAEConfigBase, SAEOutput, mse_loss, register
-from featsep.sae.sparse import (dense_decode_flat_reference, dense_decode_reference, sparse_decode, sparse_decode_flat,
-                                sparse_encode, sparse_encode_flat)
+from featsep.sae.sparse import (dense_decode_flat_reference, dense_decode_reference, encode_columns, sparse_decode,
+                                sparse_decode_flat, sparse_encode, sparse_encode_flat)
 
 # "auto" decodes sparsely once the dictionary is this many times larger than k: below it a
 # dense matmul on a small [B, d_sae] is as cheap and simpler.
 _AUTO_SPARSE_RATIO = 16
+# On the CPU AuxK works on the dense block of the dead latents while there are at most this
+# many times aux_k of them: 9x faster than the gathers at 400 dead of 4096 (d 640, B 4096,
+# 2 threads: 50 vs 463 ms forward and backward), still 1.8x at 4000 (546 vs 983 ms).
+_AUX_DENSE_RATIO = 8
 
 
 def _no_term(x_hat: Tensor) -> Tensor:
@@ -160,8 +164,9 @@ class TopKSAE(SAE):
             dead_ids = dead.nonzero().squeeze(1)
             if dead_ids.numel() == 0:
                 return _no_term(x_hat)
-            picked = pre.detach().index_select(1, dead_ids).topk(min(self.cfg.aux_k, dead_ids.numel()), dim=-1,
-                                                                  sorted=False).indices
+            if dead_ids.numel() <= _AUX_DENSE_RATIO * self.cfg.aux_k:
+                return self._auxk_dense_block(x, x_hat, pre, dead_ids)
+            picked = pre.detach().index_select(1, dead_ids).topk(self.cfg.aux_k, dim=-1, sorted=False).indices
             indices, keep = dead_ids[picked], None
         else:
             masked = pre.detach().masked_fill(~dead, float("-inf"))
@@ -171,6 +176,21 @@ class TopKSAE(SAE):
         residual_hat = self.decode_top(values, indices, with_bias=False)
         mse = mse_loss((x - x_hat).detach(), residual_hat)
         return (dead.sum().to(mse.dtype) / self.cfg.aux_k).clamp(max=1.0) * mse
+
+    def _auxk_dense_block(self, x: Tensor, x_hat: Tensor, pre: Tensor, dead_ids: Tensor) -> Tensor:
+        """auxk_loss over the dense [B, n_dead] block of the dead latents' pre-activations (the
+        aux_k largest of each row kept when more are dead): the same term by matmuls, which on
+        the CPU beat the gathers of the selected form while n_dead <= _AUX_DENSE_RATIO aux_k."""
+        if self.sparse_encoder:
+            block = encode_columns(x, self.W_enc, self.b_enc, self.b_dec, pre, dead_ids)
+        else:
+            block = pre.index_select(1, dead_ids)
+        if dead_ids.numel() > self.cfg.aux_k:
+            top = block.detach().topk(self.cfg.aux_k, dim=-1, sorted=False).indices
+            block = torch.where(torch.zeros_like(block, dtype=torch.bool).scatter_(1, top, True), block, 0)
+        residual_hat = block.relu().to(self.W_dec.dtype) @ self.W_dec.index_select(0, dead_ids)
+        mse = mse_loss((x - x_hat).detach(), residual_hat)
+        return min(dead_ids.numel() / self.cfg.aux_k, 1.0) * mse
 
     def to_cfg_dict(self) -> dict:
         d = super().to_cfg_dict()

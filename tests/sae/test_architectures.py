@@ -241,10 +241,11 @@ def test_auxk_zero_without_dead_latents_and_trains_only_dead_ones():
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("sparse", [True, False])
-@pytest.mark.parametrize("n_dead", [0, 5, 30])  # none, fewer than aux_k, more
+@pytest.mark.parametrize("n_dead", [0, 5, 30, 80])  # none; fewer than aux_k; more (dense block); > 8 aux_k (gathers)
 def test_auxk_listing_dead_latents_on_the_cpu_equals_the_sync_free_form(monkeypatch, arch, sparse, n_dead):
-    """The CPU selects among its dead latents only (featsep.device); accelerators select over
-    all latents with the others masked: the same term and gradients, whatever the number dead."""
+    """The CPU selects among its dead latents only (featsep.device), by a dense block of them
+    up to 8 aux_k dead and by gathers past that; accelerators select over all latents with the
+    others masked: the same term and gradients, whatever the number dead."""
     import featsep.device
 
     x = data().double()
@@ -261,7 +262,7 @@ def test_auxk_listing_dead_latents_on_the_cpu_equals_the_sync_free_form(monkeypa
         if term.requires_grad:  # the CPU's term is a plain 0 when none is dead
             term.backward()
         got.append((term.detach(), *(torch.zeros_like(p) if p.grad is None else p.grad
-                                      for p in (sae.W_enc, sae.b_enc, sae.W_dec))))
+                                      for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))))
     cpu, sync_free = got
     assert (cpu[0] > 0) == (n_dead > 0)
     for a, b in zip(cpu, sync_free):

@@ -9,8 +9,10 @@ from featsep.codes import row_offsets
 from featsep.sae.sparse import (
     dense_decode_flat_reference,
     dense_decode_reference,
+    dense_encode_columns_reference,
     dense_encode_flat_reference,
     dense_encode_reference,
+    encode_columns,
     encoder_weight_grad_flat,
     sparse_decode,
     sparse_decode_flat,
@@ -131,6 +133,24 @@ def test_sparse_encode_equals_reference_with_padding_and_duplicates():
     for a, r in zip(torch.autograd.grad(sparse_encode(x, W, b_enc, b_dec, pre, idx, keep), params, grad_out),
                     torch.autograd.grad(ref, params, masked)):
         torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_encode_columns_equals_reference_in_value_and_every_gradient():
+    g = torch.Generator().manual_seed(6)
+    x, W, b_enc, b_dec, pre = encoder_inputs(g)
+    cols = torch.randperm(N, generator=g)[:17].sort().values
+    params = (x, W, b_enc, b_dec)
+    fast = encode_columns(x, W, b_enc, b_dec, pre, cols)
+    ref = dense_encode_columns_reference(x, W, b_enc, b_dec, cols)
+    assert fast.shape == (B, 17)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn(B, 17, generator=g, dtype=torch.float64)
+    fast_grads = torch.autograd.grad(fast, params, grad_out)
+    for a, r in zip(fast_grads, torch.autograd.grad(ref, params, grad_out)):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+    others = torch.ones(N, dtype=torch.bool)
+    others[cols] = False
+    assert not fast_grads[1][:, others].any() and not fast_grads[2][others].any()  # other latents untouched
 
 
 def encoder_twins(arch, **params):
