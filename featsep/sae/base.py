@@ -63,7 +63,8 @@ class SAEConfigBase(BaseModel):
         1_000_000,
         gt=0,
         description="a latent silent for this many tokens is dead (Gao et al. use 10M; our "
-        "runs are 2-10M tokens, so 1M keeps the notion meaningful)",
+        "runs are 1-10M tokens, so 1M keeps the notion meaningful); the TopK family, when "
+        "not given: 128 d_sae / k (featsep.sae.topk)",
     )
 
 
@@ -201,11 +202,15 @@ class SAE(nn.Module):
     default_optimizer: ClassVar[str] = "adam"  # what train() uses when [train] optimizer is None
 
     def default_lr(self, optimizer: str = "adam") -> float:
-        """The LR rule in d_sae for each optimizer (featsep.train.optim names; fitted in
-        docs/lr-sweep.md). Adam's constant is 10x the reference runs' (dictionary_learning's
+        """The LR rule in d_sae and d_in for each optimizer (featsep.train.optim names; fitted in
+        docs/lr-sweep.md): c / sqrt(d_sae / 16384) / sqrt(max(d_in, 256) / 256). Adam moves
+        every weight by about lr a step, an encoder column by lr sqrt(d_in), so wider inputs
+        take a smaller lr (on gemma-3-270m, d_in 640, the d_in-free rule left 5-33% of the
+        latents dead). Adam's constant is 10x the reference runs' (dictionary_learning's
         TopKTrainer, 2e-4): at their rate a 1M-10M-token run is far from converged; recipes that
         reproduce them set lr themselves."""
-        return lr_rule(optimizer, {"adam": 2e-3, "signsgd_schedulefree": 5e-3}) / (self.cfg.d_sae / 16384) ** 0.5
+        c = lr_rule(optimizer, {"adam": 2e-3, "signsgd_schedulefree": 5e-3})
+        return c / (self.cfg.d_sae / 16384) ** 0.5 / (max(self.cfg.d_in, 256) / 256) ** 0.5
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:

@@ -214,6 +214,22 @@ def test_topk_codes_and_default_lr():
     pre = sae.pre_activations(x)
     assert torch.equal(codes.max(-1).values, pre.max(-1).values.relu())
     assert featsep.make_sae("topk", d_in=D, d_sae=16384 * 4, k=K).default_lr() == pytest.approx(1e-3)
+    assert featsep.make_sae("topk", d_in=1024, d_sae=16384, k=K).default_lr() == pytest.approx(1e-3)  # d_in term
+    assert featsep.make_sae("topk", d_in=D, d_sae=16384, k=K, aux_k=7).cfg.aux_k == 7
+    assert featsep.make_sae("topk", d_in=D, d_sae=16384, k=K).cfg.aux_k == K
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_topk_family_dead_threshold_follows_firing_interval_unless_given(arch, tmp_path):
+    """Not given: 128 average firing intervals (d_sae / k tokens); given (or loaded): kept."""
+    assert featsep.make_sae(arch, d_in=D, d_sae=4096, k=32).cfg.dead_tokens_threshold == 16384
+    assert featsep.make_sae(arch, d_in=D, d_sae=16384, k=64).cfg.dead_tokens_threshold == 32768
+    assert featsep.make_sae(arch, d_in=D, d_sae=4096).cfg.dead_tokens_threshold == 128 * 4096 // 32  # default k
+    given = featsep.make_sae(arch, d_in=D, d_sae=4096, k=32, dead_tokens_threshold=10_000_000)
+    assert given.cfg.dead_tokens_threshold == 10_000_000
+    featsep.save_sae(given, tmp_path / "s")
+    assert featsep.load_sae(tmp_path / "s").cfg.dead_tokens_threshold == 10_000_000
+    assert featsep.make_sae("relu_l1", d_in=D, d_sae=4096).cfg.dead_tokens_threshold == 1_000_000
 
 
 def test_auxk_zero_without_dead_latents_and_trains_only_dead_ones():
@@ -221,7 +237,7 @@ def test_auxk_zero_without_dead_latents_and_trains_only_dead_ones():
     x = data()
     out = sae.training_forward(x, 0, 1)
     assert out.terms["auxk"].item() == 0.0
-    assert out.coefficients["auxk"] == pytest.approx(1 / 32)
+    assert out.coefficients["auxk"] == pytest.approx(1 / 4)
     dead = torch.zeros(N, dtype=torch.bool)
     dead[:20] = True
     sae.tokens_since_fired.copy_(torch.where(dead, 100, 0))
