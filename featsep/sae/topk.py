@@ -42,7 +42,11 @@ DEAD_AFTER_INTERVALS = 128
 
 class TopKConfig(SAEConfigBase):
     k: int = Field(32, gt=0, description="active latents per token")
-    aux_k: int = Field(32, gt=0, description="dead latents used by AuxK per token (capped at d_sae); not given: k")
+    # None (as a run config's [sae] section passes it) becomes the rule's value on validation
+    aux_k: Optional[int] = Field(None, gt=0, description="dead latents used by AuxK per token (capped at d_sae); "
+                                 "default: k")
+    dead_tokens_threshold: Optional[int] = Field(None, gt=0, description="a latent silent for this many tokens is "
+                                                 "dead; default: 128 d_sae / k (128 average firing intervals)")
     aux_coefficient: float = Field(1 / 4, ge=0, description="weight of the AuxK term")
     sparse_decoder: Union[bool, Literal["auto"]] = Field(
         "auto", description="decode from (values, indices) without dense codes; auto: when d_sae >= 16 k"

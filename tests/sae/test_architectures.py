@@ -232,6 +232,19 @@ def test_topk_family_dead_threshold_follows_firing_interval_unless_given(arch, t
     assert featsep.make_sae("relu_l1", d_in=D, d_sae=4096).cfg.dead_tokens_threshold == 1_000_000
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_run_config_section_leaves_the_auxk_rules_to_the_architecture(arch):
+    """A [sae] section passes its defaults on to make_sae; the rules still follow its k."""
+    from featsep.config import load_config
+
+    cfg = load_config(None, [f"sae.architecture={arch}", "sae.k=64", "sae.d_sae=8192"])
+    sae = featsep.make_sae(arch, d_in=D, **cfg.sae.params())
+    assert (sae.cfg.aux_k, sae.cfg.dead_tokens_threshold) == (64, 128 * 8192 // 64)
+    cfg = load_config(None, [f"sae.architecture={arch}", "sae.k=64", "sae.aux_k=5", "sae.dead_tokens_threshold=77"])
+    sae = featsep.make_sae(arch, d_in=D, **cfg.sae.params())
+    assert (sae.cfg.aux_k, sae.cfg.dead_tokens_threshold) == (5, 77)
+
+
 def test_auxk_zero_without_dead_latents_and_trains_only_dead_ones():
     sae = featsep.make_sae("topk", d_in=D, d_sae=N, k=K, aux_k=8, dead_tokens_threshold=100)
     x = data()
