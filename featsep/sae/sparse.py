@@ -159,7 +159,6 @@ class _ColumnPreActivations(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, W_enc, b_dec, cols = ctx.saved_tensors
         grad = grad.to(W_enc.dtype)
-        W_cols = W_enc.index_select(1, cols)  # [d, m]
         need = ctx.needs_input_grad
         grad_x = grad_W = grad_b_enc = grad_b_dec = None
         if need[3] or need[4]:
@@ -167,7 +166,7 @@ class _ColumnPreActivations(torch.autograd.Function):
         if need[2]:
             grad_W = torch.zeros_like(W_enc).index_add_(1, cols, (x - b_dec).to(W_enc.dtype).T @ grad)
         if need[1]:
-            grad_x = (grad @ W_cols.T).to(x.dtype)
+            grad_x = (grad @ W_enc.index_select(1, cols).T).to(x.dtype)
         if need[4]:
             grad_b_dec = -(W_enc @ grad_b_enc)
         return None, grad_x, grad_W, grad_b_enc if need[3] else None, grad_b_dec, None

@@ -34,9 +34,9 @@ def _no_term(x_hat: Tensor) -> Tensor:
 
 
 # docs/lr-sweep.md, "Dead latents": on gemma-3-270m L8 (4096 latents, k 32, 240 steps) AuxK
-# from 128 firing intervals of silence (16,384 tokens), weight 1/4 and aux_k = k take the
-# held-out dead fraction from 33.5% to about 1% at a better FVU; the Gao et al. values (10M
-# tokens, 1/32, 512) act too late and too weakly in such runs.
+# from 128 firing intervals of silence (16,384 tokens), weight 1/4 and aux_k = k (with the lr
+# rule's d_in term) take the held-out dead fraction from 33.5% to 0.4% (FVU 0.047 against
+# 0.045); Gao et al.'s values (10M tokens, 1/32, 512) act too late and too weakly in such runs.
 DEAD_AFTER_INTERVALS = 128
 
 
@@ -190,22 +190,25 @@ class TopKSAE(SAE):
             if dead_ids.numel() == 0:
                 return _no_term(x_hat)
             if dead_ids.numel() <= _AUX_DENSE_RATIO * self.cfg.aux_k:
-                return self._auxk_dense_block(x, x_hat, pre, dead_ids)
-            picked = pre.detach().index_select(1, dead_ids).topk(self.cfg.aux_k, dim=-1, sorted=False).indices
-            indices, keep = dead_ids[picked], None
+                residual_hat = self._decode_dead_block(x, pre, dead_ids)
+            else:
+                picked = pre.detach().index_select(1, dead_ids).topk(self.cfg.aux_k, dim=-1, sorted=False).indices
+                residual_hat = self._decode_aux_selection(x, pre, dead_ids[picked])
         else:
             masked = pre.detach().masked_fill(~dead, float("-inf"))
             indices = masked.topk(min(self.cfg.aux_k, self.cfg.d_sae), dim=-1, sorted=False).indices
-            keep = dead[indices]
-        values = self.encode_selected(x, pre, indices, keep).relu()
-        residual_hat = self.decode_top(values, indices, with_bias=False)
+            residual_hat = self._decode_aux_selection(x, pre, indices, dead[indices])
         mse = mse_loss((x - x_hat).detach(), residual_hat)
         return (dead.sum().to(mse.dtype) / self.cfg.aux_k).clamp(max=1.0) * mse
 
-    def _auxk_dense_block(self, x: Tensor, x_hat: Tensor, pre: Tensor, dead_ids: Tensor) -> Tensor:
-        """auxk_loss over the dense [B, n_dead] block of the dead latents' pre-activations (the
-        aux_k largest of each row kept when more are dead): the same term by matmuls, which on
-        the CPU beat the gathers of the selected form while n_dead <= _AUX_DENSE_RATIO aux_k."""
+    def _decode_aux_selection(self, x: Tensor, pre: Tensor, indices: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+        """The aux reconstruction from the selected latents (B x aux_k entries), by gathers."""
+        return self.decode_top(self.encode_selected(x, pre, indices, keep).relu(), indices, with_bias=False)
+
+    def _decode_dead_block(self, x: Tensor, pre: Tensor, dead_ids: Tensor) -> Tensor:
+        """The aux reconstruction from the dense [B, n_dead] block of the dead latents'
+        pre-activations (the aux_k largest of each row kept when more are dead), by matmuls,
+        which on the CPU beat the gathers while n_dead <= _AUX_DENSE_RATIO aux_k."""
         if self.sparse_encoder:
             block = encode_columns(x, self.W_enc, self.b_enc, self.b_dec, pre, dead_ids)
         else:
@@ -213,9 +216,7 @@ class TopKSAE(SAE):
         if dead_ids.numel() > self.cfg.aux_k:
             top = block.detach().topk(self.cfg.aux_k, dim=-1, sorted=False).indices
             block = torch.where(torch.zeros_like(block, dtype=torch.bool).scatter_(1, top, True), block, 0)
-        residual_hat = block.relu().to(self.W_dec.dtype) @ self.W_dec.index_select(0, dead_ids)
-        mse = mse_loss((x - x_hat).detach(), residual_hat)
-        return min(dead_ids.numel() / self.cfg.aux_k, 1.0) * mse
+        return block.relu().to(self.W_dec.dtype) @ self.W_dec.index_select(0, dead_ids)
 
     def to_cfg_dict(self) -> dict:
         d = super().to_cfg_dict()

@@ -276,7 +276,9 @@ def test_auxk_listing_dead_latents_on_the_cpu_equals_the_sync_free_form(monkeypa
     up to 8 aux_k dead and by gathers past that; accelerators select over all latents with the
     others masked: the same term and gradients, whatever the number dead."""
     import featsep.device
+    from featsep.sae.topk import _AUX_DENSE_RATIO
 
+    assert 30 <= _AUX_DENSE_RATIO * 8 < 80  # the CPU cases below take both of its forms
     x = data().double()
     got = []
     for sync_free in (False, True):
