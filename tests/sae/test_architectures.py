@@ -250,7 +250,7 @@ def test_auxk_zero_without_dead_latents_and_trains_only_dead_ones():
     x = data()
     out = sae.training_forward(x, 0, 1)
     assert out.terms["auxk"].item() == 0.0
-    assert out.coefficients["auxk"] == pytest.approx(1 / 4)
+    assert out.coefficients["auxk"] == pytest.approx(1 / 8)
     dead = torch.zeros(N, dtype=torch.bool)
     dead[:20] = True
     sae.tokens_since_fired.copy_(torch.where(dead, 100, 0))
