@@ -225,6 +225,9 @@ def test_topk_family_dead_threshold_follows_firing_interval_unless_given(arch, t
     assert featsep.make_sae(arch, d_in=D, d_sae=4096, k=32).cfg.dead_tokens_threshold == 16384
     assert featsep.make_sae(arch, d_in=D, d_sae=16384, k=64).cfg.dead_tokens_threshold == 32768
     assert featsep.make_sae(arch, d_in=D, d_sae=4096).cfg.dead_tokens_threshold == 128 * 4096 // 32  # default k
+    coerced = type(featsep.make_sae(arch, d_in=D, d_sae=4096, k=32).cfg).model_validate(
+        {"d_in": D, "d_sae": "4096", "k": 32.0})  # as a foreign JSON may spell them
+    assert (coerced.aux_k, coerced.dead_tokens_threshold) == (32, 16384)
     given = featsep.make_sae(arch, d_in=D, d_sae=4096, k=32, dead_tokens_threshold=10_000_000)
     assert given.cfg.dead_tokens_threshold == 10_000_000
     featsep.save_sae(given, tmp_path / "s")
