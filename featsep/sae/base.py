@@ -204,12 +204,13 @@ class SAE(nn.Module):
     def default_lr(self, optimizer: str = "adam") -> float:
         """The LR rule in d_sae and d_in for each optimizer (featsep.train.optim names; fitted in
         docs/lr-sweep.md): c / sqrt(d_sae / 16384) / sqrt(max(d_in, 256) / 256). c was fitted
-        at d_in 256 (synthetic data); on gemma-3-270m (d_in 640), with today's AuxK defaults, the
-        d_in-free rule left 1.7% of the latents dead and 0.63x of it 0.4% (one run each).
-        Synthetic data at d_in 640 does not need the term (it loses a little FVU there), so it
-        is a rule for LM activations, from the one d_in testable offline. Adam's constant is 10x the reference runs' (dictionary_learning's
-        TopKTrainer, 2e-4): at their rate a 1M-10M-token run is far from converged; recipes that
-        reproduce them set lr themselves."""
+        at d_in 256 (synthetic data); on gemma-3-270m (d_in 640), with AuxK at aux_k = k and
+        weight 1/4, the d_in-free rule left 1.7% of the latents dead and 0.63x of it 0.4% (one
+        run each). Synthetic data at d_in 640 does not need the term (it loses a little FVU
+        there), so it is a rule for LM activations, from the one d_in testable offline. Adam's
+        constant is 10x the reference runs' (dictionary_learning's TopKTrainer, 2e-4): at their
+        rate a 1M-10M-token run is far from converged; recipes that reproduce them set lr
+        themselves."""
         c = lr_rule(optimizer, {"adam": 2e-3, "signsgd_schedulefree": 5e-3})
         return c / (self.cfg.d_sae / 16384) ** 0.5 / (max(self.cfg.d_in, 256) / 256) ** 0.5
 
